@@ -1,0 +1,5 @@
+"""Baseline methods on the shared core; importing this package registers them."""
+
+from ulmed.baselines.random_noise import NoPerturbation, RandomNoise
+
+__all__ = ["NoPerturbation", "RandomNoise"]

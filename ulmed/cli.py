@@ -1,0 +1,175 @@
+"""The ``ulmed`` command line: thin, one API call per subcommand.
+
+Errors that ulmed raises on purpose are printed as one line naming the file and what to
+do, with a non-zero exit code; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Optional, TypeVar
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ulmed.errors import UlmedError
+
+T = TypeVar("T")
+stderr = Console(stderr=True)
+stdout = Console()
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Protect medical images and segmentation data sets with unlearnable perturbations.")
+
+
+class _State:
+    device = "auto"
+    seed = 0
+    verbosity = 0
+    debug = False
+
+
+state = _State()
+
+
+@app.callback()
+def _global(
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Run seed; the same seed gives the same output.")] = 0,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More messages (repeat for more).")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors; no progress bar.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks of errors.")] = False,
+) -> None:
+    """Global options, given before the subcommand: ulmed --device cpu protect ..."""
+    state.device, state.seed, state.debug = device, seed, debug
+    state.verbosity = -1 if quiet else verbose
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s", stream=sys.stderr, force=True)
+
+
+def _progress(items: Iterable[T], total: int, description: str) -> Iterable[T]:
+    """A rich progress bar on stderr, shown only on a terminal and when not quiet."""
+    if state.verbosity < 0 or not sys.stderr.isatty():
+        yield from items
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=stderr, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)
+
+
+@app.command()
+def protect(
+    input: Annotated[Path, typer.Option("--input", "-i", help="DICOM export, NIfTI file/folder, image folder or data set.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (outside the input).")],
+    method: Annotated[str, typer.Option(help="Protection method (see `ulmed methods`).")] = "random",
+    eps: Annotated[str, typer.Option(help="L-inf budget: 8/255, 0.03, or native units such as 20HU.")] = "8/255",
+    masks: Annotated[Optional[Path], typer.Option(help="Masks folder matched to the images by relative path.")] = None,
+    dicom_encoding: Annotated[str, typer.Option(help="DICOM output: explicit, rle, jpegls or j2k (lossless only).")] = "explicit",
+    skip_non_image: Annotated[bool, typer.Option("--skip-non-image", help="Leave SR/SEG/RTSTRUCT/PR... out instead of copying them.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad input instead of skipping it.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty output folder.")] = False,
+) -> None:
+    """Protect every image under INPUT and write valid files of the same kind to OUTPUT."""
+    from ulmed.pipeline.protect import protect_path, summarize
+
+    start = time.perf_counter()
+    manifest = protect_path(
+        input, output, method=method, eps=eps, seed=state.seed, device=state.device, masks=masks, strict=strict,
+        skip_non_image=skip_non_image, dicom_encoding=dicom_encoding, overwrite=overwrite, progress=_progress,
+    )
+    s = summarize(manifest)
+    psnr = f", PSNR {s['psnr_min']:.1f}-{s['psnr_max']:.1f} dB" if s["psnr_min"] is not None else ""
+    if state.verbosity >= 0:
+        stderr.print(
+            f"{s['records']} record(s) protected ({s['written']} file(s) written), {s['copied']} copied, "
+            f"{s['skipped']} skipped, {s['failed']} failed{psnr} in {time.perf_counter() - start:.1f} s "
+            f"-> {output / 'manifest.json'}"
+        )
+    if s["failed"]:
+        for e in manifest.entries:
+            if e.status == "failed":
+                stderr.print(f"[yellow]failed[/] {e.input}: {e.reason}", markup=True, highlight=False)
+        raise typer.Exit(code=3 if s["records"] else 2)
+
+
+@app.command()
+def info(
+    path: Annotated[Path, typer.Argument(help="File or folder to inspect.")],
+    masks: Annotated[Optional[Path], typer.Option(help="Masks folder matched by relative path.")] = None,
+) -> None:
+    """List what `protect` would read: series or files, shape, spacing, modality, dtype, range."""
+    from ulmed.pipeline.info import describe
+
+    d = describe(path, masks)
+    table = Table(title=f"{len(d['records'])} record(s) under {path}")
+    for col in ("key", "kind", "modality", "shape", "spacing", "dtype", "range", "unit", "target"):
+        table.add_column(col)
+    for r in d["records"]:
+        spacing = "x".join(f"{v:.3g}" for v in r["spacing"]) if r["spacing"] else "-"
+        table.add_row(
+            r["key"], r["kind"], r["modality"] or "-", "x".join(map(str, r["shape"])), spacing, r["dtype"],
+            f"{r['min']:.4g}..{r['max']:.4g}", r["unit"], r["target"],
+        )
+    stdout.print(table)
+    stdout.print(f"{d['copied']} file(s) would be copied unchanged ({d['non_image_dicom']} non-image DICOM)")
+    for key, reason in d["bad"]:
+        stdout.print(f"bad: {key}: {reason}", markup=False, highlight=False)
+    for key, reason in d["skipped"]:
+        stdout.print(f"skipped: {key}: {reason}", markup=False, highlight=False)
+
+
+@app.command()
+def methods() -> None:
+    """List the protection methods."""
+    from ulmed.pipeline.protect import available_methods
+
+    for name, doc in available_methods().items():
+        stdout.print(f"{name:10s} {doc}", markup=False, highlight=False)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def evaluate() -> None:
+    """Train victims on protected data and test them on clean data (not yet available)."""
+    stderr.print("ulmed evaluate is not available yet: it lands with the evaluation issue (victims, defenses, reports).")
+    raise typer.Exit(code=2)
+
+
+@app.command("train-generator", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train_generator() -> None:
+    """Train the UnSeg universal noise generator (not yet available)."""
+    stderr.print("ulmed train-generator is not available yet: it lands with the UnSeg issue.")
+    raise typer.Exit(code=2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turn ulmed errors into one line and an exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        rv = app(args=args, prog_name="ulmed", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        stderr.print("aborted")
+        return 130
+    except UlmedError as exc:
+        if state.debug or "--debug" in args:
+            raise
+        stderr.print(f"error: {exc}", markup=False, highlight=False)
+        return 2
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

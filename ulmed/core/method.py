@@ -1,0 +1,82 @@
+"""The protection-method interface and its registry.
+
+A method turns a record into a protected record. It works in [0, 1] space: it receives
+the record's unit image and its budget in unit terms, returns a perturbation, and this
+base class projects it onto the budget and maps it back to native values. Methods that
+optimise over a whole data set (EM, SALM) override :meth:`ProtectionMethod.fit`.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ulmed.core.budget import Budget
+from ulmed.core.projection import project_linf
+from ulmed.core.registry import Registry
+from ulmed.errors import ConfigError
+from ulmed.io.record import Record
+
+#: Every protection method, by name (``ulmed protect --method NAME``).
+METHODS: Registry[type[ProtectionMethod]] = Registry("method")
+
+
+def record_seed(seed: int, key: str) -> int:
+    """A per-record seed derived from the run seed and the record key.
+
+    Results then do not depend on the order in which records are processed, which is what
+    makes sharded and resumed runs agree with a single run.
+    """
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+class ProtectionMethod(abc.ABC):
+    """Base class of all protection methods.
+
+    Args:
+        budget: The L-inf budget (text such as ``"8/255"`` or a :class:`Budget`).
+        seed: Run seed; per-record randomness is derived from it with :func:`record_seed`.
+        device: Torch device name for methods that use one.
+    """
+
+    name: ClassVar[str] = ""
+    #: True when :meth:`fit` must see the data set before :meth:`perturbation` is called.
+    needs_fit: ClassVar[bool] = False
+
+    def __init__(self, budget: Budget | str | float = "8/255", seed: int = 0, device: str = "auto") -> None:
+        self.budget = budget if isinstance(budget, Budget) else Budget.parse(budget)
+        if not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+        self.seed = seed
+        self.device = device
+
+    def fit(self, records: Sequence[Record]) -> None:  # noqa: B027 - optional hook
+        """Optimise whatever the method shares across records (default: nothing)."""
+
+    @abc.abstractmethod
+    def perturbation(self, record: Record, unit_image: np.ndarray, eps: float) -> np.ndarray:
+        """Return the perturbation (same shape as ``unit_image``) for one record.
+
+        Args:
+            record: The record (its target may guide the method).
+            unit_image: The record's image in [0, 1] space, channel-first.
+            eps: The budget in [0, 1] units for this record.
+        """
+
+    def protect(self, record: Record) -> Record:
+        """Protect one record: perturb, project onto the budget, clip, map back to native."""
+        eps = self.budget.in_unit(record.mapping)
+        unit = record.unit_image()
+        delta = np.asarray(self.perturbation(record, unit, eps), dtype=np.float32)
+        if delta.shape != unit.shape:
+            raise ConfigError(f"{self.name} returned a perturbation of shape {delta.shape} for an image of shape {unit.shape}")
+        return record.with_perturbation(project_linf(delta, eps))
+
+    def params(self) -> dict[str, Any]:
+        """Parameters that define the output, recorded in the manifest."""
+        return {"method": self.name, "budget": self.budget.spec, "seed": self.seed}

@@ -1,0 +1,61 @@
+"""Atomic file output: write to a temporary name in the target folder, then rename."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from ulmed.errors import OutputError
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it onto ``target`` on success.
+
+    An exception inside the block removes the temporary file, so an interrupted write
+    never leaves a half-written file under the final name.
+
+    Args:
+        target: Final path of the file.
+        suffix: Suffix of the temporary file (defaults to the target's suffixes, which
+            matters for writers that choose a format from the name, e.g. ``.nii.gz``).
+
+    Yields:
+        The temporary path to write to.
+    """
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder ({exc.strerror}); choose a writable -o", target.parent) from exc
+    if suffix is None:
+        suffix = "".join(target.suffixes)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{suffix}", dir=target.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write here ({exc.strerror}); choose a writable -o", target.parent) from exc
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def atomic_copy(source: str | Path, target: str | Path) -> None:
+    """Copy ``source`` to ``target`` atomically (bytes and modification time)."""
+    with atomic_path(target) as tmp:
+        shutil.copy2(source, tmp)
+
+
+def atomic_write_bytes(target: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)

@@ -1,0 +1,207 @@
+"""The one in-memory record type for a 2D image or a 3D volume, and its intensity mapping.
+
+Layout contract (every reader produces it, every method and writer relies on it):
+
+* ``Record.image`` is the *native* array, channel-first: ``(C, H, W)`` for a 2D image and
+  ``(C, D, H, W)`` for a volume. C is 1 for grey, 3 for RGB, T for a 4D NIfTI (volumes in
+  time become channels). Native means the values the user thinks in: Hounsfield units
+  for CT (stored value x RescaleSlope + RescaleIntercept), 8/16-bit values for PNG/TIFF,
+  the scaled data of a NIfTI file.
+* ``Record.target`` is ``None``, an ``int`` class label, or an integer array with the
+  record's spatial shape (no channel axis): a mask or label map. Targets are never perturbed.
+* ``Record.mapping`` maps native values to [0, 1] for the methods and back, and knows the
+  valid native range and the size of one quantisation step of the file format.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ulmed.errors import ConfigError, InputError
+
+
+@dataclass(frozen=True)
+class IntensityMapping:
+    """Linear map between native values and the [0, 1] space that methods work in.
+
+    ``low`` maps to 0 and ``high`` to 1. Readers choose ``low``/``high`` so that every
+    value of the record lies inside them (the data range clipped to the valid range, or
+    the full 8/16-bit range for images), which makes clipping to [0, 1] in method space
+    also a clip to the valid native range.
+
+    Args:
+        low: Native value that maps to 0.
+        high: Native value that maps to 1 (must be greater than ``low``).
+        valid_min: Smallest native value the format can store.
+        valid_max: Largest native value the format can store.
+        quantum: Native size of one stored step (RescaleSlope, scl_slope, 1 for integer
+            images); 0 for floating-point storage.
+        unit: Name of the native unit, e.g. ``"HU"`` or ``"value"``; used in budgets
+            such as ``20HU`` and in manifests.
+    """
+
+    low: float
+    high: float
+    valid_min: float
+    valid_max: float
+    quantum: float = 1.0
+    unit: str = "value"
+
+    def __post_init__(self) -> None:
+        values = (self.low, self.high, self.valid_min, self.valid_max, self.quantum)
+        if not all(math.isfinite(v) for v in values):
+            raise ConfigError(f"intensity mapping needs finite numbers, got {values}")
+        if not self.high > self.low:
+            raise ConfigError(f"intensity mapping needs high > low, got low={self.low}, high={self.high}")
+        if self.valid_min > self.low or self.valid_max < self.high:
+            raise ConfigError(
+                f"mapping range [{self.low}, {self.high}] lies outside the valid range "
+                f"[{self.valid_min}, {self.valid_max}]"
+            )
+        if self.quantum < 0:
+            raise ConfigError(f"quantum must be >= 0, got {self.quantum}")
+
+    @property
+    def scale(self) -> float:
+        """Native units per unit of [0, 1] space."""
+        return self.high - self.low
+
+    def to_unit(self, native: np.ndarray) -> np.ndarray:
+        """Map a native array to float32 [0, 1] space (values outside are not clipped)."""
+        return ((np.asarray(native, dtype=np.float64) - self.low) / self.scale).astype(np.float32)
+
+    def to_native(self, unit: np.ndarray) -> np.ndarray:
+        """Map [0, 1] values back to native float64 values, clipped to the valid range."""
+        native = np.asarray(unit, dtype=np.float64) * self.scale + self.low
+        return np.clip(native, self.valid_min, self.valid_max)
+
+    def native_to_unit_eps(self, eps_native: float) -> float:
+        """Convert a budget in native units (e.g. 20 HU) to [0, 1] units."""
+        return float(eps_native) / self.scale
+
+    def unit_to_native_eps(self, eps_unit: float) -> float:
+        """Convert a budget in [0, 1] units (e.g. 8/255) to native units."""
+        return float(eps_unit) * self.scale
+
+    @classmethod
+    def for_data(
+        cls,
+        data: np.ndarray,
+        valid_min: float,
+        valid_max: float,
+        quantum: float,
+        unit: str = "value",
+    ) -> IntensityMapping:
+        """Mapping spanning the data's own range, clipped to the valid range.
+
+        A constant array gets a range one quantum (or 1.0 for floats) wide, so the map stays
+        invertible.
+        """
+        finite = np.asarray(data)
+        lo = float(max(valid_min, finite.min())) if finite.size else float(valid_min)
+        hi = float(min(valid_max, finite.max())) if finite.size else float(valid_max)
+        if hi <= lo:
+            width = quantum if quantum > 0 else 1.0
+            if lo + width <= valid_max:
+                hi = lo + width
+            else:
+                lo = hi - width
+        return cls(low=lo, high=hi, valid_min=float(valid_min), valid_max=float(valid_max), quantum=float(quantum), unit=unit)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain-dict form for manifests."""
+        return {
+            "low": self.low,
+            "high": self.high,
+            "valid_min": self.valid_min,
+            "valid_max": self.valid_max,
+            "quantum": self.quantum,
+            "unit": self.unit,
+        }
+
+
+@dataclass
+class Record:
+    """A 2D image or 3D volume with its optional target, ready for a method.
+
+    Args:
+        key: Stable identifier, the input's relative path (a series folder + UID for
+            DICOM); used for output naming and in the manifest.
+        image: Native array, channel-first (see module docstring).
+        mapping: Intensity mapping of ``image``.
+        spatial_dims: 2 or 3.
+        kind: ``"dicom"``, ``"nifti"`` or ``"image"``; selects the writer.
+        target: None, an int class label or an integer mask/label map of the spatial shape.
+        handle: Whatever the writer needs to write this record back (datasets, header, mode).
+        meta: Non-identifying description for ``ulmed info`` and manifests (shape, spacing,
+            modality, dtype, ...). Never patient names, IDs or dates.
+    """
+
+    key: str
+    image: np.ndarray
+    mapping: IntensityMapping
+    spatial_dims: int
+    kind: str
+    target: np.ndarray | int | None = None
+    handle: Any = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.spatial_dims not in (2, 3):
+            raise ConfigError(f"{self.key}: spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        if self.image.ndim != self.spatial_dims + 1:
+            raise ConfigError(
+                f"{self.key}: image must be channel-first with {self.spatial_dims} spatial axes, "
+                f"got shape {self.image.shape}"
+            )
+        if np.issubdtype(self.image.dtype, np.floating) and not np.isfinite(self.image).all():
+            raise InputError("contains NaN or Inf values; fix or remove the file before protecting it", self.key)
+        if isinstance(self.target, np.ndarray) and self.target.shape != self.spatial_shape:
+            raise InputError(
+                f"mask/label shape {self.target.shape} does not match the image's {self.spatial_shape}; "
+                "check that the mask belongs to this image",
+                self.key,
+            )
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """Shape without the channel axis."""
+        return tuple(self.image.shape[1:])
+
+    @property
+    def channels(self) -> int:
+        """Number of channels (1 grey, 3 RGB, T for 4D NIfTI)."""
+        return int(self.image.shape[0])
+
+    def unit_image(self) -> np.ndarray:
+        """The image in [0, 1] space (float32)."""
+        return self.mapping.to_unit(self.image)
+
+    def with_perturbation(self, delta: np.ndarray) -> Record:
+        """A copy of this record with ``delta`` (in [0, 1] units) added to its image.
+
+        The perturbed image is clipped to [0, 1] in method space (so the native result stays
+        inside the mapping's range and the valid range) and the effective change is added to
+        the native image in float64, so a zero perturbation returns the native values
+        exactly. The writer quantises to the stored dtype.
+        """
+        if delta.shape != self.image.shape:
+            raise ConfigError(f"{self.key}: perturbation shape {delta.shape} != image shape {self.image.shape}")
+        unit = self.unit_image()
+        effective = np.clip(unit + delta, 0.0, 1.0) - unit
+        native = self.image.astype(np.float64) + effective.astype(np.float64) * self.mapping.scale
+        native = np.clip(native, self.mapping.valid_min, self.mapping.valid_max)
+        return Record(
+            key=self.key,
+            image=native,
+            mapping=self.mapping,
+            spatial_dims=self.spatial_dims,
+            kind=self.kind,
+            target=self.target,
+            handle=self.handle,
+            meta=dict(self.meta),
+        )

@@ -1,0 +1,56 @@
+"""``ulmed info``: what a protection run would read, without patient names, IDs or dates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ulmed.errors import InputError, MissingDependencyError
+from ulmed.io.discover import discover
+from ulmed.pipeline.units import read_unit, relative, units_of
+
+
+def describe(input_path: str | Path, masks: str | Path | None = None) -> dict[str, Any]:
+    """Describe every record under ``input_path``.
+
+    Returns:
+        ``{"root", "records": [...], "copied": n, "bad": [...], "skipped": [...]}``; each
+        record row has key, kind, shape, spacing, modality, dtype, intensity range, unit and
+        whether a target was found. Only fields from the readers' ``meta`` are shown, and
+        those never hold identifying attributes.
+    """
+    inv = discover(input_path, masks)
+    rows: list[dict[str, Any]] = []
+    bad = [(relative(p, inv.root), r) for p, r in inv.dicom.bad + inv.bad]
+    for unit in units_of(inv):
+        try:
+            rec = read_unit(unit, inv.root)
+        except (InputError, MissingDependencyError) as exc:
+            bad.append((unit.key, exc.reason))
+            continue
+        target = rec.target
+        rows.append(
+            {
+                "key": rec.key,
+                "kind": rec.kind,
+                "shape": list(rec.image.shape),
+                "spatial_dims": rec.spatial_dims,
+                "spacing": rec.meta.get("spacing"),
+                "modality": rec.meta.get("modality", ""),
+                "dtype": str(rec.meta.get("dtype", rec.image.dtype)),
+                "min": float(np.min(rec.image)),
+                "max": float(np.max(rec.image)),
+                "unit": rec.mapping.unit,
+                "target": "label" if isinstance(target, int) else ("map" if target is not None else "-"),
+            }
+        )
+    return {
+        "root": str(inv.root),
+        "records": rows,
+        "copied": len(inv.targets) + len(inv.others) + len(inv.dicom.non_image),
+        "non_image_dicom": len(inv.dicom.non_image),
+        "bad": bad,
+        "skipped": [(relative(p, inv.root), r) for p, r in inv.skipped],
+    }

@@ -1,0 +1,116 @@
+"""The run manifest: what was done to every input, written as ``manifest.json``.
+
+It records ulmed's and the libraries' versions, the method and its parameters (the budget
+in [0, 1] units and in native units, per record), and for every input file its output
+path, sha256 and status: ``written`` (protected), ``copied`` (unchanged: masks, labels,
+non-image DICOM, other files), ``skipped`` (left out on purpose) or ``failed`` (bad input,
+with the reason).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ulmed.io.atomic import atomic_write_bytes
+
+MANIFEST_NAME = "manifest.json"
+STATUSES = ("written", "copied", "skipped", "failed")
+_LIBRARIES = ("torch", "numpy", "pydicom", "nibabel", "monai", "scikit-image", "pillow", "tifffile", "segment-anything")
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of ulmed and the libraries that shape its output."""
+    versions = {"python": platform.python_version()}
+    for name in ("ulmed", *_LIBRARIES):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+@dataclass
+class Entry:
+    """One input file's fate.
+
+    Args:
+        input: Input path relative to the input root.
+        status: One of :data:`STATUSES`.
+        output: Output path relative to the output root (None when skipped/failed).
+        kind: ``dicom``, ``nifti``, ``image``, ``target``, ``dicom-non-image`` or ``other``.
+        record: Key of the record the file belongs to (a DICOM series has many files).
+        sha256: Hash of the output file.
+        reason: Why it was skipped or failed, or a note (e.g. JPEG written as PNG).
+        budget: The budget in [0, 1] and native units for this record.
+        metrics: Imperceptibility of the protected record (PSNR, L-inf ...).
+    """
+
+    input: str
+    status: str
+    output: str | None = None
+    kind: str = ""
+    record: str | None = None
+    sha256: str | None = None
+    reason: str | None = None
+    budget: dict[str, Any] | None = None
+    metrics: dict[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+
+
+@dataclass
+class Manifest:
+    """The manifest of one run; :meth:`save` writes it atomically."""
+
+    params: dict[str, Any]
+    versions: dict[str, str] = field(default_factory=library_versions)
+    started: float = field(default_factory=time.time)
+    entries: list[Entry] = field(default_factory=list)
+
+    def add(self, entry: Entry) -> None:
+        """Append one entry."""
+        self.entries.append(entry)
+
+    def counts(self) -> dict[str, int]:
+        """Number of entries per status."""
+        return {s: sum(e.status == s for e in self.entries) for s in STATUSES}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "ulmed_manifest": 1,
+            "versions": self.versions,
+            "params": self.params,
+            "wall_time_s": round(time.time() - self.started, 3),
+            "counts": self.counts(),
+            "entries": [asdict(e) for e in self.entries],
+        }
+
+    def save(self, out_root: Path) -> Path:
+        """Write ``manifest.json`` into ``out_root`` atomically and return its path."""
+        path = Path(out_root) / MANIFEST_NAME
+        atomic_write_bytes(path, json.dumps(self.to_dict(), indent=2, sort_keys=False).encode())
+        return path
+
+    @staticmethod
+    def load(path: Path) -> dict[str, Any]:
+        """Read a manifest file back as a dict."""
+        return json.loads(Path(path).read_text())
