@@ -13,7 +13,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Optional, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -53,6 +52,11 @@ def _global(
     logging.basicConfig(level=level, format="%(levelname)s %(message)s", stream=sys.stderr, force=True)
 
 
+def _say(message: str) -> None:
+    """One plain line on stderr (no wrapping, no markup), safe for logs and scripts."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def _progress(items: Iterable[T], total: int, description: str) -> Iterable[T]:
     """A rich progress bar on stderr, shown only on a terminal and when not quiet."""
     if state.verbosity < 0 or not sys.stderr.isatty():
@@ -66,8 +70,23 @@ def _progress(items: Iterable[T], total: int, description: str) -> Iterable[T]:
             bar.advance(task)
 
 
+def _apply_config(ctx: typer.Context, config: Path | None, values: dict[str, object]) -> dict[str, object]:
+    """Fill options the user did not give on the command line from a YAML config file."""
+    if config is None:
+        return values
+    from ulmed.pipeline.config import load_config
+
+    data = load_config(config, allowed=set(values))
+    for key, value in data.items():
+        source = ctx.get_parameter_source(key)
+        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+            values[key] = value
+    return values
+
+
 @app.command()
 def protect(
+    ctx: typer.Context,
     input: Annotated[Path, typer.Option("--input", "-i", help="DICOM export, NIfTI file/folder, image folder or data set.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (outside the input).")],
     method: Annotated[str, typer.Option(help="Protection method (see `ulmed methods`).")] = "random",
@@ -77,19 +96,22 @@ def protect(
     skip_non_image: Annotated[bool, typer.Option("--skip-non-image", help="Leave SR/SEG/RTSTRUCT/PR... out instead of copying them.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad input instead of skipping it.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty output folder.")] = False,
+    config: Annotated[Optional[Path], typer.Option(help="YAML file with option values (e.g. configs/protect/default.yaml); flags win.")] = None,
 ) -> None:
     """Protect every image under INPUT and write valid files of the same kind to OUTPUT."""
     from ulmed.pipeline.protect import protect_path, summarize
 
     start = time.perf_counter()
+    opts = _apply_config(ctx, config, {"method": method, "eps": eps, "dicom_encoding": dicom_encoding,
+                                       "skip_non_image": skip_non_image, "masks": masks})
     manifest = protect_path(
-        input, output, method=method, eps=eps, seed=state.seed, device=state.device, masks=masks, strict=strict,
-        skip_non_image=skip_non_image, dicom_encoding=dicom_encoding, overwrite=overwrite, progress=_progress,
+        input, output, seed=state.seed, device=state.device, strict=strict, overwrite=overwrite,
+        progress=_progress, **opts,  # type: ignore[arg-type]
     )
     s = summarize(manifest)
     psnr = f", PSNR {s['psnr_min']:.1f}-{s['psnr_max']:.1f} dB" if s["psnr_min"] is not None else ""
     if state.verbosity >= 0:
-        stderr.print(
+        _say(
             f"{s['records']} record(s) protected ({s['written']} file(s) written), {s['copied']} copied, "
             f"{s['skipped']} skipped, {s['failed']} failed{psnr} in {time.perf_counter() - start:.1f} s "
             f"-> {output / 'manifest.json'}"
@@ -97,7 +119,7 @@ def protect(
     if s["failed"]:
         for e in manifest.entries:
             if e.status == "failed":
-                stderr.print(f"[yellow]failed[/] {e.input}: {e.reason}", markup=True, highlight=False)
+                _say(f"failed {e.input}: {e.reason}")
         raise typer.Exit(code=3 if s["records"] else 2)
 
 
@@ -139,14 +161,14 @@ def methods() -> None:
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def evaluate() -> None:
     """Train victims on protected data and test them on clean data (not yet available)."""
-    stderr.print("ulmed evaluate is not available yet: it lands with the evaluation issue (victims, defenses, reports).")
+    _say("ulmed evaluate is not available yet: it lands with the evaluation issue (victims, defenses, reports).")
     raise typer.Exit(code=2)
 
 
 @app.command("train-generator", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train_generator() -> None:
     """Train the UnSeg universal noise generator (not yet available)."""
-    stderr.print("ulmed train-generator is not available yet: it lands with the UnSeg issue.")
+    _say("ulmed train-generator is not available yet: it lands with the UnSeg issue.")
     raise typer.Exit(code=2)
 
 
@@ -154,21 +176,18 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turn ulmed errors into one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv
     try:
-        rv = app(args=args, prog_name="ulmed", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Abort:
-        stderr.print("aborted")
-        return 130
+        app(args=args, prog_name="ulmed", standalone_mode=True)
+    except SystemExit as exc:  # click ends every run, good or bad, with SystemExit
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except UlmedError as exc:
         if state.debug or "--debug" in args:
             raise
-        stderr.print(f"error: {exc}", markup=False, highlight=False)
+        _say(f"error: {exc}")
         return 2
-    return rv if isinstance(rv, int) else 0
+    except KeyboardInterrupt:
+        _say("interrupted; finished outputs are complete, no partial file was left")
+        return 130
+    return 0
 
 
 if __name__ == "__main__":

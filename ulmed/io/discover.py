@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ulmed.errors import InputError
 from ulmed.io.dicom import DicomScan, is_dicom_file, scan_dicom
-from ulmed.io.images import IMAGE_SUFFIXES, is_image_path
+from ulmed.io.images import IMAGE_SUFFIXES, is_image_path, output_relpath
 from ulmed.io.nifti import is_nifti_path
 
 #: Folder names that hold images, and the names of their sibling target folders.
@@ -125,6 +125,20 @@ def find_target(image_path: Path, root: Path, masks_root: Path | None) -> Path |
     return None
 
 
+def _drop_output_collisions(items: list[Item], bad: list[tuple[Path, str]]) -> list[Item]:
+    """Keep the first of several images that would be written to the same output (a.jpg, a.png)."""
+    seen: dict[Path, Item] = {}
+    kept = []
+    for item in items:
+        out = output_relpath(item.rel)
+        if out in seen:
+            bad.append((item.path, f"would be written to the same output {out} as {seen[out].rel}; rename one of them"))
+            continue
+        seen[out] = item
+        kept.append(item)
+    return kept
+
+
 def discover(input_path: str | Path, masks: str | Path | None = None) -> Inventory:
     """Sort everything under ``input_path`` (a file or a folder) into an :class:`Inventory`.
 
@@ -166,8 +180,11 @@ def discover(input_path: str | Path, masks: str | Path | None = None) -> Invento
             dicom_candidates.append(f)
         else:
             inv.others.append(f)
+    if masks_root is not None and masks_root != path and path not in masks_root.parents:
+        inv.targets.extend(_walk(masks_root))
     if dicom_candidates:
         inv.dicom = scan_dicom(root, dicom_candidates)
+    inv.images = _drop_output_collisions(inv.images, inv.bad)
     for item in (*inv.nifti, *inv.images):
         item.target = find_target(item.path, root, masks_root)
     if inv.n_protectable == 0 and not inv.dicom.bad:

@@ -178,7 +178,10 @@ def protect_path(
             raise InputError(reason, path)
         log.warning("skipped %s: %s", path, reason)
         manifest.add(Entry(relative(path, root), "failed", kind="dicom", reason=reason))
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder ({exc.strerror}); choose a writable -o", out) from exc
 
     units = units_of(inv)
     for unit, clean, protected in progress(_iter_protected(units, protector, root, strict, manifest), len(units), "protecting"):

@@ -1,0 +1,79 @@
+"""The command line: one-line errors, exit codes, info without patient identifiers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from ulmed.cli import main
+
+PATIENT_STRINGS = ("Doe^Archibald", "CompressedSamples", "Archibald")
+
+
+def test_info_lists_all_kinds_without_identifiers(sample_data, capsys):
+    assert main(["info", str(sample_data)]) == 0
+    out = capsys.readouterr().out
+    for expected in ("dicom", "nifti", "image", "CT", "MR", "HU"):
+        assert expected in out
+    assert "1 non-image DICOM" in out
+    for name in PATIENT_STRINGS:
+        assert name not in out
+
+
+def test_missing_input_is_one_line_error(tmp_path, capsys):
+    code = main(["protect", "-i", str(tmp_path / "nope"), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error:") and "nope" in err and "check the -i path" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_debug_shows_the_exception(tmp_path):
+    from ulmed.errors import InputError
+
+    with pytest.raises(InputError):
+        main(["--debug", "protect", "-i", str(tmp_path / "nope"), "-o", str(tmp_path / "out")])
+
+
+def test_bad_budget_and_method_are_one_line_errors(sample_data, tmp_path, capsys):
+    assert main(["protect", "-i", str(sample_data / "hc18"), "-o", str(tmp_path / "a"), "--eps", "lots"]) == 2
+    assert "cannot read budget" in capsys.readouterr().err
+    assert main(["protect", "-i", str(sample_data / "hc18"), "-o", str(tmp_path / "b"), "--method", "magic"]) == 2
+    assert "unknown method 'magic'" in capsys.readouterr().err
+
+
+def test_protect_then_summary(sample_data, tmp_path, capsys):
+    assert main(["-q", "protect", "-i", str(sample_data / "hc18"), "-o", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o/manifest.json").is_file()
+    assert main(["protect", "-i", str(sample_data / "hc18"), "-o", str(tmp_path / "p")]) == 0
+    assert "3 record(s) protected" in capsys.readouterr().err
+
+
+def test_not_yet_commands_say_so(capsys):
+    assert main(["evaluate"]) == 2
+    assert "not available yet" in capsys.readouterr().err
+
+
+def test_console_entry_point_exit_code(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "ulmed.cli", "protect", "-i", str(tmp_path / "missing"), "-o", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "missing" in proc.stderr
+
+
+def test_config_file_fills_unset_options_and_flags_win(sample_data, tmp_path):
+    import json
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("method: none\neps: 2/255\n")
+    assert main(["-q", "protect", "-i", str(sample_data / "hc18"), "-o", str(tmp_path / "a"), "--config", str(cfg)]) == 0
+    params = json.loads((tmp_path / "a/manifest.json").read_text())["params"]
+    assert params["method"] == "none" and params["budget"] == "2/255"
+    assert main(["-q", "protect", "-i", str(sample_data / "hc18"), "-o", str(tmp_path / "b"), "--config", str(cfg), "--method", "random"]) == 0
+    assert json.loads((tmp_path / "b/manifest.json").read_text())["params"]["method"] == "random"
+    cfg.write_text("colour: blue\n")
+    assert main(["-q", "protect", "-i", str(sample_data / "hc18"), "-o", str(tmp_path / "c"), "--config", str(cfg)]) == 2
