@@ -1,0 +1,260 @@
+"""Tests of the DICOM reader/writer on real files shipped by pydicom and pydicom-data."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.encoders.base import get_encoder
+from pydicom.uid import UID, ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
+
+from ulmed.errors import InputError, MissingDependencyError, OutputError
+from ulmed.io.base import WriteOptions
+from ulmed.io.dicom import DicomSeries, is_dicom_file, new_uid, read_series, scan_dicom, write_series
+
+OPTIONS = WriteOptions(method="none", budget="0", uid_salt="test-salt")
+# Attributes the writer is allowed to change (besides group lengths, which pydicom drops).
+CHANGED = {"SOPInstanceUID", "SeriesInstanceUID", "ImageType", "DerivationDescription", "PixelData",
+           "PhotometricInterpretation", "PlanarConfiguration"}
+# dicom3tools (2022) flags MR pulse-sequence attributes on DERIVED Enhanced MR images, but
+# PS3.3 C.8.13.4 says "May be present otherwise" for all of them: known false positives.
+DCIODVFY_FALSE_POSITIVE = re.compile(
+    r"Attribute present when condition unsatisfied .*Module=<(MRPulseSequence|BulkMotionSynchronization)>"
+)
+
+
+def data(name: str) -> Path:
+    """A test file from pydicom or pydicom-data, without touching the network."""
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.skip(f"{name} is not installed; pip install pydicom-data")
+    return Path(path)
+
+
+def digest(paths: list[Path]) -> dict[Path, str]:
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+
+def copy_in(names: list[str], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy(data(n), folder / n)) for n in names]
+
+
+def protect_all(root: Path, out: Path, options: WriteOptions = OPTIONS) -> list[tuple[Path, Path]]:
+    """Scan ``root``, read every series and write it unchanged under ``out``."""
+    scan = scan_dicom(root, sorted(p for p in root.rglob("*") if p.is_file()))
+    pairs = []
+    for series in scan.series:
+        pairs += write_series(read_series(series, root), root, out, options)
+    return pairs
+
+
+def dciodvfy_errors(path: Path) -> set[str]:
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return {line.strip() for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")}
+
+
+ROUND_TRIP = [
+    ("CT_small.dcm", (1, 128, 128)),
+    ("MR_small.dcm", (1, 64, 64)),
+    ("MR_small_RLE.dcm", (1, 64, 64)),
+    ("MR_small_jpeg_ls_lossless.dcm", (1, 64, 64)),
+    ("MR_small_bigendian.dcm", (1, 64, 64)),
+    ("MR_small_implicit.dcm", (1, 64, 64)),
+    ("MR_small_jp2klossless.dcm", (1, 64, 64)),
+    ("emri_small.dcm", (1, 10, 64, 64)),
+    ("693_UNCI.dcm", (1, 512, 512)),
+    ("US1_UNCR.dcm", (3, 480, 640)),
+    ("US1_J2KR.dcm", (3, 480, 640)),
+]
+
+
+@pytest.mark.parametrize(("name", "shape"), ROUND_TRIP)
+def test_zero_perturbation_round_trip(tmp_path: Path, name: str, shape: tuple[int, ...]) -> None:
+    (src,) = copy_in([name], tmp_path / "in")
+    before = digest([src])
+    scan = scan_dicom(tmp_path / "in", [src])
+    assert not scan.bad and not scan.non_image and len(scan.series) == 1
+    record = read_series(scan.series[0], tmp_path / "in")
+    assert record.image.shape == shape and record.spatial_dims == len(shape) - 1
+    ((_, dst),) = write_series(record, tmp_path / "in", tmp_path / "out", OPTIONS)
+    assert dst == tmp_path / "out" / name
+    assert digest([src]) == before
+
+    a, b = pydicom.dcmread(src), pydicom.dcmread(dst)
+    assert np.array_equal(a.pixel_array, b.pixel_array)
+    assert b.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    for tag in {e.tag for e in a} | {e.tag for e in b}:
+        if tag.element == 0 or (tag in a and a[tag].keyword in CHANGED) or (tag in b and b[tag].keyword in CHANGED):
+            continue
+        assert tag in a and tag in b and a[tag].value == b[tag].value, f"{tag} changed"
+    color = record.channels == 3
+    assert b.PhotometricInterpretation == ("RGB" if color else a.PhotometricInterpretation)
+    assert b.ImageType[0] == "DERIVED" and list(b.ImageType[2:]) == list(a.ImageType[2:])
+    assert b.ImageType[1] == ("PRIMARY" if "Enhanced" in UID(a.SOPClassUID).name else "SECONDARY")
+    assert b.DerivationDescription == "ulmed none 0"
+    assert b.SOPInstanceUID == new_uid(a.SOPInstanceUID, "test-salt") != a.SOPInstanceUID
+    assert b.file_meta.MediaStorageSOPInstanceUID == b.SOPInstanceUID and UID(b.SOPInstanceUID).is_valid
+    assert b.SeriesInstanceUID == new_uid(a.SeriesInstanceUID, "test-salt") != a.SeriesInstanceUID
+
+    sitk = pytest.importorskip("SimpleITK")
+    seen = sitk.GetArrayFromImage(sitk.ReadImage(str(dst)))  # SimpleITK applies the rescale
+    native = np.moveaxis(record.image, 0, -1) if color else record.image[0]
+    assert np.array_equal(np.squeeze(seen), np.squeeze(native))
+
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (dicom3tools) is not on PATH; apt-get install dicom3tools")
+    new = {e for e in dciodvfy_errors(dst) - dciodvfy_errors(src) if not DCIODVFY_FALSE_POSITIVE.search(e)}
+    assert not new
+
+
+def test_record_meta_and_key_hold_no_identity(tmp_path: Path) -> None:
+    (src,) = copy_in(["CT_small.dcm"], tmp_path / "in")
+    series = scan_dicom(tmp_path / "in", [src]).series[0]
+    record = read_series(series, tmp_path / "in")
+    ds = pydicom.dcmread(src)
+    assert series.key == "./" + hashlib.sha256(ds.SeriesInstanceUID.encode()).hexdigest()[:12]
+    text = repr((series.key, record.meta))
+    assert str(ds.PatientName) not in text and str(ds.PatientID) not in text and str(ds.StudyDate) not in text
+    assert record.meta["modality"] == "CT" and record.meta["dtype"] == "int16" and record.meta["n_files"] == 1
+    assert record.mapping.unit == "HU" and record.mapping.quantum == 1.0
+    assert record.mapping.valid_min == -32768 - 1024 and record.mapping.valid_max == 32767 - 1024
+    assert np.array_equal(record.image[0], ds.pixel_array.astype(np.int32) - 1024)
+
+
+@pytest.mark.parametrize(("name", "quanta"), [("CT_small.dcm", 3), ("MR2_UNCR.dcm", 2)])
+def test_known_perturbation_reads_back_within_one_quantum(tmp_path: Path, name: str, quanta: int) -> None:
+    (src,) = copy_in([name], tmp_path / "in")
+    record = read_series(scan_dicom(tmp_path / "in", [src]).series[0], tmp_path / "in")
+    q = record.mapping.quantum
+    delta = np.full(record.image.shape, record.mapping.native_to_unit_eps(quanta * q), dtype=np.float32)
+    perturbed = record.with_perturbation(delta)
+    expected = np.clip(record.image + quanta * q, record.mapping.low, record.mapping.high)
+    ((_, dst),) = write_series(perturbed, tmp_path / "in", tmp_path / "out", OPTIONS)
+    back = read_series(scan_dicom(tmp_path / "out", [dst]).series[0], tmp_path / "out")
+    assert np.abs(back.image - expected).max() <= q + 1e-9
+    assert np.mean(back.image - record.image) > (quanta - 1) * q  # the noise really was written
+    stored = pydicom.dcmread(dst).pixel_array.astype(np.int64) - pydicom.dcmread(src).pixel_array
+    assert stored.min() >= 0 and stored.max() <= quanta
+
+
+def test_multi_file_series_order_geometry_and_uids(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    shutil.copytree(data("DICOMDIR").parent, root)
+    inputs = sorted(p for p in root.rglob("*") if p.is_file())
+    before = digest(inputs)
+    scan = scan_dicom(root, inputs)
+    assert {p.name for p, _ in scan.bad} == {"README.txt", "README"}
+    assert root / "DICOMDIR" in scan.non_image
+    stacks = {s.key.split("/")[1]: s for s in scan.series if len(s.files) > 1}
+    assert {k: len(s.files) for k, s in stacks.items()} == {"CT2": 4, "CT5N": 5}
+    localizers = [s for s in scan.series if s.key.startswith("98892003/MR2/")]  # 3-plane localizers
+    assert sorted(Counter(s.series_uid for s in localizers).values()) == [1, 3, 3]
+    assert len({s.key for s in localizers}) == 7 and all(len(s.files) == 1 for s in localizers)
+
+    runs = {}
+    for run, salt in (("a", "s1"), ("b", "s1"), ("c", "s2")):
+        opts = WriteOptions(method="none", budget="0", uid_salt=salt)
+        runs[run] = {s.key: write_series(read_series(s, root), root, tmp_path / run, opts) for s in stacks.values()}
+    assert digest(inputs) == before
+
+    for series in stacks.values():
+        ins = [pydicom.dcmread(p) for p in series.files]
+        iop = np.asarray(ins[0].ImageOrientationPatient, dtype=float)
+        normal = np.cross(iop[:3], iop[3:])
+        assert np.all(np.diff([np.dot(np.asarray(d.ImagePositionPatient, float), normal) for d in ins]) > 0)
+        outs = {run: [pydicom.dcmread(o) for _, o in runs[run][series.key]] for run in runs}
+        for (src, dst), d_in, d_out in zip(runs["a"][series.key], ins, outs["a"]):
+            assert dst == tmp_path / "a" / src.relative_to(root)
+            assert d_out.ImagePositionPatient == d_in.ImagePositionPatient and d_out.PixelSpacing == d_in.PixelSpacing
+            assert d_out.ImageOrientationPatient == d_in.ImageOrientationPatient
+            assert np.array_equal(d_out.pixel_array, d_in.pixel_array)
+        series_uids = {run: {d.SeriesInstanceUID for d in outs[run]} for run in outs}
+        assert all(len(uids) == 1 for uids in series_uids.values())
+        assert series_uids["a"] == series_uids["b"] != series_uids["c"] and ins[0].SeriesInstanceUID not in series_uids["a"]
+        assert len({d.SOPInstanceUID for d in outs["a"]}) == len(ins)
+        # the written series scans back as one series in the same order, with the same values
+        again = scan_dicom(tmp_path / "a", [o for _, o in runs["a"][series.key]])
+        assert len(again.series) == 1 and [o.name for o in again.series[0].files] == [p.name for p in series.files]
+        rec_in, rec_out = read_series(series, root), read_series(again.series[0], tmp_path / "a")
+        assert rec_out.spatial_dims == 3 and np.array_equal(rec_out.image, rec_in.image)
+        assert rec_out.meta["spacing"] == rec_in.meta["spacing"]
+
+
+@pytest.mark.parametrize(("encoding", "uid"), [("rle", RLELossless), ("jpegls", JPEGLSLossless), ("j2k", JPEG2000Lossless)])
+@pytest.mark.parametrize("name", ["CT_small.dcm", "emri_small.dcm", "US1_UNCR.dcm"])
+def test_lossless_reencoding_is_pixel_exact(tmp_path: Path, encoding: str, uid: UID, name: str) -> None:
+    (src,) = copy_in([name], tmp_path / "in")
+    options = WriteOptions(method="none", budget="0", dicom_encoding=encoding)
+    ((_, dst),) = protect_all(tmp_path / "in", tmp_path / "out", options)
+    a, b = pydicom.dcmread(src), pydicom.dcmread(dst)
+    assert b.file_meta.TransferSyntaxUID == uid
+    assert np.array_equal(a.pixel_array, b.pixel_array)
+    if a.SamplesPerPixel == 3:
+        assert b.PhotometricInterpretation == ("YBR_RCT" if encoding == "j2k" else "RGB")
+
+
+def test_bad_inputs_are_reported_and_not_written(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    (good,) = copy_in(["MR_small.dcm"], root)
+    whole = data("CT_small.dcm").read_bytes()
+    truncated = root / "truncated.dcm"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    text = root / "x.dcm"
+    text.write_text("not an image\n")
+    assert is_dicom_file(good) and not is_dicom_file(text) and not is_dicom_file(root / "missing.dcm")
+
+    scan = scan_dicom(root, [good, truncated, text])
+    reasons = dict(scan.bad)
+    assert set(reasons) == {truncated, text} and all(r and ";" in r for r in reasons.values())
+    assert [s.files for s in scan.series] == [[good]]
+    pairs = protect_all(root, tmp_path / "out")
+    assert [dst.name for _, dst in pairs] == ["MR_small.dcm"]
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == ["MR_small.dcm"]
+
+    with pytest.raises(InputError, match=re.escape(str(truncated))):
+        read_series(DicomSeries(series_uid="1.2.3", files=[truncated], key="./x"), root)
+
+
+def test_missing_codec_raises_missing_dependency(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "in"
+    compressed, plain = copy_in(["MR_small_jpeg_ls_lossless.dcm", "MR_small.dcm"], root)
+    # What pydicom sees when neither pyjpegls nor pylibjpeg-libjpeg is installed:
+    for codec in (get_decoder(JPEGLSLossless), get_encoder(JPEGLSLossless)):
+        monkeypatch.setattr(codec, "_available", {})
+        monkeypatch.setattr(codec, "_unavailable", {"pyjpegls": ("numpy", "pyjpegls")})
+    (series,) = scan_dicom(root, [compressed]).series  # headers need no codec
+    with pytest.raises(MissingDependencyError, match=r"ulmed\[codecs\]") as err:
+        read_series(series, root)
+    assert str(compressed) in str(err.value)
+
+    record = read_series(scan_dicom(root, [plain]).series[0], root)
+    options = WriteOptions(method="none", budget="0", dicom_encoding="jpegls")
+    with pytest.raises(MissingDependencyError, match=r"ulmed\[codecs\]"):
+        write_series(record, root, tmp_path / "out", options)
+    assert not (tmp_path / "out" / "MR_small.dcm").exists()
+
+
+def test_new_uid_is_valid_deterministic_and_salted() -> None:
+    uid = new_uid("1.2.840.113619.2.1.1", "salt")
+    assert uid == new_uid("1.2.840.113619.2.1.1", "salt") and UID(uid).is_valid and len(uid) <= 64
+    assert uid != new_uid("1.2.840.113619.2.1.1", "other")
+    assert new_uid("1.2", "a") != new_uid("2", "a1.")  # sources are not simply concatenated
+
+
+def test_output_inside_input_is_refused(tmp_path: Path) -> None:
+    (src,) = copy_in(["CT_small.dcm"], tmp_path / "in")
+    record = read_series(scan_dicom(tmp_path / "in", [src]).series[0], tmp_path / "in")
+    before = digest([src])
+    with pytest.raises(OutputError, match="overwrite"):
+        write_series(record, tmp_path / "in", tmp_path / "in", OPTIONS)
+    assert digest([src]) == before
