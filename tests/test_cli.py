@@ -77,3 +77,15 @@ def test_config_file_fills_unset_options_and_flags_win(sample_data, tmp_path):
     assert json.loads((tmp_path / "b/manifest.json").read_text())["params"]["method"] == "random"
     cfg.write_text("colour: blue\n")
     assert main(["-q", "protect", "-i", str(sample_data / "hc18"), "-o", str(tmp_path / "c"), "--config", str(cfg)]) == 2
+
+
+def test_lossy_dicom_output_refused_and_lossless_accepted(sample_data, tmp_path, capsys):
+    import pydicom
+
+    assert main(["protect", "-i", str(sample_data / "dicom"), "-o", str(tmp_path / "a"), "--dicom-encoding", "jpeg"]) == 2
+    assert "lossy" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    assert main(["-q", "protect", "-i", str(sample_data / "dicom"), "-o", str(tmp_path / "b"), "--dicom-encoding", "jpegls"]) == 0
+    ds = pydicom.dcmread(tmp_path / "b/single/CT_small.dcm")
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGLSLossless
+    assert "ulmed random" in ds.DerivationDescription and list(ds.ImageType[:2]) == ["DERIVED", "SECONDARY"]
