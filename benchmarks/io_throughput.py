@@ -4,9 +4,9 @@ One run per kind of data, each in a fresh process so its peak memory is its own:
 
 * images: HC18 ultrasound PNGs from ../shared/data/hc18;
 * nifti: MSD hippocampus volumes from ../shared/data/msd_hippocampus;
-* dicom: a small export built from real files: pydicom's CT series
-  (dicomdirtests/77654033/CT2) plus the 512x512 CT and multi-frame MR files that
-  pydicom-data ships, each copied under its own folder.
+* dicom: an export built from real files: pydicom's 4-slice CT series
+  (dicomdirtests/77654033/CT2), CT_small, MR_small, and the multi-frame MR and 512x512 CT
+  that pydicom-data ships; 1 (quick) or 10 (full) copies, each under new UIDs.
 
 Usage:
     python benchmarks/io_throughput.py --quick     # about a minute on 2 CPU cores
@@ -32,24 +32,33 @@ DATA = REPO.parent / "shared" / "data"
 
 
 def _dicom_export(dst: Path, copies: int) -> Path:
-    """Lay out a small real DICOM export: several series folders of real files."""
+    """Lay out a small real DICOM export: each copy of the real files gets its own UIDs.
+
+    Copy ``i`` re-issues StudyInstanceUID, SeriesInstanceUID and SOPInstanceUID
+    deterministically, as if it were another patient's study, so every copy is its own series.
+    """
+    import pydicom
     from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
 
     ct_series = Path(get_testdata_file("CT_small.dcm", download=False)).parent / "dicomdirtests/77654033/CT2"
-    singles = [get_testdata_file(n, download=False) for n in ("CT_small.dcm", "MR_small.dcm", "emri_small.dcm", "693_UNCI.dcm")]
+    singles = [Path(get_testdata_file(n, download=False)) for n in ("CT_small.dcm", "MR_small.dcm", "emri_small.dcm", "693_UNCI.dcm")]
+    sources = [(f, f"ct2/{f.name}") for f in sorted(ct_series.iterdir())] + [(f, f"single/{f.name}") for f in singles]
     for i in range(copies):
-        shutil.copytree(ct_series, dst / f"study{i}/ct2")
-        for f in singles:
-            if f is not None:
-                (dst / f"study{i}/single").mkdir(parents=True, exist_ok=True)
-                shutil.copy(f, dst / f"study{i}/single" / Path(f).name)
+        for src, rel in sources:
+            ds = pydicom.dcmread(src)
+            for tag in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+                setattr(ds, tag, generate_uid(entropy_srcs=[f"copy{i}", str(getattr(ds, tag))]))
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            (dst / f"study{i}" / rel).parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(dst / f"study{i}" / rel)
     return dst
 
 
 def _subset(kind: str, n: int | None, tmp: Path) -> Path:
     """A folder with the first ``n`` items of a data set (symlinked, read-only sources)."""
     if kind == "dicom":
-        return _dicom_export(tmp / "dicom", copies=1 if n else 4)
+        return _dicom_export(tmp / "dicom", copies=1 if n else 10)
     src = DATA / ("hc18/images" if kind == "images" else "msd_hippocampus/images")
     files = sorted(src.iterdir())[:n] if n else sorted(src.iterdir())
     dst = tmp / kind
