@@ -84,6 +84,21 @@ def _apply_config(ctx: typer.Context, config: Path | None, values: dict[str, obj
     return values
 
 
+def _parse_sets(items: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` strings to a dict; values are read as YAML scalars (numbers, booleans)."""
+    import yaml
+
+    from ulmed.errors import ConfigError
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set needs KEY=VALUE, got {item!r}")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
 @app.command()
 def protect(
     ctx: typer.Context,
@@ -96,17 +111,24 @@ def protect(
     skip_non_image: Annotated[bool, typer.Option("--skip-non-image", help="Leave SR/SEG/RTSTRUCT/PR... out instead of copying them.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad input instead of skipping it.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty output folder.")] = False,
-    config: Annotated[Optional[Path], typer.Option(help="YAML file with option values (e.g. configs/protect/default.yaml); flags win.")] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="CSV of class labels by relative path (classification).")] = None,
+    rho: Annotated[Optional[float], typer.Option(help="SALM: fraction of positions that may change (L0 budget).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method option KEY=VALUE (repeatable), e.g. --set rounds=5.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML file with option values (e.g. configs/protect/salm.yaml); flags win.")] = None,
 ) -> None:
     """Protect every image under INPUT and write valid files of the same kind to OUTPUT."""
     from ulmed.pipeline.protect import protect_path, summarize
 
     start = time.perf_counter()
     opts = _apply_config(ctx, config, {"method": method, "eps": eps, "dicom_encoding": dicom_encoding,
-                                       "skip_non_image": skip_non_image, "masks": masks})
+                                       "skip_non_image": skip_non_image, "masks": masks, "labels": labels,
+                                       "options": {}})
+    method_options = {**opts.pop("options"), **_parse_sets(set_ or [])}  # type: ignore[dict-item]
+    if rho is not None:
+        method_options["rho"] = rho
     manifest = protect_path(
         input, output, seed=state.seed, device=state.device, strict=strict, overwrite=overwrite,
-        progress=_progress, **opts,  # type: ignore[arg-type]
+        progress=_progress, method_options=method_options, **opts,  # type: ignore[arg-type]
     )
     s = summarize(manifest)
     psnr = f", PSNR {s['psnr_min']:.1f}-{s['psnr_max']:.1f} dB" if s["psnr_min"] is not None else ""

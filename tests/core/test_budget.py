@@ -38,3 +38,42 @@ def test_unit_budget_describes_native_size():
 def test_bad_budgets_are_refused(spec):
     with pytest.raises(ConfigError):
         Budget.parse(spec)
+
+
+@pytest.mark.parametrize(
+    ("spec", "value", "unit"),
+    [("l2:0.5", 0.5, None), ("L2: 3", 3.0, None), ("l2:40HU", 40.0, "HU"), ("linf:8/255", 8 / 255, None)],
+)
+def test_norm_prefixed_budgets_parse(spec, value, unit):
+    b = Budget.parse(spec)
+    assert b.norm == ("l2" if spec.lower().startswith("l2") else "linf")
+    assert b.value == pytest.approx(value) and b.native_unit == unit
+    assert Budget.parse("8/255").norm == "linf"
+
+
+def test_l2_budget_may_exceed_one_but_linf_may_not():
+    assert Budget.parse("l2:3").describe(PNG)["norm"] == "l2"
+    assert Budget.parse("l2:40HU").in_unit(CT) == pytest.approx(40 / 4095)
+    with pytest.raises(ConfigError):
+        Budget.parse("linf:3")
+    with pytest.raises(ConfigError):
+        Budget.parse("l3:0.5")
+
+
+def test_eps_map_fills_foreground_and_background():
+    import numpy as np
+    import torch
+
+    from ulmed.core.budget import eps_map
+
+    mask = np.zeros((4, 5), dtype=np.uint8)
+    mask[1:3, 2:4] = 1
+    m = eps_map((3, 4, 5), 16 / 255, 2 / 255, mask)
+    assert m.shape == (3, 4, 5) and m.dtype == torch.float32
+    assert torch.all(m[:, 1:3, 2:4] == torch.tensor(16 / 255)) and int((m == torch.tensor(2 / 255)).sum()) == 3 * 16
+    batch = eps_map((2, 1, 4, 5), 0.1, 0.0, torch.from_numpy(np.stack([mask, 1 - mask]))[:, None])
+    assert torch.equal(batch[0, 0] > 0, torch.from_numpy(mask > 0)) and torch.equal(batch[1, 0] > 0, torch.from_numpy(mask == 0))
+    with pytest.raises(ConfigError):
+        eps_map((3, 4, 6), 0.1, 0.0, mask)
+    with pytest.raises(ConfigError):
+        eps_map((3, 4, 5), 1.5, 0.0, mask)

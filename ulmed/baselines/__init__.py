@@ -1,5 +1,6 @@
 """Baseline methods on the shared core; importing this package registers them."""
 
+from ulmed.baselines.em import ErrorMinimising
 from ulmed.baselines.random_noise import NoPerturbation, RandomNoise
 
-__all__ = ["NoPerturbation", "RandomNoise"]
+__all__ = ["ErrorMinimising", "NoPerturbation", "RandomNoise"]

@@ -2,46 +2,63 @@
 
 A budget is parsed once from the user's text and converted per record, because the
 native size of one [0, 1] unit differs between records (an 8-bit PNG, a CT series).
+An L2 budget carries the prefix ``l2:`` (``l2:0.5``, ``l2:40HU``); without a prefix (or
+with ``linf:``) a budget is L-inf. :func:`eps_map` builds a per-position L-inf budget
+(one size inside a foreground mask, another outside) for the PGD loop.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ulmed.errors import ConfigError
 from ulmed.io.record import IntensityMapping
 
+if TYPE_CHECKING:
+    import torch
+
 _NATIVE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z]+)\s*$")
 _FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*/\s*([0-9]*\.?[0-9]+)\s*$")
 _NUMBER = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*$")
+_NORM = re.compile(r"^\s*(linf|l2)\s*:(.*)$", re.IGNORECASE)
+NORMS = ("linf", "l2")
 
 
 @dataclass(frozen=True)
 class Budget:
-    """An L-inf budget, in [0, 1] units or in a record's native unit.
+    """An L-inf or L2 budget, in [0, 1] units or in a record's native unit.
 
     Args:
-        value: Size of the budget in ``unit``.
+        value: Size of the budget in ``unit`` (the radius of the L-inf or L2 ball).
         native_unit: ``None`` for [0, 1] units; otherwise the native unit's name
             (``"HU"``, ``"value"``) or ``"native"`` to match any record's unit.
         spec: The text the user gave, kept for manifests.
+        norm: ``"linf"`` (per-element bound) or ``"l2"`` (bound on the whole record's norm).
     """
 
     value: float
     native_unit: str | None = None
     spec: str = ""
+    norm: str = "linf"
 
     def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ConfigError(f"budget norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         if not self.value > 0:
             raise ConfigError(f"budget must be > 0, got {self.spec or self.value!r}")
-        if self.native_unit is None and self.value > 1:
+        if self.norm == "linf" and self.native_unit is None and self.value > 1:
             raise ConfigError(f"budget {self.spec or self.value!r} exceeds the [0, 1] range; write it as N/255 or with a unit such as 20HU")
 
     @classmethod
     def parse(cls, spec: str | float) -> Budget:
         """Parse ``"8/255"``, ``"0.03"``, ``0.03``, ``"20HU"`` or ``"3native"``.
+
+        Any of the text forms may carry a norm prefix: ``"l2:0.5"``, ``"l2:40HU"``,
+        ``"linf:8/255"`` (L-inf is the default).
 
         Raises:
             ConfigError: The text is none of these forms.
@@ -49,16 +66,23 @@ class Budget:
         if isinstance(spec, (int, float)):
             return cls(float(spec), None, str(spec))
         text = str(spec)
-        if m := _FRACTION.match(text):
+        norm = "linf"
+        body = text
+        if m := _NORM.match(text):
+            norm, body = m.group(1).lower(), m.group(2)
+        if m := _FRACTION.match(body):
             num, den = float(m.group(1)), float(m.group(2))
             if den == 0:
                 raise ConfigError(f"budget {text!r} divides by zero")
-            return cls(num / den, None, text.strip())
-        if m := _NUMBER.match(text):
-            return cls(float(m.group(1)), None, text.strip())
-        if m := _NATIVE.match(text):
-            return cls(float(m.group(1)), m.group(2), text.strip())
-        raise ConfigError(f"cannot read budget {text!r}; write it as 8/255, 0.03 or with a native unit such as 20HU")
+            return cls(num / den, None, text.strip(), norm)
+        if m := _NUMBER.match(body):
+            return cls(float(m.group(1)), None, text.strip(), norm)
+        if m := _NATIVE.match(body):
+            return cls(float(m.group(1)), m.group(2), text.strip(), norm)
+        raise ConfigError(
+            f"cannot read budget {text!r}; write it as 8/255, 0.03 or with a native unit such as 20HU "
+            "(prefix l2: for an L2 budget, e.g. l2:0.5)"
+        )
 
     def in_unit(self, mapping: IntensityMapping) -> float:
         """The budget in [0, 1] units for a record with ``mapping``.
@@ -78,4 +102,49 @@ class Budget:
     def describe(self, mapping: IntensityMapping) -> dict[str, Any]:
         """Both forms of the budget for one record, for the manifest."""
         eps = self.in_unit(mapping)
-        return {"eps_unit": eps, "eps_native": mapping.unit_to_native_eps(eps), "native_unit": mapping.unit}
+        return {"eps_unit": eps, "eps_native": mapping.unit_to_native_eps(eps), "native_unit": mapping.unit, "norm": self.norm}
+
+
+def eps_map(
+    shape: tuple[int, ...],
+    eps_fg: float,
+    eps_bg: float,
+    foreground_mask: np.ndarray | torch.Tensor,
+    *,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """A per-position L-inf budget: ``eps_fg`` inside the foreground, ``eps_bg`` outside.
+
+    Args:
+        shape: Shape of the perturbation the map is for, e.g. ``(C, *spatial)`` or
+            ``(B, C, *spatial)``.
+        eps_fg: Budget in [0, 1] units where the mask is non-zero.
+        eps_bg: Budget in [0, 1] units elsewhere (0 freezes the background).
+        foreground_mask: Mask broadcastable to ``shape`` under the usual trailing-axes
+            rule: a spatial mask (a record's target) is shared by all channels and
+            samples; a batch of masks must carry its channel axis, ``(B, 1, *spatial)``.
+        device: Device of the returned map (default: the mask's, or the CPU).
+
+    Returns:
+        A float32 tensor of ``shape`` for :func:`ulmed.core.pgd.perturb`'s ``eps``.
+
+    Raises:
+        ConfigError: A budget is outside ``[0, 1]`` or the mask does not fit ``shape``.
+    """
+    import torch
+
+    for name, value in (("eps_fg", eps_fg), ("eps_bg", eps_bg)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise ConfigError(f"{name} must lie in [0, 1] (in [0, 1] units), got {value}")
+    mask = torch.as_tensor(np.asarray(foreground_mask) if not isinstance(foreground_mask, torch.Tensor) else foreground_mask)
+    mask = mask.to(device=device if device is not None else mask.device) != 0
+    try:
+        mask = torch.broadcast_to(mask, tuple(shape))
+    except RuntimeError:
+        raise ConfigError(
+            f"foreground mask of shape {tuple(mask.shape)} does not fit a perturbation of shape {tuple(shape)}; "
+            "give a spatial mask or one shaped (B, 1, *spatial)"
+        ) from None
+    fg = torch.tensor(float(eps_fg), dtype=torch.float32, device=mask.device)
+    bg = torch.tensor(float(eps_bg), dtype=torch.float32, device=mask.device)
+    return torch.where(mask, fg, bg)

@@ -34,4 +34,6 @@ def load_config(path: str | Path, allowed: set[str]) -> dict[str, Any]:
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}", path)
+    if "options" in data and not isinstance(data["options"], dict):
+        raise ConfigError("'options' must be a mapping of method options (e.g. rho: 0.1)", path)
     return {k: str(v) if k == "eps" else v for k, v in data.items()}

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ulmed.core.method import METHODS, ProtectionMethod
-from ulmed.errors import InputError, MissingDependencyError, OutputError
+from ulmed.errors import ConfigError, InputError, MissingDependencyError, OutputError
 from ulmed.eval.imperceptibility import imperceptibility
 from ulmed.io.atomic import atomic_copy
 from ulmed.io.base import WriteOptions
 from ulmed.io.dicom import write_series
 from ulmed.io.discover import Item, discover
 from ulmed.io.images import output_relpath, write_image
+from ulmed.io.labels import load_labels
 from ulmed.io.nifti import write_nifti
 from ulmed.io.record import Record
 from ulmed.pipeline.manifest import Entry, Manifest, sha256_of
@@ -63,6 +64,7 @@ def check_paths(input_path: Path, output_path: Path, overwrite: bool) -> None:
 def _register_methods() -> None:
     """Import the packages whose modules register methods."""
     import ulmed.baselines  # noqa: F401
+    import ulmed.medical  # noqa: F401
 
 
 def available_methods() -> dict[str, str]:
@@ -75,7 +77,10 @@ def build_method(name: str, eps: str | float, seed: int, device: str, **options:
     """Instantiate a registered method by name."""
     _register_methods()
     cls = METHODS.get(name)
-    return cls(budget=eps, seed=seed, device=device, **options)
+    try:
+        return cls(budget=eps, seed=seed, device=device, **options)
+    except TypeError as exc:  # an option the method does not take
+        raise ConfigError(f"method {name!r} does not take these options {sorted(options)}: {exc}") from None
 
 
 def _write(unit: Unit, protected: Record, root: Path, out: Path, opts: WriteOptions) -> list[tuple[Path, Path, str | None]]:
@@ -100,13 +105,20 @@ def _uid_salt(params: dict[str, Any]) -> str:
 
 
 def _iter_protected(
-    units: list[Unit], method: ProtectionMethod, root: Path, strict: bool, manifest: Manifest
+    units: list[Unit], method: ProtectionMethod, root: Path, strict: bool, manifest: Manifest,
+    labels: dict[str, int] | None = None,
 ) -> Iterator[tuple[Unit, Record | None, Record | None]]:
-    """Read and protect unit by unit; failures become ``(unit, None, None)`` after a manifest entry."""
+    """Read and protect unit by unit; failures become ``(unit, None, None)`` after a manifest entry.
+
+    Methods that optimise over the data set (``needs_fit``) see every record first.
+    """
 
     def read(unit: Unit) -> Record | None:
         try:
-            return read_unit(unit, root)
+            rec = read_unit(unit, root)
+            if labels and rec.target is None:
+                rec.target = labels.get(rec.key, labels.get(str(Path(rec.key).parent)))
+            return rec
         except (InputError, MissingDependencyError) as exc:
             if strict:
                 raise
@@ -141,6 +153,7 @@ def protect_path(
     overwrite: bool = False,
     progress: Progress = _no_progress,
     method_options: dict[str, Any] | None = None,
+    labels: str | Path | None = None,
 ) -> Manifest:
     """Protect everything under ``input_path`` into ``output_path``.
 
@@ -157,7 +170,8 @@ def protect_path(
         dicom_encoding: ``explicit``, ``rle``, ``jpegls`` or ``j2k`` (all lossless).
         overwrite: Allow writing into a non-empty output folder.
         progress: Wrapper for the main loop (progress bar).
-        method_options: Extra keyword arguments for the method's constructor.
+        method_options: Extra keyword arguments for the method's constructor (``rho`` ...).
+        labels: Optional CSV of class labels by relative path (classification targets).
 
     Returns:
         The manifest (also written to ``output_path/manifest.json``).
@@ -168,6 +182,7 @@ def protect_path(
         raise InputError("does not exist; check the -i path", src)
     check_paths(src, out, overwrite)
     protector = build_method(method, eps, seed, device, **(method_options or {}))
+    label_map = load_labels(labels) if labels is not None else None
     inv = discover(src, masks)
     root = inv.root
     params = {**protector.params(), "dicom_encoding": dicom_encoding, "skip_non_image": skip_non_image}
@@ -184,7 +199,7 @@ def protect_path(
         raise OutputError(f"cannot create the output folder ({exc.strerror}); choose a writable -o", out) from exc
 
     units = units_of(inv)
-    for unit, clean, protected in progress(_iter_protected(units, protector, root, strict, manifest), len(units), "protecting"):
+    for unit, clean, protected in progress(_iter_protected(units, protector, root, strict, manifest, label_map), len(units), "protecting"):
         if clean is None or protected is None:
             continue
         budget = protector.budget.describe(clean.mapping)

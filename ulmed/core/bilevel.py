@@ -1,0 +1,347 @@
+"""The bilevel min-min loop of error-minimising noise (Huang et al., ICLR 2021).
+
+Each round trains the surrogate for M steps on the perturbed data (the noise held fixed),
+then runs N PGD steps that *minimise* the surrogate's loss in the noise (the surrogate
+held fixed), then measures the surrogate on the perturbed data. The loop stops when that
+metric (accuracy, Dice) reaches a threshold or after ``max_rounds``. Noise is sample-wise
+(one perturbation per image) or class-wise (one per class id, added by indexing).
+
+Everything that differs between methods is injected: the loss, the metric, the budget
+(``eps`` or a per-position map) and the positions allowed to move (``position_policy``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from ulmed.core.device import resolve_device
+from ulmed.core.pgd import NORMS, GradFn, SelectFn, perturb
+from ulmed.errors import ConfigError
+
+#: ``loss_fn(output, target) -> scalar`` (mean over the batch), e.g. a MONAI ``DiceCELoss``.
+TrainLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``metric_fn(output, target) -> float`` (batch mean, higher is better): accuracy, Dice.
+MetricFn = Callable[[torch.Tensor, torch.Tensor], float | torch.Tensor]
+
+
+class PositionPolicy(Protocol):
+    """Which positions may move, per PGD batch (SALM plugs in here).
+
+    Called as ``policy(indices, x)``: ``indices`` are the data-set indices of the batch
+    (class ids for class-wise noise, with ``x`` None) and ``x`` the clean batch on the
+    device. Returns ``(position_mask, select_positions)`` for :func:`ulmed.core.pgd.perturb`;
+    either may be None.
+    """
+
+    def __call__(self, indices: torch.Tensor, x: torch.Tensor | None) -> tuple[torch.Tensor | None, SelectFn | None]: ...
+
+
+@dataclass
+class MinMinConfig:
+    """Settings of the min-min loop.
+
+    Args:
+        eps: Budget in [0, 1] units (L-inf radius, or L2 radius per sample).
+        step_size: PGD step; default ``eps / 10`` (of the largest budget in an eps map).
+        train_steps: Surrogate training steps (M) per round.
+        pgd_steps: PGD steps (N) per round.
+        max_rounds: Most rounds before giving up on the threshold.
+        stop_threshold: Stop once the surrogate's metric on the perturbed data is >= this.
+        batch_size: Mini-batch size of training, PGD and evaluation (bounds memory).
+        lr: Learning rate of the SGD optimiser built when none is given.
+        seed: Seed of batch sampling, random starts and the surrogate's own randomness.
+        norm: ``"linf"`` or ``"l2"``.
+        random_start: Start each PGD run from random noise in the ball.
+    """
+
+    eps: float = 8 / 255
+    step_size: float | None = None
+    train_steps: int = 10
+    pgd_steps: int = 20
+    max_rounds: int = 10
+    stop_threshold: float = 0.99
+    batch_size: int = 16
+    lr: float = 0.1
+    seed: int = 0
+    norm: str = "linf"
+    random_start: bool = False
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if not (math.isfinite(self.eps) and self.eps > 0) or (self.norm == "linf" and self.eps > 1):
+            raise ConfigError(f"eps must be > 0 (and <= 1 for L-inf, in [0, 1] units), got {self.eps}")
+        if self.step_size is not None and not (math.isfinite(self.step_size) and self.step_size > 0):
+            raise ConfigError(f"step_size must be > 0, got {self.step_size}")
+        for name in ("pgd_steps", "max_rounds", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if not isinstance(self.train_steps, int) or self.train_steps < 0:
+            raise ConfigError(f"train_steps must be an integer >= 0, got {self.train_steps!r}")
+        if not math.isfinite(self.stop_threshold):
+            raise ConfigError(f"stop_threshold must be a finite number, got {self.stop_threshold}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+
+
+def _batches(generator: torch.Generator, n: int, size: int) -> Iterator[torch.Tensor]:
+    """Endless shuffled mini-batches: one permutation per epoch, drawn from ``generator``."""
+    while True:
+        perm = torch.randperm(n, generator=generator)
+        for start in range(0, n, size):
+            yield perm[start : start + size]
+
+
+def _rows(t: torch.Tensor, n: int, idx: torch.Tensor) -> torch.Tensor:
+    """``t[idx]`` when ``t`` has one row per item (n > 1), else ``t`` shared by all."""
+    if t.dim() == 0 or t.shape[0] != n or n == 1:
+        return t
+    return t[idx.to(t.device)]
+
+
+@dataclass
+class _Setup:
+    surrogate: nn.Module
+    images: torch.Tensor
+    targets: torch.Tensor
+    classes: torch.Tensor | None
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+
+    def batch(self, idx: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Clean images, targets and the noise of the items ``idx``, on the device."""
+        x = self.images[idx].to(self.device)
+        y = self.targets[idx].to(self.device)
+        rows = idx if self.classes is None else self.classes[idx]
+        return x, y, delta[rows.to(delta.device)].to(self.device)
+
+    def loss(self, x_adv: torch.Tensor, y: torch.Tensor, loss_fn: TrainLoss) -> torch.Tensor:
+        with self.autocast():
+            out = self.surrogate(x_adv)
+        return loss_fn(out.float(), y)
+
+
+def _train(
+    s: _Setup,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    stream: Iterator[torch.Tensor],
+    delta: torch.Tensor,
+    loss_fn: TrainLoss,
+    steps: int,
+) -> float:
+    s.surrogate.train()
+    losses = []
+    for _ in range(steps):
+        x, y, d = s.batch(next(stream), delta)
+        loss = s.loss((x + d).clamp(0.0, 1.0), y, loss_fn)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        losses.append(loss.item())
+    return sum(losses) / len(losses) if losses else math.nan
+
+
+@torch.no_grad()
+def _evaluate(s: _Setup, delta: torch.Tensor, loss_fn: TrainLoss, metric_fn: MetricFn, batch_size: int) -> tuple[float, float]:
+    s.surrogate.eval()
+    n = s.images.shape[0]
+    total_loss = total_metric = 0.0
+    for start in range(0, n, batch_size):
+        idx = torch.arange(start, min(start + batch_size, n))
+        x, y, d = s.batch(idx, delta)
+        with s.autocast():
+            out = s.surrogate((x + d).clamp(0.0, 1.0)).float()
+        total_loss += float(loss_fn(out, y)) * len(idx)
+        total_metric += float(metric_fn(out, y)) * len(idx)
+    return total_loss / n, total_metric / n
+
+
+def _classwise_grad(s: _Setup, loss_fn: TrainLoss, batch_size: int) -> GradFn:
+    """Gradient for class-wise noise: per class, the mean over that class's samples."""
+    if s.classes is None:
+        raise ConfigError("class-wise gradients need class ids")
+    classes = s.classes
+    n_classes_seen = torch.bincount(classes)
+
+    def grad(_x: torch.Tensor | None, d_cls: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros_like(d_cls)
+        n = s.images.shape[0]
+        for start in range(0, n, batch_size):
+            idx = torch.arange(start, min(start + batch_size, n))
+            x = s.images[idx].to(s.device)
+            y = s.targets[idx].to(s.device)
+            d = d_cls.detach().requires_grad_(True)
+            loss = s.loss((x + d[classes[idx].to(s.device)]).clamp(0.0, 1.0), y, loss_fn) * len(idx)
+            total += torch.autograd.grad(loss, d)[0]
+        counts = torch.zeros(d_cls.shape[0], device=d_cls.device)
+        counts[: n_classes_seen.numel()] = n_classes_seen.to(d_cls.device, torch.float32)
+        return total / counts.clamp_min(1).view(-1, *([1] * (d_cls.dim() - 1)))
+
+    return grad
+
+
+def _pgd_round(
+    s: _Setup,
+    delta: torch.Tensor,
+    loss_fn: TrainLoss,
+    config: MinMinConfig,
+    step: float,
+    eps: float | torch.Tensor,
+    policy: PositionPolicy | None,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """N minimising PGD steps on every noise row, one batch of the data set at a time."""
+
+    def run(
+        x: torch.Tensor | None,
+        d: torch.Tensor,
+        loss: Callable[[torch.Tensor], torch.Tensor] | None,
+        grad_fn: GradFn | None,
+        e: float | torch.Tensor,
+        idx: torch.Tensor,
+    ) -> torch.Tensor:
+        mask, select = policy(idx, x) if policy is not None else (None, None)
+        e = e.to(s.device) if isinstance(e, torch.Tensor) else e
+        return perturb(
+            x, d, loss, eps=e, step_size=step, n_steps=config.pgd_steps, minimize=True, norm=config.norm,
+            position_mask=mask, select_positions=select, random_start=config.random_start,
+            generator=generator, grad_fn=grad_fn,
+        )
+
+    if s.classes is not None:
+        grad_fn = _classwise_grad(s, loss_fn, config.batch_size)
+        d = run(None, delta.to(s.device), None, grad_fn, eps, torch.arange(delta.shape[0]))
+        return d.to(delta.device, delta.dtype)
+    n = s.images.shape[0]
+    delta = delta.clone()
+    for begin in range(0, n, config.batch_size):
+        idx = torch.arange(begin, min(begin + config.batch_size, n))
+        x, y, d = s.batch(idx, delta)
+        e = _rows(eps, n, idx) if isinstance(eps, torch.Tensor) else eps
+
+        def loss(x_adv: torch.Tensor, y: torch.Tensor = y) -> torch.Tensor:
+            return s.loss(x_adv, y, loss_fn)
+
+        delta[idx.to(delta.device)] = run(x, d, loss, None, e, idx).to(delta.device, delta.dtype)
+    return delta
+
+
+def min_min(
+    surrogate: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    delta: torch.Tensor | None,
+    loss_fn: TrainLoss,
+    metric_fn: MetricFn,
+    config: MinMinConfig,
+    *,
+    eps_map: torch.Tensor | None = None,
+    position_policy: PositionPolicy | None = None,
+    classwise: bool = False,
+    class_ids: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+    progress: Callable[[dict[str, float]], None] | None = None,
+) -> tuple[torch.Tensor, list[dict[str, float]]]:
+    """Optimise error-minimising noise against a surrogate trained alongside it.
+
+    Args:
+        surrogate: The model; moved to ``device`` and trained in place.
+        optimizer: Optimiser over the surrogate's parameters; None builds SGD with
+            ``config.lr`` and momentum 0.9.
+        images: Clean data ``(N, C, *spatial)`` in [0, 1]; stays where it is (e.g. on the
+            CPU) and moves to ``device`` one batch at a time.
+        targets: ``(N,)`` class labels or ``(N, ...)`` masks, whatever ``loss_fn`` takes.
+        delta: Initial noise, ``(N, C, *spatial)`` sample-wise or ``(K, C, *spatial)``
+            class-wise; None starts from zeros.
+        loss_fn: ``(output, target) -> scalar`` batch-mean loss, for training and PGD.
+        metric_fn: ``(output, target) -> float`` batch-mean metric, higher is better.
+        config: Loop settings.
+        eps_map: Per-position L-inf budget replacing ``config.eps``: broadcastable to one
+            item's noise, or one row per item (``N`` rows; ``K`` class-wise).
+        position_policy: Positions allowed to move per PGD batch (see :class:`PositionPolicy`).
+        classwise: One noise per class id instead of one per image.
+        class_ids: ``(N,)`` class id per image for class-wise noise; default ``targets``.
+        device: Where the surrogate runs (``"auto"``, ``"cuda"``, a :class:`torch.device`).
+        amp: Mixed precision (bfloat16, or float16 with loss scaling); only on CUDA.
+        progress: Called with each round's history entry.
+
+    Returns:
+        The final noise (detached, on ``images``' device) and the history: one dict per
+        round with ``round``, ``train_loss`` (mean over the M steps), ``loss`` and
+        ``metric`` (the surrogate on the perturbed data) and ``mean_abs_delta``.
+
+    Raises:
+        ConfigError: Shapes or class ids do not fit.
+    """
+    dev = resolve_device(device) if isinstance(device, str) else device
+    n = images.shape[0]
+    if targets.shape[0] != n:
+        raise ConfigError(f"{n} images but {targets.shape[0]} targets")
+    classes = None
+    if classwise:
+        classes = (targets if class_ids is None else class_ids).to("cpu")
+        if classes.shape != (n,) or classes.dtype.is_floating_point or (n and int(classes.min()) < 0):
+            raise ConfigError("class-wise noise needs one non-negative integer class id per image (class_ids)")
+        rows = int(classes.max()) + 1 if delta is None else delta.shape[0]
+        if int(classes.max()) >= rows:
+            raise ConfigError(f"class id {int(classes.max())} has no noise row; delta has {rows} rows")
+    else:
+        rows = n
+    if delta is None:
+        delta = torch.zeros((rows, *images.shape[1:]), dtype=images.dtype, device=images.device)
+    if tuple(delta.shape) != (rows, *images.shape[1:]):
+        raise ConfigError(f"delta must have shape {(rows, *images.shape[1:])}, got {tuple(delta.shape)}")
+    delta = delta.detach().clone()
+    eps: float | torch.Tensor = config.eps if eps_map is None else eps_map
+    step = config.step_size or float(eps if isinstance(eps, float) else eps.max()) / 10
+    amp_dtype = None
+    if amp and dev.type == "cuda":
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    surrogate.to(dev)
+    if optimizer is None:
+        optimizer = torch.optim.SGD(surrogate.parameters(), lr=config.lr, momentum=0.9)
+    s = _Setup(surrogate, images, targets, classes, dev, amp_dtype)
+    was_training = surrogate.training
+    history: list[dict[str, float]] = []
+    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        stream = _batches(torch.Generator().manual_seed(config.seed), n, config.batch_size)
+        start_gen = torch.Generator(device=dev).manual_seed(config.seed + 1)
+        for r in range(config.max_rounds):
+            train_loss = _train(s, optimizer, scaler, stream, delta, loss_fn, config.train_steps)
+            surrogate.eval()
+            delta = _pgd_round(s, delta, loss_fn, config, step, eps, position_policy, start_gen)
+            loss, metric = _evaluate(s, delta, loss_fn, metric_fn, config.batch_size)
+            entry = {
+                "round": r,
+                "train_loss": train_loss,
+                "loss": loss,
+                "metric": metric,
+                "mean_abs_delta": float(delta.abs().mean()),
+            }
+            history.append(entry)
+            if progress is not None:
+                progress(entry)
+            if metric >= config.stop_threshold:
+                break
+    surrogate.train(was_training)
+    return delta, history

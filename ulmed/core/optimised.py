@@ -1,0 +1,251 @@
+"""Data-set-level protection by the min-min loop: the shared body of EM and SALM.
+
+:class:`OptimisedMethod` turns records into the tensors the bilevel loop needs and back:
+
+1. records are grouped by (spatial dims, channels), one surrogate per group;
+2. targets become class indices (:mod:`ulmed.core.targets`); records without a target get
+   label-free pseudo-targets;
+3. images are padded to a common shape (or cut into tiles when ``tile_size`` is set, so
+   memory is bounded whatever the volume size); padded positions get a zero budget;
+4. :func:`ulmed.core.bilevel.min_min` optimises the noise; each record's noise is cropped
+   (or untiled) back and served by :meth:`perturbation`.
+
+Subclasses only choose the policy: which positions may move (:meth:`position_policy`) and
+the defaults. There is no second PGD loop here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from monai.metrics import compute_dice
+from monai.networks.utils import one_hot
+
+from ulmed.core.bilevel import MinMinConfig, PositionPolicy, min_min
+from ulmed.core.budget import Budget
+from ulmed.core.canvas import TileLayout, crop, pad_stack, tile, untile
+from ulmed.core.device import resolve_device
+from ulmed.core.method import ProtectionMethod
+from ulmed.core.surrogates import SURROGATE_TASK, UNET_MULTIPLE, build_surrogate
+from ulmed.core.targets import TargetSet, prepare_targets
+from ulmed.errors import ConfigError
+from ulmed.io.record import Record
+
+
+def dice_metric(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean foreground Dice of the argmax of ``output`` against ``target`` (B, 1, ...)."""
+    k = output.shape[1]
+    pred = one_hot(output.argmax(1, keepdim=True), k)
+    dice = compute_dice(pred, one_hot(target, k), include_background=False, ignore_empty=True)
+    value = torch.nanmean(dice)
+    return torch.nan_to_num(value, nan=1.0)
+
+
+def accuracy_metric(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Share of correct class predictions."""
+    return (output.argmax(1) == target).float().mean()
+
+
+@dataclass
+class Group:
+    """Records optimised together, with what is needed to map their noise back.
+
+    ``images``/``targets`` are the tensors given to the loop; ``valid`` marks real (not
+    padded) positions; ``layouts`` holds each record's tiles (tiled mode) as
+    ``(first row, TileLayout)``.
+    """
+
+    records: list[Record]
+    targets_info: TargetSet
+    images: torch.Tensor
+    targets: torch.Tensor
+    valid: torch.Tensor
+    eps: torch.Tensor
+    layouts: list[tuple[int, TileLayout]] | None = None
+
+
+class OptimisedMethod(ProtectionMethod):
+    """Error-minimising noise from the bilevel min-min loop (base of ``em`` and ``salm``).
+
+    Args:
+        budget: L-inf budget (``"8/255"``, ``"20HU"``).
+        seed: Seed of the whole optimisation.
+        device: ``auto``, ``cpu``, ``cuda``...
+        surrogate: MONAI surrogate by name; default ``unet`` for masks/label maps and
+            label-free data, ``resnet18`` for class labels.
+        rounds: Most min-min rounds.
+        train_steps: Surrogate steps per round (M).
+        pgd_steps: PGD steps per round (N).
+        step_size: PGD step in [0, 1] units; default ``eps / 5``.
+        stop_threshold: Stop when the surrogate's Dice (segmentation) or accuracy
+            (classification) on the perturbed data reaches this.
+        batch_size: Batch size of training and PGD (bounds memory).
+        lr: Adam learning rate of the surrogate.
+        classwise: One noise per class (classification only).
+        tile_size: Cut images into tiles of this size (per spatial axis) instead of
+            padding them to a common shape; bounds memory for large volumes.
+        pseudo_classes: Bands of the label-free pseudo-targets.
+        amp: Mixed precision on CUDA.
+    """
+
+    needs_fit: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        budget: Budget | str | float = "8/255",
+        seed: int = 0,
+        device: str = "auto",
+        *,
+        surrogate: str | None = None,
+        rounds: int = 10,
+        train_steps: int = 20,
+        pgd_steps: int = 10,
+        step_size: float | None = None,
+        stop_threshold: float | None = None,
+        batch_size: int = 8,
+        lr: float = 1e-3,
+        classwise: bool = False,
+        tile_size: Sequence[int] | int | None = None,
+        pseudo_classes: int = 3,
+        amp: bool = False,
+    ) -> None:
+        super().__init__(budget, seed, device)
+        if surrogate is not None and surrogate not in SURROGATE_TASK:
+            raise ConfigError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATE_TASK)}")
+        if pseudo_classes < 2:
+            raise ConfigError(f"pseudo_classes must be >= 2, got {pseudo_classes}")
+        if tile_size is not None and (np.ndim(tile_size) == 0 and int(tile_size) < UNET_MULTIPLE):
+            raise ConfigError(f"tile_size must be >= {UNET_MULTIPLE}, got {tile_size}")
+        self.surrogate_name = surrogate
+        self.loop = MinMinConfig(
+            eps=1.0, step_size=None, train_steps=train_steps, pgd_steps=pgd_steps, max_rounds=rounds,
+            stop_threshold=0.0 if stop_threshold is None else stop_threshold, batch_size=batch_size, lr=lr, seed=seed,
+        )
+        self.step_size = step_size
+        self.stop_threshold = stop_threshold
+        self.classwise = classwise
+        self.tile_size = tile_size
+        self.pseudo_classes = pseudo_classes
+        self.amp = amp
+        self.history: dict[str, list[dict[str, float]]] = {}
+        self._deltas: dict[str, np.ndarray] = {}
+
+    # -- policy hooks -------------------------------------------------------------------
+    def position_policy(self, group: Group) -> PositionPolicy | None:
+        """Which positions may move (None: all real positions). SALM overrides this."""
+        return None
+
+    # -- fitting ------------------------------------------------------------------------
+    def _tiles(self, spatial_dims: int) -> tuple[int, ...] | None:
+        if self.tile_size is None:
+            return None
+        size = (int(self.tile_size),) * spatial_dims if np.ndim(self.tile_size) == 0 else tuple(int(t) for t in self.tile_size)
+        if len(size) != spatial_dims or any(t % UNET_MULTIPLE for t in size):
+            raise ConfigError(f"tile_size {size} needs {spatial_dims} sizes, each a multiple of {UNET_MULTIPLE}")
+        return size
+
+    def _build_group(self, records: list[Record]) -> Group:
+        units = [r.unit_image() for r in records]
+        info = prepare_targets([r.target for r in records], units, self.pseudo_classes)
+        if self.classwise and info.task != "classification":
+            raise ConfigError("class-wise noise needs class labels; use sample-wise noise for masks and label maps")
+        eps = [self.budget.in_unit(r.mapping) for r in records]
+        tiles = self._tiles(records[0].spatial_dims)
+        layouts = None
+        if tiles is not None and info.task == "segmentation":
+            parts, targets, valid, row_eps, layouts = [], [], [], [], []
+            for u, t, e in zip(units, info.targets, eps, strict=True):
+                img_tiles, layout = tile(u, tiles)
+                tgt_tiles, _ = tile(np.asarray(t)[None], tiles)
+                ok_tiles, _ = tile(np.ones((1, *u.shape[1:]), dtype=bool), tiles)
+                layouts.append((sum(len(p) for p in parts), layout))
+                parts.append(img_tiles), targets.append(tgt_tiles), valid.append(ok_tiles)
+                row_eps += [e] * len(img_tiles)
+            images, tgt, ok = np.concatenate(parts), np.concatenate(targets), np.concatenate(valid)
+            eps_rows = np.asarray(row_eps, dtype=np.float32)
+        else:
+            multiple = UNET_MULTIPLE if info.task == "segmentation" else 1
+            images, ok = pad_stack(units, multiple)
+            if info.task == "segmentation":
+                tgt, _ = pad_stack([np.asarray(t)[None].astype(np.float32) for t in info.targets], multiple)
+            else:
+                tgt = np.asarray(info.targets)
+            eps_rows = np.asarray(eps, dtype=np.float32)
+        target_tensor = torch.as_tensor(tgt).long()
+        valid = torch.as_tensor(ok)
+        eps_map = torch.as_tensor(eps_rows).view(-1, *([1] * (images.ndim - 1))) * valid.float()
+        return Group(records, info, torch.as_tensor(images), target_tensor, valid, eps_map, layouts)
+
+    def fit(self, records: Sequence[Record]) -> None:
+        """Optimise the noise of all records (one surrogate per group of equal rank/channels)."""
+        groups: dict[tuple[int, int], list[Record]] = {}
+        for r in records:
+            groups.setdefault((r.spatial_dims, r.channels), []).append(r)
+        device = resolve_device(self.device)
+        for (dims, channels), recs in sorted(groups.items()):
+            group = self._build_group(recs)
+            info = group.targets_info
+            name = self.surrogate_name or ("unet" if info.task == "segmentation" else "resnet18")
+            if SURROGATE_TASK[name] != info.task:
+                raise ConfigError(f"surrogate {name!r} is for {SURROGATE_TASK[name]}, but these targets need {info.task}")
+            torch.manual_seed(self.seed)
+            model = build_surrogate(name, dims, channels, info.num_classes)
+            seg = info.task == "segmentation"
+            loss_fn = DiceCELoss(to_onehot_y=True, softmax=True) if seg else torch.nn.CrossEntropyLoss()
+            config = MinMinConfig(**{
+                **self.loop.__dict__,
+                "eps": float(group.eps.max()),
+                "step_size": self.step_size or float(group.eps.max()) / 5,
+                "stop_threshold": self.stop_threshold if self.stop_threshold is not None else (0.9 if seg else 0.99),
+            })
+            optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+            classes = torch.as_tensor(np.asarray(info.targets)) if self.classwise else None
+            delta, history = min_min(
+                model, optimizer, group.images, group.targets, None, loss_fn,
+                dice_metric if seg else accuracy_metric, config,
+                eps_map=self._classwise_eps(group, classes) if classes is not None else group.eps,
+                position_policy=self.position_policy(group), classwise=self.classwise, class_ids=classes,
+                device=device, amp=self.amp,
+            )
+            self.history[f"{dims}d-{channels}ch"] = history
+            self._store(group, delta.cpu().numpy(), classes)
+
+    @staticmethod
+    def _classwise_eps(group: Group, classes: torch.Tensor) -> torch.Tensor:
+        """One budget per class noise: the smallest record budget, so every record's holds."""
+        per_record = group.eps.flatten(1).amax(1)
+        shape = (int(classes.max()) + 1, *([1] * (group.images.dim() - 1)))
+        return torch.full(shape, float(per_record.min()))
+
+    def _store(self, group: Group, delta: np.ndarray, classes: torch.Tensor | None) -> None:
+        for i, rec in enumerate(group.records):
+            if classes is not None:
+                d = crop(delta[int(classes[i])], rec.spatial_shape)
+            elif group.layouts is not None:
+                first, layout = group.layouts[i]
+                d = untile(delta[first : first + layout.count], layout)
+            else:
+                d = crop(delta[i], rec.spatial_shape)
+            self._deltas[rec.key] = d.astype(np.float32)
+
+    # -- serving ------------------------------------------------------------------------
+    def perturbation(self, record: Record, unit_image: np.ndarray, eps: float) -> np.ndarray:
+        """The optimised noise of a record seen by :meth:`fit`."""
+        try:
+            return self._deltas[record.key]
+        except KeyError:
+            raise ConfigError(f"{self.name} has no noise for {record.key!r}; it must be in the records given to fit()") from None
+
+    def params(self) -> dict[str, Any]:
+        """Parameters that define the output."""
+        return {
+            **super().params(), "surrogate": self.surrogate_name or "auto", "rounds": self.loop.max_rounds,
+            "train_steps": self.loop.train_steps, "pgd_steps": self.loop.pgd_steps, "step_size": self.step_size or "eps/5",
+            "stop_threshold": self.stop_threshold or "auto", "batch_size": self.loop.batch_size, "lr": self.loop.lr,
+            "classwise": self.classwise, "tile_size": self.tile_size, "pseudo_classes": self.pseudo_classes,
+        }
