@@ -1,0 +1,69 @@
+import importlib.util
+
+import pytest
+import torch
+
+from ulmed.errors import ConfigError, MissingDependencyError
+from ulmed.eval.victims import VICTIMS, build_victim, task_of
+
+HAS_EINOPS = importlib.util.find_spec("einops") is not None
+CASES = [(name, dims) for name in VICTIMS.names() for dims in VICTIMS.get(name).dims]
+
+
+@pytest.mark.parametrize(("name", "dims"), CASES)
+def test_every_victim_builds_and_gives_the_right_shape(name, dims):
+    if name == "unetr" and not HAS_EINOPS:
+        pytest.skip("unetr needs einops")
+    task = task_of(name)
+    if name == "unetr":
+        spatial = (32, 32) if dims == 2 else (16, 16, 16)  # UNETR takes exactly img_size
+    elif task == "segmentation":
+        spatial = (28, 20) if dims == 2 else (12, 20, 16)  # not multiples of the net's stride
+    else:
+        spatial = (28, 28) if dims == 2 else (20, 20, 20)  # below DenseNet's minimum 32
+    model = build_victim(name, spatial_dims=dims, in_channels=1, out_channels=3, img_size=spatial, seed=0)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 1, *spatial))
+    expected = (2, 3, *spatial) if task == "segmentation" else (2, 3)
+    assert tuple(out.shape) == expected
+
+
+def test_tasks():
+    assert {task_of(n) for n in ("unet", "segresnet", "attention_unet", "unetpp", "unetr")} == {"segmentation"}
+    assert {task_of(n) for n in ("densenet121", "resnet18")} == {"classification"}
+
+
+def test_seeded_build_is_reproducible_and_leaves_global_rng_alone():
+    state = torch.random.get_rng_state()
+    a = build_victim("unet", spatial_dims=2, in_channels=1, out_channels=2, seed=3)
+    b = build_victim("unet", spatial_dims=2, in_channels=1, out_channels=2, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"name": "vnet"}, "unknown victim"),
+        ({"size": "huge"}, "size"),
+        ({"spatial_dims": 1}, "spatial_dims"),
+        ({"out_channels": 1}, "out_channels"),
+        ({"in_channels": 0}, "in_channels"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs, match):
+    args = {"name": "unet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2} | kwargs
+    name = args.pop("name")
+    with pytest.raises(ConfigError, match=match):
+        build_victim(name, **args)
+
+
+def test_unetr_needs_img_size_and_einops():
+    with pytest.raises(ConfigError, match="img_size"):
+        build_victim("unetr", spatial_dims=3, in_channels=1, out_channels=2)
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        build_victim("unetr", spatial_dims=3, in_channels=1, out_channels=2, img_size=(20, 20, 20))
+    if not HAS_EINOPS:
+        with pytest.raises(MissingDependencyError, match="einops"):
+            build_victim("unetr", spatial_dims=3, in_channels=1, out_channels=2, img_size=(16, 16, 16))
