@@ -1,0 +1,178 @@
+"""Does the protection work? Protect the train split, train a MONAI victim on it, test on clean data.
+
+For each method (clean baseline, random control, em, salm, and salm without labels) this
+script protects the fixed train split of a shared data set at the victim's working
+resolution, trains a MONAI UNet victim on the protected images with the untouched masks,
+and reports Dice on the clean test split, the Dice ratio protected/clean, imperceptibility
+(PSNR, SSIM, fraction of positions changed) and the wall time and peak memory of the
+protection (each protection runs in a fresh process so its peak RSS is its own).
+Optionally the victim's trainer uses a defense (``--defense flip_jitter``).
+
+Usage:
+    python benchmarks/protect_effect.py --dataset hc18 --quick
+    python benchmarks/protect_effect.py --dataset hippocampus
+    python benchmarks/protect_effect.py --dataset hc18 --defense flip_jitter
+
+Writes benchmarks/results/protect_effect_<dataset>[_<defense>][_quick].json.
+Nothing is tuned on the test split: settings are fixed below, per mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+#: Fixed settings per data set and mode (never chosen by looking at test results).
+SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
+    "hc18": {
+        "quick": {"size": (64, 64), "train_limit": 96, "test_limit": 64, "epochs": 12, "rounds": 4, "train_steps": 15, "pgd_steps": 8},
+        "full": {"size": (64, 64), "train_limit": None, "test_limit": None, "epochs": 20, "rounds": 6, "train_steps": 30, "pgd_steps": 10},
+    },
+    "hippocampus": {
+        "quick": {"shape": (40, 56, 40), "train_limit": 40, "test_limit": 20, "epochs": 15, "rounds": 4, "train_steps": 15, "pgd_steps": 8},
+        "full": {"shape": (40, 56, 40), "train_limit": None, "test_limit": None, "epochs": 30, "rounds": 6, "train_steps": 30, "pgd_steps": 10},
+    },
+}
+METHODS = ("clean", "random", "em", "salm", "salm_nolabel")
+
+
+def _load(dataset: str, split: str, s: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    from ulmed.eval.data import load_hc18, load_hippocampus
+
+    limit = s["train_limit"] if split == "train" else s["test_limit"]
+    if dataset == "hc18":
+        images, masks, _ = load_hc18(DATA / "hc18", split, size=s["size"], limit=limit)
+    else:
+        images, masks, _ = load_hippocampus(DATA / "msd_hippocampus", split, shape=s["shape"], limit=limit)
+    return images, masks
+
+
+def _protect(method: str, dataset: str, mode: str, eps: str, seed: int, queue: mp.Queue) -> None:
+    """Protect the train split in memory (fresh process: wall time and peak RSS are this method's)."""
+    import torch
+
+    from ulmed.eval.imperceptibility import imperceptibility
+    from ulmed.io.record import IntensityMapping, Record
+    from ulmed.pipeline.protect import build_method
+
+    torch.set_num_threads(2)
+    s = SETTINGS[dataset][mode]
+    images, masks = _load(dataset, "train", s)
+    mapping = IntensityMapping(0.0, 1.0, 0.0, 1.0, quantum=0.0)
+    labelled = method != "salm_nolabel"
+    records = [
+        Record(f"{i}", images[i], mapping, images.ndim - 2, "array", target=masks[i] if labelled else None)
+        for i in range(len(images))
+    ]
+    name = "salm" if method.startswith("salm") else method
+    opts: dict[str, Any] = {}
+    if name in ("em", "salm"):
+        opts = {"rounds": s["rounds"], "train_steps": s["train_steps"], "pgd_steps": s["pgd_steps"], "device": "cpu"}
+    if name == "salm":
+        opts["rho"] = 0.1
+    start = time.perf_counter()
+    if name == "clean":
+        protected, history = images, []
+    else:
+        protector = build_method(name, eps, seed, "cpu", **{k: v for k, v in opts.items() if k != "device"})
+        if protector.needs_fit:
+            protector.fit(records)
+        protected = np.stack([protector.protect(r).image for r in records]).astype(np.float32)
+        history = list(getattr(protector, "history", {}).values())
+    wall = time.perf_counter() - start
+    stats = [imperceptibility(images[i], protected[i]) for i in range(len(images))]
+    finite_psnr = [x["psnr"] for x in stats if np.isfinite(x["psnr"])]
+    queue.put({
+        "protected": protected,
+        "protect_wall_s": round(wall, 1),
+        "protect_peak_rss_MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "psnr": round(float(np.mean(finite_psnr)), 2) if finite_psnr else float("inf"),
+        "ssim": round(float(np.mean([x["ssim"] for x in stats])), 4),
+        "linf": round(float(max(x["linf"] for x in stats)), 5),
+        "l0_fraction": round(float(np.mean([x["l0_fraction"] for x in stats])), 4),
+        "surrogate_history": history,
+    })
+
+
+def _victim_dice(dataset: str, mode: str, train_images: np.ndarray, defense: str, seed: int) -> dict[str, float]:
+    import torch
+
+    from ulmed.eval.defenses import build_defense
+    from ulmed.eval.train import TrainConfig, evaluate_victim, train_victim
+    from ulmed.eval.victims import build_victim
+
+    torch.set_num_threads(2)
+    s = SETTINGS[dataset][mode]
+    _, train_masks = _load(dataset, "train", s)
+    test_images, test_masks = _load(dataset, "test", s)
+    num_classes = 2 if dataset == "hc18" else 3
+    d = build_defense(defense)
+    rng = np.random.default_rng(seed)
+    images = d.apply_data(train_images, None, rng) if d.data is not None else train_images
+    dims = train_images.ndim - 2
+    model = build_victim("unet", spatial_dims=dims, in_channels=1, out_channels=num_classes, seed=seed)
+    config = TrainConfig(epochs=s["epochs"], batch_size=8, lr=1e-3, seed=seed, device="cpu")
+    start = time.perf_counter()
+    train_victim(model, images, train_masks, task="segmentation", num_classes=num_classes, config=config, augment=d.augment)
+    metrics = evaluate_victim(model, test_images, test_masks, task="segmentation", num_classes=num_classes, config=config)
+    return {"dice": round(float(metrics["dice"]), 4), "iou": round(float(metrics["iou"]), 4),
+            "victim_train_s": round(time.perf_counter() - start, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=sorted(SETTINGS), default="hc18")
+    parser.add_argument("--quick", action="store_true", help="a subset at low resolution: minutes on 2 cores")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
+    parser.add_argument("--defense", default="none", help="trainer's defense: none, flip_jitter, augmentation, jpeg75, mix0.5 ...")
+    parser.add_argument("--eps", default="8/255")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    mode = "quick" if args.quick else "full"
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        parser.error(f"unknown methods {sorted(unknown)}")
+    ctx = mp.get_context("spawn")
+    rows = []
+    t0 = time.perf_counter()
+    for method in methods:
+        queue: mp.Queue = ctx.Queue()
+        proc = ctx.Process(target=_protect, args=(method, args.dataset, mode, args.eps, args.seed, queue))
+        proc.start()
+        result = queue.get()
+        proc.join()
+        protected = result.pop("protected")
+        result.update(_victim_dice(args.dataset, mode, protected, args.defense, args.seed))
+        rows.append({"method": method, **result})
+        print(f"{method:13s} dice {result['dice']:.4f}  psnr {result['psnr']}  l0 {result['l0_fraction']}  "
+              f"protect {result['protect_wall_s']} s  victim {result['victim_train_s']} s", flush=True)
+    clean = next((r["dice"] for r in rows if r["method"] == "clean"), None)
+    for r in rows:
+        r["dice_ratio"] = round(r["dice"] / clean, 4) if clean else None
+    out = REPO / "benchmarks/results" / (
+        f"protect_effect_{args.dataset}{'' if args.defense == 'none' else '_' + args.defense}{'_quick' if args.quick else ''}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"benchmark": "protect_effect", "dataset": args.dataset, "mode": mode, "defense": args.defense,
+              "eps": args.eps, "seed": args.seed, "settings": SETTINGS[args.dataset][mode], "victim": "unet (small)",
+              "surrogate": "unet 16-32-64", "wall_s": round(time.perf_counter() - t0, 1), "rows": rows}
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(f"\n{'method':13s} {'dice':>6s} {'ratio':>6s} {'PSNR':>6s} {'SSIM':>6s} {'L0':>6s} {'prot s':>7s} {'peak MB':>8s}")
+    for r in rows:
+        print(f"{r['method']:13s} {r['dice']:6.3f} {r['dice_ratio'] or 0:6.3f} {r['psnr']:6.1f} {r['ssim']:6.3f} "
+              f"{r['l0_fraction']:6.3f} {r['protect_wall_s']:7.1f} {r['protect_peak_rss_MB']:8.1f}")
+    print(f"wall time {result['wall_s']} s -> {out}")
+
+
+if __name__ == "__main__":
+    main()
