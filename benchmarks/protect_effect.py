@@ -1,6 +1,7 @@
 """Does the protection work? Protect the train split, train a MONAI victim on it, test on clean data.
 
-For each method (clean baseline, random control, em, salm, and salm without labels) this
+For each method (clean baseline, random control, training-free lsp, em, salm, salm warm-
+started from the lsp code, and salm without labels) this
 script protects the fixed train split of a shared data set at the victim's working
 resolution, trains a MONAI UNet victim on the protected images with the untouched masks,
 and reports Dice on the clean test split, the Dice ratio protected/clean, imperceptibility
@@ -43,7 +44,17 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "full": {"shape": (40, 56, 40), "train_limit": None, "test_limit": None, "epochs": 30, "rounds": 6, "train_steps": 30, "pgd_steps": 10},
     },
 }
-METHODS = ("clean", "random", "em", "salm", "salm_nolabel")
+METHODS = ("clean", "random", "lsp", "em", "salm", "salm_lsp", "salm_nolabel")
+#: benchmark row -> (registered method, extra options, use labels)
+ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
+    "clean": ("clean", {}, True),
+    "random": ("random", {}, True),
+    "lsp": ("lsp", {}, True),
+    "em": ("em", {}, True),
+    "salm": ("salm", {"rho": 0.1}, True),
+    "salm_lsp": ("salm", {"rho": 0.1, "init": "lsp"}, True),
+    "salm_nolabel": ("salm", {"rho": 0.1}, False),
+}
 
 
 def _load(dataset: str, split: str, s: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -69,22 +80,19 @@ def _protect(method: str, dataset: str, mode: str, eps: str, seed: int, queue: m
     s = SETTINGS[dataset][mode]
     images, masks = _load(dataset, "train", s)
     mapping = IntensityMapping(0.0, 1.0, 0.0, 1.0, quantum=0.0)
-    labelled = method != "salm_nolabel"
+    name, extra, labelled = ROWS[method]
     records = [
         Record(f"{i}", images[i], mapping, images.ndim - 2, "array", target=masks[i] if labelled else None)
         for i in range(len(images))
     ]
-    name = "salm" if method.startswith("salm") else method
-    opts: dict[str, Any] = {}
+    opts: dict[str, Any] = dict(extra)
     if name in ("em", "salm"):
-        opts = {"rounds": s["rounds"], "train_steps": s["train_steps"], "pgd_steps": s["pgd_steps"], "device": "cpu"}
-    if name == "salm":
-        opts["rho"] = 0.1
+        opts.update(rounds=s["rounds"], train_steps=s["train_steps"], pgd_steps=s["pgd_steps"])
     start = time.perf_counter()
     if name == "clean":
         protected, history = images, []
     else:
-        protector = build_method(name, eps, seed, "cpu", **{k: v for k, v in opts.items() if k != "device"})
+        protector = build_method(name, eps, seed, "cpu", **opts)
         if protector.needs_fit:
             protector.fit(records)
         protected = np.stack([protector.protect(r).image for r in records]).astype(np.float32)

@@ -130,3 +130,15 @@ def test_unfitted_record_is_refused(hc18_small):
     m = SALM("8/255", **FAST)
     with pytest.raises(ConfigError, match="fit"):
         m.protect(hc18_small[0])
+
+
+def test_lsp_warm_start_keeps_budgets_and_differs_from_zero_start(hc18_small):
+    warm = SALM("8/255", seed=0, rho=0.1, init="lsp", **FAST)
+    warm.fit(hc18_small)
+    cold = SALM("8/255", seed=0, rho=0.1, **FAST)
+    cold.fit(hc18_small)
+    dw, dc = _delta(warm, hc18_small[0]), _delta(cold, hc18_small[0])
+    assert np.abs(dw).max() <= 8 + 1e-6 and (np.abs(dw) > 1e-6).mean() <= 0.1 + 1e-9
+    assert not np.array_equal(dw, dc)
+    with pytest.raises(ConfigError):
+        SALM("8/255", init="gaussian")

@@ -72,7 +72,7 @@ class ProtectionMethod(abc.ABC):
         """Protect one record: perturb, project onto the budget, clip, map back to native."""
         eps = self.budget.in_unit(record.mapping)
         unit = record.unit_image()
-        delta = np.asarray(self.perturbation(record, unit, eps), dtype=np.float32)
+        delta = np.asarray(self.perturbation(record, unit, eps), dtype=np.float64)
         if delta.shape != unit.shape:
             raise ConfigError(f"{self.name} returned a perturbation of shape {delta.shape} for an image of shape {unit.shape}")
         return record.with_perturbation(project_linf(delta, eps))

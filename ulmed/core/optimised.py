@@ -31,10 +31,14 @@ from ulmed.core.budget import Budget
 from ulmed.core.canvas import TileLayout, crop, pad_stack, tile, untile
 from ulmed.core.device import resolve_device
 from ulmed.core.method import ProtectionMethod
+from ulmed.core.patterns import mask_coded
 from ulmed.core.surrogates import SURROGATE_TASK, UNET_MULTIPLE, build_surrogate
 from ulmed.core.targets import TargetSet, prepare_targets
 from ulmed.errors import ConfigError
 from ulmed.io.record import Record
+
+
+INITS = ("zero", "lsp")
 
 
 def dice_metric(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -66,6 +70,7 @@ class Group:
     targets: torch.Tensor
     valid: torch.Tensor
     eps: torch.Tensor
+    init: torch.Tensor
     layouts: list[tuple[int, TileLayout]] | None = None
 
 
@@ -90,6 +95,9 @@ class OptimisedMethod(ProtectionMethod):
         tile_size: Cut images into tiles of this size (per spatial axis) instead of
             padding them to a common shape; bounds memory for large volumes.
         pseudo_classes: Bands of the label-free pseudo-targets.
+        init: ``"zero"``, or ``"lsp"`` to start from the mask-coded patterns of
+            :mod:`ulmed.core.patterns` (each position its class's code, at full budget),
+            a shortcut the loop then refines.
         amp: Mixed precision on CUDA.
     """
 
@@ -112,11 +120,14 @@ class OptimisedMethod(ProtectionMethod):
         classwise: bool = False,
         tile_size: Sequence[int] | int | None = None,
         pseudo_classes: int = 3,
+        init: str = "zero",
         amp: bool = False,
     ) -> None:
         super().__init__(budget, seed, device)
         if surrogate is not None and surrogate not in SURROGATE_TASK:
             raise ConfigError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATE_TASK)}")
+        if init not in INITS:
+            raise ConfigError(f"init must be one of {', '.join(INITS)}, got {init!r}")
         if pseudo_classes < 2:
             raise ConfigError(f"pseudo_classes must be >= 2, got {pseudo_classes}")
         if tile_size is not None and (np.ndim(tile_size) == 0 and int(tile_size) < UNET_MULTIPLE):
@@ -131,6 +142,7 @@ class OptimisedMethod(ProtectionMethod):
         self.classwise = classwise
         self.tile_size = tile_size
         self.pseudo_classes = pseudo_classes
+        self.init = init
         self.amp = amp
         self.history: dict[str, list[dict[str, float]]] = {}
         self._deltas: dict[str, np.ndarray] = {}
@@ -155,22 +167,26 @@ class OptimisedMethod(ProtectionMethod):
         if self.classwise and info.task != "classification":
             raise ConfigError("class-wise noise needs class labels; use sample-wise noise for masks and label maps")
         eps = [self.budget.in_unit(r.mapping) for r in records]
+        starts = [self._start(r, t, e) for r, t, e in zip(records, info.targets if info.task == "segmentation" else [None] * len(records), eps, strict=True)]
         tiles = self._tiles(records[0].spatial_dims)
         layouts = None
         if tiles is not None and info.task == "segmentation":
-            parts, targets, valid, row_eps, layouts = [], [], [], [], []
-            for u, t, e in zip(units, info.targets, eps, strict=True):
+            parts, targets, valid, row_eps, layouts, inits = [], [], [], [], [], []
+            for u, t, e, d0 in zip(units, info.targets, eps, starts, strict=True):
                 img_tiles, layout = tile(u, tiles)
+                inits.append(tile(d0, tiles)[0])
                 tgt_tiles, _ = tile(np.asarray(t)[None], tiles)
                 ok_tiles, _ = tile(np.ones((1, *u.shape[1:]), dtype=bool), tiles)
                 layouts.append((sum(len(p) for p in parts), layout))
                 parts.append(img_tiles), targets.append(tgt_tiles), valid.append(ok_tiles)
                 row_eps += [e] * len(img_tiles)
             images, tgt, ok = np.concatenate(parts), np.concatenate(targets), np.concatenate(valid)
+            init = np.concatenate(inits)
             eps_rows = np.asarray(row_eps, dtype=np.float32)
         else:
             multiple = UNET_MULTIPLE if info.task == "segmentation" else 1
             images, ok = pad_stack(units, multiple)
+            init, _ = pad_stack(starts, multiple)
             if info.task == "segmentation":
                 tgt, _ = pad_stack([np.asarray(t)[None].astype(np.float32) for t in info.targets], multiple)
             else:
@@ -179,7 +195,13 @@ class OptimisedMethod(ProtectionMethod):
         target_tensor = torch.as_tensor(tgt).long()
         valid = torch.as_tensor(ok)
         eps_map = torch.as_tensor(eps_rows).view(-1, *([1] * (images.ndim - 1))) * valid.float()
-        return Group(records, info, torch.as_tensor(images), target_tensor, valid, eps_map, layouts)
+        return Group(records, info, torch.as_tensor(images), target_tensor, valid, eps_map, torch.as_tensor(init), layouts)
+
+    def _start(self, record: Record, target: np.ndarray | None, eps: float) -> np.ndarray:
+        """Initial noise of one record (zeros, or its mask-coded pattern at full budget)."""
+        if self.init == "zero" or self.classwise:
+            return np.zeros(record.image.shape, dtype=np.float32)
+        return (eps * mask_coded(target, record.channels, record.spatial_shape, 8, 1, self.seed)).astype(np.float32)
 
     def fit(self, records: Sequence[Record]) -> None:
         """Optimise the noise of all records (one surrogate per group of equal rank/channels)."""
@@ -206,7 +228,7 @@ class OptimisedMethod(ProtectionMethod):
             optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
             classes = torch.as_tensor(np.asarray(info.targets)) if self.classwise else None
             delta, history = min_min(
-                model, optimizer, group.images, group.targets, None, loss_fn,
+                model, optimizer, group.images, group.targets, None if self.classwise else group.init, loss_fn,
                 dice_metric if seg else accuracy_metric, config,
                 eps_map=self._classwise_eps(group, classes) if classes is not None else group.eps,
                 position_policy=self.position_policy(group), classwise=self.classwise, class_ids=classes,
@@ -248,4 +270,5 @@ class OptimisedMethod(ProtectionMethod):
             "train_steps": self.loop.train_steps, "pgd_steps": self.loop.pgd_steps, "step_size": self.step_size or "eps/5",
             "stop_threshold": self.stop_threshold or "auto", "batch_size": self.loop.batch_size, "lr": self.loop.lr,
             "classwise": self.classwise, "tile_size": self.tile_size, "pseudo_classes": self.pseudo_classes,
+            "init": self.init,
         }

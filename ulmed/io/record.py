@@ -191,9 +191,9 @@ class Record:
         """
         if delta.shape != self.image.shape:
             raise ConfigError(f"{self.key}: perturbation shape {delta.shape} != image shape {self.image.shape}")
-        unit = self.unit_image()
-        effective = np.clip(unit + delta, 0.0, 1.0) - unit
-        native = self.image.astype(np.float64) + effective.astype(np.float64) * self.mapping.scale
+        unit = (self.image.astype(np.float64) - self.mapping.low) / self.mapping.scale  # float64: no rounding slack
+        effective = np.clip(unit + np.asarray(delta, dtype=np.float64), 0.0, 1.0) - unit
+        native = self.image.astype(np.float64) + effective * self.mapping.scale
         native = np.clip(native, self.mapping.valid_min, self.mapping.valid_max)
         return Record(
             key=self.key,
