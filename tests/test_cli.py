@@ -52,7 +52,7 @@ def test_protect_then_summary(sample_data, tmp_path, capsys):
 
 
 def test_not_yet_commands_say_so(capsys):
-    assert main(["evaluate"]) == 2
+    assert main(["train-generator"]) == 2
     assert "not available yet" in capsys.readouterr().err
 
 
@@ -88,4 +88,4 @@ def test_lossy_dicom_output_refused_and_lossless_accepted(sample_data, tmp_path,
     assert main(["-q", "protect", "-i", str(sample_data / "dicom"), "-o", str(tmp_path / "b"), "--dicom-encoding", "jpegls"]) == 0
     ds = pydicom.dcmread(tmp_path / "b/single/CT_small.dcm")
     assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGLSLossless
-    assert "ulmed random" in ds.DerivationDescription and list(ds.ImageType[:2]) == ["DERIVED", "SECONDARY"]
+    assert "ulmed lsp" in ds.DerivationDescription and list(ds.ImageType[:2]) == ["DERIVED", "SECONDARY"]

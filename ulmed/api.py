@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ulmed.core.method import DEFAULT_METHOD
 from ulmed.errors import ConfigError
 from ulmed.io.record import IntensityMapping, Record
 from ulmed.pipeline.manifest import Manifest
@@ -16,7 +17,7 @@ from ulmed.pipeline.protect import build_method, protect_path
 def protect_array(
     image: np.ndarray,
     *,
-    method: str = "random",
+    method: str = DEFAULT_METHOD,
     eps: str | float = "8/255",
     target: np.ndarray | int | None = None,
     channel_axis: int | None = None,

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ulmed.core.method import DEFAULT_METHOD
 from ulmed.errors import UlmedError
 
 T = TypeVar("T")
@@ -104,7 +105,7 @@ def protect(
     ctx: typer.Context,
     input: Annotated[Path, typer.Option("--input", "-i", help="DICOM export, NIfTI file/folder, image folder or data set.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (outside the input).")],
-    method: Annotated[str, typer.Option(help="Protection method (see `ulmed methods`).")] = "random",
+    method: Annotated[str, typer.Option(help="Protection method (see `ulmed methods`).")] = DEFAULT_METHOD,
     eps: Annotated[str, typer.Option(help="L-inf budget: 8/255, 0.03, or native units such as 20HU.")] = "8/255",
     masks: Annotated[Optional[Path], typer.Option(help="Masks folder matched to the images by relative path.")] = None,
     dicom_encoding: Annotated[str, typer.Option(help="DICOM output: explicit, rle, jpegls or j2k (lossless only).")] = "explicit",
@@ -180,11 +181,64 @@ def methods() -> None:
         stdout.print(f"{name:10s} {doc}", markup=False, highlight=False)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def evaluate() -> None:
-    """Train victims on protected data and test them on clean data (not yet available)."""
-    _say("ulmed evaluate is not available yet: it lands with the evaluation issue (victims, defenses, reports).")
-    raise typer.Exit(code=2)
+#: ``--quick``: tiny settings that finish in about a minute on 2 CPU cores (explicit flags win).
+QUICK = {"epochs": 3, "size": 32, "shape": "24,32,24", "limit": 16, "batch_size": 4}
+
+
+def _parse_protected(items: list[str]) -> dict[str, Path]:
+    """``NAME=PATH`` (or a bare PATH, named after its folder) to a dict."""
+    from ulmed.errors import ConfigError
+
+    out: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        name, path = (name.strip(), path.strip()) if sep else (Path(item).name, item)
+        if not name or not path:
+            raise ConfigError(f"--protected needs NAME=PATH, got {item!r}")
+        if name in out:
+            raise ConfigError(f"--protected name {name!r} is given twice; use distinct names")
+        out[name] = Path(path)
+    return out
+
+
+@app.command()
+def evaluate(
+    clean: Annotated[Path, typer.Option("--clean", help="Clean data set: folder with index.csv (split column) or pneumoniamnist.npz.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Report folder; rerunning into it resumes.")],
+    protected: Annotated[Optional[list[str]], typer.Option("--protected", help="NAME=PATH of a protected copy of the train split (repeatable).")] = None,
+    victim: Annotated[Optional[list[str]], typer.Option("--victim", help="Victim network (repeatable): unet, segresnet, attention_unet, unetpp, unetr, densenet121, resnet18.")] = None,
+    defense: Annotated[Optional[list[str]], typer.Option("--defense", help="Trainer's defense (repeatable): none, augmentation, flip_jitter, jpeg75, blur, mix0.5 ...")] = None,
+    dataset: Annotated[str, typer.Option(help="auto, hc18 (2D images + masks), hippocampus (NIfTI + labels) or pneumonia.")] = "auto",
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs per victim [default: 10].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size [default: 8].")] = None,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    size: Annotated[Optional[int], typer.Option(help="2D images are letterboxed to SIZE x SIZE [default: 64].")] = None,
+    shape: Annotated[Optional[str], typer.Option(help="3D volume shape D,H,W [default: 40,56,40].")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="At most N train and N test items.")] = None,
+    victim_size: Annotated[str, typer.Option(help="small (CPU) or base.")] = "small",
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads while training.")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny settings (size 32, 3 epochs, 16 items): about a minute on 2 cores.")] = False,
+) -> None:
+    """Train victims on protected data, test them on clean data, write report.json/report.md and figures."""
+    from ulmed.errors import ConfigError
+    from ulmed.eval.grid import run_evaluation
+    from ulmed.eval.train import TrainConfig
+
+    if quick:
+        epochs, batch_size = epochs or QUICK["epochs"], batch_size or QUICK["batch_size"]  # type: ignore[assignment]
+        size, shape, limit = size or QUICK["size"], shape or QUICK["shape"], limit or QUICK["limit"]  # type: ignore[assignment]
+    try:
+        dhw = tuple(int(v) for v in (shape or "40,56,40").replace("x", ",").split(","))
+    except ValueError:
+        raise ConfigError(f"--shape needs three integers D,H,W, got {shape!r}") from None
+    config = TrainConfig(epochs=epochs or 10, batch_size=batch_size or 8, lr=lr, device=state.device, num_threads=threads)
+    report = run_evaluation(
+        clean, _parse_protected(protected or []), output, dataset=dataset, victims=victim or ["unet"],
+        defenses=defense or ["none"], train_config=config, victim_size=victim_size, size=(size or 64, size or 64),
+        shape=dhw, train_limit=limit, test_limit=limit, seed=state.seed, progress=_say if state.verbosity >= 0 else None,
+    )
+    if state.verbosity >= 0:
+        _say(report["summary"])
 
 
 @app.command("train-generator", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -21,6 +21,10 @@ from ulmed.core.registry import Registry
 from ulmed.errors import ConfigError
 from ulmed.io.record import Record
 
+#: The method used when none is named: the one with the largest measured effect so far
+#: (README, "Measured"): the mask-coded patterns of ``lsp``.
+DEFAULT_METHOD = "lsp"
+
 #: Every protection method, by name (``ulmed protect --method NAME``).
 METHODS: Registry[type[ProtectionMethod]] = Registry("method")
 

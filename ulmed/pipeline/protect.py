@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ulmed.core.method import METHODS, ProtectionMethod
+from ulmed.core.method import DEFAULT_METHOD, METHODS, ProtectionMethod
 from ulmed.errors import ConfigError, InputError, MissingDependencyError, OutputError
 from ulmed.eval.imperceptibility import imperceptibility
 from ulmed.io.atomic import atomic_copy
@@ -142,7 +142,7 @@ def protect_path(
     input_path: str | Path,
     output_path: str | Path,
     *,
-    method: str = "random",
+    method: str = DEFAULT_METHOD,
     eps: str | float = "8/255",
     seed: int = 0,
     device: str = "auto",
