@@ -47,7 +47,7 @@ def _perturb(shape: tuple[int, ...], levels: float, top: float, seed: int = 0) -
     return (moved * sign * levels / top).astype(np.float32), moved
 
 
-def _check_perturbation(src: Path, out: Path, levels: float = 3.0) -> None:
+def assert_perturbation_survives(src: Path, out: Path, levels: float = 3.0) -> None:
     """Write a known perturbation and check every pixel is within one step of the intended value."""
     rec = read_image(src, key=src.name)
     top = rec.mapping.high
@@ -91,7 +91,7 @@ def test_png_zero_round_trip_is_pixel_identical(name: str, tmp_path: Path) -> No
 
 @pytest.mark.parametrize("name", NAMES[:2])
 def test_png_known_perturbation(name: str, tmp_path: Path) -> None:
-    _check_perturbation(_image(name), tmp_path / name)
+    assert_perturbation_survives(_image(name), tmp_path / name)
 
 
 def test_mask_values_as_stored() -> None:
@@ -126,7 +126,7 @@ def test_tiff_16_bit_round_trip(tmp_path: Path) -> None:
         assert page.resolution == pytest.approx((43.2, 43.2), rel=1e-6)
         assert page.resolutionunit == tifffile.RESUNIT.CENTIMETER
         np.testing.assert_array_equal(page.asarray(), wide)
-    _check_perturbation(src, tmp_path / "pert" / "hc16.tif", levels=3 * 257)
+    assert_perturbation_survives(src, tmp_path / "pert" / "hc16.tif", levels=3 * 257)
 
 
 def test_png_16_bit_round_trip(tmp_path: Path) -> None:
@@ -136,7 +136,7 @@ def test_png_16_bit_round_trip(tmp_path: Path) -> None:
     assert rec.image.dtype == np.uint16 and rec.mapping.high == 65535.0
     write_image(rec, tmp_path / "out" / "hc16.png")
     np.testing.assert_array_equal(_pixels(tmp_path / "out" / "hc16.png"), _pixels(src))
-    _check_perturbation(src, tmp_path / "pert" / "hc16.png", levels=1000)
+    assert_perturbation_survives(src, tmp_path / "pert" / "hc16.png", levels=1000)
 
 
 def test_rgb_png_round_trip(tmp_path: Path) -> None:
@@ -151,7 +151,7 @@ def test_rgb_png_round_trip(tmp_path: Path) -> None:
     with Image.open(tmp_path / "out" / "rgb.png") as back:
         assert back.mode == "RGB"
         np.testing.assert_array_equal(np.asarray(back), rgb)
-    _check_perturbation(src, tmp_path / "pert" / "rgb.png")
+    assert_perturbation_survives(src, tmp_path / "pert" / "rgb.png")
 
 
 @pytest.mark.parametrize("suffix", [".png", ".tif"])

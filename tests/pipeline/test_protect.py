@@ -170,3 +170,12 @@ def test_explicit_masks_folder(sample_data, tmp_path):
     m = protect_path(sample_data / "hc18/images", tmp_path / "out", masks=sample_data / "hc18/masks")
     assert m.counts()["written"] == 3
     assert (tmp_path / "out/masks/012_HC.png").read_bytes() == (sample_data / "hc18/masks/012_HC.png").read_bytes()
+
+
+def test_manifest_is_strict_json_for_unchanged_images(sample_data, tmp_path):
+    protect_path(sample_data / "hc18", tmp_path / "o", method="none")
+    text = (tmp_path / "o/manifest.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    entries = json.loads(text)["entries"]
+    written = [e for e in entries if e["status"] == "written"]
+    assert written and all(e["metrics"]["psnr"] is None and e["metrics"]["linf"] == 0 for e in written)

@@ -188,11 +188,12 @@ def protect_path(
     params = {**protector.params(), "dicom_encoding": dicom_encoding, "skip_non_image": skip_non_image}
     opts = WriteOptions(method=method, budget=f"Linf {protector.budget.spec}", uid_salt=_uid_salt(params), dicom_encoding=dicom_encoding)
     manifest = Manifest(params={**params, "input": str(src.resolve()), "output": str(out), "uid_salt": opts.uid_salt})
-    for path, reason in inv.dicom.bad + inv.bad:
+    bad = [(p, r, "dicom") for p, r in inv.dicom.bad] + [(p, r, "input") for p, r in inv.bad]
+    for path, reason, kind in bad:
         if strict:
             raise InputError(reason, path)
         log.warning("skipped %s: %s", path, reason)
-        manifest.add(Entry(relative(path, root), "failed", kind="dicom", reason=reason))
+        manifest.add(Entry(relative(path, root), "failed", kind=kind, reason=reason))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
