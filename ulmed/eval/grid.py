@@ -44,7 +44,7 @@ from ulmed.eval.sources import (
 )
 from ulmed.eval.train import TrainConfig, evaluate_victim, train_victim
 from ulmed.eval.victims import SIZES, VICTIMS, build_victim, task_of
-from ulmed.io.atomic import atomic_write_bytes
+from ulmed.io.atomic import atomic_write_json, jsonable
 
 log = logging.getLogger("ulmed")
 CLEAN = "clean"
@@ -60,26 +60,9 @@ def cell_key(victim: str, defense: str, protection: str) -> str:
     return f"{victim}__{defense}__{protection}"
 
 
-def jsonable(value: Any) -> Any:
-    """Recursively turn numpy scalars/arrays into Python and NaN/inf floats into None."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as JSON (NaN/inf as null) atomically."""
-    atomic_write_bytes(path, json.dumps(jsonable(data), indent=2, allow_nan=False).encode())
+    atomic_write_json(path, data)
 
 
 def _digest(*arrays: np.ndarray) -> str:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from ulmed.errors import OutputError
 
@@ -59,3 +64,25 @@ def atomic_write_bytes(target: str | Path, data: bytes) -> None:
     """Write ``data`` to ``target`` atomically."""
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
+
+
+def jsonable(value: Any) -> Any:
+    """Recursively turn numpy values into Python ones, paths into text and NaN/inf into None."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def atomic_write_json(target: str | Path, data: Any) -> None:
+    """Write ``data`` as strict JSON (NaN/inf as null), atomically."""
+    atomic_write_bytes(target, json.dumps(jsonable(data), indent=2, allow_nan=False).encode())

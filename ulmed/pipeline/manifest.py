@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ulmed.io.atomic import atomic_write_bytes
+from ulmed.io.atomic import atomic_write_json
 
 MANIFEST_NAME = "manifest.json"
 STATUSES = ("written", "copied", "skipped", "failed")
@@ -44,17 +43,6 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
-
-
-def _finite(value: Any) -> Any:
-    """Replace inf/NaN (e.g. the PSNR of an unchanged image) by None, so the file is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 @dataclass
@@ -113,13 +101,13 @@ class Manifest:
             "params": self.params,
             "wall_time_s": round(time.time() - self.started, 3),
             "counts": self.counts(),
-            "entries": [_finite(asdict(e)) for e in self.entries],
+            "entries": [asdict(e) for e in self.entries],
         }
 
     def save(self, out_root: Path) -> Path:
         """Write ``manifest.json`` into ``out_root`` atomically and return its path."""
         path = Path(out_root) / MANIFEST_NAME
-        atomic_write_bytes(path, json.dumps(self.to_dict(), indent=2, allow_nan=False).encode())
+        atomic_write_json(path, self.to_dict())
         return path
 
     @staticmethod
