@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from grid_common import protect_and_evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "hc18"
@@ -36,7 +37,6 @@ MODES = {
              "min_min": {"rounds": 6, "train_steps": 30, "pgd_steps": 10}},
 }
 DEFENSES = ["none", "augmentation", "jpeg75", "mix0.5"]
-METHODS = {"random": {}, "lsp": {}, "em": "min_min", "salm": "min_min"}
 
 
 def working_copy(dst: Path, size: int, train: int | None, test: int | None) -> Path:
@@ -70,42 +70,20 @@ def working_copy(dst: Path, size: int, train: int | None, test: int | None) -> P
 
 
 def main() -> None:
-    from ulmed.eval.grid import run_evaluation
-    from ulmed.eval.train import TrainConfig
-    from ulmed.pipeline.protect import protect_path, summarize
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--eps", default="8/255")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    mode = "quick" if args.quick else "full"
-    m = MODES[mode]
+    m = MODES["quick" if args.quick else "full"]
     out = REPO / "benchmarks/results" / f"seg2d_hc18{'_quick' if args.quick else ''}"
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         clean = working_copy(tmp / "hc18", m["size"], m["train"], m["test"])
         train_only = working_copy(tmp / "hc18_train", m["size"], m["train"], 0)
-        protected = {}
-        for method, options in METHODS.items():
-            t0 = time.perf_counter()
-            opts = dict(m["min_min"]) if options == "min_min" else dict(options)
-            if method == "salm":
-                opts["rho"] = 0.1
-            manifest = protect_path(train_only, tmp / method, method=method, eps=args.eps, seed=args.seed, device="cpu",
-                                    method_options=opts)
-            s = summarize(manifest)
-            print(f"protected with {method}: {s['records']} images in {time.perf_counter() - t0:.1f} s, "
-                  f"PSNR {s['psnr_min']:.1f}-{s['psnr_max']:.1f} dB", flush=True)
-            protected[method] = tmp / method
-        if out.exists():
-            shutil.rmtree(out)
-        config = TrainConfig(epochs=m["epochs"], batch_size=8, lr=1e-3, seed=args.seed, device="cpu", num_threads=2)
-        run_evaluation(clean, protected, out, dataset="hc18", victims=m["victims"], defenses=DEFENSES,
-                                train_config=config, size=(m["size"], m["size"]), seed=args.seed,
-                                progress=lambda line: print(line, flush=True))
-    print((out / "report.md").read_text())
+        protect_and_evaluate(clean, train_only, tmp, out, mode=m, dataset="hc18", defenses=DEFENSES, eps=args.eps,
+                             seed=args.seed, batch_size=8, size=(m["size"], m["size"]))
     print(f"wall time {time.perf_counter() - start:.0f} s -> {out}")
 
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from grid_common import protect_and_evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "msd_hippocampus"
@@ -32,7 +33,6 @@ MODES = {
              "defenses": ["none", "augmentation", "jpeg75", "mix0.5"],
              "min_min": {"rounds": 6, "train_steps": 30, "pgd_steps": 10}},
 }
-METHODS = {"random": {}, "lsp": {}, "em": "min_min", "salm": "min_min"}
 
 
 def working_copy(dst: Path, train: int | None, test: int | None) -> Path:
@@ -65,10 +65,6 @@ def working_copy(dst: Path, train: int | None, test: int | None) -> Path:
 
 
 def main() -> None:
-    from ulmed.eval.grid import run_evaluation
-    from ulmed.eval.train import TrainConfig
-    from ulmed.pipeline.protect import protect_path, summarize
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--eps", default="8/255")
@@ -81,24 +77,8 @@ def main() -> None:
         tmp = Path(tmp_name)
         clean = working_copy(tmp / "hippocampus", m["train"], m["test"])
         train_only = working_copy(tmp / "hippocampus_train", m["train"], 0)
-        protected = {}
-        for method, options in METHODS.items():
-            t0 = time.perf_counter()
-            opts = dict(m["min_min"]) if options == "min_min" else dict(options)
-            if method == "salm":
-                opts["rho"] = 0.1
-            manifest = protect_path(train_only, tmp / method, method=method, eps=args.eps, seed=args.seed, device="cpu",
-                                    method_options=opts)
-            s = summarize(manifest)
-            print(f"protected with {method}: {s['records']} volumes in {time.perf_counter() - t0:.1f} s, "
-                  f"PSNR {s['psnr_min']:.1f}-{s['psnr_max']:.1f} dB", flush=True)
-            protected[method] = tmp / method
-        if out.exists():
-            shutil.rmtree(out)
-        config = TrainConfig(epochs=m["epochs"], batch_size=4, lr=1e-3, seed=args.seed, device="cpu", num_threads=2)
-        run_evaluation(clean, protected, out, dataset="hippocampus", victims=m["victims"], defenses=m["defenses"],
-                       train_config=config, shape=SHAPE, seed=args.seed, progress=lambda line: print(line, flush=True))
-    print((out / "report.md").read_text())
+        protect_and_evaluate(clean, train_only, tmp, out, mode=m, dataset="hippocampus", defenses=m["defenses"], eps=args.eps,
+                             seed=args.seed, batch_size=4, shape=SHAPE)
     print(f"wall time {time.perf_counter() - start:.0f} s -> {out}")
 
 

@@ -1,0 +1,69 @@
+"""What the data-set benchmarks share: protect a train-only copy per method, then run the grid.
+
+``seg2d_hc18.py`` and ``seg3d_hippocampus.py`` differ only in how they lay out their working
+copy; both call :func:`protect_and_evaluate`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+#: method name -> its options; the min-min methods get the mode's schedule, salm rho 0.1.
+METHODS = ("random", "lsp", "em", "salm")
+
+
+def protect_and_evaluate(
+    clean: Path,
+    train_only: Path,
+    tmp: Path,
+    out: Path,
+    *,
+    mode: dict[str, Any],
+    dataset: str,
+    defenses: Sequence[str],
+    eps: str,
+    seed: int,
+    batch_size: int,
+    **loader: Any,
+) -> None:
+    """``protect_path`` every method on ``train_only``, then ``run_evaluation`` into ``out``.
+
+    Args:
+        clean: Clean working copy (train and test splits, index.csv).
+        train_only: The same train split alone: what the data owner protects.
+        tmp: Scratch folder for the protected copies.
+        out: Report folder (replaced).
+        mode: The benchmark mode's settings (``epochs``, ``victims``, ``min_min``).
+        dataset: ``hc18`` or ``hippocampus``.
+        defenses: Trainer's defenses.
+        eps: Budget.
+        seed: Seed of protection and victims.
+        batch_size: Victim batch size.
+        **loader: ``size=`` or ``shape=`` for :func:`ulmed.eval.grid.run_evaluation`.
+    """
+    from ulmed.eval.grid import run_evaluation
+    from ulmed.eval.train import TrainConfig
+    from ulmed.pipeline.protect import protect_path, summarize
+
+    protected = {}
+    for method in METHODS:
+        t0 = time.perf_counter()
+        opts: dict[str, Any] = dict(mode["min_min"]) if method in ("em", "salm") else {}
+        if method == "salm":
+            opts["rho"] = 0.1
+        manifest = protect_path(train_only, tmp / method, method=method, eps=eps, seed=seed, device="cpu",
+                                method_options=opts)
+        s = summarize(manifest)
+        print(f"protected with {method}: {s['records']} items in {time.perf_counter() - t0:.1f} s, "
+              f"PSNR {s['psnr_min']:.1f}-{s['psnr_max']:.1f} dB", flush=True)
+        protected[method] = tmp / method
+    if out.exists():
+        shutil.rmtree(out)
+    config = TrainConfig(epochs=mode["epochs"], batch_size=batch_size, lr=1e-3, seed=seed, device="cpu", num_threads=2)
+    run_evaluation(clean, protected, out, dataset=dataset, victims=mode["victims"], defenses=defenses,
+                   train_config=config, seed=seed, progress=lambda line: print(line, flush=True), **loader)
+    print((out / "report.md").read_text())
