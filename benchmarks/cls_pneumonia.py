@@ -10,7 +10,7 @@ Methods: random (control), lsp (one code per class: the classic LSP setting), em
 and em class-wise (one noise per class).
 
 Usage:
-    python benchmarks/cls_pneumonia.py --quick    # 400 train / 200 test, 4 epochs
+    python benchmarks/cls_pneumonia.py --quick    # 400 train / 200 test, DenseNet121, 4 epochs
     python benchmarks/cls_pneumonia.py            # 2428 train / 468 test, 10 epochs
 
 Writes benchmarks/results/cls_pneumonia[_quick]/ (report.json, report.md, figures).
@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 NPZ = REPO.parent / "shared" / "data" / "pneumoniamnist" / "pneumoniamnist.npz"
 
 MODES = {
-    "quick": {"train": 400, "test": 200, "epochs": 4, "victims": ["densenet121", "resnet18"],
-              "min_min": {"rounds": 3, "train_steps": 20, "pgd_steps": 8, "batch_size": 32}},
+    "quick": {"train": 400, "test": 200, "epochs": 4, "victims": ["densenet121"],
+              "min_min": {"rounds": 2, "train_steps": 15, "pgd_steps": 6, "batch_size": 32}},
     "full": {"train": None, "test": None, "epochs": 10, "victims": ["densenet121", "resnet18"],
              "min_min": {"rounds": 6, "train_steps": 40, "pgd_steps": 10, "batch_size": 32}},
 }
