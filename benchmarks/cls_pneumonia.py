@@ -18,12 +18,13 @@ Writes benchmarks/results/cls_pneumonia[_quick]/ (report.json, report.md, figure
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from grid_common import parse_mode_args
 
 REPO = Path(__file__).resolve().parents[1]
 NPZ = REPO.parent / "shared" / "data" / "pneumoniamnist" / "pneumoniamnist.npz"
@@ -93,13 +94,8 @@ def main() -> None:
     from ulmed.eval.grid import run_evaluation
     from ulmed.eval.train import TrainConfig
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--eps", default="8/255")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args, out = parse_mode_args(__doc__, "cls_pneumonia")
     m = MODES["quick" if args.quick else "full"]
-    out = REPO / "benchmarks/results" / f"cls_pneumonia{'_quick' if args.quick else ''}"
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

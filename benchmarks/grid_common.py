@@ -1,16 +1,31 @@
 """What the data-set benchmarks share: protect a train-only copy per method, then run the grid.
 
 ``seg2d_hc18.py`` and ``seg3d_hippocampus.py`` differ only in how they lay out their working
-copy; both call :func:`protect_and_evaluate`.
+copy; both call :func:`protect_and_evaluate`. All three grid benchmarks (with
+``cls_pneumonia.py``) read their flags with :func:`parse_mode_args`.
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_mode_args(doc: str, stem: str) -> tuple[argparse.Namespace, Path]:
+    """The flags every grid benchmark takes (``--quick``, ``--eps``, ``--seed``) and its result folder."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the small mode: minutes on 2 cores")
+    parser.add_argument("--eps", default="8/255")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    return args, REPO / "benchmarks/results" / f"{stem}{'_quick' if args.quick else ''}"
+
 
 #: method name -> its options; the min-min methods get the mode's schedule, salm rho 0.1.
 METHODS = ("random", "lsp", "em", "salm")

@@ -19,13 +19,12 @@ Writes benchmarks/results/seg2d_hc18[_quick]/ (report.json, report.md, figures).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import tempfile
 import time
 from pathlib import Path
 
-from grid_common import protect_and_evaluate
+from grid_common import parse_mode_args, protect_and_evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "hc18"
@@ -70,13 +69,8 @@ def working_copy(dst: Path, size: int, train: int | None, test: int | None) -> P
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--eps", default="8/255")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args, out = parse_mode_args(__doc__, "seg2d_hc18")
     m = MODES["quick" if args.quick else "full"]
-    out = REPO / "benchmarks/results" / f"seg2d_hc18{'_quick' if args.quick else ''}"
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

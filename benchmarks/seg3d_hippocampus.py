@@ -14,13 +14,12 @@ Writes benchmarks/results/seg3d_hippocampus[_quick]/ (report.json, report.md, fi
 
 from __future__ import annotations
 
-import argparse
 import csv
 import tempfile
 import time
 from pathlib import Path
 
-from grid_common import protect_and_evaluate
+from grid_common import parse_mode_args, protect_and_evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "msd_hippocampus"
@@ -65,13 +64,8 @@ def working_copy(dst: Path, train: int | None, test: int | None) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--eps", default="8/255")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args, out = parse_mode_args(__doc__, "seg3d_hippocampus")
     m = MODES["quick" if args.quick else "full"]
-    out = REPO / "benchmarks/results" / f"seg3d_hippocampus{'_quick' if args.quick else ''}"
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ulmed.errors import ConfigError
+from pathlib import Path
+
+import numpy as np
+
+from ulmed.errors import ConfigError, InputError
 
 #: Lossless output encodings a DICOM writer may be asked for. Lossy ones are refused,
 #: because lossy compression would erase the perturbation.
@@ -34,3 +38,33 @@ class WriteOptions:
                 f"DICOM output encoding {self.dicom_encoding!r} is not one of {', '.join(DICOM_ENCODINGS)}; "
                 "lossy encodings are refused because they would erase the perturbation"
             )
+
+
+#: How each kind of target names its shape in messages.
+_TARGET_WORDS = {"mask": ("mask size (H, W) =", "size"), "label map": ("label map shape", "shape")}
+
+
+def check_target_shape(
+    data: np.ndarray, expected_shape: tuple[int, ...], path: Path, image_path: Path | None, noun: str
+) -> np.ndarray:
+    """Return ``data`` (contiguous) if its shape is the image's, else raise one clear error.
+
+    Args:
+        data: The mask or label map as read.
+        expected_shape: The image's spatial shape.
+        path: The mask/label file (named in the error).
+        image_path: The matching image, named in the error when given.
+        noun: ``"mask"`` or ``"label map"``.
+
+    Raises:
+        InputError: The shapes differ.
+    """
+    expected = tuple(int(s) for s in expected_shape)
+    if data.shape != expected:
+        lead, word = _TARGET_WORDS[noun]
+        against = f"image {image_path}" if image_path is not None else "the image"
+        raise InputError(
+            f"{lead} {data.shape} does not match {against} {word} {expected}; check that this {noun} belongs to that image",
+            path,
+        )
+    return np.ascontiguousarray(data)

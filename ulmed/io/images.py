@@ -34,6 +34,7 @@ from PIL import Image, PngImagePlugin
 
 from ulmed.errors import InputError, OutputError
 from ulmed.io.atomic import atomic_path
+from ulmed.io.base import check_target_shape
 from ulmed.io.record import IntensityMapping, Record
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -305,12 +306,4 @@ def read_mask(path: Path, expected_shape: tuple[int, ...], image_path: Path | No
             msg = "colour mask with differing channels is not supported; save it as a grey label image"
             raise InputError(msg, path)
         data = data[..., 0]
-    expected = tuple(int(s) for s in expected_shape)
-    if data.shape != expected:
-        against = f"image {image_path}" if image_path is not None else "the image"
-        raise InputError(
-            f"mask size (H, W) = {data.shape} does not match {against} size {expected}; "
-            "check that this mask belongs to that image",
-            path,
-        )
-    return np.ascontiguousarray(data)
+    return check_target_shape(data, expected_shape, path, image_path, "mask")

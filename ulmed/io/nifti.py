@@ -25,6 +25,7 @@ from nibabel.spatialimages import HeaderDataError
 
 from ulmed.errors import InputError, OutputError
 from ulmed.io.atomic import atomic_path
+from ulmed.io.base import check_target_shape
 from ulmed.io.record import IntensityMapping, Record
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -269,12 +270,4 @@ def read_label_map(path: Path, expected_shape: tuple[int, ...], image_path: Path
         data = data.astype(np.int32)
     elif not np.issubdtype(data.dtype, np.integer):
         raise InputError(f"label map data type {data.dtype} is not an integer type", path)
-    expected = tuple(int(s) for s in expected_shape)
-    if data.shape != expected:
-        against = f"image {image_path}" if image_path is not None else "the image"
-        raise InputError(
-            f"label map shape {data.shape} does not match {against} shape {expected}; "
-            "check that this label map belongs to that image",
-            path,
-        )
-    return np.ascontiguousarray(data)
+    return check_target_shape(data, expected_shape, path, image_path, "label map")
