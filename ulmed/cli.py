@@ -218,6 +218,7 @@ def evaluate(
     victim_size: Annotated[str, typer.Option(help="small (CPU) or base.")] = "small",
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads while training.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Tiny settings (size 32, 5 epochs, 24 items): about a minute on 2 cores.")] = False,
+    learnability: Annotated[bool, typer.Option("--learnability", help="Also measure sharpness-aware learnability per layer and the Unlearnable Distance to the clean victim (slower: one forward+backward per layer).")] = False,
 ) -> None:
     """Train victims on protected data, test them on clean data, write report.json/report.md and figures."""
     from ulmed.errors import ConfigError
@@ -235,7 +236,7 @@ def evaluate(
     report = run_evaluation(
         clean, _parse_protected(protected or []), output, dataset=dataset, victims=victim or ["unet"],
         defenses=defense or ["none"], train_config=config, victim_size=victim_size, size=(size or 64, size or 64),
-        shape=dhw, train_limit=limit, test_limit=limit, seed=state.seed, progress=_say if state.verbosity >= 0 else None,
+        shape=dhw, train_limit=limit, test_limit=limit, seed=state.seed, learnability=learnability, progress=_say if state.verbosity >= 0 else None,
     )
     if state.verbosity >= 0:
         _say(report["summary"])

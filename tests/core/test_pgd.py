@@ -165,3 +165,19 @@ def test_windowed_gradient_drives_pgd_on_a_volume(volume):
     _check_budget(x, delta, EPS)
     with torch.no_grad():
         assert ce(net(x + delta), y).item() < ce(net(x), y).item()
+
+
+def test_step_schedules():
+    from ulmed.core.pgd import step_schedule
+
+    assert step_schedule("constant", 0.1, 5) == 0.1
+    dynamic = step_schedule("dynamic", 0.1, 5)
+    sizes = [dynamic(i) for i in range(5)]
+    assert sizes[0] == pytest.approx(0.2) and sizes[-1] == pytest.approx(0.02)
+    assert all(a > b for a, b in zip(sizes, sizes[1:]))
+    with pytest.raises(ConfigError):
+        step_schedule("cyclic", 0.1, 5)
+    # perturb takes the schedule: one L-inf step from zero moves every free position by size(0).
+    x = torch.full((1, 1, 4, 4), 0.5)
+    delta = perturb(x, torch.zeros_like(x), lambda z: (z * 1.0).sum(), eps=1.0, step_size=dynamic, n_steps=1)
+    assert torch.allclose(delta, torch.full_like(x, -0.2))

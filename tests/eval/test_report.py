@@ -148,12 +148,14 @@ def test_cli_evaluate_writes_report(tiny, tmp_path, capsys):
     clean, lsp = tiny
     out = tmp_path / "cli"
     code = main(["--device", "cpu", "evaluate", "--clean", str(clean), "--protected", f"lsp={lsp}", "-o", str(out),
-                 "--quick", "--epochs", "1", "--threads", "1"])
+                 "--quick", "--epochs", "1", "--threads", "1", "--learnability"])
     err = capsys.readouterr().err
     assert code == 0, err
     assert (out / "report.md").is_file() and (out / "report.json").is_file()
     assert "2 cell(s) (2 trained, 0 reused)" in err and str(out / "report.md") in err
-    assert json.loads((out / "report.json").read_text())["settings"]["loader"]["size"] == [32, 32]
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["settings"]["loader"]["size"] == [32, 32]
+    assert [c["ud"] for c in saved["cells"]][0] == 1.0 and all(c["sal"] for c in saved["cells"])
 
 
 def test_cli_missing_clean_is_one_line_error(tmp_path, capsys):
@@ -172,3 +174,30 @@ def test_cli_rejects_bad_protected_and_victim(tiny, tmp_path, capsys):
     assert "needs segmentation" in capsys.readouterr().err
     assert main(["evaluate", "--clean", str(clean), "-o", str(clean / "out")]) == 2
     assert "overlaps the input" in capsys.readouterr().err
+
+
+def test_learnability_adds_sal_and_ud_and_retrains_cells_without_it(tiny, tmp_path):
+    clean, lsp = tiny
+    args = {"victims": ["unet"], "defenses": ["none"], "size": (32, 32), "figures": False}
+    out = tmp_path / "out"
+    plain = run_evaluation(clean, {"lsp": lsp}, out, train_config=_config(1), **args)
+    assert all("sal" not in c and "ud" not in c for c in plain["cells"])
+    assert "| UD |" not in (out / "report.md").read_text()
+    report = run_evaluation(clean, {"lsp": lsp}, out, train_config=_config(1), learnability=True, **args)
+    assert report["trained"] == 2, "cells cached without SAL must be trained again"
+    assert report["settings"]["learnability"]["gamma"] == 0.05
+    saved = json.loads((out / "report.json").read_text())
+    cells = {c["protection"]: c for c in saved["cells"]}
+    for c in cells.values():
+        assert len(c["sal"]) > 5 and all(row["sal"] >= 0 and row["loss"] > 0 for row in c["sal"])
+        assert c["sal_s"] > 0
+        assert json.loads((out / "cells" / f"unet__none__{c['protection']}.json").read_text())["sal"] == c["sal"]
+    assert [r["layer"] for r in cells["lsp"]["sal"]] == [r["layer"] for r in cells[CLEAN]["sal"]]
+    assert cells[CLEAN]["ud"] == 1.0
+    ud, detail = cells["lsp"]["ud"], cells["lsp"]["ud_detail"]
+    assert isinstance(ud, float) and ud == pytest.approx(detail["n_protected"] / detail["n_clean"], abs=1e-6)
+    md = (out / "report.md").read_text()
+    assert "| defense | protection | Dice | ratio to clean | UD | PSNR (dB) |" in md
+    assert f"| none | lsp | {cells['lsp']['value']:.3f} | {cells['lsp']['ratio']:.3f} | {ud:.3f} |" in md
+    again = run_evaluation(clean, {"lsp": lsp}, out, train_config=_config(1), learnability=True, **args)
+    assert again["trained"] == 0 and [c["ud"] for c in again["cells"]] == [1.0, ud]

@@ -7,7 +7,11 @@ metric (accuracy, Dice) reaches a threshold or after ``max_rounds``. Noise is sa
 (one perturbation per image) or class-wise (one per class id, added by indexing).
 
 Everything that differs between methods is injected: the loss, the metric, the budget
-(``eps`` or a per-position map) and the positions allowed to move (``position_policy``).
+(``eps`` or a per-position map), the positions allowed to move (``position_policy``), the
+objective of the PGD steps (``pgd_objective``, default the training loss) and the
+trainer's expected augmentation (``augment``): with it, every training step, PGD step and
+evaluation sees ``T(x + delta)`` for a fresh random ``T`` (expectation over
+transformations, ``eot_samples`` draws averaged per PGD step; see :mod:`ulmed.core.augment`).
 """
 
 from __future__ import annotations
@@ -22,13 +26,17 @@ import torch
 from torch import nn
 
 from ulmed.core.device import resolve_device
-from ulmed.core.pgd import NORMS, GradFn, SelectFn, perturb
+from ulmed.core.pgd import NORMS, SCHEDULES, GradFn, SelectFn, perturb, step_schedule
 from ulmed.errors import ConfigError
 
 #: ``loss_fn(output, target) -> scalar`` (mean over the batch), e.g. a MONAI ``DiceCELoss``.
 TrainLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: ``metric_fn(output, target) -> float`` (batch mean, higher is better): accuracy, Dice.
 MetricFn = Callable[[torch.Tensor, torch.Tensor], float | torch.Tensor]
+#: ``augment(images, targets) -> (images, targets)``: random, differentiable in the images.
+AugmentFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+#: ``objective(model, x_adv, target) -> scalar`` that PGD minimises instead of the training loss.
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class PositionPolicy(Protocol):
@@ -59,6 +67,8 @@ class MinMinConfig:
         seed: Seed of batch sampling, random starts and the surrogate's own randomness.
         norm: ``"linf"`` or ``"l2"``.
         random_start: Start each PGD run from random noise in the ball.
+        eot_samples: Random augmentations averaged per PGD step (with ``augment``).
+        step_schedule: ``"constant"`` or ``"dynamic"`` (see :func:`ulmed.core.pgd.step_schedule`).
     """
 
     eps: float = 8 / 255
@@ -72,6 +82,8 @@ class MinMinConfig:
     seed: int = 0
     norm: str = "linf"
     random_start: bool = False
+    eot_samples: int = 1
+    step_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -80,7 +92,9 @@ class MinMinConfig:
             raise ConfigError(f"eps must be > 0 (and <= 1 for L-inf, in [0, 1] units), got {self.eps}")
         if self.step_size is not None and not (math.isfinite(self.step_size) and self.step_size > 0):
             raise ConfigError(f"step_size must be > 0, got {self.step_size}")
-        for name in ("pgd_steps", "max_rounds", "batch_size"):
+        if self.step_schedule not in SCHEDULES:
+            raise ConfigError(f"step_schedule must be one of {', '.join(SCHEDULES)}, got {self.step_schedule!r}")
+        for name in ("pgd_steps", "max_rounds", "batch_size", "eot_samples"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if not isinstance(self.train_steps, int) or self.train_steps < 0:
@@ -116,6 +130,9 @@ class _Setup:
     classes: torch.Tensor | None
     device: torch.device
     amp_dtype: torch.dtype | None
+    augment: AugmentFn | None = None
+    objective: Objective | None = None
+    eot_samples: int = 1
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp_dtype is None:
@@ -129,10 +146,29 @@ class _Setup:
         rows = idx if self.classes is None else self.classes[idx]
         return x, y, delta[rows.to(delta.device)].to(self.device)
 
+    def view(self, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a trainer's model sees: ``x_adv`` (and ``y``) after one random augmentation."""
+        return (x_adv, y) if self.augment is None else self.augment(x_adv, y)
+
     def loss(self, x_adv: torch.Tensor, y: torch.Tensor, loss_fn: TrainLoss) -> torch.Tensor:
+        """The training loss on one augmented view of ``x_adv``."""
+        xa, ya = self.view(x_adv, y)
         with self.autocast():
-            out = self.surrogate(x_adv)
-        return loss_fn(out.float(), y)
+            out = self.surrogate(xa)
+        return loss_fn(out.float(), ya)
+
+    def pgd_loss(self, x_adv: torch.Tensor, y: torch.Tensor, loss_fn: TrainLoss) -> torch.Tensor:
+        """What PGD minimises: the objective (or training loss), averaged over EOT draws."""
+        draws = self.eot_samples if self.augment is not None else 1
+        total = x_adv.new_zeros(())
+        for _ in range(draws):
+            if self.objective is None:
+                total = total + self.loss(x_adv, y, loss_fn)
+                continue
+            xa, ya = self.view(x_adv, y)
+            with self.autocast():
+                total = total + self.objective(self.surrogate, xa, ya).float()
+        return total / draws
 
 
 def _train(
@@ -165,8 +201,10 @@ def _evaluate(s: _Setup, delta: torch.Tensor, loss_fn: TrainLoss, metric_fn: Met
     for start in range(0, n, batch_size):
         idx = torch.arange(start, min(start + batch_size, n))
         x, y, d = s.batch(idx, delta)
+        xa, ya = s.view((x + d).clamp(0.0, 1.0), y)
         with s.autocast():
-            out = s.surrogate((x + d).clamp(0.0, 1.0)).float()
+            out = s.surrogate(xa).float()
+        y = ya
         total_loss += float(loss_fn(out, y)) * len(idx)
         total_metric += float(metric_fn(out, y)) * len(idx)
     return total_loss / n, total_metric / n
@@ -187,7 +225,7 @@ def _classwise_grad(s: _Setup, loss_fn: TrainLoss, batch_size: int) -> GradFn:
             x = s.images[idx].to(s.device)
             y = s.targets[idx].to(s.device)
             d = d_cls.detach().requires_grad_(True)
-            loss = s.loss((x + d[classes[idx].to(s.device)]).clamp(0.0, 1.0), y, loss_fn) * len(idx)
+            loss = s.pgd_loss((x + d[classes[idx].to(s.device)]).clamp(0.0, 1.0), y, loss_fn) * len(idx)
             total += torch.autograd.grad(loss, d)[0]
         counts = torch.zeros(d_cls.shape[0], device=d_cls.device)
         counts[: n_classes_seen.numel()] = n_classes_seen.to(d_cls.device, torch.float32)
@@ -219,7 +257,7 @@ def _pgd_round(
         mask, select = policy(idx, x) if policy is not None else (None, None)
         e = e.to(s.device) if isinstance(e, torch.Tensor) else e
         return perturb(
-            x, d, loss, eps=e, step_size=step, n_steps=config.pgd_steps, minimize=True, norm=config.norm,
+            x, d, loss, eps=e, step_size=step_schedule(config.step_schedule, step, config.pgd_steps), n_steps=config.pgd_steps, minimize=True, norm=config.norm,
             position_mask=mask, select_positions=select, random_start=config.random_start,
             generator=generator, grad_fn=grad_fn,
         )
@@ -236,7 +274,7 @@ def _pgd_round(
         e = _rows(eps, n, idx) if isinstance(eps, torch.Tensor) else eps
 
         def loss(x_adv: torch.Tensor, y: torch.Tensor = y) -> torch.Tensor:
-            return s.loss(x_adv, y, loss_fn)
+            return s.pgd_loss(x_adv, y, loss_fn)
 
         delta[idx.to(delta.device)] = run(x, d, loss, None, e, idx).to(delta.device, delta.dtype)
     return delta
@@ -258,6 +296,8 @@ def min_min(
     class_ids: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
     amp: bool = False,
+    augment: AugmentFn | None = None,
+    pgd_objective: Objective | None = None,
     progress: Callable[[dict[str, float]], None] | None = None,
 ) -> tuple[torch.Tensor, list[dict[str, float]]]:
     """Optimise error-minimising noise against a surrogate trained alongside it.
@@ -281,6 +321,12 @@ def min_min(
         class_ids: ``(N,)`` class id per image for class-wise noise; default ``targets``.
         device: Where the surrogate runs (``"auto"``, ``"cuda"``, a :class:`torch.device`).
         amp: Mixed precision (bfloat16, or float16 with loss scaling); only on CUDA.
+        augment: The trainer's expected augmentation (e.g. a
+            :class:`ulmed.core.augment.DifferentiableAugment`): training, PGD and evaluation
+            all see augmented views (expectation over transformations).
+        pgd_objective: ``(model, x_adv, target) -> scalar`` that PGD minimises instead of
+            ``loss_fn`` (e.g. minus a Bayes-error estimate, :mod:`ulmed.core.objectives`);
+            the surrogate still trains on ``loss_fn``.
         progress: Called with each round's history entry.
 
     Returns:
@@ -319,7 +365,7 @@ def min_min(
     surrogate.to(dev)
     if optimizer is None:
         optimizer = torch.optim.SGD(surrogate.parameters(), lr=config.lr, momentum=0.9)
-    s = _Setup(surrogate, images, targets, classes, dev, amp_dtype)
+    s = _Setup(surrogate, images, targets, classes, dev, amp_dtype, augment, pgd_objective, config.eot_samples)
     was_training = surrogate.training
     history: list[dict[str, float]] = []
     with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):

@@ -26,6 +26,7 @@ from monai.losses import DiceCELoss
 from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 
+from ulmed.core.augment import AugmentPolicy, build_augment
 from ulmed.core.bilevel import MinMinConfig, PositionPolicy, min_min
 from ulmed.core.budget import Budget
 from ulmed.core.canvas import TileLayout, crop, pad_stack, tile, untile
@@ -99,6 +100,11 @@ class OptimisedMethod(ProtectionMethod):
             :mod:`ulmed.core.patterns` (each position its class's code, at full budget),
             a shortcut the loop then refines.
         amp: Mixed precision on CUDA.
+        augment: The trainer's augmentation to optimise against (expectation over
+            transformations): a preset of :mod:`ulmed.core.augment` (``none``,
+            ``flip_jitter``, ``standard``, ``robust``) or a mapping of its fields.
+        eot_samples: Augmentation draws averaged per PGD step.
+        step_schedule: PGD step sizes, ``constant`` or ``dynamic`` (large, then small).
     """
 
     needs_fit: ClassVar[bool] = True
@@ -122,6 +128,9 @@ class OptimisedMethod(ProtectionMethod):
         pseudo_classes: int = 3,
         init: str = "zero",
         amp: bool = False,
+        augment: AugmentPolicy | str | dict[str, Any] | None = "none",
+        eot_samples: int = 1,
+        step_schedule: str = "constant",
     ) -> None:
         super().__init__(budget, seed, device)
         if surrogate is not None and surrogate not in SURROGATE_TASK:
@@ -136,7 +145,9 @@ class OptimisedMethod(ProtectionMethod):
         self.loop = MinMinConfig(
             eps=1.0, step_size=None, train_steps=train_steps, pgd_steps=pgd_steps, max_rounds=rounds,
             stop_threshold=0.0 if stop_threshold is None else stop_threshold, batch_size=batch_size, lr=lr, seed=seed,
+            eot_samples=eot_samples, step_schedule=step_schedule,
         )
+        self.augment = AugmentPolicy.from_spec(augment)
         self.step_size = step_size
         self.stop_threshold = stop_threshold
         self.classwise = classwise
@@ -232,7 +243,7 @@ class OptimisedMethod(ProtectionMethod):
                 dice_metric if seg else accuracy_metric, config,
                 eps_map=self._classwise_eps(group, classes) if classes is not None else group.eps,
                 position_policy=self.position_policy(group), classwise=self.classwise, class_ids=classes,
-                device=device, amp=self.amp,
+                device=device, amp=self.amp, augment=build_augment(self.augment, dims, info.num_classes),
             )
             self.history[f"{dims}d-{channels}ch"] = history
             self._store(group, delta.cpu().numpy(), classes)
@@ -270,5 +281,6 @@ class OptimisedMethod(ProtectionMethod):
             "train_steps": self.loop.train_steps, "pgd_steps": self.loop.pgd_steps, "step_size": self.step_size or "eps/5",
             "stop_threshold": self.stop_threshold or "auto", "batch_size": self.loop.batch_size, "lr": self.loop.lr,
             "classwise": self.classwise, "tile_size": self.tile_size, "pseudo_classes": self.pseudo_classes,
-            "init": self.init,
+            "init": self.init, "augment": self.augment.to_dict(), "eot_samples": self.loop.eot_samples,
+            "step_schedule": self.loop.step_schedule,
         }

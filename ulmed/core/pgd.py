@@ -13,6 +13,7 @@ Layout: images and perturbations are ``(B, C, *spatial)``; position masks are
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -32,6 +33,35 @@ SelectFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None]
 WindowLossFn = Callable[[torch.Tensor, tuple[slice, ...]], torch.Tensor]
 
 NORMS = ("linf", "l2")
+SCHEDULES = ("constant", "dynamic")
+#: ``step_size(step) -> size`` of PGD step ``step`` (0-based).
+StepSchedule = Callable[[int], float]
+
+
+def step_schedule(kind: str, base: float, n_steps: int) -> float | StepSchedule:
+    """The step size of each PGD step.
+
+    ``"constant"`` returns ``base``. ``"dynamic"`` (after ARMOR's dynamic step size) starts
+    at ``2 * base`` and decays with a half cosine to ``base / 5`` at the last step: large
+    early steps move the noise to a new basin (the surrogate has changed since the last
+    round), small late steps settle it inside the budget.
+
+    Raises:
+        ConfigError: Unknown kind, ``base <= 0`` or ``n_steps < 1``.
+    """
+    if kind not in SCHEDULES:
+        raise ConfigError(f"step schedule must be one of {', '.join(SCHEDULES)}, got {kind!r}")
+    if not base > 0 or n_steps < 1:
+        raise ConfigError(f"a step schedule needs base > 0 and n_steps >= 1, got {base} and {n_steps}")
+    if kind == "constant":
+        return base
+    high, low = 2.0 * base, base / 5.0
+
+    def size(step: int) -> float:
+        t = min(max(step, 0), n_steps - 1) / max(n_steps - 1, 1)
+        return low + (high - low) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return size
 
 
 def autograd_grad(loss_fn: LossFn) -> GradFn:
@@ -79,7 +109,7 @@ def perturb(
     loss_fn: LossFn | None,
     *,
     eps: float | torch.Tensor,
-    step_size: float,
+    step_size: float | StepSchedule,
     n_steps: int,
     minimize: bool = True,
     norm: str = "linf",
@@ -106,7 +136,8 @@ def perturb(
         loss_fn: ``loss_fn(x_adv) -> scalar``; unused when ``grad_fn`` is given.
         eps: Budget: a float, or for L-inf a tensor map broadcastable to ``delta``, for
             L2 one radius per sample.
-        step_size: Size of each step (L-inf: per element; L2: of the whole sample).
+        step_size: Size of each step (L-inf: per element; L2: of the whole sample), or
+            a schedule ``step -> size`` (:func:`step_schedule`).
         n_steps: Number of steps (0 only projects the initial ``delta``).
         minimize: Descend the loss (error-minimising noise) or ascend it.
         norm: ``"linf"`` or ``"l2"``.
@@ -132,7 +163,8 @@ def perturb(
     """
     if norm not in NORMS:
         raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
-    if n_steps < 0 or not step_size > 0:
+    size_of: StepSchedule = step_size if callable(step_size) else (lambda _step: float(step_size))  # type: ignore[arg-type]
+    if n_steps < 0 or not (callable(step_size) or step_size > 0):
         raise ConfigError(f"PGD needs n_steps >= 0 and step_size > 0, got {n_steps} and {step_size}")
     if grad_fn is None:
         if loss_fn is None:
@@ -170,7 +202,7 @@ def perturb(
         direction = _step_direction(grad, norm)
         if weight is not None:
             direction = direction * weight
-        d = d + sign * step_size * direction
+        d = d + sign * size_of(step) * direction
         if selected is not None:
             d = d * selected
         d = keep_frozen(_project(x, d, eps, norm, lo, hi))

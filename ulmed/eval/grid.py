@@ -12,6 +12,11 @@ with a fingerprint of everything that shapes it (settings, training configuratio
 hash of the exact training and test arrays). A rerun reuses a cell whose fingerprint
 matches (``reused: true``, no training) and retrains a stale one.
 
+Learnability (opt-in, ``learnability=True``): each trained victim's sharpness-aware
+learnability per layer on the clean test split goes into its cell (``sal``), and the report
+gives every cell the Unlearnable Distance ``ud`` to the clean cell of the same victim and
+defense (:mod:`ulmed.eval.learnability`, docs/metrics/unlearnable_distance.md).
+
 Determinism: every cell uses the same seed for the victim's initial weights, the defense's
 randomness and the training loop, so cells differ only in their training data and defense.
 """
@@ -42,7 +47,7 @@ from ulmed.eval.sources import (
     load_eval_data,
     read_protection,
 )
-from ulmed.eval.train import TrainConfig, evaluate_victim, train_victim
+from ulmed.eval.train import TrainConfig, evaluate_victim, train_victim, victim_sal
 from ulmed.eval.victims import SIZES, VICTIMS, build_victim, task_of
 from ulmed.io.atomic import atomic_write_json, jsonable
 
@@ -53,6 +58,8 @@ MAIN_METRIC = {"segmentation": "dice", "classification": "accuracy"}
 _MIX = re.compile(r"^mix(.+)$")
 #: TrainConfig fields that do not change a cell's result (on the same device kind).
 _NOT_FINGERPRINTED = ("num_threads",)
+#: How ``learnability=True`` measures SAL: on the first batches of the clean test split.
+SAL_SETTINGS: dict[str, Any] = {"n_batches": 4, "batch_size": 8, "gamma": 0.05, "steps": 1}
 
 
 def cell_key(victim: str, defense: str, protection: str) -> str:
@@ -119,9 +126,9 @@ def _check_grid(data: EvalData, victims: Sequence[str], defenses: Sequence[str])
 
 def _train_cell(
     victim: str, defense: str, images: np.ndarray, targets: np.ndarray, clean: np.ndarray | None,
-    data: EvalData, config: TrainConfig, victim_size: str,
+    data: EvalData, config: TrainConfig, victim_size: str, learnability: bool = False,
 ) -> dict[str, Any]:
-    """Train one victim and test it on the clean test split."""
+    """Train one victim and test it on the clean test split (and measure its SAL per layer)."""
     d = build_defense(defense)
     train_images = d.apply_data(images, clean, np.random.default_rng(config.seed))
     model = build_victim(victim, spatial_dims=images.ndim - 2, in_channels=images.shape[1],
@@ -134,9 +141,15 @@ def _train_cell(
     metrics = evaluate_victim(model, data.test_images, data.test_targets, task=data.task,
                               num_classes=data.num_classes, config=config)
     t2 = time.perf_counter()
-    return {"metrics": metrics, "train_s": round(t1 - t0, 3), "test_s": round(t2 - t1, 3),
+    cell = {"metrics": metrics, "train_s": round(t1 - t0, 3), "test_s": round(t2 - t1, 3),
             "wall_s": round(t2 - t0, 3), "epochs_run": len(history),
             "final_loss": history[-1]["loss"] if history else None, "n_train": int(images.shape[0])}
+    if learnability:
+        cell["sal"] = victim_sal(model, data.test_images, data.test_targets, task=data.task, config=config,
+                                 **SAL_SETTINGS)
+        cell["sal_s"] = round(time.perf_counter() - t2, 3)
+        cell["wall_s"] = round(time.perf_counter() - t0, 3)
+    return cell
 
 
 def _settings(data: EvalData, config: TrainConfig, victim_size: str, limits: tuple[int | None, int | None]) -> dict[str, Any]:
@@ -162,6 +175,7 @@ def run_evaluation(
     test_limit: int | None = None,
     seed: int = 0,
     figures: bool = True,
+    learnability: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the evaluation grid and write ``report.json``, ``report.md`` and PNG figures.
@@ -186,6 +200,11 @@ def run_evaluation(
         test_limit: At most this many test items.
         seed: Seed of the victims' weights, the defenses and training.
         figures: Write the PNG figures (needs matplotlib).
+        learnability: Also measure every trained victim's sharpness-aware learnability per
+            layer on the clean test split (:data:`SAL_SETTINGS`; one forward and backward per
+            layer and batch) into the cell's ``sal``, and give every cell the Unlearnable
+            Distance ``ud`` to the clean cell of the same victim and defense
+            (docs/metrics/unlearnable_distance.md). Part of the cell fingerprint.
         progress: Called with one line per cell (e.g. the CLI prints it).
 
     Returns:
@@ -220,6 +239,8 @@ def run_evaluation(
     for name, root in prot_roots.items():
         train_sets[name] = load_protected_like(root, data.train_keys, data.loader_kwargs)
     settings = _settings(data, config, victim_size, (train_limit, test_limit))
+    if learnability:  # absent when off, so cells cached without it keep their fingerprints
+        settings["learnability"] = dict(SAL_SETTINGS)
     base_fp = {**settings, "test": _digest(data.test_images, data.test_targets)}
 
     plan: list[tuple[str, str, str]] = []
@@ -246,7 +267,7 @@ def run_evaluation(
         if cell is None:
             cell = {"victim": v, "defense": d, "protection": p, "trained_with_defense": d_train,
                     "fingerprint": fp, "reused": False,
-                    **_train_cell(v, d_train, images, targets, clean_imgs, data, config, victim_size)}
+                    **_train_cell(v, d_train, images, targets, clean_imgs, data, config, victim_size, learnability)}
             write_json(path, cell)
             trained += 1
         cell["main_metric"] = MAIN_METRIC[data.task]

@@ -6,8 +6,9 @@ writes, atomically, into the output folder:
 
 * ``report.json``: everything (settings, protections with their manifest parameters and
   imperceptibility, every cell with its metrics, ratio and timing); NaN/inf become null;
-* ``report.md``: one table per victim (defense, protection, metric, ratio to clean, PSNR,
-  SSIM), the imperceptibility table and the transfer note;
+* ``report.md``: one table per victim (defense, protection, metric, ratio to clean, the
+  Unlearnable Distance when the cells carry SAL, PSNR, SSIM), the imperceptibility table
+  and the transfer note;
 * ``metric_bars.png`` and ``strip_<protection>.png`` (see :mod:`ulmed.eval.figures`).
 """
 
@@ -19,7 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ulmed.errors import ConfigError
 from ulmed.eval.grid import CLEAN, CLEAN_PART, write_json
+from ulmed.eval.learnability import unlearnable_distance
 from ulmed.eval.sources import EvalData
 from ulmed.io.atomic import atomic_write_bytes
 
@@ -41,6 +44,28 @@ def add_ratios(cells: list[dict[str, Any]]) -> None:
         ref: Any = base.get((c["victim"], c["defense"]))
         value: Any = c.get("value")
         c["ratio"] = round(value / ref, 6) if _finite(ref) and _finite(value) and ref != 0 else None
+
+
+def add_unlearnable_distance(cells: list[dict[str, Any]]) -> None:
+    """Set ``ud`` and ``ud_detail`` on every cell with ``sal``, against the clean cell of its victim and defense.
+
+    ``ud`` is None (and ``ud_detail`` says why) where there is no clean SAL to compare with
+    or the Unlearnable Distance is undefined; cells without ``sal`` are left alone.
+    """
+    base = {(c["victim"], c["defense"]): c.get("sal") for c in cells if c["protection"] == CLEAN}
+    for c in cells:
+        if c.get("sal") is None:
+            continue
+        ref = base.get((c["victim"], c["defense"]))
+        try:
+            if ref is None:
+                raise ConfigError("no clean cell with SAL for this victim and defense")
+            ud = unlearnable_distance(ref, c["sal"])
+        except ConfigError as exc:
+            c["ud"], c["ud_detail"] = None, {"error": exc.reason}
+            continue
+        c["ud"] = round(ud["ud"], 6)
+        c["ud_detail"] = {k: ud[k] for k in ("threshold", "n_clean", "n_protected")}
 
 
 def transfer_notes(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -66,6 +91,8 @@ def _markdown(report: dict[str, Any]) -> str:
     s, metric = report["settings"], report["main_metric"]
     label = METRIC_LABEL.get(metric, metric)
     imp = {p["name"]: p["imperceptibility"] for p in report["protections"]}
+    has_ud = any("ud" in c for c in report["cells"])
+    ud_head, ud_rule = (" UD |", "---|") if has_ud else ("", "")
     lines = [
         "# ulmed evaluation", "",
         (f"Clean data: `{report['clean']}` ({s['dataset']}, {s['task']}); {s['n_train']} train item(s), "
@@ -74,15 +101,20 @@ def _markdown(report: dict[str, Any]) -> str:
         f"with the same defense (lower = better protection). PSNR/SSIM: protected vs clean train items at "
         f"native resolution. `{CLEAN_PART}` = trained on the clean share of a mixing defense only."), "",
     ]
+    if has_ud:
+        lines += [("UD = Unlearnable Distance: layers of the victim whose sharpness-aware learnability (on the clean "
+                   "test split) exceeds the median of the clean-trained victim's, divided by that count for the "
+                   "clean-trained victim (lower = less learned; docs/metrics/unlearnable_distance.md)."), ""]
     for v in report["victims"]:
         lines += [f"## Victim {v} ({s['victim_size']})", "",
-                  f"| defense | protection | {label} | ratio to clean | PSNR (dB) | SSIM | train s |",
-                  "|---|---|---|---|---|---|---|"]
+                  f"| defense | protection | {label} | ratio to clean |{ud_head} PSNR (dB) | SSIM | train s |",
+                  f"|---|---|---|---|{ud_rule}---|---|---|"]
         for c in report["cells"]:
             if c["victim"] != v:
                 continue
             i = imp.get(c["protection"], {})
-            lines.append(f"| {c['defense']} | {c['protection']} | {_num(c.get('value'))} | {_num(c.get('ratio'))} | "
+            ud = f" {_num(c.get('ud'))} |" if has_ud else ""
+            lines.append(f"| {c['defense']} | {c['protection']} | {_num(c.get('value'))} | {_num(c.get('ratio'))} |{ud} "
                          f"{_num(i.get('psnr'), 1)} | {_num(i.get('ssim'))} | {_num(c.get('train_s'), 1)} |")
         lines.append("")
     if report["protections"]:
@@ -141,6 +173,7 @@ def write_report(
         The completed report, with ``files`` (names relative to ``out``).
     """
     add_ratios(report["cells"])
+    add_unlearnable_distance(report["cells"])
     report["transfer"] = transfer_notes(report)
     files: list[str] = []
     if figures:

@@ -42,6 +42,7 @@ from torch import nn
 
 from ulmed.core.device import resolve_device
 from ulmed.errors import ConfigError
+from ulmed.eval.learnability import GAMMA, sal_per_layer
 from ulmed.eval.metrics import ClassificationMetrics, SegmentationMetrics
 
 #: ``augment(image (C, *spatial), target (*spatial) array or int, rng) -> (image, target)``
@@ -147,6 +148,13 @@ def _check_data(images: np.ndarray, targets: np.ndarray | None, task: str, num_c
             raise ConfigError(f"targets must be integer labels, got dtype {targets.dtype}")
         if num_classes is not None and (targets.min() < 0 or targets.max() >= num_classes):
             raise ConfigError(f"target labels must lie in [0, {num_classes}), got {targets.min()}..{targets.max()}")
+
+
+def task_loss(task: str) -> nn.Module:
+    """The training loss of a task: DiceCE (one-hot targets, softmax) or cross-entropy."""
+    if task not in TASKS:
+        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    return DiceCELoss(to_onehot_y=True, softmax=True) if task == "segmentation" else nn.CrossEntropyLoss()
 
 
 def _patch_crop(config: TrainConfig, spatial: tuple[int, ...], rng: np.random.Generator) -> RandCropByPosNegLabel:
@@ -262,7 +270,7 @@ def train_victim(
         raise ConfigError(f"val_fraction {config.val_fraction} leaves no training samples out of {n}")
     val_idx, train_idx = np.sort(order[:n_val]), order[n_val:]
     crop = _patch_crop(config, images.shape[2:], rng) if config.patch_size is not None else None
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True) if task == "segmentation" else nn.CrossEntropyLoss()
+    loss_fn = task_loss(task)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = (torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay) if config.optimizer == "adam"
@@ -395,3 +403,52 @@ def evaluate_victim(
         for sl, out in _iter_logits(model, images, task, config, roi):
             metric(out, targets[sl])
     return metric.aggregate()
+
+
+def victim_sal(
+    model: nn.Module,
+    images: np.ndarray,
+    targets: np.ndarray,
+    *,
+    task: str,
+    config: TrainConfig,
+    n_batches: int = 4,
+    batch_size: int = 8,
+    gamma: float = GAMMA,
+    steps: int = 1,
+) -> list[dict[str, Any]]:
+    """Sharpness-aware learnability per layer (:func:`ulmed.eval.learnability.sal_per_layer`).
+
+    The loss is the task's training loss (:func:`task_loss`) on the first ``n_batches``
+    batches of ``batch_size`` items, through sliding windows of ``config.patch_size`` when
+    it is set (as :func:`predict` runs the model); no AMP.
+
+    Args:
+        model: A trained victim.
+        images: ``(N, C, *spatial)`` float32 in [0, 1], e.g. the clean test split.
+        targets: Label maps ``(N, *spatial)`` or class indices ``(N,)``.
+        task: ``"segmentation"`` or ``"classification"``.
+        config: Patch size, overlap and threads.
+        n_batches: At most this many batches.
+        batch_size: Items per batch.
+        gamma: Relative radius of the weight perturbation.
+        steps: Gradient-ascent steps per layer.
+
+    Returns:
+        One ``{"layer", "sal", "loss"}`` per weight layer.
+    """
+    _check_data(images, targets, task, None)
+    n = min(images.shape[0], n_batches * batch_size)
+    batches = []
+    for start in range(0, n, batch_size):
+        sl = slice(start, min(start + batch_size, n))
+        y = torch.from_numpy(np.asarray(targets[sl], dtype=np.int64))
+        batches.append((torch.from_numpy(np.ascontiguousarray(images[sl], dtype=np.float32)),
+                        y.unsqueeze(1) if task == "segmentation" else y))
+    roi = config.patch_size
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return _logits(model, x, roi, config)
+
+    with _threads(config.num_threads):
+        return sal_per_layer(model, task_loss(task), batches, gamma=gamma, steps=steps, forward=forward)
