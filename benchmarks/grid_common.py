@@ -8,6 +8,7 @@ copy; both call :func:`protect_and_evaluate`. All three grid benchmarks (with
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import time
 from collections.abc import Sequence
@@ -23,12 +24,28 @@ def parse_mode_args(doc: str, stem: str) -> tuple[argparse.Namespace, Path]:
     parser.add_argument("--quick", action="store_true", help="the small mode: minutes on 2 cores")
     parser.add_argument("--eps", default="8/255")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--robust", action="store_true",
+                        help="compare the robust options (EOT, ARMOR selection, Bayes objective) instead of the baselines")
     args = parser.parse_args()
-    return args, REPO / "benchmarks/results" / f"{stem}{'_quick' if args.quick else ''}"
+    suffix = ("_robust" if args.robust else "") + ("_quick" if args.quick else "")
+    return args, REPO / "benchmarks/results" / f"{stem}{suffix}"
 
 
-#: method name -> its options; the min-min methods get the mode's schedule, salm rho 0.1.
-METHODS = ("random", "lsp", "em", "salm")
+#: protection name -> (registered method, its options); the min-min methods get the mode's
+#: schedule on top.
+BASELINES: dict[str, tuple[str, dict[str, Any]]] = {
+    "random": ("random", {}), "lsp": ("lsp", {}), "em": ("em", {}), "salm": ("salm", {"rho": 0.1}),
+}
+#: The robust options of issue 7 beside their plain counterparts.
+ROBUST: dict[str, tuple[str, dict[str, Any]]] = {
+    "em": ("em", {}),
+    "em_eot": ("em", {"augment": "standard", "step_schedule": "dynamic"}),
+    "em_armor": ("em", {"augment": "armor", "step_schedule": "dynamic"}),
+    "em_bayes": ("em", {"objective": "bayes"}),
+    "salm": ("salm", {"rho": 0.1}),
+    "salm_eot": ("salm", {"rho": 0.1, "augment": "standard", "step_schedule": "dynamic"}),
+}
+MIN_MIN = ("em", "salm")
 
 
 def protect_and_evaluate(
@@ -43,6 +60,7 @@ def protect_and_evaluate(
     eps: str,
     seed: int,
     batch_size: int,
+    methods: dict[str, tuple[str, dict[str, Any]]] | None = None,
     **loader: Any,
 ) -> None:
     """``protect_path`` every method on ``train_only``, then ``run_evaluation`` into ``out``.
@@ -58,6 +76,7 @@ def protect_and_evaluate(
         eps: Budget.
         seed: Seed of protection and victims.
         batch_size: Victim batch size.
+        methods: Protection name -> (method, options); default :data:`BASELINES`.
         **loader: ``size=`` or ``shape=`` for :func:`ulmed.eval.grid.run_evaluation`.
     """
     from ulmed.eval.grid import run_evaluation
@@ -65,20 +84,22 @@ def protect_and_evaluate(
     from ulmed.pipeline.protect import protect_path, summarize
 
     protected = {}
-    for method in METHODS:
+    timings = {}
+    for name, (method, extra) in (methods or BASELINES).items():
         t0 = time.perf_counter()
-        opts: dict[str, Any] = dict(mode["min_min"]) if method in ("em", "salm") else {}
-        if method == "salm":
-            opts["rho"] = 0.1
-        manifest = protect_path(train_only, tmp / method, method=method, eps=eps, seed=seed, device="cpu",
+        opts: dict[str, Any] = {**(mode["min_min"] if method in MIN_MIN else {}), **extra}
+        manifest = protect_path(train_only, tmp / name, method=method, eps=eps, seed=seed, device="cpu",
                                 method_options=opts)
         s = summarize(manifest)
-        print(f"protected with {method}: {s['records']} items in {time.perf_counter() - t0:.1f} s, "
+        timings[name] = round(time.perf_counter() - t0, 1)
+        print(f"protected with {name}: {s['records']} items in {timings[name]} s, "
               f"PSNR {s['psnr_min']:.1f}-{s['psnr_max']:.1f} dB", flush=True)
-        protected[method] = tmp / method
+        protected[name] = tmp / name
     if out.exists():
         shutil.rmtree(out)
     config = TrainConfig(epochs=mode["epochs"], batch_size=batch_size, lr=1e-3, seed=seed, device="cpu", num_threads=2)
     run_evaluation(clean, protected, out, dataset=dataset, victims=mode["victims"], defenses=defenses,
                    train_config=config, seed=seed, progress=lambda line: print(line, flush=True), **loader)
+    (out / "protect_times.json").write_text(json.dumps(timings, indent=2))
     print((out / "report.md").read_text())
+    print("protection wall time (s):", timings)

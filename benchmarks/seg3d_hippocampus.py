@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from grid_common import parse_mode_args, protect_and_evaluate
+from grid_common import BASELINES, ROBUST, parse_mode_args, protect_and_evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "msd_hippocampus"
@@ -72,7 +72,7 @@ def main() -> None:
         clean = working_copy(tmp / "hippocampus", m["train"], m["test"])
         train_only = working_copy(tmp / "hippocampus_train", m["train"], 0)
         protect_and_evaluate(clean, train_only, tmp, out, mode=m, dataset="hippocampus", defenses=m["defenses"], eps=args.eps,
-                             seed=args.seed, batch_size=4, shape=SHAPE)
+                             seed=args.seed, batch_size=4, methods=ROBUST if args.robust else BASELINES, shape=SHAPE)
     print(f"wall time {time.perf_counter() - start:.0f} s -> {out}")
 
 

@@ -33,6 +33,7 @@ plus gamma, blur and JPEG 50-95).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -43,6 +44,9 @@ import torch
 from torch import nn
 
 from ulmed.errors import ConfigError
+
+# kornia's elastic and affine warps announce a torch default that changed in 2018 on every call.
+warnings.filterwarnings("ignore", message="Default grid_sample and affine_grid behavior", category=UserWarning)
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ the defaults. There is no second PGD loop here.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,20 +27,26 @@ from monai.losses import DiceCELoss
 from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 
-from ulmed.core.augment import AugmentPolicy, build_augment
+from ulmed.core.augment import AugmentPolicy, DifferentiableAugment, build_augment
 from ulmed.core.bilevel import MinMinConfig, PositionPolicy, min_min
 from ulmed.core.budget import Budget
 from ulmed.core.canvas import TileLayout, crop, pad_stack, tile, untile
 from ulmed.core.device import resolve_device
 from ulmed.core.method import ProtectionMethod
 from ulmed.core.patterns import mask_coded
-from ulmed.core.surrogates import SURROGATE_TASK, UNET_MULTIPLE, build_surrogate
+from ulmed.core.objectives import BayesErrorObjective
+from ulmed.core.selection import CANDIDATES, ClasswiseAugment, for_dims, select_policies
+from ulmed.core.surrogates import SURROGATE_TASK, UNET_MULTIPLE, build_surrogate, feature_layer
 from ulmed.core.targets import TargetSet, prepare_targets
 from ulmed.errors import ConfigError
 from ulmed.io.record import Record
 
 
+log = logging.getLogger("ulmed")
 INITS = ("zero", "lsp")
+#: What the PGD steps optimise: the surrogate's training loss (error-minimising) or minus
+#: a Bayes-error estimate on the surrogate's features (:mod:`ulmed.core.objectives`).
+OBJECTIVES = ("loss", "bayes")
 
 
 def dice_metric(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -102,9 +109,16 @@ class OptimisedMethod(ProtectionMethod):
         amp: Mixed precision on CUDA.
         augment: The trainer's augmentation to optimise against (expectation over
             transformations): a preset of :mod:`ulmed.core.augment` (``none``,
-            ``flip_jitter``, ``standard``, ``robust``) or a mapping of its fields.
+            ``flip_jitter``, ``standard``, ``robust``), a mapping of its fields, or
+            ``armor``: after one plain round, the candidate of :mod:`ulmed.core.selection`
+            with the best gradient alignment is chosen per class (per data set for masks).
         eot_samples: Augmentation draws averaged per PGD step.
         step_schedule: PGD step sizes, ``constant`` or ``dynamic`` (large, then small).
+        objective: ``loss`` (error-minimising: PGD lowers the surrogate's training loss) or
+            ``bayes`` (PGD raises a leave-one-out kernel estimate of the Bayes error of the
+            surrogate's last hidden features, per sampled pixel for segmentation, per image
+            for classification), aimed at trainers who mix protected with clean data.
+        bayes_per_class: Pixels sampled per class and batch for the segmentation estimate.
     """
 
     needs_fit: ClassVar[bool] = True
@@ -131,10 +145,16 @@ class OptimisedMethod(ProtectionMethod):
         augment: AugmentPolicy | str | dict[str, Any] | None = "none",
         eot_samples: int = 1,
         step_schedule: str = "constant",
+        objective: str = "loss",
+        bayes_per_class: int = 64,
     ) -> None:
         super().__init__(budget, seed, device)
         if surrogate is not None and surrogate not in SURROGATE_TASK:
             raise ConfigError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATE_TASK)}")
+        if objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+        if bayes_per_class < 1:
+            raise ConfigError(f"bayes_per_class must be >= 1, got {bayes_per_class}")
         if init not in INITS:
             raise ConfigError(f"init must be one of {', '.join(INITS)}, got {init!r}")
         if pseudo_classes < 2:
@@ -147,7 +167,11 @@ class OptimisedMethod(ProtectionMethod):
             stop_threshold=0.0 if stop_threshold is None else stop_threshold, batch_size=batch_size, lr=lr, seed=seed,
             eot_samples=eot_samples, step_schedule=step_schedule,
         )
-        self.augment = AugmentPolicy.from_spec(augment)
+        self.armor = augment == "armor"
+        self.augment = AugmentPolicy.from_spec(None if self.armor else augment)
+        self.selected: dict[str, dict[str, Any]] = {}
+        self.objective = objective
+        self.bayes_per_class = bayes_per_class
         self.step_size = step_size
         self.stop_threshold = stop_threshold
         self.classwise = classwise
@@ -238,15 +262,49 @@ class OptimisedMethod(ProtectionMethod):
             })
             optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
             classes = torch.as_tensor(np.asarray(info.targets)) if self.classwise else None
-            delta, history = min_min(
-                model, optimizer, group.images, group.targets, None if self.classwise else group.init, loss_fn,
-                dice_metric if seg else accuracy_metric, config,
+            common: dict[str, Any] = dict(
                 eps_map=self._classwise_eps(group, classes) if classes is not None else group.eps,
                 position_policy=self.position_policy(group), classwise=self.classwise, class_ids=classes,
-                device=device, amp=self.amp, augment=build_augment(self.augment, dims, info.num_classes),
+                device=device, amp=self.amp, pgd_objective=self._objective(name, model, info.task, info.num_classes),
             )
+            metric = dice_metric if seg else accuracy_metric
+            delta = None if self.classwise else group.init
+            history: list[dict[str, float]] = []
+            augment: torch.nn.Module | None = build_augment(self.augment, dims, info.num_classes)
+            if self.armor:
+                # ARMOR: one plain round trains the surrogate a little, then the augmentation is chosen.
+                first = replace(config, max_rounds=1)
+                delta, history = min_min(model, optimizer, group.images, group.targets, delta, loss_fn, metric, first, **common)
+                augment = self._select(model, loss_fn, group, dims, info.num_classes, device, f"{dims}d-{channels}ch")
+                config = replace(config, max_rounds=max(config.max_rounds - 1, 1), seed=config.seed + 1)
+            delta, more = min_min(model, optimizer, group.images, group.targets, delta, loss_fn, metric, config,
+                                  augment=augment, **common)
+            history += more
             self.history[f"{dims}d-{channels}ch"] = history
             self._store(group, delta.cpu().numpy(), classes)
+
+    def _select(self, model: torch.nn.Module, loss_fn: Any, group: Group, dims: int, num_classes: int,
+                device: torch.device, key: str) -> ClasswiseAugment:
+        """ARMOR's per-class choice of the augmentation (one choice for segmentation)."""
+        task = group.targets_info.task
+        labels = group.targets if task == "classification" else None
+        n = min(group.images.shape[0], 64)
+        idx = torch.arange(group.images.shape[0]) if labels is not None else torch.arange(n)
+        choice, scores = select_policies(
+            model.to(device), loss_fn, group.images[idx].to(device), group.targets[idx].to(device), dims,
+            max(num_classes, 2), class_ids=None if labels is None else labels[idx], seed=self.seed,
+        )
+        log.info("ARMOR augmentation choice for %s: %s", key, {str(k): v for k, v in choice.items()})
+        self.selected[key] = {"choice": {str(k): v for k, v in choice.items()},
+                              "alignment": {str(k): v for k, v in scores.items()}}
+        return ClasswiseAugment({c: DifferentiableAugment(for_dims(CANDIDATES[name], dims), dims, max(num_classes, 2)) for c, name in choice.items()})
+
+    def _objective(self, name: str, model: torch.nn.Module, task: str, num_classes: int) -> BayesErrorObjective | None:
+        """The PGD objective for ``objective="bayes"`` (None: the training loss)."""
+        if self.objective == "loss":
+            return None
+        return BayesErrorObjective(max(num_classes, 2), task, feature_layer(name, model),
+                                   per_class=self.bayes_per_class, seed=self.seed)
 
     @staticmethod
     def _classwise_eps(group: Group, classes: torch.Tensor) -> torch.Tensor:
@@ -281,6 +339,7 @@ class OptimisedMethod(ProtectionMethod):
             "train_steps": self.loop.train_steps, "pgd_steps": self.loop.pgd_steps, "step_size": self.step_size or "eps/5",
             "stop_threshold": self.stop_threshold or "auto", "batch_size": self.loop.batch_size, "lr": self.loop.lr,
             "classwise": self.classwise, "tile_size": self.tile_size, "pseudo_classes": self.pseudo_classes,
-            "init": self.init, "augment": self.augment.to_dict(), "eot_samples": self.loop.eot_samples,
-            "step_schedule": self.loop.step_schedule,
+            "init": self.init, "augment": "armor" if self.armor else self.augment.to_dict(), "eot_samples": self.loop.eot_samples,
+            "step_schedule": self.loop.step_schedule, "objective": self.objective,
+            **({"bayes_per_class": self.bayes_per_class} if self.objective == "bayes" else {}),
         }

@@ -36,6 +36,22 @@ def _resnet18(spatial_dims: int, in_channels: int, out_channels: int) -> nn.Modu
     return resnet18(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=out_channels)
 
 
+def feature_layer(name: str, model: nn.Module) -> nn.Module:
+    """The module whose output is a surrogate's last hidden representation.
+
+    UNet: the skip-connection block before the output up-sampling (a feature map at half
+    resolution); ResNet-18: its global average pool; DenseNet121: the pool of its head.
+    Objectives read it with :class:`ulmed.core.objectives.FeatureTap`.
+    """
+    if name == "unet":
+        return model.model[1]  # type: ignore[index]
+    if name == "resnet18":
+        return model.avgpool  # type: ignore[return-value]
+    if name == "densenet121":
+        return model.class_layers.pool  # type: ignore[return-value]
+    raise KeyError(f"no feature layer known for surrogate {name!r}")
+
+
 def build_surrogate(name: str, spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
     """Build a registered surrogate."""
     return SURROGATES.get(name)(spatial_dims, in_channels, out_channels)
