@@ -7,7 +7,9 @@ resolution, trains a MONAI UNet victim on the protected images with the untouche
 and reports Dice on the clean test split, the Dice ratio protected/clean, imperceptibility
 (PSNR, SSIM, fraction of positions changed) and the wall time and peak memory of the
 protection (each protection runs in a fresh process so its peak RSS is its own).
-Optionally the victim's trainer uses a defense (``--defense flip_jitter``).
+Optionally the victim's trainer uses one or more defenses (``--defense flip_jitter`` or
+``--defense none,aug-shift,aug-rotate --tag ablation``: which part of an augmentation removes a
+protection).
 
 Usage:
     python benchmarks/protect_effect.py --dataset hc18 --quick
@@ -146,11 +148,14 @@ def main() -> None:
     parser.add_argument("--dataset", choices=sorted(SETTINGS), default="hc18")
     parser.add_argument("--quick", action="store_true", help="a subset at low resolution: minutes on 2 cores")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
-    parser.add_argument("--defense", default="none", help="trainer's defense: none, flip_jitter, augmentation, jpeg75, mix0.5 ...")
+    parser.add_argument("--defense", default="none",
+                        help="trainer's defense(s), comma-separated: none, flip_jitter, augmentation, aug-shift, jpeg75 ...")
+    parser.add_argument("--tag", default="", help="result file suffix for several defenses (default: 'defenses')")
     parser.add_argument("--eps", default="8/255")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     mode = "quick" if args.quick else "full"
+    defenses = [d.strip() for d in args.defense.split(",") if d.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = set(methods) - set(METHODS)
     if unknown:
@@ -165,23 +170,25 @@ def main() -> None:
         result = queue.get()
         proc.join()
         protected = result.pop("protected")
-        result.update(_victim_dice(args.dataset, mode, protected, args.defense, args.seed))
-        rows.append({"method": method, **result})
-        print(f"{method:13s} dice {result['dice']:.4f}  psnr {result['psnr']}  l0 {result['l0_fraction']}  "
-              f"protect {result['protect_wall_s']} s  victim {result['victim_train_s']} s", flush=True)
-    clean = next((r["dice"] for r in rows if r["method"] == "clean"), None)
+        for defense in defenses:
+            row = {"method": method, "defense": defense, **result,
+                   **_victim_dice(args.dataset, mode, protected, defense, args.seed)}
+            rows.append(row)
+            print(f"{method:13s} {defense:14s} dice {row['dice']:.4f}  psnr {row['psnr']}  l0 {row['l0_fraction']}  "
+                  f"protect {row['protect_wall_s']} s  victim {row['victim_train_s']} s", flush=True)
     for r in rows:
+        clean = next((c["dice"] for c in rows if c["method"] == "clean" and c["defense"] == r["defense"]), None)
         r["dice_ratio"] = round(r["dice"] / clean, 4) if clean else None
-    out = REPO / "benchmarks/results" / (
-        f"protect_effect_{args.dataset}{'' if args.defense == 'none' else '_' + args.defense}{'_quick' if args.quick else ''}.json")
+    suffix = "" if defenses == ["none"] else "_" + (defenses[0] if len(defenses) == 1 else (args.tag or "defenses"))
+    out = REPO / "benchmarks/results" / f"protect_effect_{args.dataset}{suffix}{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"benchmark": "protect_effect", "dataset": args.dataset, "mode": mode, "defense": args.defense,
+    result = {"benchmark": "protect_effect", "dataset": args.dataset, "mode": mode, "defenses": defenses,
               "eps": args.eps, "seed": args.seed, "settings": SETTINGS[args.dataset][mode], "victim": "unet (small)",
               "surrogate": "unet 16-32-64", "wall_s": round(time.perf_counter() - t0, 1), "rows": rows}
     out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"\n{'method':13s} {'dice':>6s} {'ratio':>6s} {'PSNR':>6s} {'SSIM':>6s} {'L0':>6s} {'prot s':>7s} {'peak MB':>8s}")
+    print(f"\n{'method':13s} {'defense':14s} {'dice':>6s} {'ratio':>6s} {'PSNR':>6s} {'SSIM':>6s} {'L0':>6s} {'prot s':>7s} {'peak MB':>8s}")
     for r in rows:
-        print(f"{r['method']:13s} {r['dice']:6.3f} {r['dice_ratio'] or 0:6.3f} {r['psnr']:6.1f} {r['ssim']:6.3f} "
+        print(f"{r['method']:13s} {r['defense']:14s} {r['dice']:6.3f} {r['dice_ratio'] or 0:6.3f} {r['psnr']:6.1f} {r['ssim']:6.3f} "
               f"{r['l0_fraction']:6.3f} {r['protect_wall_s']:7.1f} {r['protect_peak_rss_MB']:8.1f}")
     print(f"wall time {result['wall_s']} s -> {out}")
 

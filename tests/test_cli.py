@@ -89,3 +89,18 @@ def test_lossy_dicom_output_refused_and_lossless_accepted(sample_data, tmp_path,
     ds = pydicom.dcmread(tmp_path / "b/single/CT_small.dcm")
     assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGLSLossless
     assert "ulmed lsp" in ds.DerivationDescription and list(ds.ImageType[:2]) == ["DERIVED", "SECONDARY"]
+
+
+def test_robust_flags_reach_the_method_and_the_manifest(sample_data, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "eot"
+    args = ["-q", "protect", "-i", str(sample_data / "hc18"), "-o", str(out), "--method", "em", "--augment", "flip_jitter",
+            "--objective", "loss", "--set", "rounds=1", "--set", "train_steps=1", "--set", "pgd_steps=1"]
+    assert main(args) == 0
+    params = json.loads((out / "manifest.json").read_text())["params"]
+    assert params["augment"]["flips"] is True and params["augment"]["brightness"] == 0.2
+    assert params["objective"] == "loss"
+    assert main(["-q", "protect", "-i", str(sample_data / "hc18"), "-o", str(tmp_path / "bad"), "--method", "em",
+                 "--augment", "sideways"]) == 2
+    assert "sideways" in capsys.readouterr().err

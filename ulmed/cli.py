@@ -114,6 +114,8 @@ def protect(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty output folder.")] = False,
     labels: Annotated[Optional[Path], typer.Option(help="CSV of class labels by relative path (classification).")] = None,
     rho: Annotated[Optional[float], typer.Option(help="SALM: fraction of positions that may change (L0 budget).")] = None,
+    augment: Annotated[Optional[str], typer.Option(help="em/salm: trainer augmentation to optimise against: none, flip_jitter, standard, robust or armor.")] = None,
+    objective: Annotated[Optional[str], typer.Option(help="em/salm: PGD objective, loss (error-minimising) or bayes (Bayes-error ascent).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method option KEY=VALUE (repeatable), e.g. --set rounds=5.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file with option values (e.g. configs/protect/salm.yaml); flags win.")] = None,
 ) -> None:
@@ -125,8 +127,9 @@ def protect(
                                        "skip_non_image": skip_non_image, "masks": masks, "labels": labels,
                                        "options": {}})
     method_options = {**opts.pop("options"), **_parse_sets(set_ or [])}  # type: ignore[dict-item]
-    if rho is not None:
-        method_options["rho"] = rho
+    for key, value in (("rho", rho), ("augment", augment), ("objective", objective)):
+        if value is not None:
+            method_options[key] = value
     manifest = protect_path(
         input, output, seed=state.seed, device=state.device, strict=strict, overwrite=overwrite,
         progress=_progress, method_options=method_options, **opts,  # type: ignore[arg-type]

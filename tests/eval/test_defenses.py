@@ -141,3 +141,32 @@ def test_parametric_and_unknown_names():
         build_defense("cutout")
     with pytest.raises(ConfigError, match="quality"):
         build_defense("jpeg0").apply_data(np.zeros((1, 1, 8, 8), np.float32))
+
+
+def test_augmentation_parts_do_what_their_names_say():
+    from ulmed.eval.defenses import PARTS
+
+    rng = np.random.default_rng(0)
+    image = rng.random((1, 24, 24)).astype(np.float32)
+    mask = np.zeros((24, 24), dtype=np.uint8)
+    mask[5:12, 7:15] = 1
+    shift = build_defense("aug-shift")
+    moved = 0
+    for seed in range(6):
+        out, out_mask = shift.augment(image, mask, np.random.default_rng(seed))
+        assert out_mask.sum() <= mask.sum()
+        if not np.array_equal(out_mask, mask):
+            moved += 1
+            # an integer shift: no interpolation, every inside value is an original value
+            inside = out[0][out_mask > 0]
+            assert np.isin(inside, image[0]).all()
+            # and the mask moved with the image: the pixels under the new mask came from under the old one
+            assert np.isin(inside, image[0][mask > 0]).all()
+    assert moved > 0
+    out, out_mask = build_defense("aug-bc+noise").augment(image, mask, np.random.default_rng(1))
+    assert np.array_equal(out_mask, mask)
+    assert set(PARTS) == {"flip", "rot90", "rotate", "scale", "elastic", "shift", "bc", "noise"}
+    with pytest.raises(ConfigError, match="unknown augmentation parts"):
+        build_defense("aug-warp")
+    with pytest.raises(ConfigError, match="2D only"):
+        build_defense("aug-flip").augment(rng.random((1, 4, 4, 4)).astype(np.float32), np.zeros((4, 4, 4), np.uint8), rng)

@@ -20,6 +20,10 @@ Augmentation presets (:class:`Augmenter`):
   (no such plane: none), brightness/contrast ``x * a + b`` and Gaussian noise; affine and
   elastic deformations are left out.
 * ``flip_jitter``: random flips and brightness/contrast jitter only (2D and 3D).
+* ``aug-<part>[+<part>...]``: single parts of the ``augmentation`` preset, with the same
+  settings, to find which part removes a protection: ``flip``, ``rot90``, ``rotate``
+  (+-15 deg), ``scale`` (0.9-1.1), ``elastic``, ``shift`` (integer shifts of up to 3
+  positions: no interpolation at all), ``bc`` (brightness/contrast) and ``noise``. 2D only.
 
 All randomness comes from the ``rng`` the training loop passes (albumentations is
 re-seeded from it per sample), so a seeded run is reproducible. Images are clipped to [0, 1].
@@ -127,6 +131,42 @@ class Augmenter:
         if self.noise and rng.random() < 0.3:
             image = image + rng.normal(0.0, rng.uniform(0.01, 0.05), size=image.shape)
         return np.ascontiguousarray(image), (np.ascontiguousarray(target) if is_mask else target)
+
+
+#: The parts of the ``augmentation`` preset (2D), by name, with the preset's settings.
+PARTS: dict[str, Callable[[], Any]] = {
+    "flip": lambda: A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]),
+    "rot90": lambda: A.RandomRotate90(p=0.5),
+    "rotate": lambda: A.Affine(rotate=(-15, 15), p=0.5),
+    "scale": lambda: A.Affine(scale=(0.9, 1.1), p=0.5),
+    "elastic": lambda: A.ElasticTransform(alpha=30.0, sigma=6.0, p=0.2),
+    "shift": lambda: A.Affine(translate_px=(-3, 3), p=0.5),
+    "bc": lambda: A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+    "noise": lambda: A.GaussNoise(std_range=(0.01, 0.05), p=0.3),
+}
+
+
+class PartsAugmenter(Augmenter):
+    """Some parts of the 2D ``augmentation`` preset only (see :data:`PARTS`).
+
+    Args:
+        parts: Part names, applied in the given order.
+    """
+
+    def __init__(self, parts: list[str]) -> None:
+        super().__init__()
+        unknown = [p for p in parts if p not in PARTS]
+        if not parts or unknown:
+            raise ConfigError(f"unknown augmentation parts {unknown or parts}; choose from {', '.join(PARTS)}")
+        self.parts = parts
+
+    def _pipeline(self, square: bool) -> A.Compose:
+        if square not in self._compose:
+            self._compose[square] = A.Compose([PARTS[p]() for p in self.parts if square or p != "rot90"])
+        return self._compose[square]
+
+    def _augment_3d(self, image: np.ndarray, target: Any, rng: np.random.Generator) -> tuple[np.ndarray, Any]:
+        raise ConfigError("aug-<part> defenses are 2D only; use augmentation or flip_jitter for volumes")
 
 
 def _check_images(images: np.ndarray) -> None:
@@ -272,6 +312,7 @@ _PATTERNS: list[tuple[re.Pattern[str], Callable[[str], Defense]]] = [
     (re.compile(r"^jpeg(\d{1,3})$"), lambda v: _jpeg_defense(int(v))),
     (re.compile(r"^blur(\d+(?:\.\d+)?)$"), lambda v: _blur_defense(float(v))),
     (re.compile(r"^mix(0(?:\.\d+)?|1(?:\.0+)?|\.\d+)$"), lambda v: _mix_defense(float(v))),
+    (re.compile(r"^aug-([a-z0-9+]+)$"), lambda v: Defense(f"aug-{v}", augment=PartsAugmenter(v.split("+")))),
 ]
 
 
@@ -284,5 +325,5 @@ def build_defense(name: str) -> Defense:
         if match:
             return make(match.group(1))
     raise ConfigError(
-        f"unknown defense {name!r}; choose one of: {', '.join(DEFENSES.names())}, or jpeg<q>, blur<sigma>, mix<p>"
+        f"unknown defense {name!r}; choose one of: {', '.join(DEFENSES.names())}, or jpeg<q>, blur<sigma>, mix<p>, aug-<part>[+<part>]"
     )
