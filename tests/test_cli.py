@@ -101,6 +101,8 @@ def test_robust_flags_reach_the_method_and_the_manifest(sample_data, tmp_path, c
     params = json.loads((out / "manifest.json").read_text())["params"]
     assert params["augment"]["flips"] is True and params["augment"]["brightness"] == 0.2
     assert params["objective"] == "loss"
+    fit = json.loads((out / "manifest.json").read_text())["fit"]
+    assert len(fit["history"]["2d-1ch"]) == 1 and "augment_choice" not in fit
     assert main(["-q", "protect", "-i", str(sample_data / "hc18"), "-o", str(tmp_path / "bad"), "--method", "em",
                  "--augment", "sideways"]) == 2
     assert "sideways" in capsys.readouterr().err

@@ -92,7 +92,7 @@ def test_robust_em_options_keep_the_budget_and_are_deterministic(hc18_records, o
     if options.get("augment") == "armor":
         choice = first.selected["2d-1ch"]["choice"]
         assert list(choice) == ["-1"] and choice["-1"] in first.selected["2d-1ch"]["alignment"]["-1"]
-        assert first.params()["augment"] == "armor"
+        assert first.params()["augment"] == "armor" and first.fit_report()["augment_choice"] == first.selected
     plain = ErrorMinimising("8/255", seed=0, **FAST)
     plain.fit(hc18_records)
     assert not np.array_equal(plain.protect(hc18_records[0]).image, first.protect(hc18_records[0]).image)

@@ -84,3 +84,7 @@ class ProtectionMethod(abc.ABC):
     def params(self) -> dict[str, Any]:
         """Parameters that define the output, recorded in the manifest."""
         return {"method": self.name, "budget": self.budget.spec, "seed": self.seed}
+
+    def fit_report(self) -> dict[str, Any]:
+        """What :meth:`fit` found (per-round history, choices made), for the manifest; {} if nothing."""
+        return {}

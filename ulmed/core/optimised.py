@@ -332,6 +332,13 @@ class OptimisedMethod(ProtectionMethod):
         except KeyError:
             raise ConfigError(f"{self.name} has no noise for {record.key!r}; it must be in the records given to fit()") from None
 
+    def fit_report(self) -> dict[str, Any]:
+        """The min-min history per group and, with ``augment="armor"``, the augmentation chosen."""
+        report: dict[str, Any] = {"history": self.history}
+        if self.selected:
+            report["augment_choice"] = self.selected
+        return report
+
     def params(self) -> dict[str, Any]:
         """Parameters that define the output."""
         return {

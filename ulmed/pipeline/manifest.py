@@ -84,6 +84,8 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=library_versions)
     started: float = field(default_factory=time.time)
     entries: list[Entry] = field(default_factory=list)
+    #: What the method's fit found (:meth:`ulmed.core.method.ProtectionMethod.fit_report`).
+    fit: dict[str, Any] = field(default_factory=dict)
 
     def add(self, entry: Entry) -> None:
         """Append one entry."""
@@ -101,6 +103,7 @@ class Manifest:
             "params": self.params,
             "wall_time_s": round(time.time() - self.started, 3),
             "counts": self.counts(),
+            **({"fit": self.fit} if self.fit else {}),
             "entries": [asdict(e) for e in self.entries],
         }
 

@@ -213,6 +213,7 @@ def protect_path(
                 )
             )
 
+    manifest.fit = protector.fit_report()
     masks_root = Path(masks).expanduser().resolve() if masks is not None else None
     copies: list[tuple[Path, Path, str]] = []
     for path in inv.targets:
