@@ -46,7 +46,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "full": {"shape": (40, 56, 40), "train_limit": None, "test_limit": None, "epochs": 30, "rounds": 6, "train_steps": 30, "pgd_steps": 10},
     },
 }
-METHODS = ("clean", "random", "lsp", "em", "salm", "salm_lsp", "salm_nolabel", "em_eot", "em_lsp_eot", "salm_eot", "em_bayes")
+METHODS = ("clean", "random", "lsp", "em", "salm", "salm_lsp", "salm_nolabel", "em_eot", "em_lsp_eot", "salm_eot", "em_bayes", "em_eot_shift", "em_eot_robust")
 #: benchmark row -> (registered method, extra options, use labels)
 ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "clean": ("clean", {}, True),
@@ -60,6 +60,8 @@ ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "em_lsp_eot": ("em", {"augment": "standard", "init": "lsp", "step_schedule": "dynamic"}, True),
     "salm_eot": ("salm", {"rho": 0.1, "augment": "standard"}, True),
     "em_bayes": ("em", {"objective": "bayes"}, True),
+    "em_eot_shift": ("em", {"augment": {"shift": 3}}, True),
+    "em_eot_robust": ("em", {"augment": "robust", "step_schedule": "dynamic"}, True),
 }
 
 

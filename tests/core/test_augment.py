@@ -10,7 +10,7 @@ from ulmed.core.bilevel import MinMinConfig, min_min
 from ulmed.errors import ConfigError
 
 SINGLE_2D = {
-    "flips": {"flips": True}, "rot90": {"rot90": True}, "rotate": {"rotate": 15.0}, "scale": {"scale": 0.1},
+    "flips": {"flips": True}, "rot90": {"rot90": True}, "rotate": {"rotate": 15.0}, "scale": {"scale": 0.1}, "shift": {"shift": 3},
     "elastic": {"elastic": 1.0}, "brightness": {"brightness": 0.2}, "contrast": {"contrast": 0.2},
     "gamma": {"gamma": 0.2}, "noise": {"noise": 0.05}, "blur": {"blur": 1.0}, "jpeg": {"jpeg": 50},
 }
@@ -45,7 +45,7 @@ def test_gradient_reaches_the_image_through_each_transformation(dims, name):
 
 @pytest.mark.parametrize("dims", [2, 3])
 def test_geometric_transformations_move_mask_and_image_together(dims):
-    policy = AugmentPolicy(flips=True, rot90=True, rotate=15.0, scale=0.1, elastic=1.0 if dims == 2 else 0.0, p=1.0)
+    policy = AugmentPolicy(flips=True, rot90=True, shift=3, rotate=15.0, scale=0.1, elastic=1.0 if dims == 2 else 0.0, p=1.0)
     aug = DifferentiableAugment(policy, dims, num_classes=2)
     shape = (32, 32) if dims == 2 else (16, 16, 16)
     y = disc_masks(4, shape)

@@ -11,7 +11,7 @@ Transformations come from kornia and are differentiable in the image, so the gra
 reaches ``delta`` through each one:
 
 * geometric (image and mask move together): flips along every spatial axis, 90-degree
-  rotations, rotation by up to ``rotate`` degrees and scale by ``1 +- scale``
+  rotations, integer shifts of up to ``shift`` positions (exact, zero filled), rotation by up to ``rotate`` degrees and scale by ``1 +- scale``
   (``RandomAffine``/``RandomAffine3D``), elastic deformation (2D);
 * photometric (image only): brightness ``+- brightness``, contrast ``1 +- contrast``,
   gamma ``1 +- gamma``, Gaussian noise of std up to ``noise``, Gaussian blur of sigma up to
@@ -27,7 +27,7 @@ seeds, so a seeded run is reproducible.
 Presets: ``none``; ``flip_jitter`` (flips, brightness/contrast); ``standard`` (the
 evaluation's ``augmentation`` preset: flips, 90-degree and +-15 degree rotations, scale
 0.9-1.1, elastic, brightness/contrast +-0.2, noise std up to 0.05); ``robust`` (standard
-plus gamma, blur and JPEG 50-95).
+plus integer shifts of up to 3 positions, gamma, blur and JPEG 50-95).
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ class AugmentPolicy:
         rot90: Random 90-degree rotations (in planes whose two axes have equal size).
         rotate: Largest rotation angle in degrees.
         scale: Scale factors drawn from ``[1 - scale, 1 + scale]``.
+        shift: Largest translation, in positions, along each spatial axis.
         elastic: Elastic deformation strength (kornia ``alpha``; 2D only).
         brightness: Additive brightness shift drawn from ``[-brightness, brightness]``.
         contrast: Contrast factor drawn from ``[1 - contrast, 1 + contrast]``.
@@ -75,6 +76,7 @@ class AugmentPolicy:
     rot90: bool = False
     rotate: float = 0.0
     scale: float = 0.0
+    shift: float = 0.0
     elastic: float = 0.0
     brightness: float = 0.0
     contrast: float = 0.0
@@ -85,7 +87,7 @@ class AugmentPolicy:
     p: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("rotate", "scale", "elastic", "brightness", "contrast", "gamma", "noise", "blur"):
+        for name in ("rotate", "scale", "shift", "elastic", "brightness", "contrast", "gamma", "noise", "blur"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"augmentation {name} must be a number >= 0, got {value!r}")
@@ -140,7 +142,7 @@ PRESETS: dict[str, AugmentPolicy] = {
     "flip_jitter": AugmentPolicy(flips=True, brightness=0.2, contrast=0.2),
     "standard": AugmentPolicy(flips=True, rot90=True, rotate=15.0, scale=0.1, elastic=1.0, brightness=0.2,
                               contrast=0.2, noise=0.05),
-    "robust": AugmentPolicy(flips=True, rot90=True, rotate=15.0, scale=0.1, elastic=1.0, brightness=0.2,
+    "robust": AugmentPolicy(flips=True, rot90=True, shift=3, rotate=15.0, scale=0.1, elastic=1.0, brightness=0.2,
                             contrast=0.2, gamma=0.2, noise=0.05, blur=1.0, jpeg=50),
 }
 
@@ -245,6 +247,23 @@ class DifferentiableAugment(nn.Module):
                 geometric.append(K.RandomAffine3D(degrees=pol.rotate, scale=(1 - pol.scale, 1 + pol.scale), p=p))
             self.geometric = nn.Sequential(*geometric) if geometric else None
 
+    def _shift(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Integer translations of up to ``shift`` positions per axis, zero filled (exact, no interpolation)."""
+        s = int(round(self.policy.shift))
+        spatial = x.shape[2:]
+        pad = [s] * (2 * len(spatial))
+        xp = torch.nn.functional.pad(x, pad)
+        yp = None if y is None else torch.nn.functional.pad(y, pad)
+        xs, ys = [], []
+        for i in range(x.shape[0]):
+            moved = float(torch.rand(())) < self.policy.p
+            start = [int(v) for v in torch.randint(0, 2 * s + 1, (len(spatial),))] if moved else [s] * len(spatial)
+            window = (slice(None), *(slice(a, a + n) for a, n in zip(start, spatial, strict=True)))
+            xs.append(xp[i][window])
+            if yp is not None:
+                ys.append(yp[i][window])
+        return torch.stack(xs), (None if yp is None else torch.stack(ys))
+
     def _rot90(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         planes = [(a, b) for a in range(2, x.dim()) for b in range(a + 1, x.dim()) if x.shape[a] == x.shape[b]]
         if not planes or float(torch.rand(())) >= self.policy.p:
@@ -263,6 +282,8 @@ class DifferentiableAugment(nn.Module):
         x = images
         if self.policy.rot90:
             x, mask = self._rot90(x, mask)
+        if self.policy.shift >= 1:
+            x, mask = self._shift(x, mask)
         if self.geometric is not None:
             if self.spatial_dims == 2:
                 if mask is not None:
