@@ -51,9 +51,12 @@ def test_protect_then_summary(sample_data, tmp_path, capsys):
     assert "3 record(s) protected" in capsys.readouterr().err
 
 
-def test_not_yet_commands_say_so(capsys):
+def test_train_generator_needs_its_folders(tmp_path, capsys):
     assert main(["train-generator"]) == 2
-    assert "not available yet" in capsys.readouterr().err
+    assert "--data" in capsys.readouterr().err
+    args = ["train-generator", "--data", str(tmp_path / "none"), "--masks", str(tmp_path), "--out", str(tmp_path / "g.pt")]
+    assert main(args + ["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
 
 
 def test_console_entry_point_exit_code(tmp_path):

@@ -245,11 +245,29 @@ def evaluate(
         _say(report["summary"])
 
 
-@app.command("train-generator", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train_generator() -> None:
-    """Train the UnSeg universal noise generator (not yet available)."""
-    _say("ulmed train-generator is not available yet: it lands with the UnSeg issue.")
-    raise typer.Exit(code=2)
+@app.command("train-generator")
+def train_generator(
+    data: Annotated[Path, typer.Option("--data", help="Training images (PNG/TIFF/JPEG, grey or RGB).")],
+    masks: Annotated[Path, typer.Option("--masks", help="Their masks, at the same relative paths.")],
+    out: Annotated[Path, typer.Option("--out", help="Generator checkpoint to write, e.g. models/unseg_tiny.pt.")],
+    config: Annotated[Path, typer.Option(help="UnSeg YAML config, e.g. configs/unseg/tiny.yaml.")] = Path("configs/unseg/tiny.yaml"),
+    sam_checkpoint: Annotated[Optional[Path], typer.Option(help="Local official SAM checkpoint (vit_b/l/h builders), e.g. sam_vit_b_01ec64.pth.")] = None,
+    rounds: Annotated[Optional[int], typer.Option(help="Bilevel rounds (overrides the config).")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Stop and save after this much training time (overrides the config).")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Split of an index.csv beside the images (overrides the config).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Use at most N training images.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
+) -> None:
+    """Train the UnSeg universal noise generator (bilevel, against a scratch SAM surrogate); torchrun for DDP."""
+    from ulmed.segmentation.config import UnsegConfig
+    from ulmed.segmentation.train import train_generator as train
+
+    cfg = UnsegConfig.from_yaml(config, rounds=rounds, max_minutes=max_minutes, split=split, limit=limit, threads=threads)
+    result = train(data, masks, cfg, out, seed=state.seed, device=state.device, sam_checkpoint=sam_checkpoint,
+                   say=_say if state.verbosity >= 0 else None)
+    if state.verbosity >= 0:
+        steps = ", ".join(f"{k} {v}" for k, v in result["steps"].items())
+        _say(f"generator trained on {result['images']} image(s) ({steps} steps) in {result['wall_seconds']:.0f} s -> {result['out']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,6 +65,7 @@ def _register_methods() -> None:
     """Import the packages whose modules register methods."""
     import ulmed.baselines  # noqa: F401
     import ulmed.medical  # noqa: F401
+    import ulmed.segmentation  # noqa: F401
 
 
 def available_methods() -> dict[str, str]:

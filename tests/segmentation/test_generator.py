@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from ulmed.segmentation.generator import scale_noise
+from ulmed.segmentation.prompts import PROMPT_KINDS, make_prompt, whole_image_prompt
+
+
+@pytest.mark.parametrize("kind", PROMPT_KINDS)
+def test_noise_shape_and_bounds_for_each_prompt(trainer, batch, kind):
+    images, masks = batch
+    gen = trainer.generator
+    prompt = make_prompt(masks, kind, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        raw = gen(images, prompt)
+    assert raw.shape == (3, 3, 32, 32)
+    assert raw.abs().max() <= 1 and raw.abs().max() > 0
+    noise = scale_noise(raw, masks, 8 / 255, 2 / 255)
+    inside, outside = masks.expand_as(noise) > 0, masks.expand_as(noise) == 0
+    assert noise[inside].abs().max() <= 8 / 255 + 1e-7
+    assert noise[outside].abs().max() <= 2 / 255 + 1e-7
+    # a larger image: the map follows the input's resolution
+    with torch.no_grad():
+        assert gen(torch.nn.functional.interpolate(images, size=(48, 40)), prompt).shape == (3, 3, 48, 40)
+
+
+def test_prompts_from_masks(batch):
+    _, masks = batch
+    box = make_prompt(masks, "box").boxes
+    assert box.shape == (3, 4) and (box[:, 2] > box[:, 0]).all() and box.min() >= 0 and box.max() <= 1
+    pts = make_prompt(masks, "points", num_points=5, generator=torch.Generator().manual_seed(1))
+    assert pts.points.shape == (3, 5, 2) and (pts.labels == 1).all()
+    h, w = masks.shape[-2:]
+    cols, rows = (pts.points[..., 0] * w).long(), (pts.points[..., 1] * h).long()
+    assert all(masks[i, 0, rows[i], cols[i]].all() for i in range(3))  # points lie on the foreground
+    empty = make_prompt(torch.zeros(2, 1, 8, 8), "points")
+    assert (empty.labels == -1).all()
+    assert torch.equal(make_prompt(torch.zeros(1, 1, 8, 8), "box").boxes, whole_image_prompt(1).boxes)
+
+
+def test_frozen_sam_parts_stay_frozen(trainer, batch):
+    images, masks = batch
+    gen = trainer.generator
+    before = {k: v.clone() for k, v in gen.sam.state_dict().items()}
+    head_before = {k: v.clone() for k, v in gen.head.state_dict().items()}
+    trainer.generator_step(images, masks, make_prompt(masks, "box"))
+    assert all(not p.requires_grad for p in gen.sam.parameters())
+    assert all(torch.equal(before[k], v) for k, v in gen.sam.state_dict().items())
+    assert any(not torch.equal(head_before[k], v) for k, v in gen.head.state_dict().items())
+    assert not gen.sam.training

@@ -1,0 +1,83 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ulmed.errors import ConfigError
+from ulmed.io.record import IntensityMapping, Record
+from ulmed.pipeline.protect import available_methods, build_method, protect_path
+from ulmed.segmentation import method as unseg_method
+from ulmed.segmentation.method import UnSeg
+
+
+def _diff(a, b):
+    return np.asarray(Image.open(a), dtype=np.float64) - np.asarray(Image.open(b), dtype=np.float64)
+
+
+def test_protect_sample_hc18_through_protect_path(sample_data, checkpoint, tmp_path):
+    src = sample_data / "hc18"
+    out = tmp_path / "out"
+    manifest = protect_path(src / "images", out, method="unseg", eps="8/255", masks=src / "masks",
+                            method_options={"generator": checkpoint, "eps_bg": "2/255"})
+    data = json.loads((out / "manifest.json").read_text())
+    params = data["params"]
+    assert params["method"] == "unseg" and params["fallback"] == "box" and params["eps_bg"] == "2/255"
+    assert params["generator"] == checkpoint and len(params["generator_sha256"]) == 16
+    assert manifest.fit == {}  # every image had a mask
+    for name in ("012_HC.png", "015_HC.png", "017_HC.png"):
+        d = _diff(out / name, src / "images" / name)
+        mask = np.asarray(Image.open(src / "masks" / name)) > 0
+        assert d.shape == mask.shape and np.abs(d).max() > 0
+        assert np.abs(d[mask]).max() <= 8 + 0.5 and np.abs(d[~mask]).max() <= 2 + 0.5  # one quantisation step
+    assert "unseg" in available_methods()
+
+
+def test_without_masks_the_fallback_is_recorded(sample_data, checkpoint, tmp_path):
+    images = tmp_path / "plain"  # without a masks/ folder beside it
+    shutil.copytree(sample_data / "hc18" / "images", images)
+    m = protect_path(images, tmp_path / "box", method="unseg", method_options={"generator": checkpoint})
+    assert m.fit["fallback"] == {"mode": "box", "records": ["012_HC.png", "015_HC.png", "017_HC.png"]}
+    assert np.abs(_diff(tmp_path / "box/012_HC.png", images / "012_HC.png")).max() > 2.5  # full budget everywhere
+    m = protect_path(images, tmp_path / "skip", method="unseg", method_options={"generator": checkpoint, "fallback": "skip"})
+    assert m.params["fallback"] == "skip" and len(m.fit["fallback"]["records"]) == 3
+    assert not np.any(_diff(tmp_path / "skip/012_HC.png", images / "012_HC.png"))
+
+
+def _record(channels: int, shape: tuple[int, ...], target: bool) -> Record:
+    rng = np.random.default_rng(0)
+    img = rng.integers(20, 230, size=(channels, *shape)).astype(np.uint8)
+    mask = np.zeros(shape, dtype=np.int64)
+    mask[..., 5:20, 8:30] = 1
+    return Record("r", img, IntensityMapping(0, 255, 0, 255, 1), len(shape), "image", target=mask if target else None)
+
+
+@pytest.mark.parametrize("channels,shape", [(1, (37, 53)), (3, (40, 31)), (2, (30, 30)), (1, (4, 25, 33))],
+                         ids=["grey", "rgb", "two-channel", "volume"])
+def test_any_size_grey_rgb_and_volume_slices(checkpoint, channels, shape):
+    rec = _record(channels, shape, target=True)
+    method = UnSeg("8/255", generator=checkpoint, eps_bg="2/255", prompt="points")
+    delta = method.perturbation(rec, rec.unit_image(), 8 / 255)
+    assert delta.shape == rec.image.shape
+    fg = np.broadcast_to(rec.target > 0, delta.shape)
+    assert np.abs(delta[fg]).max() <= 8 / 255 + 1e-6 and np.abs(delta[~fg]).max() <= 2 / 255 + 1e-6
+    assert np.abs(delta).max() > 0
+    again = UnSeg("8/255", generator=checkpoint, eps_bg="2/255", prompt="points").perturbation(rec, rec.unit_image(), 8 / 255)
+    assert np.array_equal(delta, again)  # seeded per record
+
+
+def test_options_are_validated(checkpoint, monkeypatch, tmp_path):
+    with pytest.raises(ConfigError, match="eps_bg <= eps"):
+        build_method("unseg", "2/255", 0, "cpu", generator=checkpoint, eps_bg="4/255")
+    with pytest.raises(ConfigError, match="fallback"):
+        UnSeg(generator=checkpoint, fallback="ignore")
+    with pytest.raises(ConfigError, match="prompt"):
+        UnSeg(generator=checkpoint, prompt="scribble")
+    monkeypatch.setattr(unseg_method, "SHIPPED_GENERATOR", tmp_path / "none.pt")
+    with pytest.raises(ConfigError, match="ulmed train-generator"):
+        UnSeg()
+    zero_bg = UnSeg(generator=checkpoint, eps_bg=0)
+    rec = _record(1, (32, 32), target=True)
+    delta = zero_bg.perturbation(rec, rec.unit_image(), 8 / 255)
+    assert not np.any(delta[:, rec.target == 0]) and zero_bg.params()["eps_bg"] == "0"

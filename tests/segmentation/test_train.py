@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from ulmed.errors import ConfigError
+from ulmed.segmentation.config import UnsegConfig
+from ulmed.segmentation.prompts import make_prompt
+from ulmed.segmentation.train import BilevelTrainer, build_models
+
+REPO_CONFIG = __import__("pathlib").Path(__file__).resolve().parents[2] / "configs/unseg/tiny.yaml"
+
+
+def _loss(fn, images, masks, prompt):
+    with torch.no_grad():
+        return float(fn(images, masks, prompt))
+
+
+@pytest.mark.parametrize("kind", ["mask", "box", "points"])
+def test_one_step_of_each_kind_lowers_its_own_loss(config, batch, kind):
+    images, masks = batch
+    torch.manual_seed(0)
+    gen, sur = build_models(UnsegConfig(**{**config.to_dict(), "backbone_epochs": 1}))
+    t = BilevelTrainer(gen, sur, UnsegConfig(**{**config.to_dict(), "backbone_epochs": 1, "train_eps": "8/255", "train_eps_bg": "2/255"}))
+    prompt = make_prompt(masks, kind, generator=torch.Generator().manual_seed(0))
+    before = _loss(t.backbone_loss, images, masks, prompt)
+    t.backbone_step(images, masks, prompt)
+    assert _loss(t.backbone_loss, images, masks, prompt) < before
+    t.freeze()
+    for loss_fn, step in ((t.surrogate_loss, t.surrogate_step), (t.generator_loss, t.generator_step)):
+        before = _loss(loss_fn, images, masks, prompt)
+        assert step(images, masks, prompt) == pytest.approx(before, rel=1e-5)
+        assert _loss(loss_fn, images, masks, prompt) < before, step.__name__
+
+
+def test_label_modification_sets_an_all_ones_target(trainer, batch):
+    images, masks = batch
+    prompt = make_prompt(masks, "box")
+    lm = _loss(trainer.generator_loss, images, masks, prompt)
+    trainer.config.label_modification = False
+    assert _loss(trainer.generator_loss, images, masks, prompt) != pytest.approx(lm)
+
+
+def test_fit_runs_the_schedule_and_stops_at_the_deadline(config, batch):
+    images, masks = batch
+    torch.manual_seed(0)
+    cfg = UnsegConfig(**{**config.to_dict(), "backbone_epochs": 1, "rounds": 2})
+    t = BilevelTrainer(*build_models(cfg), cfg)
+    history = t.fit(images, masks)
+    assert [h["stage"] for h in history] == ["backbone", "surrogate", "generator", "surrogate", "generator"]
+    assert t.steps == {"backbone": 1, "surrogate": 2, "generator": 2} and t.generator.frozen
+    t.deadline = 0.0
+    assert t.fit(images, masks) == []
+
+
+def test_config_reads_the_shipped_yaml_and_validates(tmp_path):
+    cfg = UnsegConfig.from_yaml(REPO_CONFIG)
+    assert cfg.builder == "tiny" and cfg.train_eps == pytest.approx(1 / 255) and cfg.train_eps_bg == pytest.approx(0.25 / 255)
+    assert cfg.label_modification and cfg.prompts == ["mask", "box", "points"]
+    assert UnsegConfig.from_yaml(REPO_CONFIG, rounds=3, limit=None).rounds == 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("builder: tiny\nepsilon: 3\n")
+    with pytest.raises(ConfigError, match="unknown option"):
+        UnsegConfig.from_yaml(bad)
+    with pytest.raises(ConfigError, match="eps_bg <= eps"):
+        UnsegConfig(eps="2/255", eps_bg="4/255")
+    with pytest.raises(ConfigError, match="prompts"):
+        UnsegConfig(prompts=["scribble"])
+    with pytest.raises(ConfigError, match="SAM builder"):
+        UnsegConfig(builder="vit_q")

@@ -1,0 +1,130 @@
+"""Prompts for SAM-architecture models, made from masks: ``mask``, ``box`` or ``points``.
+
+A :class:`Prompt` keeps its geometry in normalised coordinates (x, y in [0, 1]) and its
+mask at the image's resolution, so the same prompt can be encoded by two models of
+different input sizes (a 1024-pixel generator and a 64-pixel surrogate).
+:func:`make_prompt` derives one prompt per image from binary masks, optionally noisy (the
+random box jitter, point sampling and mask dilation/erosion used in training).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+
+from ulmed.errors import ConfigError
+
+PROMPT_KINDS = ("mask", "box", "points")
+#: SAM reads a mask prompt as low-resolution logits; a binary mask becomes +-MASK_LOGIT.
+MASK_LOGIT = 8.0
+
+
+@dataclass
+class Prompt:
+    """One prompt per image of a batch.
+
+    Args:
+        kind: ``mask``, ``box`` or ``points``.
+        boxes: ``(B, 4)`` normalised ``x0, y0, x1, y1`` (box prompts).
+        points: ``(B, K, 2)`` normalised ``x, y`` (point prompts).
+        labels: ``(B, K)`` 1 foreground, -1 "not a point" (empty masks).
+        masks: ``(B, 1, H, W)`` in {0, 1} (mask prompts).
+    """
+
+    kind: str
+    boxes: torch.Tensor | None = None
+    points: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    masks: torch.Tensor | None = None
+
+    def encode(self, sam: Sam) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sparse and dense embeddings from ``sam``'s prompt encoder (gradients flow)."""
+        pe = sam.prompt_encoder
+        h, w = pe.input_image_size
+        scale = torch.tensor([w, h], dtype=torch.float32, device=pe._get_device())
+        if self.kind == "box":
+            assert self.boxes is not None
+            boxes = (self.boxes.view(-1, 2, 2) * scale).view(-1, 4)
+            return pe(points=None, boxes=boxes, masks=None)
+        if self.kind == "points":
+            assert self.points is not None and self.labels is not None
+            return pe(points=(self.points * scale, self.labels), boxes=None, masks=None)
+        assert self.masks is not None
+        low = F.interpolate(self.masks.float(), size=pe.mask_input_size, mode="bilinear", align_corners=False)
+        return pe(points=None, boxes=None, masks=(2 * low - 1) * MASK_LOGIT)
+
+    def to(self, device: torch.device) -> Prompt:
+        """The same prompt on ``device``."""
+        move = lambda t: None if t is None else t.to(device)
+        return Prompt(self.kind, move(self.boxes), move(self.points), move(self.labels), move(self.masks))
+
+
+def _boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Normalised bounding boxes of ``(B, 1, H, W)`` masks; the whole image for empty ones."""
+    b, _, h, w = masks.shape
+    fg = masks[:, 0] > 0.5
+    rows, cols = fg.any(2), fg.any(1)  # (B, H), (B, W)
+    ar_h = torch.arange(h, device=masks.device).expand(b, h)
+    ar_w = torch.arange(w, device=masks.device).expand(b, w)
+    big = torch.tensor(10**9, device=masks.device)
+    y0 = torch.where(rows, ar_h, big).amin(1).float()
+    y1 = torch.where(rows, ar_h, -big).amax(1).float() + 1
+    x0 = torch.where(cols, ar_w, big).amin(1).float()
+    x1 = torch.where(cols, ar_w, -big).amax(1).float() + 1
+    empty = ~fg.flatten(1).any(1)
+    box = torch.stack([x0 / w, y0 / h, x1 / w, y1 / h], 1)
+    return torch.where(empty[:, None], torch.tensor([0.0, 0.0, 1.0, 1.0], device=masks.device), box)
+
+
+def whole_image_prompt(batch: int, device: torch.device | str = "cpu") -> Prompt:
+    """A box prompt covering the whole image (the fallback for images without a mask)."""
+    return Prompt("box", boxes=torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=device).repeat(batch, 1))
+
+
+def make_prompt(masks: torch.Tensor, kind: str, *, num_points: int = 3, noisy: bool = False,
+                jitter: float = 0.1, generator: torch.Generator | None = None) -> Prompt:
+    """Derive a prompt of ``kind`` from binary masks.
+
+    Args:
+        masks: ``(B, 1, H, W)`` binary masks (any dtype).
+        kind: ``mask``, ``box`` or ``points``.
+        num_points: Foreground points per image (point prompts).
+        noisy: Training noise: box corners moved by up to ``jitter`` of the box side, masks
+            randomly dilated or eroded by one or two pixels.
+        jitter: Relative box jitter when ``noisy``.
+        generator: Source of randomness (points, noise); seeded by the caller.
+
+    Raises:
+        ConfigError: Unknown kind or a bad ``num_points``/``jitter``.
+    """
+    if kind not in PROMPT_KINDS:
+        raise ConfigError(f"prompt kind must be one of {', '.join(PROMPT_KINDS)}, got {kind!r}")
+    if num_points < 1 or not 0 <= jitter < 1:
+        raise ConfigError(f"need num_points >= 1 and 0 <= jitter < 1, got {num_points}, {jitter}")
+    masks = (masks > 0.5).float()
+    dev = masks.device
+    b, _, h, w = masks.shape
+    if kind == "box":
+        boxes = _boxes(masks)
+        if noisy and jitter > 0:
+            side = torch.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]] * 2, 1)
+            shift = (torch.rand(boxes.shape, generator=generator, device="cpu").to(dev) * 2 - 1) * jitter * side
+            boxes = (boxes + shift).clamp(0, 1)
+        return Prompt("box", boxes=boxes)
+    if kind == "points":
+        flat = masks.flatten(1)
+        empty = flat.sum(1) == 0
+        weights = torch.where(empty[:, None], torch.ones_like(flat), flat)
+        idx = torch.multinomial(weights.cpu(), num_points, replacement=True, generator=generator).to(dev)
+        pts = torch.stack([(idx % w).float() / w, (idx // w).float() / h], -1)
+        labels = torch.where(empty[:, None], -torch.ones(b, num_points, device=dev), torch.ones(b, num_points, device=dev))
+        return Prompt("points", points=pts, labels=labels)
+    if noisy:
+        k = int(torch.randint(1, 3, (1,), generator=generator)) * 2 + 1
+        grow = bool(torch.randint(0, 2, (1,), generator=generator))
+        pooled = F.max_pool2d(masks if grow else 1 - masks, k, stride=1, padding=k // 2)
+        masks = pooled if grow else 1 - pooled
+    return Prompt("mask", masks=masks)

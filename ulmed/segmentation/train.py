@@ -1,0 +1,283 @@
+"""Bilevel training of the UnSeg generator against a scratch SAM-architecture surrogate.
+
+Schedule (per round): ``surrogate_epochs`` surrogate epochs — the generator's noise is
+detached and the surrogate learns the true mask from ``image + noise`` and a prompt — then
+``generator_epochs`` generator epochs — the surrogate is frozen and the noise head learns to
+*minimise* the surrogate's BCE + Dice loss (towards an all-ones mask with label
+modification). Noise is scaled with the small training budget (epsilon generalisation).
+Each batch draws one prompt kind from the configured mix; prompts are noisy (box jitter,
+random points, dilated/eroded masks).
+
+A random-init (``tiny``) backbone can first be warmed up as a promptable segmenter on clean
+data (``backbone_epochs``) and is then frozen, standing in for SAM's pretraining.
+
+Multi-process training uses ``torch.distributed`` (launch with ``torchrun``; gloo on CPU,
+NCCL on GPUs): models are wrapped in DistributedDataParallel, each process takes an equal
+share of every epoch, and rank 0 writes the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ulmed.core.device import resolve_device
+from ulmed.segmentation.builders import build_named_sam, spec_for
+from ulmed.segmentation.checkpoint import save_generator
+from ulmed.segmentation.config import UnsegConfig
+from ulmed.segmentation.data import load_pairs
+from ulmed.segmentation.generator import UnsegGenerator, scale_noise
+from ulmed.segmentation.prompts import Prompt, make_prompt
+from ulmed.segmentation.sam_parts import SamSegmenter, seg_loss
+
+log = logging.getLogger("ulmed")
+STAGES = ("backbone", "surrogate", "generator")
+
+
+def _wrap(model: nn.Module, distributed: bool) -> nn.Module:
+    return DDP(model, find_unused_parameters=True) if distributed else model
+
+
+class BilevelTrainer:
+    """The three kinds of step (backbone warm-up, surrogate, generator) and the epoch loop.
+
+    Args:
+        generator: The generator (its backbone is frozen here unless ``backbone_epochs`` asks
+            for a warm-up first, then by :meth:`freeze`).
+        surrogate: The scratch surrogate.
+        config: Training configuration.
+        seed: Seed of data order and prompt sampling (the same on every process).
+        distributed: Wrap the models in DistributedDataParallel (a process group must exist).
+    """
+
+    def __init__(self, generator: UnsegGenerator, surrogate: SamSegmenter, config: UnsegConfig, seed: int = 0,
+                 distributed: bool = False) -> None:
+        self.generator, self.surrogate, self.config = generator, surrogate, config
+        self.distributed = distributed
+        self.rank = dist.get_rank() if distributed else 0
+        self.world = dist.get_world_size() if distributed else 1
+        self.rng = torch.Generator().manual_seed(seed)
+        self.opt_surrogate = torch.optim.Adam(surrogate.parameters(), lr=config.lr_surrogate)
+        self.opt_generator = torch.optim.Adam(generator.head.parameters(), lr=config.lr_generator)
+        self._sur = _wrap(surrogate, distributed)
+        self._gen: nn.Module | None = None
+        self._backbone: nn.Module | None = None
+        self.opt_backbone: torch.optim.Optimizer | None = None
+        self.deadline: float | None = None
+        self.steps = {s: 0 for s in STAGES}
+        if config.backbone_epochs == 0:
+            self.freeze()
+
+    # -- set-up -------------------------------------------------------------------------
+    def freeze(self) -> None:
+        """Freeze the generator's SAM parts; from now on only the noise head trains."""
+        self.generator.freeze_backbone()
+        self._backbone = self.opt_backbone = None
+
+    @property
+    def _gen_model(self) -> nn.Module:
+        if not self.generator.frozen:
+            raise RuntimeError("freeze the backbone before generator steps")
+        if self._gen is None:
+            self._gen = _wrap(self.generator, self.distributed)
+        return self._gen
+
+    def _backbone_model(self) -> tuple[nn.Module, torch.optim.Optimizer]:
+        if self.generator.frozen:
+            raise RuntimeError("the backbone is frozen")
+        if self._backbone is None or self.opt_backbone is None:
+            self._backbone = _wrap(SamSegmenter(self.generator.sam), self.distributed)
+            self.opt_backbone = torch.optim.Adam(self.generator.sam.parameters(), lr=self.config.lr_surrogate)
+        return self._backbone, self.opt_backbone
+
+    # -- losses -------------------------------------------------------------------------
+    def _noise(self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor, prompt: Prompt) -> torch.Tensor:
+        raw = model(images, prompt)
+        if raw.shape[1] != images.shape[1]:
+            raw = raw.mean(1, keepdim=True).expand_as(images)
+        return scale_noise(raw, masks, self.config.train_eps, self.config.train_eps_bg)
+
+    def surrogate_loss(self, images: torch.Tensor, masks: torch.Tensor, prompt: Prompt, model: nn.Module | None = None) -> torch.Tensor:
+        """The surrogate's loss on ``image + noise`` (noise detached) against the true mask."""
+        with torch.no_grad():
+            noise = self._noise(self.generator, images, masks, prompt)
+        return seg_loss((model or self.surrogate)((images + noise).clamp(0, 1), prompt), masks)
+
+    def generator_loss(self, images: torch.Tensor, masks: torch.Tensor, prompt: Prompt, model: nn.Module | None = None) -> torch.Tensor:
+        """The frozen surrogate's loss on ``image + noise`` against the generator's target."""
+        noise = self._noise(model or self.generator, images, masks, prompt)
+        target = torch.ones_like(masks) if self.config.label_modification else masks
+        return seg_loss(self.surrogate((images + noise).clamp(0, 1), prompt), target)
+
+    def backbone_loss(self, images: torch.Tensor, masks: torch.Tensor, prompt: Prompt, model: nn.Module | None = None) -> torch.Tensor:
+        """The generator backbone's segmentation loss on clean images (warm-up)."""
+        return seg_loss((model or SamSegmenter(self.generator.sam))(images, prompt), masks)
+
+    # -- steps --------------------------------------------------------------------------
+    def surrogate_step(self, images: torch.Tensor, masks: torch.Tensor, prompt: Prompt) -> float:
+        """One optimiser step of the surrogate; returns the loss before the step."""
+        self.surrogate.train()
+        for p in self.surrogate.parameters():
+            p.requires_grad_(True)
+        self.opt_surrogate.zero_grad(set_to_none=True)
+        loss = self.surrogate_loss(images, masks, prompt, self._sur)
+        loss.backward()
+        self.opt_surrogate.step()
+        self.steps["surrogate"] += 1
+        return float(loss.detach())
+
+    def generator_step(self, images: torch.Tensor, masks: torch.Tensor, prompt: Prompt) -> float:
+        """One optimiser step of the noise head against the frozen surrogate; returns the loss before."""
+        model = self._gen_model
+        self.surrogate.eval()
+        for p in self.surrogate.parameters():
+            p.requires_grad_(False)
+        self.generator.train()
+        self.opt_generator.zero_grad(set_to_none=True)
+        loss = self.generator_loss(images, masks, prompt, model)
+        loss.backward()
+        self.opt_generator.step()
+        self.steps["generator"] += 1
+        return float(loss.detach())
+
+    def backbone_step(self, images: torch.Tensor, masks: torch.Tensor, prompt: Prompt) -> float:
+        """One warm-up step of the (not yet frozen) generator backbone; returns the loss before."""
+        model, opt = self._backbone_model()
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        loss = self.backbone_loss(images, masks, prompt, model)
+        loss.backward()
+        opt.step()
+        self.steps["backbone"] += 1
+        return float(loss.detach())
+
+    # -- epochs -------------------------------------------------------------------------
+    def prompt_for(self, masks: torch.Tensor) -> Prompt:
+        """A noisy training prompt of a randomly drawn kind (the same draw on every process)."""
+        kinds = self.config.prompts
+        kind = kinds[int(torch.randint(len(kinds), (1,), generator=self.rng))]
+        return make_prompt(masks, kind, num_points=self.config.num_points, noisy=True,
+                           jitter=self.config.box_jitter, generator=self.rng)
+
+    def out_of_time(self) -> bool:
+        """True once the deadline passed (agreed across processes)."""
+        if self.deadline is None:
+            return False
+        flag = torch.tensor([float(time.monotonic() > self.deadline)])
+        if self.distributed:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def epoch(self, stage: str, images: torch.Tensor, masks: torch.Tensor) -> float | None:
+        """One pass of ``stage`` steps over this process's share of the data; mean loss (None if out of time)."""
+        step = {"backbone": self.backbone_step, "surrogate": self.surrogate_step, "generator": self.generator_step}[stage]
+        order = torch.randperm(images.shape[0], generator=self.rng)
+        share = max(1, images.shape[0] // self.world)
+        mine = order[self.rank * share : (self.rank + 1) * share] if images.shape[0] >= self.world else order
+        dev = next(self.generator.parameters()).device
+        losses = []
+        for start in range(0, len(mine), self.config.batch_size):
+            if self.out_of_time():
+                break
+            idx = mine[start : start + self.config.batch_size]
+            x, m = images[idx].to(dev), masks[idx].to(dev)
+            losses.append(step(x, m, self.prompt_for(m.cpu()).to(dev)))
+        return sum(losses) / len(losses) if losses else None
+
+    def fit(self, images: torch.Tensor, masks: torch.Tensor, say: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+        """Warm-up (if configured), then bilevel rounds until done or out of time; per-epoch history."""
+        history: list[dict[str, Any]] = []
+
+        def run(stage: str, rnd: int) -> bool:
+            loss = self.epoch(stage, images, masks)
+            if loss is None:
+                return False
+            history.append({"round": rnd, "stage": stage, "loss": round(loss, 5)})
+            if say is not None and self.rank == 0:
+                say(f"round {rnd} {stage}: loss {loss:.4f}")
+            return not self.out_of_time()
+
+        c = self.config
+        for _ in range(c.backbone_epochs if not self.generator.frozen else 0):
+            if not run("backbone", 0):
+                break
+        if not self.generator.frozen:
+            self.freeze()
+        for rnd in range(1, c.rounds + 1):
+            for stage, count in (("surrogate", c.surrogate_epochs), ("generator", c.generator_epochs)):
+                for _ in range(count):
+                    if not run(stage, rnd):
+                        return history
+        return history
+
+
+def init_distributed(device: str) -> tuple[bool, str]:
+    """Join the process group that ``torchrun`` describes (WORLD_SIZE > 1); returns (distributed, device)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and not (dist.is_available() and dist.is_initialized()):
+        return False, device
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        if use_cuda:
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            torch.cuda.set_device(torch.device(device))
+    return True, device
+
+
+def build_models(config: UnsegConfig, sam_checkpoint: str | Path | None = None) -> tuple[UnsegGenerator, SamSegmenter]:
+    """The generator (SAM from ``sam_checkpoint`` for vit builders) and a random-init surrogate."""
+    sam = build_named_sam(config.builder, config.img_size, sam_checkpoint, require_checkpoint=True)
+    generator = UnsegGenerator(spec_for(config.builder, config.img_size), config.channels, sam)
+    surrogate = SamSegmenter(build_named_sam(config.surrogate, config.surrogate_size))
+    return generator, surrogate
+
+
+def train_generator(images_dir: str | Path, masks_dir: str | Path, config: UnsegConfig, out: str | Path, *,
+                    seed: int = 0, device: str = "auto", sam_checkpoint: str | Path | None = None,
+                    say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train a generator on an images + masks folder and write its checkpoint (``ulmed train-generator``).
+
+    Args:
+        images_dir: Training images.
+        masks_dir: Their masks (same relative paths).
+        config: Training configuration.
+        out: Checkpoint path (``.pt``), written by rank 0.
+        seed: Seed of initialisation, data order and prompts.
+        device: ``auto``, ``cpu``, ``cuda`` ... (per process under torchrun).
+        sam_checkpoint: Local official SAM checkpoint for the vit builders.
+        say: Progress lines (rank 0).
+
+    Returns:
+        Summary: output path, images, steps per stage, wall seconds, final losses.
+    """
+    distributed, device = init_distributed(device)
+    dev = resolve_device(device)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    images, masks, keys = load_pairs(images_dir, masks_dir, config.generator_size, config.split, config.limit)
+    torch.manual_seed(seed)
+    generator, surrogate = build_models(config, sam_checkpoint)
+    generator.to(dev), surrogate.to(dev)
+    trainer = BilevelTrainer(generator, surrogate, config, seed=seed, distributed=distributed)
+    start = time.monotonic()
+    if config.max_minutes is not None:
+        trainer.deadline = start + 60 * config.max_minutes
+    history = trainer.fit(images, masks, say)
+    wall = time.monotonic() - start
+    record = {**config.to_dict(), "data": {"images": Path(images_dir).name, "masks": Path(masks_dir).name, "count": len(keys)},
+              "seed": seed, "steps": dict(trainer.steps), "wall_seconds": round(wall, 1), "world_size": trainer.world}
+    if trainer.rank == 0:
+        save_generator(generator, out, builder=config.builder, config=record, history=history)
+    if distributed:
+        dist.barrier()
+    return {"out": str(out), "images": len(keys), "steps": dict(trainer.steps), "wall_seconds": wall,
+            "last": history[-2:] if history else []}
