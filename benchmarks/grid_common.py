@@ -24,6 +24,8 @@ def parse_mode_args(doc: str, stem: str) -> tuple[argparse.Namespace, Path]:
     parser.add_argument("--quick", action="store_true", help="the small mode: minutes on 2 cores")
     parser.add_argument("--eps", default="8/255")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--learnability", action="store_true",
+                        help="also measure SAL per layer and the Unlearnable Distance of every cell")
     parser.add_argument("--robust", action="store_true",
                         help="compare the robust options (EOT, ARMOR selection, Bayes objective) instead of the baselines")
     args = parser.parse_args()
@@ -61,6 +63,7 @@ def protect_and_evaluate(
     seed: int,
     batch_size: int,
     methods: dict[str, tuple[str, dict[str, Any]]] | None = None,
+    learnability: bool = False,
     **loader: Any,
 ) -> None:
     """``protect_path`` every method on ``train_only``, then ``run_evaluation`` into ``out``.
@@ -77,6 +80,7 @@ def protect_and_evaluate(
         seed: Seed of protection and victims.
         batch_size: Victim batch size.
         methods: Protection name -> (method, options); default :data:`BASELINES`.
+        learnability: Measure SAL/UD in every cell (``ulmed evaluate --learnability``).
         **loader: ``size=`` or ``shape=`` for :func:`ulmed.eval.grid.run_evaluation`.
     """
     from ulmed.eval.grid import run_evaluation
@@ -95,11 +99,16 @@ def protect_and_evaluate(
         print(f"protected with {name}: {s['records']} items in {timings[name]} s, "
               f"PSNR {s['psnr_min']:.1f}-{s['psnr_max']:.1f} dB", flush=True)
         protected[name] = tmp / name
+        choice = manifest.fit.get("augment_choice")
+        if choice:  # ARMOR's choice, for the record
+            print(f"  {name} augmentation choice: {choice}", flush=True)
+            timings[f"{name}_augment_choice"] = choice
     if out.exists():
         shutil.rmtree(out)
     config = TrainConfig(epochs=mode["epochs"], batch_size=batch_size, lr=1e-3, seed=seed, device="cpu", num_threads=2)
     run_evaluation(clean, protected, out, dataset=dataset, victims=mode["victims"], defenses=defenses,
-                   train_config=config, seed=seed, progress=lambda line: print(line, flush=True), **loader)
+                   train_config=config, seed=seed, learnability=learnability,
+                   progress=lambda line: print(line, flush=True), **loader)
     (out / "protect_times.json").write_text(json.dumps(timings, indent=2))
     print((out / "report.md").read_text())
     print("protection wall time (s):", timings)

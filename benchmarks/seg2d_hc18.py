@@ -77,7 +77,7 @@ def main() -> None:
         clean = working_copy(tmp / "hc18", m["size"], m["train"], m["test"])
         train_only = working_copy(tmp / "hc18_train", m["size"], m["train"], 0)
         protect_and_evaluate(clean, train_only, tmp, out, mode=m, dataset="hc18", defenses=DEFENSES, eps=args.eps,
-                             seed=args.seed, batch_size=8, methods=ROBUST if args.robust else BASELINES, size=(m["size"], m["size"]))
+                             seed=args.seed, batch_size=8, methods=ROBUST if args.robust else BASELINES, learnability=args.learnability, size=(m["size"], m["size"]))
     print(f"wall time {time.perf_counter() - start:.0f} s -> {out}")
 
 

@@ -72,7 +72,7 @@ def main() -> None:
         clean = working_copy(tmp / "hippocampus", m["train"], m["test"])
         train_only = working_copy(tmp / "hippocampus_train", m["train"], 0)
         protect_and_evaluate(clean, train_only, tmp, out, mode=m, dataset="hippocampus", defenses=m["defenses"], eps=args.eps,
-                             seed=args.seed, batch_size=4, methods=ROBUST if args.robust else BASELINES, shape=SHAPE)
+                             seed=args.seed, batch_size=4, methods=ROBUST if args.robust else BASELINES, learnability=args.learnability, shape=SHAPE)
     print(f"wall time {time.perf_counter() - start:.0f} s -> {out}")
 
 
