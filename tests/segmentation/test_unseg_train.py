@@ -66,3 +66,22 @@ def test_config_reads_the_shipped_yaml_and_validates(tmp_path):
         UnsegConfig(prompts=["scribble"])
     with pytest.raises(ConfigError, match="SAM builder"):
         UnsegConfig(builder="vit_q")
+
+
+def test_the_shared_augmentation_policy_reaches_both_stages(config, batch):
+    images, masks = batch
+    torch.manual_seed(0)
+    cfg = UnsegConfig(**{**config.to_dict(), "augment": "standard"})
+    t = BilevelTrainer(*build_models(cfg), cfg)
+    assert t.augment is not None and t.augment.policy.rotate == 15.0
+    prompt = make_prompt(masks, "mask")
+    torch.manual_seed(1)
+    a = float(t.surrogate_loss(images, masks, prompt))
+    torch.manual_seed(2)
+    b = float(t.surrogate_loss(images, masks, prompt))
+    assert a != b  # a fresh augmentation per call
+    gen_loss = t.generator_loss(images, masks, prompt)
+    (g,) = torch.autograd.grad(gen_loss, [p for p in t.generator.head.parameters()][0])
+    assert torch.isfinite(g).all() and g.abs().sum() > 0  # the gradient reaches the head through the augmentation
+    with pytest.raises(ConfigError):
+        UnsegConfig(**{**config.to_dict(), "augment": "sideways"})

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from ulmed.core.augment import AugmentPolicy
 from ulmed.core.budget import Budget
 from ulmed.errors import ConfigError
 from ulmed.segmentation.builders import SAM_SPECS, spec_for
@@ -56,6 +57,9 @@ class UnsegConfig:
         limit: Use at most this many training images.
         max_minutes: Stop (and save) after this much training wall time.
         threads: torch CPU threads (None: leave torch's default).
+        augment: The trainer's augmentation both bilevel stages see (expectation over
+            transformations): a preset or mapping of :mod:`ulmed.core.augment`, shared with
+            em and salm (``none``: off).
     """
 
     builder: str = "tiny"
@@ -82,8 +86,10 @@ class UnsegConfig:
     limit: int | None = None
     max_minutes: float | None = None
     threads: int | None = None
+    augment: str | dict[str, Any] = "none"
 
     def __post_init__(self) -> None:
+        AugmentPolicy.from_spec(self.augment)  # validate early
         SAM_SPECS.get(self.builder), SAM_SPECS.get(self.surrogate)
         spec_for(self.builder, self.img_size), spec_for(self.surrogate, self.surrogate_size)
         for name in ("train_eps", "eps"):

@@ -37,6 +37,7 @@ from ulmed.segmentation.config import UnsegConfig
 from ulmed.segmentation.data import load_pairs
 from ulmed.segmentation.generator import UnsegGenerator, scale_noise
 from ulmed.segmentation.prompts import Prompt, make_prompt
+from ulmed.core.augment import build_augment
 from ulmed.segmentation.sam_parts import SamSegmenter, seg_loss
 
 log = logging.getLogger("ulmed")
@@ -74,6 +75,7 @@ class BilevelTrainer:
         self.opt_backbone: torch.optim.Optimizer | None = None
         self.deadline: float | None = None
         self.steps = {s: 0 for s in STAGES}
+        self.augment = build_augment(config.augment, 2, num_classes=2)
         if config.backbone_epochs == 0:
             self.freeze()
 
@@ -106,17 +108,32 @@ class BilevelTrainer:
             raw = raw.mean(1, keepdim=True).expand_as(images)
         return scale_noise(raw, masks, self.config.train_eps, self.config.train_eps_bg)
 
+    def _view(self, x_adv: torch.Tensor, masks: torch.Tensor, target: torch.Tensor,
+              prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor, Prompt]:
+        """What the trainer's model sees: ``x_adv`` after the configured augmentation.
+
+        The true mask and the loss target move with the image; the surrogate's prompt is
+        drawn again from the moved mask (a prompt is part of the trainer's input).
+        """
+        if self.augment is None:
+            return x_adv, target, prompt
+        xa, both = self.augment(x_adv, torch.cat([masks, target], dim=1))
+        moved = both[:, :1]
+        return xa, both[:, 1:], self.prompt_for(moved.cpu()).to(x_adv.device)
+
     def surrogate_loss(self, images: torch.Tensor, masks: torch.Tensor, prompt: Prompt, model: nn.Module | None = None) -> torch.Tensor:
         """The surrogate's loss on ``image + noise`` (noise detached) against the true mask."""
         with torch.no_grad():
             noise = self._noise(self.generator, images, masks, prompt)
-        return seg_loss((model or self.surrogate)((images + noise).clamp(0, 1), prompt), masks)
+        x, target, seen = self._view((images + noise).clamp(0, 1), masks, masks, prompt)
+        return seg_loss((model or self.surrogate)(x, seen), target)
 
     def generator_loss(self, images: torch.Tensor, masks: torch.Tensor, prompt: Prompt, model: nn.Module | None = None) -> torch.Tensor:
         """The frozen surrogate's loss on ``image + noise`` against the generator's target."""
         noise = self._noise(model or self.generator, images, masks, prompt)
         target = torch.ones_like(masks) if self.config.label_modification else masks
-        return seg_loss(self.surrogate((images + noise).clamp(0, 1), prompt), target)
+        x, target, seen = self._view((images + noise).clamp(0, 1), masks, target, prompt)
+        return seg_loss(self.surrogate(x, seen), target)
 
     def backbone_loss(self, images: torch.Tensor, masks: torch.Tensor, prompt: Prompt, model: nn.Module | None = None) -> torch.Tensor:
         """The generator backbone's segmentation loss on clean images (warm-up)."""
