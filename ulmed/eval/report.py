@@ -104,7 +104,7 @@ def _markdown(report: dict[str, Any]) -> str:
     if has_ud:
         lines += [("UD = Unlearnable Distance: layers of the victim whose sharpness-aware learnability (on the clean "
                    "test split) exceeds the median of the clean-trained victim's, divided by that count for the "
-                   "clean-trained victim (lower = less learned; docs/metrics/unlearnable_distance.md)."), ""]
+                   "clean-trained victim (1 = as many sharp layers as the clean victim; docs/metrics/unlearnable_distance.md)."), ""]
     for v in report["victims"]:
         lines += [f"## Victim {v} ({s['victim_size']})", "",
                   f"| defense | protection | {label} | ratio to clean |{ud_head} PSNR (dB) | SSIM | train s |",
