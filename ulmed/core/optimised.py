@@ -33,14 +33,18 @@ from ulmed.core.budget import Budget
 from ulmed.core.canvas import TileLayout, crop, pad_stack, tile, untile
 from ulmed.core.device import resolve_device
 from ulmed.core.method import ProtectionMethod
-from ulmed.core.patterns import mask_coded
 from ulmed.core.objectives import BayesErrorObjective
+from ulmed.core.patterns import mask_coded
 from ulmed.core.selection import CANDIDATES, ClasswiseAugment, for_dims, select_policies
-from ulmed.core.surrogates import SURROGATE_TASK, UNET_MULTIPLE, build_surrogate, feature_layer
+from ulmed.core.surrogates import (
+    SURROGATE_TASK,
+    UNET_MULTIPLE,
+    build_surrogate,
+    feature_layer,
+)
 from ulmed.core.targets import TargetSet, prepare_targets
 from ulmed.errors import ConfigError
 from ulmed.io.record import Record
-
 
 log = logging.getLogger("ulmed")
 INITS = ("zero", "lsp")

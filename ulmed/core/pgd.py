@@ -19,7 +19,13 @@ from collections.abc import Callable, Sequence
 import torch
 from monai.data.utils import dense_patch_slices
 
-from ulmed.core.projection import clamp_l2, clamp_linf, clamp_valid, l0_mask_topk, l2_norms
+from ulmed.core.projection import (
+    clamp_l2,
+    clamp_linf,
+    clamp_valid,
+    l0_mask_topk,
+    l2_norms,
+)
 from ulmed.errors import ConfigError
 
 #: ``loss_fn(x_adv) -> scalar loss`` (a closure over the model and the target).

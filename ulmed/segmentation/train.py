@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ulmed.core.augment import build_augment
 from ulmed.core.device import resolve_device
 from ulmed.segmentation.builders import build_named_sam, spec_for
 from ulmed.segmentation.checkpoint import save_generator
@@ -37,7 +38,6 @@ from ulmed.segmentation.config import UnsegConfig
 from ulmed.segmentation.data import load_pairs
 from ulmed.segmentation.generator import UnsegGenerator, scale_noise
 from ulmed.segmentation.prompts import Prompt, make_prompt
-from ulmed.core.augment import build_augment
 from ulmed.segmentation.sam_parts import SamSegmenter, seg_loss
 
 log = logging.getLogger("ulmed")
