@@ -33,3 +33,25 @@ def tree_hashes(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
+
+
+@pytest.fixture(scope="session")
+def hc18_train_records(shared_data):
+    """A factory: the first ``n`` HC18 train images as 8-bit records with their masks, at ``size`` px."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    from ulmed.io.record import IntensityMapping, Record
+
+    def make(size: int, n: int = 8) -> list[Record]:
+        rows = [r for r in csv.DictReader(open(shared_data / "hc18/index.csv")) if r["split"] == "train"][:n]
+        recs = []
+        for r in rows:
+            img = np.asarray(Image.open(shared_data / "hc18" / r["image"]).resize((size, size), Image.BILINEAR))[None]
+            mask = np.asarray(Image.open(shared_data / "hc18" / r["mask"]).resize((size, size), Image.NEAREST))
+            recs.append(Record(r["image"], img, IntensityMapping(0, 255, 0, 255, 1), 2, "image", target=mask))
+        return recs
+
+    return make

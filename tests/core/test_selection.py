@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import csv
-
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from ulmed.baselines import ErrorMinimising
 from ulmed.core.augment import AugmentPolicy, DifferentiableAugment
-from ulmed.core.selection import ALL, ClasswiseAugment, gradient_alignment, select_policies
+from ulmed.core.selection import (
+    ALL,
+    ClasswiseAugment,
+    gradient_alignment,
+    select_policies,
+)
 from ulmed.errors import ConfigError
-from ulmed.io.record import IntensityMapping, Record
 
 FAST = dict(rounds=2, train_steps=4, pgd_steps=3, batch_size=8, device="cpu")
 
@@ -68,14 +69,8 @@ def test_classwise_augment_applies_each_class_its_own_policy():
 
 
 @pytest.fixture(scope="module")
-def hc18_records(shared_data):
-    rows = [r for r in csv.DictReader(open(shared_data / "hc18/index.csv")) if r["split"] == "train"][:8]
-    recs = []
-    for r in rows:
-        img = np.asarray(Image.open(shared_data / "hc18" / r["image"]).resize((32, 32), Image.BILINEAR))[None]
-        mask = np.asarray(Image.open(shared_data / "hc18" / r["mask"]).resize((32, 32), Image.NEAREST))
-        recs.append(Record(r["image"], img, IntensityMapping(0, 255, 0, 255, 1), 2, "image", target=mask))
-    return recs
+def hc18_records(hc18_train_records):
+    return hc18_train_records(32)
 
 
 @pytest.mark.parametrize("options", [{"augment": "armor"}, {"augment": "standard", "eot_samples": 2},

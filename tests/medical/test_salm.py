@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -23,14 +21,8 @@ FAST = dict(rounds=2, train_steps=6, pgd_steps=4, batch_size=8, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def hc18_small(shared_data):
-    rows = [r for r in csv.DictReader(open(shared_data / "hc18/index.csv")) if r["split"] == "train"][:8]
-    recs = []
-    for r in rows:
-        img = np.asarray(Image.open(shared_data / "hc18" / r["image"]).resize((48, 48), Image.BILINEAR))[None]
-        mask = np.asarray(Image.open(shared_data / "hc18" / r["mask"]).resize((48, 48), Image.NEAREST))
-        recs.append(Record(r["image"], img, IntensityMapping(0, 255, 0, 255, 1), 2, "image", target=mask))
-    return recs
+def hc18_small(hc18_train_records):
+    return hc18_train_records(48)
 
 
 def _delta(method, rec):
