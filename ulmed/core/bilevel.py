@@ -257,8 +257,9 @@ def _pgd_round(
         mask, select = policy(idx, x) if policy is not None else (None, None)
         e = e.to(s.device) if isinstance(e, torch.Tensor) else e
         return perturb(
-            x, d, loss, eps=e, step_size=step_schedule(config.step_schedule, step, config.pgd_steps), n_steps=config.pgd_steps, minimize=True, norm=config.norm,
-            position_mask=mask, select_positions=select, random_start=config.random_start,
+            x, d, loss, eps=e, step_size=step_schedule(config.step_schedule, step, config.pgd_steps),
+            n_steps=config.pgd_steps, minimize=True, norm=config.norm, position_mask=mask,
+            select_positions=select, random_start=config.random_start,
             generator=generator, grad_fn=grad_fn,
         )
 
