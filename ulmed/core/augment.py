@@ -320,6 +320,11 @@ def build_augment(
     pol = AugmentPolicy.from_spec(policy)
     if pol.is_identity:
         return None
-    if spatial_dims == 3 and (pol.elastic or pol.jpeg):
-        pol = replace(pol, elastic=0.0, jpeg=0)
-    return DifferentiableAugment(pol, spatial_dims, num_classes)
+    return DifferentiableAugment(for_dims(pol, spatial_dims), spatial_dims, num_classes)
+
+
+def for_dims(policy: AugmentPolicy, spatial_dims: int) -> AugmentPolicy:
+    """``policy`` without its 2D-only transformations (elastic, JPEG) when ``spatial_dims`` is 3."""
+    if spatial_dims == 3 and (policy.elastic or policy.jpeg):
+        return replace(policy, elastic=0.0, jpeg=0)
+    return policy

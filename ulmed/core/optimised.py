@@ -27,7 +27,12 @@ from monai.losses import DiceCELoss
 from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 
-from ulmed.core.augment import AugmentPolicy, DifferentiableAugment, build_augment
+from ulmed.core.augment import (
+    AugmentPolicy,
+    DifferentiableAugment,
+    build_augment,
+    for_dims,
+)
 from ulmed.core.bilevel import MinMinConfig, PositionPolicy, min_min
 from ulmed.core.budget import Budget
 from ulmed.core.canvas import TileLayout, crop, pad_stack, tile, untile
@@ -35,7 +40,7 @@ from ulmed.core.device import resolve_device
 from ulmed.core.method import ProtectionMethod
 from ulmed.core.objectives import BayesErrorObjective
 from ulmed.core.patterns import mask_coded
-from ulmed.core.selection import CANDIDATES, ClasswiseAugment, for_dims, select_policies
+from ulmed.core.selection import CANDIDATES, ClasswiseAugment, select_policies
 from ulmed.core.surrogates import (
     SURROGATE_TASK,
     UNET_MULTIPLE,

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from ulmed.core.augment import PRESETS, AugmentPolicy, DifferentiableAugment
+from ulmed.core.augment import PRESETS, AugmentPolicy, DifferentiableAugment, for_dims
 from ulmed.errors import ConfigError
 
 #: Candidate policies of the selection (names of :data:`ulmed.core.augment.PRESETS` or extra ones).
@@ -123,13 +123,6 @@ def select_policies(
             scores[c] = {name: gradient_alignment(model, loss_fn, x, y, aug, draws) for name, aug in augments.items()}
             choice[c] = max(scores[c], key=lambda n: scores[c][n])
     return choice, scores
-
-
-def for_dims(policy: AugmentPolicy, spatial_dims: int) -> AugmentPolicy:
-    """``policy`` without its 2D-only transformations (elastic, JPEG) when ``spatial_dims`` is 3."""
-    if spatial_dims == 3 and (policy.elastic or policy.jpeg):
-        return AugmentPolicy(**{**policy.to_dict(), "elastic": 0.0, "jpeg": 0})
-    return policy
 
 
 class ClasswiseAugment(nn.Module):
