@@ -26,6 +26,7 @@ def parse_mode_args(doc: str, stem: str) -> tuple[argparse.Namespace, Path]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--learnability", action="store_true",
                         help="also measure SAL per layer and the Unlearnable Distance of every cell")
+    parser.add_argument("--victims", default="", help="comma-separated victims instead of the mode's own")
     parser.add_argument("--robust", action="store_true",
                         help="compare the robust options (EOT, ARMOR selection, Bayes objective) instead of the baselines")
     args = parser.parse_args()

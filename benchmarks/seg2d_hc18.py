@@ -70,7 +70,9 @@ def working_copy(dst: Path, size: int, train: int | None, test: int | None) -> P
 
 def main() -> None:
     args, out = parse_mode_args(__doc__, "seg2d_hc18")
-    m = MODES["quick" if args.quick else "full"]
+    m = dict(MODES["quick" if args.quick else "full"])
+    if args.victims:
+        m["victims"] = [v.strip() for v in args.victims.split(",") if v.strip()]
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
