@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from grid_common import parse_mode_args
+from grid_common import parse_mode_args, select_mode
 
 REPO = Path(__file__).resolve().parents[1]
 NPZ = REPO.parent / "shared" / "data" / "pneumoniamnist" / "pneumoniamnist.npz"
@@ -105,7 +105,7 @@ def main() -> None:
     from ulmed.eval.train import TrainConfig
 
     args, out = parse_mode_args(__doc__, "cls_pneumonia")
-    m = MODES["quick" if args.quick else "full"]
+    m = select_mode(MODES, args)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

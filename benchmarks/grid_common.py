@@ -34,6 +34,14 @@ def parse_mode_args(doc: str, stem: str) -> tuple[argparse.Namespace, Path]:
     return args, REPO / "benchmarks/results" / f"{stem}{suffix}"
 
 
+def select_mode(modes: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """The settings of the chosen mode (``--quick`` or full), with ``--victims`` applied."""
+    mode = dict(modes["quick" if args.quick else "full"])
+    if args.victims:
+        mode["victims"] = [v.strip() for v in args.victims.split(",") if v.strip()]
+    return mode
+
+
 #: protection name -> (registered method, its options); the min-min methods get the mode's
 #: schedule on top.
 BASELINES: dict[str, tuple[str, dict[str, Any]]] = {

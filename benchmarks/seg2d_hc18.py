@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from grid_common import BASELINES, ROBUST, parse_mode_args, protect_and_evaluate
+from grid_common import BASELINES, ROBUST, parse_mode_args, protect_and_evaluate, select_mode
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "hc18"
@@ -70,16 +70,15 @@ def working_copy(dst: Path, size: int, train: int | None, test: int | None) -> P
 
 def main() -> None:
     args, out = parse_mode_args(__doc__, "seg2d_hc18")
-    m = dict(MODES["quick" if args.quick else "full"])
-    if args.victims:
-        m["victims"] = [v.strip() for v in args.victims.split(",") if v.strip()]
+    m = select_mode(MODES, args)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         clean = working_copy(tmp / "hc18", m["size"], m["train"], m["test"])
         train_only = working_copy(tmp / "hc18_train", m["size"], m["train"], 0)
         protect_and_evaluate(clean, train_only, tmp, out, mode=m, dataset="hc18", defenses=DEFENSES, eps=args.eps,
-                             seed=args.seed, batch_size=8, methods=ROBUST if args.robust else BASELINES, learnability=args.learnability, size=(m["size"], m["size"]))
+                             seed=args.seed, batch_size=8,
+                             methods=ROBUST if args.robust else BASELINES, learnability=args.learnability, size=(m["size"], m["size"]))
     print(f"wall time {time.perf_counter() - start:.0f} s -> {out}")
 
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from grid_common import BASELINES, ROBUST, parse_mode_args, protect_and_evaluate
+from grid_common import BASELINES, ROBUST, parse_mode_args, protect_and_evaluate, select_mode
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "msd_hippocampus"
@@ -65,16 +65,15 @@ def working_copy(dst: Path, train: int | None, test: int | None) -> Path:
 
 def main() -> None:
     args, out = parse_mode_args(__doc__, "seg3d_hippocampus")
-    m = dict(MODES["quick" if args.quick else "full"])
-    if args.victims:
-        m["victims"] = [v.strip() for v in args.victims.split(",") if v.strip()]
+    m = select_mode(MODES, args)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         clean = working_copy(tmp / "hippocampus", m["train"], m["test"])
         train_only = working_copy(tmp / "hippocampus_train", m["train"], 0)
         protect_and_evaluate(clean, train_only, tmp, out, mode=m, dataset="hippocampus", defenses=m["defenses"], eps=args.eps,
-                             seed=args.seed, batch_size=4, methods=ROBUST if args.robust else BASELINES, learnability=args.learnability, shape=SHAPE)
+                             seed=args.seed, batch_size=4,
+                             methods=ROBUST if args.robust else BASELINES, learnability=args.learnability, shape=SHAPE)
     print(f"wall time {time.perf_counter() - start:.0f} s -> {out}")
 
 
