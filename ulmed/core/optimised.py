@@ -27,12 +27,7 @@ from monai.losses import DiceCELoss
 from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 
-from ulmed.core.augment import (
-    AugmentPolicy,
-    DifferentiableAugment,
-    build_augment,
-    for_dims,
-)
+from ulmed.core.augment import AugmentPolicy, build_augment
 from ulmed.core.bilevel import MinMinConfig, PositionPolicy, min_min
 from ulmed.core.budget import Budget
 from ulmed.core.canvas import TileLayout, crop, pad_stack, tile, untile
@@ -40,7 +35,7 @@ from ulmed.core.device import resolve_device
 from ulmed.core.method import ProtectionMethod
 from ulmed.core.objectives import BayesErrorObjective
 from ulmed.core.patterns import mask_coded
-from ulmed.core.selection import CANDIDATES, ClasswiseAugment, select_policies
+from ulmed.core.selection import ClasswiseAugment, chosen_augment, select_policies
 from ulmed.core.surrogates import (
     SURROGATE_TASK,
     UNET_MULTIPLE,
@@ -295,18 +290,13 @@ class OptimisedMethod(ProtectionMethod):
     def _select(self, model: torch.nn.Module, loss_fn: Any, group: Group, dims: int, num_classes: int,
                 device: torch.device, key: str) -> ClasswiseAugment:
         """ARMOR's per-class choice of the augmentation (one choice for segmentation)."""
-        task = group.targets_info.task
-        labels = group.targets if task == "classification" else None
-        n = min(group.images.shape[0], 64)
-        idx = torch.arange(group.images.shape[0]) if labels is not None else torch.arange(n)
-        choice, scores = select_policies(
-            model.to(device), loss_fn, group.images[idx].to(device), group.targets[idx].to(device), dims,
-            max(num_classes, 2), class_ids=None if labels is None else labels[idx], seed=self.seed,
-        )
+        labels = group.targets if group.targets_info.task == "classification" else None
+        choice, scores = select_policies(model.to(device), loss_fn, group.images, group.targets, dims,
+                                         max(num_classes, 2), class_ids=labels, seed=self.seed)
         log.info("ARMOR augmentation choice for %s: %s", key, {str(k): v for k, v in choice.items()})
         self.selected[key] = {"choice": {str(k): v for k, v in choice.items()},
                               "alignment": {str(k): v for k, v in scores.items()}}
-        return ClasswiseAugment({c: DifferentiableAugment(for_dims(CANDIDATES[name], dims), dims, max(num_classes, 2)) for c, name in choice.items()})
+        return chosen_augment(choice, dims, max(num_classes, 2))
 
     def _objective(self, name: str, model: torch.nn.Module, task: str, num_classes: int) -> BayesErrorObjective | None:
         """The PGD objective for ``objective="bayes"`` (None: the training loss)."""

@@ -86,7 +86,7 @@ def select_policies(
     Args:
         model: A surrogate already trained a little on the data (its gradients must mean something).
         loss_fn: The training loss.
-        images: ``(N, C, *spatial)`` on the model's device.
+        images: ``(N, C, *spatial)``, anywhere: only the scored samples move to the model's device.
         targets: Masks or class labels, as the loss takes them.
         spatial_dims: 2 or 3 (candidates with 2D-only transformations lose them in 3D).
         num_classes: Label values of the targets.
@@ -116,13 +116,22 @@ def select_policies(
     }
     choice: dict[int, str] = {}
     scores: dict[int, dict[str, float]] = {}
+    device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for c, idx in groups.items():
-            x, y = images[idx], targets[idx]
+            x, y = images[idx].to(device), targets[idx].to(device)
             scores[c] = {name: gradient_alignment(model, loss_fn, x, y, aug, draws) for name, aug in augments.items()}
             choice[c] = max(scores[c], key=lambda n: scores[c][n])
     return choice, scores
+
+
+def chosen_augment(choice: Mapping[int, str], spatial_dims: int, num_classes: int,
+                   candidates: Mapping[str, AugmentPolicy] | None = None) -> ClasswiseAugment:
+    """The :class:`ClasswiseAugment` that applies ``choice`` (from :func:`select_policies`)."""
+    table = CANDIDATES if candidates is None else candidates
+    return ClasswiseAugment({c: DifferentiableAugment(for_dims(table[name], spatial_dims), spatial_dims, num_classes)
+                             for c, name in choice.items()})
 
 
 class ClasswiseAugment(nn.Module):
