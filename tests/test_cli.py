@@ -48,7 +48,7 @@ def test_protect_then_summary(sample_data, tmp_path, capsys):
     assert main(["-q", "protect", "-i", str(sample_data / "hc18"), "-o", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o/manifest.json").is_file()
     assert main(["protect", "-i", str(sample_data / "hc18"), "-o", str(tmp_path / "p")]) == 0
-    assert "3 record(s) protected" in capsys.readouterr().err
+    assert "3 image(s) protected" in capsys.readouterr().err
 
 
 def test_train_generator_needs_its_folders(tmp_path, capsys):

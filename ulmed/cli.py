@@ -15,7 +15,13 @@ from typing import Annotated, Optional, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from ulmed.core.method import DEFAULT_METHOD
@@ -118,35 +124,66 @@ def protect(
     objective: Annotated[Optional[str], typer.Option(help="em/salm: PGD objective, loss (error-minimising) or bayes (Bayes-error ascent).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method option KEY=VALUE (repeatable), e.g. --set rounds=5.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file with option values (e.g. configs/protect/salm.yaml); flags win.")] = None,
+    deidentify: Annotated[bool, typer.Option("--deidentify", help="De-identify DICOM with dicognito first, keyed by the secret in $ULMED_DEID_KEY (pip install \"ulmed[deid]\").")] = False,
+    chunk_size: Annotated[int, typer.Option(help="em/salm: records per fit; the surrogate is carried from chunk to chunk.")] = 1000,
+    num_parts: Annotated[int, typer.Option(help="Split the work into N parts (Slurm array, Kubernetes jobs); then ulmed merge-manifests.")] = 1,
+    part_id: Annotated[int, typer.Option(help="The part this process does, 0..N-1.")] = 0,
+    engine: Annotated[str, typer.Option(help="local or ray (pip install \"ulmed[ray]\").")] = "local",
+    workers: Annotated[int, typer.Option(help="Worker processes (local) or concurrent Ray tasks.")] = 1,
+    ray_address: Annotated[Optional[str], typer.Option(help="Join this Ray cluster (engine ray); default: start a local one.")] = None,
 ) -> None:
-    """Protect every image under INPUT and write valid files of the same kind to OUTPUT."""
-    from ulmed.pipeline.protect import protect_path, summarize
+    """Protect every image under INPUT and write valid files of the same kind to OUTPUT.
+
+    Rerunning the same command into the same OUTPUT resumes an interrupted run.
+    """
+    from ulmed.pipeline.protect import protect_path
 
     start = time.perf_counter()
     opts = _apply_config(ctx, config, {"method": method, "eps": eps, "dicom_encoding": dicom_encoding,
                                        "skip_non_image": skip_non_image, "masks": masks, "labels": labels,
-                                       "options": {}})
+                                       "chunk_size": chunk_size, "options": {}})
     method_options = {**opts.pop("options"), **_parse_sets(set_ or [])}  # type: ignore[dict-item]
     for key, value in (("rho", rho), ("augment", augment), ("objective", objective)):
         if value is not None:
             method_options[key] = value
     manifest = protect_path(
         input, output, seed=state.seed, device=state.device, strict=strict, overwrite=overwrite,
-        progress=_progress, method_options=method_options, **opts,  # type: ignore[arg-type]
+        progress=_progress, method_options=method_options, deidentify=deidentify, num_parts=num_parts,
+        part_id=part_id, engine=engine, workers=workers, ray_address=ray_address, **opts,  # type: ignore[arg-type]
     )
-    s = summarize(manifest)
-    psnr = f", PSNR {s['psnr_min']:.1f}-{s['psnr_max']:.1f} dB" if s["psnr_min"] is not None else ""
+    _summary_line(manifest, time.perf_counter() - start, output)
+
+
+def _summary_line(manifest: object, seconds: float, output: Path) -> None:
+    """The closing line of a run: records by kind, resumed, copied, skipped, failed, PSNR, time."""
+    from ulmed.pipeline.protect import summarize
+
+    s = summarize(manifest)  # type: ignore[arg-type]
     if state.verbosity >= 0:
+        kinds = ", ".join(f"{n} {k}" for k, n in s["by_kind"].items()) or "0 records"
+        resumed = f" ({s['resumed']} done earlier, resumed)" if s["resumed"] else ""
+        psnr = f", PSNR {s['psnr_min']:.1f}-{s['psnr_max']:.1f} dB" if s["psnr_min"] is not None else ""
         _say(
-            f"{s['records']} record(s) protected ({s['written']} file(s) written), {s['copied']} copied, "
-            f"{s['skipped']} skipped, {s['failed']} failed{psnr} in {time.perf_counter() - start:.1f} s "
-            f"-> {output / 'manifest.json'}"
+            f"{kinds} protected{resumed} ({s['written']} file(s) written), {s['copied']} copied, "
+            f"{s['skipped']} skipped, {s['failed']} failed{psnr} in {seconds:.1f} s -> {output / s['manifest']}"
         )
     if s["failed"]:
-        for e in manifest.entries:
+        for e in manifest.entries:  # type: ignore[attr-defined]
             if e.status == "failed":
                 _say(f"failed {e.input}: {e.reason}")
         raise typer.Exit(code=3 if s["records"] else 2)
+
+
+@app.command("merge-manifests")
+def merge_manifests(
+    folder: Annotated[Path, typer.Argument(help="Output folder holding manifest.part-K-of-N.json from every part.")],
+) -> None:
+    """Join the manifests of a sharded run into manifest.json, checking nothing is missing or done twice."""
+    from ulmed.pipeline.merge import merge_manifests as merge
+
+    start = time.perf_counter()
+    manifest = merge(folder)
+    _summary_line(manifest, time.perf_counter() - start, folder)
 
 
 @app.command()
@@ -268,6 +305,49 @@ def train_generator(
     if state.verbosity >= 0:
         steps = ", ".join(f"{k} {v}" for k, v in result["steps"].items())
         _say(f"generator trained on {result['images']} image(s) ({steps} steps) in {result['wall_seconds']:.0f} s -> {result['out']}")
+
+
+@app.command()
+def release(
+    input: Annotated[Path, typer.Option("--input", "-i", help="Data set: images/ + masks/ (or labels/), split files ...")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Release folder (outside the input).")],
+    method: Annotated[str, typer.Option(help="Protection method (see `ulmed methods`).")] = DEFAULT_METHOD,
+    eps: Annotated[str, typer.Option(help="L-inf budget: 8/255, 0.03, or native units such as 20HU.")] = "8/255",
+    masks: Annotated[Optional[Path], typer.Option(help="Masks folder matched to the images by relative path.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty release folder.")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method option KEY=VALUE (repeatable), e.g. --set rho=0.1.")] = None,
+) -> None:
+    """Protect a segmentation data set into a release folder with DATACARD.md and SHA256SUMS."""
+    from ulmed.pipeline.release import release_dataset
+
+    report = release_dataset(
+        input, output, method=method, eps=eps, seed=state.seed, device=state.device, masks=masks,
+        overwrite=overwrite, method_options=_parse_sets(set_ or []), progress=_progress,
+    )
+    psnr = report.spread("psnr")
+    psnr_text = f", PSNR {psnr[0]:.2f}-{psnr[2]:.2f} dB" if psnr is not None else ""
+    if state.verbosity >= 0:
+        _say(f"{report.records} record(s) protected{psnr_text}, {report.files} file(s) in SHA256SUMS -> {report.datacard}")
+    for e in report.failed:
+        _say(f"failed {e.input}: {e.reason}")
+    if report.failed:
+        raise typer.Exit(code=3 if report.records else 2)
+
+
+@app.command()
+def verify(
+    path: Annotated[Path, typer.Argument(help="Release folder written by `ulmed release`.")],
+) -> None:
+    """Check a release folder against its SHA256SUMS; exit code 1 if a file changed, is missing or extra."""
+    from ulmed.pipeline.release import verify_release
+
+    report = verify_release(path)
+    for line in report.problems():
+        _say(line)
+    if not report.ok:
+        raise typer.Exit(code=1)
+    if state.verbosity >= 0:
+        _say(f"OK: {report.verified} files verified")
 
 
 def main(argv: list[str] | None = None) -> int:

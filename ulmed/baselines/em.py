@@ -17,3 +17,4 @@ class ErrorMinimising(OptimisedMethod):
     """Error-minimising noise from the min-min loop, sample- or class-wise (baseline)."""
 
     name = "em"
+    citation = 'Huang et al., "Unlearnable Examples: Making Personal Data Unexploitable", ICLR 2021'

@@ -34,6 +34,7 @@ class MaskCodedPatterns(ProtectionMethod):
     """
 
     name = "lsp"
+    citation = 'Yu et al., "Availability Attacks Create Shortcuts", KDD 2022 (adapted here to segmentation masks)'
 
     def __init__(self, *args: Any, tile: int = 8, block: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

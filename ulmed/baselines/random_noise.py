@@ -17,6 +17,7 @@ class RandomNoise(ProtectionMethod):
     """Uniform noise in [-eps, eps], drawn per record from the run seed and the record key."""
 
     name = "random"
+    citation = ""  # a control: no paper
 
     def perturbation(self, record: Record, unit_image: np.ndarray, eps: float) -> np.ndarray:
         """Draw the noise for one record (deterministic for a seed and key)."""
@@ -32,6 +33,7 @@ class NoPerturbation(ProtectionMethod):
     """
 
     name = "none"
+    citation = ""  # conversion only: no paper
 
     def perturbation(self, record: Record, unit_image: np.ndarray, eps: float) -> np.ndarray:
         """Return zeros."""

@@ -51,6 +51,9 @@ class ProtectionMethod(abc.ABC):
     name: ClassVar[str] = ""
     #: True when :meth:`fit` must see the data set before :meth:`perturbation` is called.
     needs_fit: ClassVar[bool] = False
+    #: How to cite the paper the method follows (release data cards print it); empty for
+    #: controls that follow no paper.
+    citation: ClassVar[str] = ""
 
     def __init__(self, budget: Budget | str | float = "8/255", seed: int = 0, device: str = "auto") -> None:
         self.budget = budget if isinstance(budget, Budget) else Budget.parse(budget)
@@ -88,3 +91,10 @@ class ProtectionMethod(abc.ABC):
     def fit_report(self) -> dict[str, Any]:
         """What :meth:`fit` found (per-round history, choices made), for the manifest; {} if nothing."""
         return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a chunked run must save between chunks to resume exactly (tensors and numbers only)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Continue from :meth:`state_dict` (default: nothing to restore)."""

@@ -185,6 +185,11 @@ class OptimisedMethod(ProtectionMethod):
         self.amp = amp
         self.history: dict[str, list[dict[str, float]]] = {}
         self._deltas: dict[str, np.ndarray] = {}
+        #: Surrogate and optimiser per group, carried from one :meth:`fit` (chunk) to the next.
+        self._carry: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer, int]] = {}
+        #: Carried states loaded by :meth:`load_state_dict`, applied when the group is next fitted.
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._fits = 0
 
     # -- policy hooks -------------------------------------------------------------------
     def position_policy(self, group: Group) -> PositionPolicy | None:
@@ -242,20 +247,48 @@ class OptimisedMethod(ProtectionMethod):
             return np.zeros(record.image.shape, dtype=np.float32)
         return (eps * mask_coded(target, record.channels, record.spatial_shape, 8, 1, self.seed)).astype(np.float32)
 
+    def _surrogate(self, key: str, name: str, dims: int, channels: int, num_classes: int) -> tuple[torch.nn.Module, torch.optim.Optimizer, int]:
+        """The group's surrogate and optimiser: carried from the last chunk, loaded, or new.
+
+        A carried surrogate with fewer outputs than this chunk needs is replaced (with a warning).
+        """
+        carried = self._carry.get(key)
+        if carried is not None and carried[2] >= num_classes:
+            return carried
+        if carried is not None:
+            log.warning("%s: this chunk has %d classes, the carried surrogate %d; starting a new surrogate", key, num_classes, carried[2])
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            num_classes = max(num_classes, int(pending["num_classes"]))
+        torch.manual_seed(self.seed)
+        model = build_surrogate(name, dims, channels, num_classes)
+        optimizer = torch.optim.Adam(model.parameters(), lr=self.loop.lr)
+        if pending is not None:
+            model.load_state_dict(pending["model"])
+            optimizer.load_state_dict(pending["optimizer"])
+        self._carry[key] = (model, optimizer, num_classes)
+        return self._carry[key]
+
     def fit(self, records: Sequence[Record]) -> None:
-        """Optimise the noise of all records (one surrogate per group of equal rank/channels)."""
+        """Optimise the noise of ``records`` (one surrogate per group of equal rank/channels).
+
+        Called again with the next chunk of a large run, it continues training the same
+        surrogates (:meth:`state_dict` saves them between chunks) and forgets the noise of
+        the previous chunk.
+        """
         groups: dict[tuple[int, int], list[Record]] = {}
         for r in records:
             groups.setdefault((r.spatial_dims, r.channels), []).append(r)
         device = resolve_device(self.device)
+        self._deltas.clear()
         for (dims, channels), recs in sorted(groups.items()):
             group = self._build_group(recs)
             info = group.targets_info
             name = self.surrogate_name or ("unet" if info.task == "segmentation" else "resnet18")
             if SURROGATE_TASK[name] != info.task:
                 raise ConfigError(f"surrogate {name!r} is for {SURROGATE_TASK[name]}, but these targets need {info.task}")
-            torch.manual_seed(self.seed)
-            model = build_surrogate(name, dims, channels, info.num_classes)
+            model, optimizer, num_classes = self._surrogate(f"{dims}d-{channels}ch", name, dims, channels, info.num_classes)
+            info = replace(info, num_classes=num_classes)
             seg = info.task == "segmentation"
             loss_fn = DiceCELoss(to_onehot_y=True, softmax=True) if seg else torch.nn.CrossEntropyLoss()
             config = MinMinConfig(**{
@@ -263,8 +296,8 @@ class OptimisedMethod(ProtectionMethod):
                 "eps": float(group.eps.max()),
                 "step_size": self.step_size or float(group.eps.max()) / 5,
                 "stop_threshold": self.stop_threshold if self.stop_threshold is not None else (0.9 if seg else 0.99),
+                "seed": self.loop.seed + 7919 * self._fits,  # each chunk draws its own batches
             })
-            optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
             classes = torch.as_tensor(np.asarray(info.targets)) if self.classwise else None
             common: dict[str, Any] = dict(
                 eps_map=self._classwise_eps(group, classes) if classes is not None else group.eps,
@@ -286,6 +319,19 @@ class OptimisedMethod(ProtectionMethod):
             history += more
             self.history[f"{dims}d-{channels}ch"] = history
             self._store(group, delta.cpu().numpy(), classes)
+        self._fits += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The carried surrogates and optimisers, for resuming a chunked run (tensors only)."""
+        groups = {key: {"model": m.state_dict(), "optimizer": o.state_dict(), "num_classes": n}
+                  for key, (m, o, n) in self._carry.items()}
+        return {"fits": self._fits, "groups": {**self._pending, **groups}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`: the next :meth:`fit` trains the saved surrogates on."""
+        self._fits = int(state["fits"])
+        self._carry.clear()
+        self._pending = dict(state["groups"])
 
     def _select(self, model: torch.nn.Module, loss_fn: Any, group: Group, dims: int, num_classes: int,
                 device: torch.device, key: str) -> ClasswiseAugment:

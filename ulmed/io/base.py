@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from pathlib import Path
 
 import numpy as np
 
 from ulmed.errors import ConfigError, InputError
+from ulmed.io.deidentify import DeidentifyOptions
 
 #: Lossless output encodings a DICOM writer may be asked for. Lossy ones are refused,
 #: because lossy compression would erase the perturbation.
@@ -25,14 +25,19 @@ class WriteOptions:
         uid_salt: Salt mixed into new DICOM UIDs so that reruns agree and different
             protections of the same data do not collide.
         dicom_encoding: One of :data:`DICOM_ENCODINGS`.
+        deidentify: When given, DICOM datasets are de-identified (dicognito, extra
+            ``ulmed[deid]``) before they are written; see :mod:`ulmed.io.deidentify`.
     """
 
     method: str = "none"
     budget: str = ""
     uid_salt: str = "ulmed"
     dicom_encoding: str = "explicit"
+    deidentify: DeidentifyOptions | None = None
 
     def __post_init__(self) -> None:
+        if self.deidentify is not None and not isinstance(self.deidentify, DeidentifyOptions):
+            raise ConfigError(f"deidentify must be DeidentifyOptions or None, not {type(self.deidentify).__name__}")
         if self.dicom_encoding not in DICOM_ENCODINGS:
             raise ConfigError(
                 f"DICOM output encoding {self.dicom_encoding!r} is not one of {', '.join(DICOM_ENCODINGS)}; "

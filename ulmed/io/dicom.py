@@ -6,7 +6,8 @@
 RescaleSlope + RescaleIntercept). :func:`write_series` writes every instance back with
 all attributes kept except the pixel data, the SOP Instance and Series Instance UIDs
 (new, deterministic), ImageType/FrameType, DerivationDescription and the transfer syntax
-(Explicit VR Little Endian, or a lossless one on request).
+(Explicit VR Little Endian, or a lossless one on request); with ``WriteOptions.deidentify``
+it also de-identifies every instance (:mod:`ulmed.io.deidentify`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 from ulmed.errors import ConfigError, InputError, MissingDependencyError, OutputError
 from ulmed.io.atomic import atomic_path
 from ulmed.io.base import WriteOptions
+from ulmed.io.deidentify import deidentify_dataset
 from ulmed.io.record import IntensityMapping, Record
 
 __all__ = ["DicomHandle", "DicomScan", "DicomSeries", "is_dicom_file", "new_uid", "read_series", "scan_dicom",
@@ -466,18 +468,32 @@ def write_series(record: Record, root: Path, out_root: Path, options: WriteOptio
     BitsStored range and cast to the stored dtype. New SOP Instance UIDs and one new Series
     Instance UID come from :func:`new_uid` with ``options.uid_salt``. Inputs are never modified.
 
+    With ``options.deidentify`` every dataset is de-identified right after it is read (its
+    original pixel data dropped first, so the de-identifier never sees or loads it; ours is
+    set afterwards), and the new UIDs are derived from the de-identified ones:
+    SOP = ``new_uid(D(sop), salt)``, Series = ``new_uid(D(series), salt)``, Study = ``D(study)``,
+    where ``D`` is dicognito's seeded hash. Both ``D`` and :func:`new_uid` depend on the value
+    alone, so every instance of a series gets one SeriesInstanceUID and every series of a
+    study keeps one StudyInstanceUID, on any shard or worker, and no original UID is written.
+    De-identifying first is the right order because the salt is recorded in the manifest:
+    ``new_uid(original, salt)`` could be recomputed by anyone holding the manifest and a list
+    of original UIDs, while ``new_uid(D(original), salt)`` also needs the secret seed; and
+    everything ulmed derives then comes from the de-identified dataset only, which relates
+    to the output exactly as an input does in a run without de-identification.
+
     Args:
         record: A record from :func:`read_series`, possibly with a perturbed image.
         root: The input folder the series was scanned from.
         out_root: The output folder.
-        options: Method, budget, UID salt and output encoding.
+        options: Method, budget, UID salt, output encoding and de-identification.
 
     Returns:
         ``(input file, output file)`` for every instance written.
 
     Raises:
         ConfigError: The record is not a DICOM record or its shape changed.
-        MissingDependencyError: The requested encoder is not installed.
+        InputError: A value cannot be de-identified.
+        MissingDependencyError: The requested encoder, or dicognito, is not installed.
         OutputError: An output would overwrite its input or cannot be written.
     """
     handle = record.handle
@@ -486,7 +502,8 @@ def write_series(record: Record, root: Path, out_root: Path, options: WriteOptio
     image = record.image if record.spatial_dims == 3 else record.image[:, None]
     if image.shape[1] != sum(handle.frames) or image.shape[0] not in (1, 3):
         raise ConfigError(f"{record.key}: image shape {record.image.shape} does not fit the {sum(handle.frames)} frames")
-    new_series = new_uid(handle.series_uid, options.uid_salt)
+    # one new SeriesInstanceUID per record; de-identified: from the first instance's new (D) UID
+    new_series = None if options.deidentify is not None else new_uid(handle.series_uid, options.uid_salt)
     pairs: list[tuple[Path, Path]] = []
     start = 0
     for path, n in zip(handle.files, handle.frames):
@@ -499,8 +516,13 @@ def write_series(record: Record, root: Path, out_root: Path, options: WriteOptio
         start += n
         block = np.clip(np.rint((native - b) / s), *handle.stored_range).astype(handle.stored_dtype)
         ds = _read(path, defer=True)
+        if options.deidentify is not None:
+            ds.pop(_PIXEL_DATA, None)  # ours is set below; the original is neither loaded nor de-identified
+            deidentify_dataset(ds, options.deidentify, path)
         _set_pixels(ds, block, handle, options, path)
         ds.SOPInstanceUID = new_uid(str(ds.SOPInstanceUID), options.uid_salt)
+        if new_series is None:
+            new_series = new_uid(str(ds.SeriesInstanceUID), options.uid_salt)
         ds.SeriesInstanceUID = new_series
         _mark_derived(ds)
         ds.DerivationDescription = f"ulmed {options.method} {options.budget}"[:1024]

@@ -112,6 +112,10 @@ class SALM(OptimisedMethod):
     """
 
     name = "salm"
+    citation = (
+        'Sun et al., "Medical Unlearnable Examples: Securing Medical Data from Unauthorized Training '
+        'via Sparsity-Aware Local Masking", 2024 (selection rule: docs/methods/salm.md)'
+    )
     regions: ClassVar[tuple[str, ...]] = REGIONS
 
     def __init__(self, *args: Any, rho: float = 0.1, every: int = 5, region: str = "all", margin: int = 5,

@@ -86,6 +86,10 @@ class Manifest:
     entries: list[Entry] = field(default_factory=list)
     #: What the method's fit found (:meth:`ulmed.core.method.ProtectionMethod.fit_report`).
     fit: dict[str, Any] = field(default_factory=dict)
+    #: This run's own counts: units done now, taken over from an earlier run (resumed), failed.
+    run: dict[str, Any] = field(default_factory=dict)
+    #: For one part of a sharded run: its index, the part count and the keys of its units.
+    part: dict[str, Any] = field(default_factory=dict)
 
     def add(self, entry: Entry) -> None:
         """Append one entry."""
@@ -103,13 +107,15 @@ class Manifest:
             "params": self.params,
             "wall_time_s": round(time.time() - self.started, 3),
             "counts": self.counts(),
+            **({"run": self.run} if self.run else {}),
+            **({"part": self.part} if self.part else {}),
             **({"fit": self.fit} if self.fit else {}),
             "entries": [asdict(e) for e in self.entries],
         }
 
-    def save(self, out_root: Path) -> Path:
-        """Write ``manifest.json`` into ``out_root`` atomically and return its path."""
-        path = Path(out_root) / MANIFEST_NAME
+    def save(self, out_root: Path, suffix: str = "") -> Path:
+        """Write ``manifest.json`` (``manifest<suffix>.json`` for a part) atomically; return its path."""
+        path = Path(out_root) / MANIFEST_NAME.replace(".json", f"{suffix}.json")
         atomic_write_json(path, self.to_dict())
         return path
 

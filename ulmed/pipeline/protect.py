@@ -5,31 +5,47 @@ Safety rules enforced here:
 * the input is never written: the output may not lie inside the input (nor the input
   inside the output), and every output file is written atomically;
 * one bad file is reported, skipped and listed in the manifest, unless ``strict``;
-* an existing non-empty output folder is refused unless ``overwrite``.
+* an existing non-empty output folder is refused unless ``overwrite``, or unless it holds
+  an earlier run with the same parameters, which is then resumed (:mod:`ulmed.pipeline.journal`).
+
+Scale: units (series, volumes, images, copies) stream through an engine
+(:mod:`ulmed.pipeline.engines`) one batch at a time; methods that fit over the data set see
+it in chunks of ``chunk_size`` records with their surrogate carried from chunk to chunk;
+``num_parts``/``part_id`` split the units deterministically between processes or machines
+(:mod:`ulmed.pipeline.shard`), and ``ulmed merge-manifests`` joins the parts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
+import os
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ulmed.core.method import DEFAULT_METHOD, METHODS, ProtectionMethod
 from ulmed.errors import ConfigError, InputError, MissingDependencyError, OutputError
-from ulmed.eval.imperceptibility import imperceptibility
-from ulmed.io.atomic import atomic_copy
+from ulmed.io.atomic import atomic_path
 from ulmed.io.base import WriteOptions
-from ulmed.io.dicom import write_series
-from ulmed.io.discover import Item, discover
-from ulmed.io.images import output_relpath, write_image
+from ulmed.io.discover import discover
 from ulmed.io.labels import load_labels
-from ulmed.io.nifti import write_nifti
-from ulmed.io.record import Record
-from ulmed.pipeline.manifest import Entry, Manifest, sha256_of
-from ulmed.pipeline.units import Unit, read_unit, relative, units_of
+from ulmed.pipeline.engines import EngineConfig, run_units
+from ulmed.pipeline.journal import (
+    CONTROL_DIR,
+    RUN_FILE,
+    Journal,
+    JournalState,
+    check_run_identity,
+    remove_stale_temporaries,
+)
+from ulmed.pipeline.manifest import Entry, Manifest
+from ulmed.pipeline.shard import Part, chunks, keys_digest
+from ulmed.pipeline.units import Unit, copies_of, relative, units_of
+from ulmed.pipeline.work import UnitResult, WorkContext, read_record
 
 log = logging.getLogger("ulmed")
 T = TypeVar("T")
@@ -44,9 +60,12 @@ def _no_progress(items: Iterable[T], total: int, description: str) -> Iterable[T
 def check_paths(input_path: Path, output_path: Path, overwrite: bool) -> None:
     """Refuse outputs that could touch the input or silently mix with older results.
 
+    A non-empty folder that holds an earlier ulmed run is let through here; whether it may be
+    resumed is decided by :func:`ulmed.pipeline.journal.check_run_identity`.
+
     Raises:
         OutputError: The output lies inside the input (or the reverse), or is a file,
-            or is a non-empty folder and ``overwrite`` is False.
+            or is a non-empty folder of something else and ``overwrite`` is False.
     """
     src = input_path.resolve()
     dst = output_path.resolve()
@@ -57,7 +76,8 @@ def check_paths(input_path: Path, output_path: Path, overwrite: bool) -> None:
         raise OutputError("input lies inside the output folder; choose an -o that does not contain the input", dst)
     if dst.exists() and not dst.is_dir():
         raise OutputError("exists and is not a folder; choose another -o", dst)
-    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
+    earlier_run = (dst / CONTROL_DIR / RUN_FILE).is_file()
+    if dst.is_dir() and any(dst.iterdir()) and not overwrite and not earlier_run:
         raise OutputError("output folder is not empty; choose a new -o or pass --overwrite", dst)
 
 
@@ -84,59 +104,121 @@ def build_method(name: str, eps: str | float, seed: int, device: str, **options:
         raise ConfigError(f"method {name!r} does not take these options {sorted(options)}: {exc}") from None
 
 
-def _write(unit: Unit, protected: Record, root: Path, out: Path, opts: WriteOptions) -> list[tuple[Path, Path, str | None]]:
-    """Write one protected record; return (input, output, note) triples."""
-    if unit.kind == "dicom":
-        return [(src, dst, None) for src, dst in write_series(protected, root, out, opts)]
-    assert isinstance(unit.source, Item)
-    rel = unit.source.rel
-    if unit.kind == "nifti":
-        dst = out / rel
-        write_nifti(protected, dst)
-        return [(unit.source.path, dst, None)]
-    out_rel = output_relpath(rel)
-    dst = out / out_rel
-    write_image(protected, dst)
-    note = f"lossy input re-encoded losslessly as {out_rel.name}" if out_rel != rel else None
-    return [(unit.source.path, dst, note)]
+#: Records per chunk for methods that fit over the data set (bounded memory; HC18 fits in one).
+DEFAULT_CHUNK_SIZE = 1000
 
 
 def _uid_salt(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _iter_protected(
-    units: list[Unit], method: ProtectionMethod, root: Path, strict: bool, manifest: Manifest,
-    labels: dict[str, int] | None = None,
-) -> Iterator[tuple[Unit, Record | None, Record | None]]:
-    """Read and protect unit by unit; failures become ``(unit, None, None)`` after a manifest entry.
+#: Environment variable holding the de-identification key (never written anywhere).
+DEID_KEY_ENV = "ULMED_DEID_KEY"
 
-    Methods that optimise over the data set (``needs_fit``) see every record first.
+
+def _deidentify_options(deidentify: bool, key: str | None) -> tuple[Any, dict[str, str]]:
+    """The writer's de-identification options and a fingerprint of the key for run.json.
+
+    The key must be secret: with it, anyone could test guessed names or UIDs against the
+    output. It is therefore never derived from the run parameters (which the manifest
+    publishes) and only a salted hash of it is kept, so a resume with another key is refused.
     """
+    if not deidentify:
+        return None, {}
+    key = key or os.environ.get(DEID_KEY_ENV)
+    if not key or len(key) < 16:
+        raise ConfigError(
+            f"--deidentify needs a secret key of at least 16 characters in ${DEID_KEY_ENV} (or deid_key=), "
+            f"the same for every part of the run, e.g. export {DEID_KEY_ENV}=$(openssl rand -hex 32); keep it away from the shared data"
+        )
+    from ulmed.io.deidentify import DeidentifyOptions
 
-    def read(unit: Unit) -> Record | None:
-        try:
-            rec = read_unit(unit, root)
-            if labels and rec.target is None:
-                rec.target = labels.get(rec.key, labels.get(str(Path(rec.key).parent)))
-            return rec
-        except (InputError, MissingDependencyError) as exc:
-            if strict:
-                raise
-            log.warning("skipped %s", exc)
-            for path in unit.files:
-                manifest.add(Entry(relative(path, root), "failed", kind=unit.kind, record=unit.key, reason=exc.reason))
-            return None
+    fingerprint = hashlib.sha256(f"ulmed-deid-key:{key}".encode()).hexdigest()[:16]
+    return DeidentifyOptions(seed=key), {"deid_key_fingerprint": fingerprint}
 
-    if method.needs_fit:
-        records = [(u, read(u)) for u in units]
-        method.fit([r for _, r in records if r is not None])
-        for unit, rec in records:
-            yield unit, rec, method.protect(rec) if rec is not None else None
-        return
-    for unit in units:
-        rec = read(unit)
-        yield unit, rec, method.protect(rec) if rec is not None else None
+
+class _Run:
+    """State of one run of one part: journal, entries by unit, counts."""
+
+    def __init__(self, out: Path, part: Part, journal: Journal, done: JournalState, strict: bool) -> None:
+        self.out, self.part, self.journal, self.done, self.strict = out, part, journal, done, strict
+        self.entries: dict[str, list[Entry]] = {}
+        self.new = self.resumed = self.failed = 0
+
+    def commit(self, result: UnitResult) -> None:
+        """Record one unit's result: journal it when it succeeded; raise in strict mode when it failed."""
+        self.entries[result.key] = result.entries
+        if result.error is not None:
+            self.failed += 1
+            if self.strict:
+                raise InputError(*result.error)
+            return
+        self.journal.unit_done(result.key, result.entries)
+        self.new += 1
+
+    def todo(self, units: list[Unit]) -> list[Unit]:
+        """Units not finished by an earlier run; the finished ones' entries are taken over."""
+        left = []
+        for unit in units:
+            if unit.key in self.done.units:
+                self.entries[unit.key] = self.done.units[unit.key]
+                self.resumed += 1
+            else:
+                left.append(unit)
+        return left
+
+    def state_path(self, chunk: int) -> Path:
+        return self.out / CONTROL_DIR / f"state{self.part.suffix}.chunk-{chunk}.pt"
+
+
+def _fit_chunks(run: _Run, units: list[Unit], ctx: WorkContext, chunk_size: int | None) -> dict[str, Any]:
+    """Fit and protect chunk by chunk in this process, saving the method's state after each.
+
+    Returns:
+        The fit report (one chunk: the method's report; more: ``{"chunks": [...]}``).
+    """
+    import torch
+
+    method = ctx.method
+    reports: list[dict[str, Any]] = []
+    parts = chunks(units, chunk_size)
+    finished = [i for i in range(len(parts)) if i in run.done.chunks]
+    last = max(finished, default=-1)
+    if finished != list(range(last + 1)):
+        raise OutputError(f"the run journal lists chunks {finished} as finished, out of order; rerun with --overwrite", run.journal.path)
+    for i in range(last + 1):
+        if any(u.key not in run.done.units for u in parts[i]):
+            raise OutputError(f"outputs of finished chunk {i} are missing, and its surrogate state is gone; rerun with --overwrite", run.out)
+    if last >= 0 and last + 1 < len(parts):
+        state = run.state_path(last)
+        if not state.is_file():
+            raise OutputError("the saved surrogate of the last finished chunk is missing; rerun with --overwrite", state)
+        method.load_state_dict(torch.load(state, map_location="cpu", weights_only=True))
+    for i, chunk in enumerate(parts):
+        if i <= last:
+            run.todo(chunk)
+            reports.append(run.done.chunks[i])
+            continue
+        records = []
+        for unit in chunk:
+            with contextlib.suppress(InputError, MissingDependencyError):  # reported when the unit is processed
+                records.append(read_record(unit, ctx))
+        if records:
+            method.fit(records)
+        del records
+        for result in run_units(run.todo(chunk), ctx, EngineConfig()):
+            run.commit(result)
+        report = method.fit_report()
+        if i + 1 < len(parts):
+            with atomic_path(run.state_path(i)) as tmp:
+                torch.save(method.state_dict(), tmp)
+        run.journal.chunk_done(i, report)
+        with contextlib.suppress(FileNotFoundError):
+            run.state_path(i - 1).unlink()
+        reports.append(report)
+    with contextlib.suppress(FileNotFoundError):  # the surrogate learnt the clean data: do not leave it
+        run.state_path(len(parts) - 2).unlink()
+    return reports[0] if len(reports) == 1 else {"chunks": reports}
 
 
 def protect_path(
@@ -155,8 +237,16 @@ def protect_path(
     progress: Progress = _no_progress,
     method_options: dict[str, Any] | None = None,
     labels: str | Path | None = None,
+    deidentify: bool = False,
+    deid_key: str | None = None,
+    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+    num_parts: int = 1,
+    part_id: int = 0,
+    engine: str = "local",
+    workers: int = 1,
+    ray_address: str | None = None,
 ) -> Manifest:
-    """Protect everything under ``input_path`` into ``output_path``.
+    """Protect everything under ``input_path`` into ``output_path``; resume an interrupted run.
 
     Args:
         input_path: DICOM export, NIfTI file/folder, image folder or data-set folder.
@@ -169,81 +259,133 @@ def protect_path(
         strict: Stop at the first bad input instead of skipping it.
         skip_non_image: Leave non-image DICOM objects out instead of copying them.
         dicom_encoding: ``explicit``, ``rle``, ``jpegls`` or ``j2k`` (all lossless).
-        overwrite: Allow writing into a non-empty output folder.
+        overwrite: Allow writing into a non-empty output folder, and start over instead
+            of resuming an earlier run there.
         progress: Wrapper for the main loop (progress bar).
         method_options: Extra keyword arguments for the method's constructor (``rho`` ...).
         labels: Optional CSV of class labels by relative path (classification targets).
+        deidentify: De-identify DICOM with dicognito before writing (extra ``ulmed[deid]``).
+        deid_key: The secret that keys the de-identification (default: ``$ULMED_DEID_KEY``);
+            the same key gives the same pseudonyms and UIDs in every part and on resume.
+        chunk_size: Records per fit for methods that fit over the data set (None: all at once).
+        num_parts: Number of parts the work is split into (``--num-parts``).
+        part_id: The part this call does, 0..num_parts-1 (``--part-id``).
+        engine: ``local`` or ``ray``.
+        workers: Worker processes (local) or concurrent Ray tasks.
+        ray_address: Existing Ray cluster to join (engine ``ray``).
 
     Returns:
-        The manifest (also written to ``output_path/manifest.json``).
+        The manifest, also written to ``output_path/manifest.json`` (one part:
+        ``manifest.part-K-of-N.json``; join the parts with ``ulmed merge-manifests``).
     """
     src = Path(input_path).expanduser()
     out = Path(output_path).expanduser().resolve()
     if not src.exists():
         raise InputError("does not exist; check the -i path", src)
+    part = Part(part_id, num_parts)
+    engine_config = EngineConfig(engine, workers, ray_address=ray_address)
+    if chunk_size is not None and chunk_size < 1:
+        raise ConfigError(f"--chunk-size must be >= 1, got {chunk_size}")
     check_paths(src, out, overwrite)
     protector = build_method(method, eps, seed, device, **(method_options or {}))
     label_map = load_labels(labels) if labels is not None else None
     inv = discover(src, masks)
     root = inv.root
     params = {**protector.params(), "dicom_encoding": dicom_encoding, "skip_non_image": skip_non_image}
-    opts = WriteOptions(method=method, budget=f"Linf {protector.budget.spec}", uid_salt=_uid_salt(params), dicom_encoding=dicom_encoding)
-    manifest = Manifest(params={**params, "input": str(src.resolve()), "output": str(out), "uid_salt": opts.uid_salt})
-    bad = [(p, r, "dicom") for p, r in inv.dicom.bad] + [(p, r, "input") for p, r in inv.bad]
-    for path, reason, kind in bad:
-        if strict:
-            raise InputError(reason, path)
-        log.warning("skipped %s: %s", path, reason)
-        manifest.add(Entry(relative(path, root), "failed", kind=kind, reason=reason))
+    if deidentify:
+        params["deidentify"] = "dicognito"
+    salt = _uid_salt(params)
+    deid, deid_identity = _deidentify_options(deidentify, deid_key)
+    opts = WriteOptions(method=method, budget=f"Linf {protector.budget.spec}", uid_salt=salt, dicom_encoding=dicom_encoding, deidentify=deid)
+    run_params = {
+        **params, "input": str(src.resolve()), "uid_salt": salt,
+        "masks": str(Path(masks).expanduser().resolve()) if masks is not None else None,
+        "labels": str(Path(labels).expanduser().resolve()) if labels is not None else None,
+        "chunk_size": chunk_size if protector.needs_fit else None, "num_parts": part.count,
+    }
+    if deid is not None:
+        from ulmed.io.deidentify import deidentifier_info
+
+        run_params["deidentifier"] = deidentifier_info()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create the output folder ({exc.strerror}); choose a writable -o", out) from exc
+    resumed = check_run_identity(out, {**run_params, **deid_identity}, overwrite)
+    journal = Journal(out, part.suffix)
+    if overwrite:
+        journal.reset()
+        resumed = False
+    done = JournalState()
+    if resumed:
+        removed = remove_stale_temporaries(out)
+        done = journal.load(out)
+        log.info("resuming: %d unit(s) already done, %d stale temporary file(s) removed", len(done.units), removed)
 
-    units = units_of(inv)
-    for unit, clean, protected in progress(_iter_protected(units, protector, root, strict, manifest, label_map), len(units), "protecting"):
-        if clean is None or protected is None:
-            continue
-        budget = protector.budget.describe(clean.mapping)
-        metrics = imperceptibility(clean.unit_image(), protected.unit_image(), clean.mapping.scale)
-        for src_file, dst_file, note in _write(unit, protected, root, out, opts):
-            manifest.add(
-                Entry(
-                    relative(src_file, root), "written", relative(dst_file, out), unit.kind, unit.key,
-                    sha256_of(dst_file), note, budget, metrics,
-                )
-            )
-
-    manifest.fit = protector.fit_report()
     masks_root = Path(masks).expanduser().resolve() if masks is not None else None
-    copies: list[tuple[Path, Path, str]] = []
-    for path in inv.targets:
-        dst = out / "masks" / path.relative_to(masks_root) if masks_root is not None and masks_root in path.parents else out / path.relative_to(root)
-        copies.append((path, dst, "target"))
-    copies += [(p, out / p.relative_to(root), "other") for p in inv.others]
-    for path in inv.dicom.non_image:
-        if skip_non_image:
-            manifest.add(Entry(relative(path, root), "skipped", kind="dicom-non-image", reason="non-image DICOM left out (--skip-non-image)"))
-        else:
-            copies.append((path, out / path.relative_to(root), "dicom-non-image"))
-    for path, dst, kind in copies:
-        atomic_copy(path, dst)
-        manifest.add(Entry(relative(path, root), "copied", relative(dst, out), kind, sha256=sha256_of(dst)))
-    for path, reason in inv.skipped:
-        manifest.add(Entry(relative(path, root), "skipped", kind="other", reason=reason))
-    manifest.save(out)
+    all_units = units_of(inv)
+    all_copies = copies_of(inv, masks_root, skip_non_image)
+    units = [u for u in all_units if part.owns(u.key)]
+    copies = [u for u in all_copies if part.owns(u.key)]
+    manifest = Manifest(params={**run_params, "output": str(out), "engine": engine_config.name, "workers": engine_config.workers})
+    discovered: list[Entry] = []
+    bad = [(p, r, "dicom") for p, r in inv.dicom.bad] + [(p, r, "input") for p, r in inv.bad]
+    for path, reason, kind in bad:
+        if not part.owns(f"entry:{relative(path, root)}"):
+            continue
+        if strict:
+            raise InputError(reason, path)
+        log.warning("skipped %s: %s", path, reason)
+        discovered.append(Entry(relative(path, root), "failed", kind=kind, reason=reason))
+    skipped = [(p, "non-image DICOM left out (--skip-non-image)", "dicom-non-image") for p in inv.dicom.non_image if skip_non_image]
+    skipped += [(p, r, "other") for p, r in inv.skipped]
+    for path, reason, kind in skipped:
+        if part.owns(f"entry:{relative(path, root)}"):
+            discovered.append(Entry(relative(path, root), "skipped", kind=kind, reason=reason))
+
+    run = _Run(out, part, journal, done, strict)
+    ctx = WorkContext(root, out, protector, opts, label_map)
+    started = time.perf_counter()
+    if protector.needs_fit:
+        if engine_config.name != "local" or engine_config.workers > 1:
+            log.info("%s fits over the data set: it protects in this process (spread it with --num-parts)", method)
+        manifest.fit = _fit_chunks(run, units, ctx, chunk_size)
+    else:
+        for result in progress(run_units(run.todo(units), ctx, engine_config), len(units) - run.resumed, "protecting"):
+            run.commit(result)
+    for result in run_units(run.todo(copies), ctx, engine_config):
+        run.commit(result)
+
+    manifest.entries = [e for u in (*units, *copies) for e in run.entries.get(u.key, [])] + discovered
+    manifest.run = {
+        "units": len(units), "copies": len(copies), "done_now": run.new, "resumed": run.resumed,
+        "failed_units": run.failed, "seconds": round(time.perf_counter() - started, 3),
+    }
+    if part.count > 1:
+        manifest.part = {
+            "index": part.index, "count": part.count, "inventory_units": len(all_units) + len(all_copies),
+            "inventory_sha256": keys_digest(u.key for u in (*all_units, *all_copies)),
+            "units": sorted(u.key for u in (*units, *copies)),
+        }
+    manifest.save(out, part.suffix)
     return manifest
 
 
 def summarize(manifest: Manifest) -> dict[str, Any]:
-    """Counts and PSNR range of a run, for the CLI's closing line."""
-    psnrs = [e.metrics["psnr"] for e in manifest.entries if e.metrics and e.metrics["psnr"] != float("inf")]
-    records = {e.record for e in manifest.entries if e.status == "written"}
+    """Counts, records by kind (series, volumes, images), resumed and PSNR range of a run."""
+    psnrs = [e.metrics["psnr"] for e in manifest.entries if e.metrics and e.metrics["psnr"] not in (None, float("inf"))]
+    records: dict[str, str] = {e.record: e.kind for e in manifest.entries if e.status == "written" and e.record}
+    words = {"dicom": "series", "nifti": "volume(s)", "image": "image(s)"}
+    by_kind = {words.get(k, k): sum(v == k for v in records.values()) for k in ("dicom", "nifti", "image")}
+    suffix = f".part-{manifest.part['index']}-of-{manifest.part['count']}" if manifest.part else ""
     return {
         **manifest.counts(),
         "records": len(records),
+        "by_kind": {k: n for k, n in by_kind.items() if n},
+        "resumed": manifest.run.get("resumed", 0),
         "psnr_min": min(psnrs) if psnrs else None,
         "psnr_max": max(psnrs) if psnrs else None,
+        "manifest": f"manifest{suffix}.json",
     }
 
 

@@ -1,4 +1,4 @@
-"""Units of work of a run: one DICOM series, one NIfTI volume or one image each."""
+"""Units of work of a run: one DICOM series, one NIfTI volume, one image, or one file to copy."""
 
 from __future__ import annotations
 
@@ -13,12 +13,27 @@ from ulmed.io.record import Record
 
 
 @dataclass(frozen=True)
+class Copy:
+    """A file copied unchanged (mask, label map, split file, non-image DICOM).
+
+    Args:
+        path: Absolute input path.
+        dst: Output path relative to the output root.
+        kind: ``target``, ``other`` or ``dicom-non-image``.
+    """
+
+    path: Path
+    dst: Path
+    kind: str
+
+
+@dataclass(frozen=True)
 class Unit:
-    """One piece of work: a DICOM series, a NIfTI volume or an image."""
+    """One piece of work: a DICOM series, a NIfTI volume, an image, or a copy."""
 
     kind: str
     key: str
-    source: DicomSeries | Item
+    source: DicomSeries | Item | Copy
 
     @property
     def files(self) -> list[Path]:
@@ -29,17 +44,36 @@ class Unit:
 
 
 def units_of(inv: Inventory) -> list[Unit]:
-    """All units of an inventory, in a stable order (series, volumes, images)."""
+    """All records to protect of an inventory, in a stable order (series, volumes, images)."""
     units = [Unit("dicom", s.key, s) for s in inv.dicom.series]
     units += [Unit("nifti", str(i.rel), i) for i in inv.nifti]
     units += [Unit("image", str(i.rel), i) for i in inv.images]
     return units
 
 
+def copies_of(inv: Inventory, masks_root: Path | None, skip_non_image: bool) -> list[Unit]:
+    """The files of an inventory that are copied unchanged, as units keyed ``copy:<output path>``.
+
+    Masks from a ``--masks`` folder outside the input go to ``masks/`` in the output.
+    """
+    root = inv.root
+    items: list[Copy] = []
+    for path in inv.targets:
+        inside = masks_root is not None and masks_root in path.parents
+        dst = Path("masks") / path.relative_to(masks_root) if inside and masks_root is not None else path.relative_to(root)
+        items.append(Copy(path, dst, "target"))
+    items += [Copy(p, p.relative_to(root), "other") for p in inv.others]
+    if not skip_non_image:
+        items += [Copy(p, p.relative_to(root), "dicom-non-image") for p in inv.dicom.non_image]
+    return [Unit("copy", f"copy:{c.dst.as_posix()}", c) for c in items]
+
+
 def read_unit(unit: Unit, root: Path) -> Record:
     """Read a unit into a record, with its target when one was found."""
     if isinstance(unit.source, DicomSeries):
         return read_series(unit.source, root)
+    if isinstance(unit.source, Copy):
+        raise TypeError(f"{unit.key} is a copy, not a record")
     if unit.kind == "nifti":
         return read_nifti(unit.source.path, key=unit.key, label_path=unit.source.target)
     return read_image(unit.source.path, key=unit.key, mask_path=unit.source.target)

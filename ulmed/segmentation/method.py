@@ -65,6 +65,7 @@ class UnSeg(ProtectionMethod):
     """
 
     name = "unseg"
+    citation = 'Sun et al., "One Universal Unlearnable Example Generator is Enough against All Image Segmentation", NeurIPS 2024'
 
     def __init__(self, *args: Any, generator: str | Path | None = None, eps_bg: str | float = "2/255",
                  prompt: str = "mask", fallback: str = "box", batch_size: int = 16, num_points: int = 3,

@@ -1,0 +1,156 @@
+"""Engines that run :func:`ulmed.pipeline.work.process_batch` over a run's units.
+
+* ``local`` with one worker runs in this process;
+* ``local`` with N workers uses N spawned processes (each with ``cpu_count / N`` torch threads);
+* ``ray`` sends batches as Ray tasks to a local or existing cluster (``--ray-address``).
+
+Every engine yields the results in the order of the units, with a bounded number of
+batches in flight, so memory stays flat however long the run is, and the journal is
+written in the same order whatever the engine. Results do not depend on the engine:
+every method derives its randomness from the run seed and the record key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from typing import Any
+
+from ulmed.errors import ConfigError, MissingDependencyError, UlmedError
+from ulmed.pipeline.units import Unit
+from ulmed.pipeline.work import UnitResult, WorkContext, process_batch
+
+log = logging.getLogger("ulmed")
+ENGINES = ("local", "ray")
+RAY_HINT = 'the Ray engine needs Ray: pip install "ulmed[ray]"'
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How to run the units.
+
+    Args:
+        name: ``local`` or ``ray``.
+        workers: Worker processes (local) or concurrent tasks (Ray).
+        batch_size: Units per task.
+        ray_address: Address of an existing Ray cluster (None: start a local one).
+    """
+
+    name: str = "local"
+    workers: int = 1
+    batch_size: int = 4
+    ray_address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in ENGINES:
+            raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.name!r}")
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+        if self.batch_size < 1:
+            raise ConfigError(f"engine batch size must be >= 1, got {self.batch_size}")
+        if self.ray_address is not None and self.name != "ray":
+            raise ConfigError("--ray-address needs --engine ray")
+
+
+def _batches(units: Sequence[Unit], size: int) -> list[list[Unit]]:
+    return [list(units[i : i + size]) for i in range(0, len(units), size)]
+
+
+_WORKER_CONTEXT: WorkContext | None = None
+
+
+def _init_worker(ctx: WorkContext, threads: int) -> None:
+    global _WORKER_CONTEXT
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER_CONTEXT = ctx
+
+
+def _worker_batch(units: list[Unit]) -> list[UnitResult]:
+    assert _WORKER_CONTEXT is not None, "worker not initialised"
+    return process_batch(units, _WORKER_CONTEXT)
+
+
+def _ordered(submit: Any, batches: list[list[Unit]], in_flight: int, result: Any) -> Iterator[UnitResult]:
+    """Submit batches keeping at most ``in_flight`` pending; yield results in order."""
+    pending: deque[Any] = deque()
+    todo = iter(batches)
+    for batch in todo:
+        pending.append(submit(batch))
+        if len(pending) >= in_flight:
+            break
+    while pending:
+        done = result(pending.popleft())
+        nxt = next(todo, None)
+        if nxt is not None:
+            pending.append(submit(nxt))
+        yield from done
+
+
+def run_local(units: Sequence[Unit], ctx: WorkContext, config: EngineConfig) -> Iterator[UnitResult]:
+    """Run in this process (one worker) or in spawned worker processes."""
+    if config.workers == 1 or len(units) <= 1:
+        for unit in units:
+            yield from process_batch([unit], ctx)
+        return
+    threads = max(1, (os.cpu_count() or 1) // config.workers)
+    batches = _batches(units, config.batch_size)
+    with ProcessPoolExecutor(config.workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                             initargs=(ctx, threads)) as pool:
+        yield from _ordered(lambda b: pool.submit(_worker_batch, b), batches, 2 * config.workers,
+                            lambda f: f.result())
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise MissingDependencyError(RAY_HINT) from None
+    return ray
+
+
+def run_ray(units: Sequence[Unit], ctx: WorkContext, config: EngineConfig) -> Iterator[UnitResult]:
+    """Run batches as Ray tasks, on a local Ray instance or the cluster at ``ray_address``.
+
+    A local instance started here gets ``workers`` CPUs and is shut down at the end; an
+    existing cluster (``ray_address``) is joined and left running. Tasks ask for one GPU
+    each when the method runs on CUDA, so Ray places one task per GPU.
+    """
+    ray = _ray()
+    started = False
+    if not ray.is_initialized():
+        try:
+            if config.ray_address is None:
+                ray.init(num_cpus=config.workers, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+            else:
+                ray.init(address=config.ray_address, log_to_driver=False, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise UlmedError(f"cannot start or join Ray ({exc}); check --ray-address") from exc
+        started = True
+    try:
+        gpus = 1 if str(ctx.method.device).startswith("cuda") else 0
+        task = ray.remote(num_cpus=1, num_gpus=gpus)(process_batch)
+        ctx_ref = ray.put(ctx)
+        batches = _batches(units, config.batch_size)
+        yield from _ordered(lambda b: task.remote(b, ctx_ref), batches, 2 * config.workers, ray.get)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_units(units: Sequence[Unit], ctx: WorkContext, config: EngineConfig) -> Iterator[UnitResult]:
+    """Run ``units`` with the configured engine; results come in the order of ``units``."""
+    if not units:
+        return iter(())
+    if config.name == "ray":
+        return run_ray(units, ctx, config)
+    return run_local(units, ctx, config)
+
+
+__all__ = ["ENGINES", "EngineConfig", "run_units"]

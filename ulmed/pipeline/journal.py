@@ -1,0 +1,150 @@
+"""The run journal: the manifest appended line by line as outputs are committed.
+
+A run writes each unit's outputs atomically and then appends one JSON line naming them
+(``.ulmed/journal.jsonl``, or ``journal.part-K-of-N.jsonl`` for a part of a sharded run).
+A rerun of the same command reads the journal back and skips every unit whose line is
+there and whose outputs still exist; a line cut short by a crash is dropped. ``run.json``
+beside it holds the parameters that define the output, so that a rerun with different
+parameters is refused instead of mixing two protections in one folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ulmed.errors import OutputError
+from ulmed.io.atomic import atomic_write_json, jsonable
+from ulmed.pipeline.manifest import Entry
+
+CONTROL_DIR = ".ulmed"
+RUN_FILE = "run.json"
+#: Temporary files of :func:`ulmed.io.atomic.atomic_path` (``.NAME.RANDOM.partSUFFIX``).
+_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part")
+
+
+def params_digest(params: dict[str, Any]) -> str:
+    """Hash of the parameters that define a run's output."""
+    return hashlib.sha256(json.dumps(jsonable(params), sort_keys=True).encode()).hexdigest()
+
+
+def check_run_identity(out: Path, params: dict[str, Any], overwrite: bool) -> bool:
+    """Compare ``params`` with the run that wrote ``out`` before; record them if new.
+
+    Returns:
+        True when ``out`` holds an earlier run with the same parameters (resume).
+
+    Raises:
+        OutputError: ``out`` holds a run with other parameters and ``overwrite`` is False.
+    """
+    path = out / CONTROL_DIR / RUN_FILE
+    wanted = jsonable(params)
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text()).get("params", {})
+        except (OSError, ValueError):
+            old = None
+        if old == wanted:
+            return True
+        if not overwrite:
+            changed = sorted(k for k in set(old or {}) | set(wanted) if (old or {}).get(k) != wanted.get(k))
+            raise OutputError(
+                f"holds a run with other parameters (changed: {', '.join(changed) or 'unreadable run.json'}); "
+                "rerun with the same parameters to resume, choose a new -o, or pass --overwrite", out)
+    atomic_write_json(path, {"params": wanted, "params_sha256": params_digest(params)})
+    return False
+
+
+def remove_stale_temporaries(out: Path) -> int:
+    """Delete temporary files that a killed run left behind; return how many."""
+    removed = 0
+    for dirpath, _, filenames in os.walk(out):
+        for name in filenames:
+            if _TEMP.match(name):
+                with contextlib.suppress(OSError):
+                    (Path(dirpath) / name).unlink()
+                    removed += 1
+    return removed
+
+
+@dataclass
+class JournalState:
+    """What an earlier (possibly interrupted) run of this part finished."""
+
+    units: dict[str, list[Entry]] = field(default_factory=dict)
+    chunks: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+class Journal:
+    """Append-only JSON-lines record of one part of a run.
+
+    Args:
+        out: The output folder.
+        suffix: The part's tag (:attr:`ulmed.pipeline.shard.Part.suffix`).
+    """
+
+    def __init__(self, out: Path, suffix: str = "") -> None:
+        self.path = out / CONTROL_DIR / f"journal{suffix}.jsonl"
+
+    def reset(self) -> None:
+        """Forget an earlier run of this part (``--overwrite``)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def load(self, out: Path) -> JournalState:
+        """Read what was finished; drop a torn last line and units whose outputs are gone."""
+        state = JournalState()
+        if not self.path.is_file():
+            return state
+        good = 0
+        with open(self.path, "rb") as fh:
+            for raw in fh:
+                try:
+                    line = json.loads(raw)
+                except ValueError:
+                    break  # a line cut short by a crash: everything after it is dropped
+                if not raw.endswith(b"\n"):
+                    break
+                good += len(raw)
+                if "unit" in line:
+                    state.units[line["unit"]] = [Entry(**e) for e in line["entries"]]
+                elif "chunk" in line:
+                    state.chunks[int(line["chunk"])] = line.get("fit") or {}
+        if good != self.path.stat().st_size:
+            with open(self.path, "r+b") as fh:
+                fh.truncate(good)
+        for key, entries in list(state.units.items()):
+            if any(e.output and not (out / e.output).is_file() for e in entries if e.status in ("written", "copied")):
+                del state.units[key]
+        return state
+
+    def _append(self, record: dict[str, Any]) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            data = (json.dumps(jsonable(record), allow_nan=False) + "\n").encode()
+            with open(self.path, "ab") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise OutputError(f"cannot append to the run journal ({exc.strerror}); check the output folder", self.path) from exc
+
+    def unit_done(self, key: str, entries: list[Entry]) -> None:
+        """Record that a unit's outputs are committed."""
+        self._append({"unit": key, "entries": [asdict(e) for e in entries]})
+
+    def chunk_done(self, index: int, fit: dict[str, Any]) -> None:
+        """Record that every unit of a fitted chunk is committed, with what the fit found."""
+        self._append({"chunk": index, "fit": fit})
+
+    def entries(self) -> Iterator[Entry]:
+        """Every entry of every finished unit, in journal order."""
+        for entries in self.load(self.path.parent.parent).units.values():
+            yield from entries

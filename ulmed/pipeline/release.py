@@ -1,0 +1,257 @@
+"""A segmentation data-set release: protected images, untouched masks, a data card, checksums.
+
+:func:`release_dataset` runs :func:`ulmed.pipeline.protect.protect_path` into the release
+folder (images protected; masks, label maps, split files and other files copied byte for
+byte), compares every copy with its source, writes ``DATACARD.md`` and, last, ``SHA256SUMS``
+over every file (the card and ``manifest.json`` included).
+
+Inputs that fail to read do not stop a release: they are left out, counted on the card with
+their reasons (no file names, which may carry patient data) and listed in ``manifest.json``;
+the report carries them so that a caller can refuse to publish (``ulmed release`` exits 3).
+
+:func:`verify_release` recomputes the checksums of a release and names every file that
+changed, is missing, or was added.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ulmed.core.method import DEFAULT_METHOD
+from ulmed.errors import InputError
+from ulmed.io.atomic import atomic_write_bytes
+from ulmed.pipeline.checksums import SUMS_NAME, read_sums, release_files, write_sums
+from ulmed.pipeline.datacard import (
+    DATACARD_NAME,
+    CopyCheck,
+    record_metrics,
+    render_datacard,
+    spread,
+)
+from ulmed.pipeline.manifest import MANIFEST_NAME, Entry, Manifest, sha256_of
+from ulmed.pipeline.protect import protect_path
+
+#: ``progress(iterable, total, description)`` wraps the protection loop (the CLI passes a bar).
+Progress = Callable[[Iterable[Any], int, str], Iterable[Any]]
+
+
+def _no_progress(items: Iterable[Any], total: int, description: str) -> Iterable[Any]:
+    return items
+
+
+@dataclass
+class ReleaseReport:
+    """What :func:`release_dataset` wrote.
+
+    Args:
+        path: The release folder.
+        manifest: The protection run's manifest.
+        datacard: Path of ``DATACARD.md``.
+        sums: Path of ``SHA256SUMS``.
+        files: Number of files listed in ``SHA256SUMS``.
+        copies: Copies compared with their sources.
+        foreign: Files in the release that this run did not write (left by an earlier run).
+    """
+
+    path: Path
+    manifest: Manifest
+    datacard: Path
+    sums: Path
+    files: int
+    copies: CopyCheck
+    foreign: list[str] = field(default_factory=list)
+
+    @property
+    def records(self) -> int:
+        """Number of protected records."""
+        return len(record_metrics(self.manifest))
+
+    @property
+    def failed(self) -> list[Entry]:
+        """Manifest entries of the inputs that could not be protected."""
+        return [e for e in self.manifest.entries if e.status == "failed"]
+
+    def spread(self, metric: str) -> tuple[float, float, float] | None:
+        """(min, median, max) of ``psnr`` or ``ssim`` over the protected records (finite values)."""
+        return spread(m.get(metric) for m in record_metrics(self.manifest).values())
+
+
+def _input_root(manifest: Manifest) -> Path:
+    src = Path(manifest.params["input"])
+    return src if src.is_dir() else src.parent
+
+
+def check_copies(manifest: Manifest) -> CopyCheck:
+    """Compare every copied file's sha256 (from the manifest) with its source's.
+
+    Args:
+        manifest: A protection run's manifest (its ``params["input"]`` is the input path).
+
+    Returns:
+        Counts of mask/label and other copies, and the copies that do not match.
+    """
+    root = _input_root(manifest)
+    check = CopyCheck()
+    for e in manifest.entries:
+        if e.status != "copied":
+            continue
+        if e.kind == "target":
+            check.targets += 1
+        else:
+            check.others += 1
+        source = Path(e.input) if Path(e.input).is_absolute() else root / e.input
+        try:
+            same = source.is_file() and sha256_of(source) == e.sha256
+        except OSError:
+            same = False
+        if not same:
+            check.mismatched.append(e.output or e.input)
+    return check
+
+
+def release_dataset(
+    input_path: str | Path,
+    output_path: str | Path,
+    *,
+    method: str = DEFAULT_METHOD,
+    eps: str | float = "8/255",
+    seed: int = 0,
+    device: str = "auto",
+    masks: str | Path | None = None,
+    overwrite: bool = False,
+    method_options: dict[str, Any] | None = None,
+    progress: Progress = _no_progress,
+) -> ReleaseReport:
+    """Protect a data set into a release folder with ``DATACARD.md`` and ``SHA256SUMS``.
+
+    Args:
+        input_path: Data-set folder (``images/`` + ``masks/`` or ``labels/``, split files ...).
+        output_path: Release folder (created; must be outside the input).
+        method: Registered method name.
+        eps: L-inf budget, ``"8/255"`` or native such as ``"20HU"``.
+        seed: Run seed.
+        device: Torch device for methods that use one.
+        masks: Optional masks folder matched by relative path (copied to ``masks/``).
+        overwrite: Allow writing into a non-empty folder; files there that this run does
+            not write stay, are listed in ``SHA256SUMS`` and named on the card.
+        method_options: Extra keyword arguments for the method (``rho`` ...).
+        progress: Wrapper for the main loop (progress bar).
+
+    Returns:
+        The report; failed inputs are in ``report.failed`` (the release is written anyway).
+
+    Raises:
+        UlmedError: As :func:`ulmed.pipeline.protect.protect_path`.
+    """
+    manifest = protect_path(
+        input_path, output_path, method=method, eps=eps, seed=seed, device=device, masks=masks,
+        overwrite=overwrite, progress=progress, method_options=method_options,
+    )
+    out = Path(manifest.params["output"])
+    copies = check_copies(manifest)
+    ours = {e.output for e in manifest.entries if e.output} | {MANIFEST_NAME, DATACARD_NAME}
+    foreign = [rel for rel in release_files(out) if rel not in ours]
+    name = Path(manifest.params["input"]).name
+    datacard = out / DATACARD_NAME
+    atomic_write_bytes(datacard, render_datacard(name, manifest, copies, foreign).encode())
+    sums, files = write_sums(out)
+    return ReleaseReport(out, manifest, datacard, sums, files, copies, foreign)
+
+
+@dataclass
+class VerifyReport:
+    """The result of :func:`verify_release`.
+
+    Args:
+        path: The release folder.
+        verified: Files whose sha256 matched.
+        changed: Listed files whose content differs (or that are links, which are not read).
+        missing: Listed files that are not there.
+        extra: Files that are there but not listed.
+        datacard_missing: ``DATACARD.md`` is absent.
+    """
+
+    path: Path
+    verified: int
+    changed: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    datacard_missing: bool = False
+
+    def problems(self) -> list[str]:
+        """One line per problem: ``changed: PATH``, ``missing: PATH``, ``extra: PATH``."""
+        lines = [f"changed: {p}" for p in self.changed] + [f"missing: {p}" for p in self.missing]
+        if self.datacard_missing and DATACARD_NAME not in self.missing:
+            lines.append(f"missing: {DATACARD_NAME}")
+        return lines + [f"extra: {p}" for p in self.extra]
+
+    @property
+    def ok(self) -> bool:
+        """True when every listed file is there unchanged and nothing else is."""
+        return not self.problems()
+
+
+def _plain_file_inside(root: Path, path: Path) -> bool:
+    """``path`` is a regular file (not a link) that resolves inside ``root``."""
+    if path.is_symlink():
+        return False
+    try:
+        resolved = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return False
+    return root in resolved.parents and resolved.is_file()
+
+
+def _matches(root: Path, file: Path, digest: str) -> bool:
+    """``file`` is a plain file inside ``root`` with this sha256 (an unreadable file does not match)."""
+    try:
+        return _plain_file_inside(root, file) and sha256_of(file) == digest
+    except OSError:
+        return False
+
+
+def verify_release(path: str | Path) -> VerifyReport:
+    """Recompute the checksums of a release folder against its ``SHA256SUMS``.
+
+    Only paths listed in ``SHA256SUMS`` that resolve inside the folder are read; absolute
+    paths and ``..`` are refused when the file is parsed.
+
+    Args:
+        path: The release folder.
+
+    Returns:
+        The files that matched, changed, are missing or extra, and whether the card is there.
+
+    Raises:
+        InputError: The folder does not exist, or ``SHA256SUMS`` is missing or malformed.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise InputError("is not a folder; point verify at a folder written by `ulmed release`", root)
+    sums_path = root / SUMS_NAME
+    if not sums_path.is_file():
+        raise InputError(
+            "is missing, so this folder cannot be checked; recreate the release with `ulmed release` "
+            "or get SHA256SUMS from its publisher", sums_path,
+        )
+    listed = read_sums(sums_path)
+    real_root = root.resolve()
+    report = VerifyReport(root, verified=0)
+    for rel, digest in listed.items():
+        file = root / rel
+        if not os.path.lexists(file):
+            report.missing.append(rel)
+        elif _matches(real_root, file, digest):
+            report.verified += 1
+        else:
+            report.changed.append(rel)
+    report.extra = [rel for rel in release_files(root) if rel not in listed]
+    report.datacard_missing = not (root / DATACARD_NAME).is_file()
+    return report
+
+
+__all__ = ["ReleaseReport", "VerifyReport", "check_copies", "release_dataset", "verify_release"]
