@@ -18,6 +18,7 @@ it in chunks of ``chunk_size`` records with their surrogate carried from chunk t
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -208,7 +209,7 @@ def _fit_chunks(run: _Run, units: list[Unit], ctx: WorkContext, chunk_size: int 
         del records
         for result in run_units(run.todo(chunk), ctx, EngineConfig()):
             run.commit(result)
-        report = method.fit_report()
+        report = copy.deepcopy(method.fit_report())  # the method reuses its report's dicts in the next chunk
         if i + 1 < len(parts):
             with atomic_path(run.state_path(i)) as tmp:
                 torch.save(method.state_dict(), tmp)

@@ -1,0 +1,53 @@
+"""Engines: worker processes and Ray write the same bytes as a run in this process."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.pipeline.test_resume import outputs
+from ulmed.errors import ConfigError, MissingDependencyError
+from ulmed.pipeline.engines import EngineConfig
+from ulmed.pipeline.protect import protect_path
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, sample_data):
+    out = tmp_path_factory.mktemp("engines") / "local1"
+    manifest = protect_path(sample_data, out, method="lsp")
+    return out, manifest
+
+
+def test_engine_config_validates():
+    for kwargs, flag in (({"name": "dask"}, "--engine"), ({"workers": 0}, "--workers"), ({"ray_address": "auto"}, "--ray-address")):
+        with pytest.raises(ConfigError, match=flag):
+            EngineConfig(**kwargs)
+
+
+def test_two_local_workers_write_the_same_bytes(reference, sample_data, tmp_path):
+    out, manifest = reference
+    two = protect_path(sample_data, tmp_path / "local2", method="lsp", workers=2)
+    assert two.params["workers"] == 2
+    assert outputs(tmp_path / "local2") == outputs(out)
+    assert [(e.input, e.status, e.sha256) for e in two.entries] == [(e.input, e.status, e.sha256) for e in manifest.entries]
+
+
+def test_ray_writes_the_same_bytes(reference, sample_data, tmp_path):
+    ray = pytest.importorskip("ray")
+    out, manifest = reference
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # the test's own local Ray instance
+    try:
+        got = protect_path(sample_data, tmp_path / "ray", method="lsp", engine="ray", workers=2)
+        assert ray.is_initialized(), "an instance the run did not start must be left running"
+    finally:
+        ray.shutdown()
+    assert got.params["engine"] == "ray"
+    assert outputs(tmp_path / "ray") == outputs(out)
+    assert [(e.input, e.sha256) for e in got.entries] == [(e.input, e.sha256) for e in manifest.entries]
+
+
+def test_missing_ray_is_a_clear_error(sample_data, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(MissingDependencyError, match=r"ulmed\[ray\]"):
+        protect_path(sample_data / "hc18", tmp_path / "o", method="random", engine="ray")

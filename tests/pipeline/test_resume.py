@@ -1,0 +1,146 @@
+"""Resume: an interrupted run, rerun with the same command, ends byte-identical to an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import ulmed.pipeline.work as work
+from tests.conftest import tree_hashes
+from ulmed.errors import OutputError
+from ulmed.pipeline.journal import CONTROL_DIR, Journal
+from ulmed.pipeline.protect import protect_path
+
+
+def outputs(root: Path) -> dict[str, str]:
+    """Hashes of the output files proper (no manifest, no run control folder)."""
+    return {k: v for k, v in tree_hashes(root).items() if not k.startswith(CONTROL_DIR) and not k.startswith("manifest")}
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory, sample_data) -> Path:
+    """Six 32x32 images with masks cut from the sample HC18 images (fast enough for em)."""
+    root = tmp_path_factory.mktemp("small") / "set"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    names = sorted(p.name for p in (sample_data / "hc18/images").glob("*.png"))
+    for i in range(6):
+        name = names[i % len(names)]
+        img = Image.open(sample_data / "hc18/images" / name).resize((32 + 8 * (i // 3), 32), Image.BILINEAR)
+        mask = Image.open(sample_data / "hc18/masks" / name).resize(img.size, Image.NEAREST)
+        img.save(root / "images" / f"im{i}.png")
+        mask.save(root / "masks" / f"im{i}.png")
+    return root
+
+
+class Crash(Exception):
+    """Stands for a killed process."""
+
+
+def crash_after(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Make the run die after ``n`` units were processed."""
+    real = work.process_unit
+    seen = {"n": 0}
+
+    def dying(unit, ctx):
+        if seen["n"] >= n:
+            raise Crash(unit.key)
+        seen["n"] += 1
+        return real(unit, ctx)
+
+    monkeypatch.setattr(work, "process_unit", dying)
+
+
+def test_resume_after_failure_is_byte_identical(sample_data, tmp_path, monkeypatch):
+    whole = protect_path(sample_data, tmp_path / "whole", method="random")
+    with monkeypatch.context() as m:
+        crash_after(m, 5)
+        with pytest.raises(Crash):
+            protect_path(sample_data, tmp_path / "cut", method="random")
+    done = Journal(tmp_path / "cut").load(tmp_path / "cut")
+    assert len(done.units) == 5
+    again = protect_path(sample_data, tmp_path / "cut", method="random")
+    assert again.run["resumed"] == 5
+    assert again.run["done_now"] == whole.run["done_now"] - 5
+    assert outputs(tmp_path / "cut") == outputs(tmp_path / "whole")
+    assert [e.input for e in again.entries] == [e.input for e in whole.entries]
+    saved = json.loads((tmp_path / "cut/manifest.json").read_text())
+    assert saved["counts"] == json.loads((tmp_path / "whole/manifest.json").read_text())["counts"]
+
+
+def test_finished_run_reruns_as_a_no_op(sample_data, tmp_path):
+    first = protect_path(sample_data / "hc18", tmp_path / "o", method="random")
+    before = outputs(tmp_path / "o")
+    second = protect_path(sample_data / "hc18", tmp_path / "o", method="random")
+    assert second.run["done_now"] == 0 and second.run["resumed"] == first.run["done_now"]
+    assert outputs(tmp_path / "o") == before
+
+
+def test_torn_journal_line_and_stale_temporaries_are_cleaned(sample_data, tmp_path):
+    out = tmp_path / "o"
+    protect_path(sample_data / "hc18", out, method="random")
+    journal = Journal(out)
+    lines = journal.path.read_bytes().splitlines(keepends=True)
+    journal.path.write_bytes(b"".join(lines[:2]) + lines[2][:25])  # killed while appending line 3
+    stale = out / "images" / ".012_HC.png.ab12cd_3.part.png"
+    stale.write_bytes(b"half")
+    again = protect_path(sample_data / "hc18", out, method="random")
+    assert again.run["resumed"] == 2
+    assert not stale.exists()
+    assert journal.path.read_bytes().endswith(b"\n")
+    assert len(Journal(out).load(out).units) == again.run["units"] + again.run["copies"]
+
+
+def test_deleted_output_is_redone(sample_data, tmp_path):
+    out = tmp_path / "o"
+    protect_path(sample_data / "hc18", out, method="random")
+    before = outputs(out)
+    (out / "images/012_HC.png").unlink()
+    again = protect_path(sample_data / "hc18", out, method="random")
+    assert again.run["done_now"] == 1
+    assert outputs(out) == before
+
+
+def test_changed_parameter_is_refused_unless_overwrite(sample_data, tmp_path):
+    out = tmp_path / "o"
+    protect_path(sample_data / "hc18", out, method="random")
+    with pytest.raises(OutputError, match=r"budget.*--overwrite"):
+        protect_path(sample_data / "hc18", out, method="random", eps="4/255")
+    fresh = protect_path(sample_data / "hc18", out, method="random", eps="4/255", overwrite=True)
+    assert fresh.run["resumed"] == 0 and fresh.run["done_now"] == fresh.run["units"] + fresh.run["copies"]
+    with pytest.raises(OutputError, match="--overwrite"):
+        protect_path(sample_data / "hc18", out, method="random", eps="8/255")
+
+
+EM = {"rounds": 1, "train_steps": 2, "pgd_steps": 2, "batch_size": 2}
+
+
+def test_chunked_fit_resumes_byte_identical(small_set, tmp_path, monkeypatch):
+    whole = protect_path(small_set, tmp_path / "whole", method="em", method_options=EM, chunk_size=2)
+    assert len(whole.fit["chunks"]) == 3
+    assert not list((tmp_path / "whole" / CONTROL_DIR).glob("state*"))  # the surrogate is not left behind
+    with monkeypatch.context() as m:
+        crash_after(m, 3)  # dies inside the second chunk
+        with pytest.raises(Crash):
+            protect_path(small_set, tmp_path / "cut", method="em", method_options=EM, chunk_size=2)
+    assert list((tmp_path / "cut" / CONTROL_DIR).glob("state*.chunk-0.pt"))
+    again = protect_path(small_set, tmp_path / "cut", method="em", method_options=EM, chunk_size=2)
+    assert again.run["resumed"] == 3
+    assert outputs(tmp_path / "cut") == outputs(tmp_path / "whole")
+    assert again.fit["chunks"] == whole.fit["chunks"]
+    assert whole.fit["chunks"][0] != whole.fit["chunks"][1]
+
+
+def test_chunks_carry_the_surrogate(small_set, tmp_path):
+    one = protect_path(small_set, tmp_path / "one", method="em", method_options=EM, chunk_size=None)
+    three = protect_path(small_set, tmp_path / "three", method="em", method_options=EM, chunk_size=2)
+    assert "chunks" not in one.fit and len(three.fit["chunks"]) == 3
+    a, b = outputs(tmp_path / "one"), outputs(tmp_path / "three")
+    assert a.keys() == b.keys() and a != b  # a different optimisation, same files
+    prot = np.asarray(Image.open(tmp_path / "three/images/im5.png")).astype(int)
+    clean = np.asarray(Image.open(small_set / "images/im5.png")).astype(int)
+    assert 0 < np.abs(prot - clean).max() <= 8
