@@ -172,7 +172,7 @@ class _Run:
         return self.out / CONTROL_DIR / f"state{self.part.suffix}.chunk-{chunk}.pt"
 
 
-def _fit_chunks(run: _Run, units: list[Unit], ctx: WorkContext, chunk_size: int | None) -> dict[str, Any]:
+def _fit_chunks(run: _Run, units: list[Unit], ctx: WorkContext, chunk_size: int | None, progress: Progress) -> dict[str, Any]:
     """Fit and protect chunk by chunk in this process, saving the method's state after each.
 
     Returns:
@@ -207,7 +207,8 @@ def _fit_chunks(run: _Run, units: list[Unit], ctx: WorkContext, chunk_size: int 
         if records:
             method.fit(records)
         del records
-        for result in run_units(run.todo(chunk), ctx, EngineConfig()):
+        todo = run.todo(chunk)
+        for result in progress(run_units(todo, ctx, EngineConfig()), len(todo), f"chunk {i + 1}/{len(parts)}"):
             run.commit(result)
         report = copy.deepcopy(method.fit_report())  # the method reuses its report's dicts in the next chunk
         if i + 1 < len(parts):
@@ -350,7 +351,7 @@ def protect_path(
     if protector.needs_fit:
         if engine_config.name != "local" or engine_config.workers > 1:
             log.info("%s fits over the data set: it protects in this process (spread it with --num-parts)", method)
-        manifest.fit = _fit_chunks(run, units, ctx, chunk_size)
+        manifest.fit = _fit_chunks(run, units, ctx, chunk_size, progress)
     else:
         for result in progress(run_units(run.todo(units), ctx, engine_config), len(units) - run.resumed, "protecting"):
             run.commit(result)
