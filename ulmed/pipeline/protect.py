@@ -17,20 +17,17 @@ it in chunks of ``chunk_size`` records with their surrogate carried from chunk t
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ulmed.core.method import DEFAULT_METHOD, METHODS, ProtectionMethod
-from ulmed.errors import ConfigError, InputError, MissingDependencyError, OutputError
-from ulmed.io.atomic import atomic_path
+from ulmed.errors import ConfigError, InputError, OutputError
 from ulmed.io.base import WriteOptions
 from ulmed.io.discover import discover
 from ulmed.io.labels import load_labels
@@ -44,14 +41,13 @@ from ulmed.pipeline.journal import (
     remove_stale_temporaries,
 )
 from ulmed.pipeline.manifest import Entry, Manifest
-from ulmed.pipeline.shard import Part, chunks, keys_digest
-from ulmed.pipeline.units import Unit, copies_of, relative, units_of
-from ulmed.pipeline.work import UnitResult, WorkContext, read_record
+from ulmed.pipeline.runstate import Progress, RunState, fit_in_chunks
+from ulmed.pipeline.shard import Part, keys_digest
+from ulmed.pipeline.units import copies_of, relative, units_of
+from ulmed.pipeline.work import WorkContext
 
 log = logging.getLogger("ulmed")
 T = TypeVar("T")
-#: ``progress(iterable, total, description)`` wraps the main loop (the CLI passes a bar).
-Progress = Callable[[Iterable[T], int, str], Iterable[T]]
 
 
 def _no_progress(items: Iterable[T], total: int, description: str) -> Iterable[T]:
@@ -136,91 +132,6 @@ def _deidentify_options(deidentify: bool, key: str | None) -> tuple[Any, dict[st
 
     fingerprint = hashlib.sha256(f"ulmed-deid-key:{key}".encode()).hexdigest()[:16]
     return DeidentifyOptions(seed=key), {"deid_key_fingerprint": fingerprint}
-
-
-class _Run:
-    """State of one run of one part: journal, entries by unit, counts."""
-
-    def __init__(self, out: Path, part: Part, journal: Journal, done: JournalState, strict: bool) -> None:
-        self.out, self.part, self.journal, self.done, self.strict = out, part, journal, done, strict
-        self.entries: dict[str, list[Entry]] = {}
-        self.new = self.resumed = self.failed = 0
-
-    def commit(self, result: UnitResult) -> None:
-        """Record one unit's result: journal it when it succeeded; raise in strict mode when it failed."""
-        self.entries[result.key] = result.entries
-        if result.error is not None:
-            self.failed += 1
-            if self.strict:
-                raise InputError(*result.error)
-            return
-        self.journal.unit_done(result.key, result.entries)
-        self.new += 1
-
-    def todo(self, units: list[Unit]) -> list[Unit]:
-        """Units not finished by an earlier run; the finished ones' entries are taken over."""
-        left = []
-        for unit in units:
-            if unit.key in self.done.units:
-                self.entries[unit.key] = self.done.units[unit.key]
-                self.resumed += 1
-            else:
-                left.append(unit)
-        return left
-
-    def state_path(self, chunk: int) -> Path:
-        return self.out / CONTROL_DIR / f"state{self.part.suffix}.chunk-{chunk}.pt"
-
-
-def _fit_chunks(run: _Run, units: list[Unit], ctx: WorkContext, chunk_size: int | None, progress: Progress) -> dict[str, Any]:
-    """Fit and protect chunk by chunk in this process, saving the method's state after each.
-
-    Returns:
-        The fit report (one chunk: the method's report; more: ``{"chunks": [...]}``).
-    """
-    import torch
-
-    method = ctx.method
-    reports: list[dict[str, Any]] = []
-    parts = chunks(units, chunk_size)
-    finished = [i for i in range(len(parts)) if i in run.done.chunks]
-    last = max(finished, default=-1)
-    if finished != list(range(last + 1)):
-        raise OutputError(f"the run journal lists chunks {finished} as finished, out of order; rerun with --overwrite", run.journal.path)
-    for i in range(last + 1):
-        if any(u.key not in run.done.units for u in parts[i]):
-            raise OutputError(f"outputs of finished chunk {i} are missing, and its surrogate state is gone; rerun with --overwrite", run.out)
-    if last >= 0 and last + 1 < len(parts):
-        state = run.state_path(last)
-        if not state.is_file():
-            raise OutputError("the saved surrogate of the last finished chunk is missing; rerun with --overwrite", state)
-        method.load_state_dict(torch.load(state, map_location="cpu", weights_only=True))
-    for i, chunk in enumerate(parts):
-        if i <= last:
-            run.todo(chunk)
-            reports.append(run.done.chunks[i])
-            continue
-        records = []
-        for unit in chunk:
-            with contextlib.suppress(InputError, MissingDependencyError):  # reported when the unit is processed
-                records.append(read_record(unit, ctx))
-        if records:
-            method.fit(records)
-        del records
-        todo = run.todo(chunk)
-        for result in progress(run_units(todo, ctx, EngineConfig()), len(todo), f"chunk {i + 1}/{len(parts)}"):
-            run.commit(result)
-        report = copy.deepcopy(method.fit_report())  # the method reuses its report's dicts in the next chunk
-        if i + 1 < len(parts):
-            with atomic_path(run.state_path(i)) as tmp:
-                torch.save(method.state_dict(), tmp)
-        run.journal.chunk_done(i, report)
-        with contextlib.suppress(FileNotFoundError):
-            run.state_path(i - 1).unlink()
-        reports.append(report)
-    with contextlib.suppress(FileNotFoundError):  # the surrogate learnt the clean data: do not leave it
-        run.state_path(len(parts) - 2).unlink()
-    return reports[0] if len(reports) == 1 else {"chunks": reports}
 
 
 def protect_path(
@@ -345,13 +256,13 @@ def protect_path(
         if part.owns(f"entry:{relative(path, root)}"):
             discovered.append(Entry(relative(path, root), "skipped", kind=kind, reason=reason))
 
-    run = _Run(out, part, journal, done, strict)
+    run = RunState(out, part, journal, done, strict)
     ctx = WorkContext(root, out, protector, opts, label_map)
     started = time.perf_counter()
     if protector.needs_fit:
         if engine_config.name != "local" or engine_config.workers > 1:
             log.info("%s fits over the data set: it protects in this process (spread it with --num-parts)", method)
-        manifest.fit = _fit_chunks(run, units, ctx, chunk_size, progress)
+        manifest.fit = fit_in_chunks(run, units, ctx, chunk_size, progress)
     else:
         for result in progress(run_units(run.todo(units), ctx, engine_config), len(units) - run.resumed, "protecting"):
             run.commit(result)
