@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import csv
 import hashlib
 import re
@@ -82,6 +84,14 @@ def test_datacard_names_method_budget_and_measured_psnr(released, dataset):
     assert "Masks and labels are unchanged" in card
     assert f"| ulmed | {released.manifest.versions['ulmed']} |" in card
     assert str(dataset) not in card, "the card must not carry local paths"
+
+
+def test_release_holds_no_run_state_and_no_local_paths(released, dataset):
+    out = released.path
+    assert not (out / ".ulmed").exists()
+    text = (out / "manifest.json").read_text()
+    assert str(dataset) not in text and str(out) not in text
+    assert json.loads(text)["params"]["input"] == dataset.name
 
 
 def test_sha256sums_covers_every_file_in_gnu_format(released):

@@ -97,3 +97,19 @@ def test_parts_with_other_parameters_are_refused(sample_data, tmp_path):
     protect_path(sample_data / "hc18", tmp_path / "o", method="random", num_parts=2, part_id=0)
     with pytest.raises(Exception, match="budget"):
         protect_path(sample_data / "hc18", tmp_path / "o", method="random", num_parts=2, part_id=1, eps="4/255")
+
+
+def test_a_part_leaves_the_other_parts_temporaries_alone(sample_data, tmp_path):
+    from ulmed.pipeline.shard import part_of
+
+    out = tmp_path / "o"
+    protect_path(sample_data / "hc18", out, method="random", num_parts=2, part_id=0)
+    names = sorted(p.name for p in (sample_data / "hc18/images").glob("*.png"))
+    theirs = next(n for n in names if part_of(f"images/{n}", 2) == 0)
+    mine = next(n for n in names if part_of(f"images/{n}", 2) == 1)
+    in_progress = out / "images" / f".{theirs}.ab12cd_3.part.png"  # part 0 still writing it
+    stale = out / "images" / f".{mine}.zz98yx_1.part.png"  # part 1 was killed while writing it
+    in_progress.write_bytes(b"x")
+    stale.write_bytes(b"x")
+    protect_path(sample_data / "hc18", out, method="random", num_parts=2, part_id=1)
+    assert in_progress.exists() and not stale.exists()

@@ -199,7 +199,8 @@ def _classify(path: Path) -> tuple[str, Any]:
     image_class = not any(sop == r or sop.startswith(r + ".") for r in _NON_IMAGE_SOP_ROOTS)
     elem = ds.get_item(_PIXEL_DATA, keep_deferred=True)
     if elem is None:
-        if image_class and "Rows" in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        looks_like_image = "Rows" in ds or UID(sop).name.endswith("Image Storage")  # cut before Rows: still an image
+        if image_class and looks_like_image and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
             return "bad", "image header without pixel data (truncated?); copy or re-export the file again"
         return "non_image", None
     if not image_class:

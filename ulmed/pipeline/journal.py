@@ -27,7 +27,7 @@ from ulmed.pipeline.manifest import Entry
 CONTROL_DIR = ".ulmed"
 RUN_FILE = "run.json"
 #: Temporary files of :func:`ulmed.io.atomic.atomic_path` (``.NAME.RANDOM.partSUFFIX``).
-_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part")
+_TEMP = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{8}\.part")
 
 
 def params_digest(params: dict[str, Any]) -> str:
@@ -62,14 +62,27 @@ def check_run_identity(out: Path, params: dict[str, Any], overwrite: bool) -> bo
     return False
 
 
-def remove_stale_temporaries(out: Path) -> int:
-    """Delete temporary files that a killed run left behind; return how many."""
+def remove_stale_temporaries(out: Path, owned: set[str]) -> int:
+    """Delete temporary files that a killed run left next to the outputs in ``owned``.
+
+    Only temporaries of this part's own outputs are touched: another part writing into the
+    same folder at the same time keeps its files in progress.
+
+    Args:
+        out: The output root.
+        owned: Output paths (relative, ``/``-separated) of this part's units.
+
+    Returns:
+        How many files were removed.
+    """
     removed = 0
     for dirpath, _, filenames in os.walk(out):
+        base = Path(dirpath)
         for name in filenames:
-            if _TEMP.match(name):
+            match = _TEMP.match(name)
+            if match and (base / match.group(1)).relative_to(out).as_posix() in owned:
                 with contextlib.suppress(OSError):
-                    (Path(dirpath) / name).unlink()
+                    (base / name).unlink()
                     removed += 1
     return removed
 

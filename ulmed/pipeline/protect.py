@@ -34,7 +34,6 @@ from ulmed.io.labels import load_labels
 from ulmed.pipeline.engines import EngineConfig, run_units
 from ulmed.pipeline.journal import (
     CONTROL_DIR,
-    RUN_FILE,
     Journal,
     JournalState,
     check_run_identity,
@@ -43,7 +42,7 @@ from ulmed.pipeline.journal import (
 from ulmed.pipeline.manifest import Entry, Manifest
 from ulmed.pipeline.runstate import Progress, RunState, fit_in_chunks
 from ulmed.pipeline.shard import Part, keys_digest
-from ulmed.pipeline.units import copies_of, relative, units_of
+from ulmed.pipeline.units import copies_of, output_paths, relative, units_of
 from ulmed.pipeline.work import WorkContext
 
 log = logging.getLogger("ulmed")
@@ -73,7 +72,7 @@ def check_paths(input_path: Path, output_path: Path, overwrite: bool) -> None:
         raise OutputError("input lies inside the output folder; choose an -o that does not contain the input", dst)
     if dst.exists() and not dst.is_dir():
         raise OutputError("exists and is not a folder; choose another -o", dst)
-    earlier_run = (dst / CONTROL_DIR / RUN_FILE).is_file()
+    earlier_run = (dst / CONTROL_DIR).is_dir()  # run.json may still be on its way from another part
     if dst.is_dir() and any(dst.iterdir()) and not overwrite and not earlier_run:
         raise OutputError("output folder is not empty; choose a new -o or pass --overwrite", dst)
 
@@ -231,15 +230,17 @@ def protect_path(
         resumed = False
     done = JournalState()
     if resumed:
-        removed = remove_stale_temporaries(out)
         done = journal.load(out)
-        log.info("resuming: %d unit(s) already done, %d stale temporary file(s) removed", len(done.units), removed)
+        log.info("resuming: %d unit(s) already done", len(done.units))
 
     masks_root = Path(masks).expanduser().resolve() if masks is not None else None
     all_units = units_of(inv)
     all_copies = copies_of(inv, masks_root, skip_non_image)
     units = [u for u in all_units if part.owns(u.key)]
     copies = [u for u in all_copies if part.owns(u.key)]
+    removed = remove_stale_temporaries(out, {p for u in (*units, *copies) for p in output_paths(u, root)})
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted run", removed)
     manifest = Manifest(params={**run_params, "output": str(out), "engine": engine_config.name, "workers": engine_config.workers})
     discovered: list[Entry] = []
     bad = [(p, r, "dicom") for p, r in inv.dicom.bad] + [(p, r, "input") for p, r in inv.bad]

@@ -16,6 +16,7 @@ changed, is missing, or was added.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,13 @@ from typing import Any
 from ulmed.core.method import DEFAULT_METHOD
 from ulmed.errors import InputError
 from ulmed.io.atomic import atomic_write_bytes
-from ulmed.pipeline.checksums import SUMS_NAME, read_sums, release_files, write_sums
+from ulmed.pipeline.checksums import (
+    RUN_STATE_DIR,
+    SUMS_NAME,
+    read_sums,
+    release_files,
+    write_sums,
+)
 from ulmed.pipeline.datacard import (
     DATACARD_NAME,
     CopyCheck,
@@ -158,8 +165,27 @@ def release_dataset(
     name = Path(manifest.params["input"]).name
     datacard = out / DATACARD_NAME
     atomic_write_bytes(datacard, render_datacard(name, manifest, copies, foreign).encode())
+    _make_publishable(out, manifest)
     sums, files = write_sums(out)
     return ReleaseReport(out, manifest, datacard, sums, files, copies, foreign)
+
+
+def _make_publishable(out: Path, manifest: Manifest) -> None:
+    """Drop local paths from the manifest and the run state (journal, run.json) from the release.
+
+    The run state is only needed to resume an interrupted run; once the protection is
+    complete it would publish local paths (and, with de-identification, a key fingerprint).
+    """
+    params = manifest.params
+    root = str(_input_root(manifest))
+    for entry in manifest.entries:
+        if entry.reason:
+            entry.reason = entry.reason.replace(root, "<input>")
+    for key in ("input", "output", "masks", "labels"):
+        if params.get(key):
+            params[key] = "." if key == "output" else Path(params[key]).name
+    manifest.save(out)
+    shutil.rmtree(out / RUN_STATE_DIR, ignore_errors=True)
 
 
 @dataclass

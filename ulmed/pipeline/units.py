@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ulmed.io.dicom import DicomSeries, read_series
 from ulmed.io.discover import Inventory, Item
-from ulmed.io.images import read_image
+from ulmed.io.images import output_relpath, read_image
 from ulmed.io.nifti import read_nifti
 from ulmed.io.record import Record
 
@@ -66,6 +66,16 @@ def copies_of(inv: Inventory, masks_root: Path | None, skip_non_image: bool) -> 
     if not skip_non_image:
         items += [Copy(p, p.relative_to(root), "dicom-non-image") for p in inv.dicom.non_image]
     return [Unit("copy", f"copy:{c.dst.as_posix()}", c) for c in items]
+
+
+def output_paths(unit: Unit, root: Path) -> list[str]:
+    """The output paths (relative, ``/``-separated) that a unit writes."""
+    if isinstance(unit.source, Copy):
+        return [unit.source.dst.as_posix()]
+    if isinstance(unit.source, DicomSeries):
+        return [Path(relative(p, root)).as_posix() for p in unit.source.files]
+    rel = unit.source.rel
+    return [(output_relpath(rel) if unit.kind == "image" else rel).as_posix()]
 
 
 def read_unit(unit: Unit, root: Path) -> Record:
