@@ -39,6 +39,7 @@ def test_without_masks_the_fallback_is_recorded(sample_data, checkpoint, tmp_pat
     shutil.copytree(sample_data / "hc18" / "images", images)
     m = protect_path(images, tmp_path / "box", method="unseg", method_options={"generator": checkpoint})
     assert m.fit["fallback"] == {"mode": "box", "records": ["012_HC.png", "015_HC.png", "017_HC.png"]}
+    assert all("fallback box" in e.reason for e in m.entries if e.status == "written")
     assert np.abs(_diff(tmp_path / "box/012_HC.png", images / "012_HC.png")).max() > 2.5  # full budget everywhere
     m = protect_path(images, tmp_path / "skip", method="unseg", method_options={"generator": checkpoint, "fallback": "skip"})
     assert m.params["fallback"] == "skip" and len(m.fit["fallback"]["records"]) == 3

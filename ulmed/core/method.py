@@ -92,6 +92,10 @@ class ProtectionMethod(abc.ABC):
         """What :meth:`fit` found (per-round history, choices made), for the manifest; {} if nothing."""
         return {}
 
+    def note(self, record: Record) -> str | None:
+        """A remark on how this record was protected, for its manifest entry (default: none)."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """What a chunked run must save between chunks to resume exactly (tensors and numbers only)."""
         return {}

@@ -267,6 +267,8 @@ def protect_path(
     else:
         for result in progress(run_units(run.todo(units), ctx, engine_config), len(units) - run.resumed, "protecting"):
             run.commit(result)
+        if engine_config.name == "local" and engine_config.workers == 1:
+            manifest.fit = protector.fit_report()  # what it saw in this process; entries carry per-record notes
     for result in run_units(run.todo(copies), ctx, engine_config):
         run.commit(result)
 

@@ -115,8 +115,10 @@ def process_unit(unit: Unit, ctx: WorkContext) -> UnitResult:
     protected = method.protect(clean)
     budget = method.budget.describe(clean.mapping)
     metrics = imperceptibility(clean.unit_image(), protected.unit_image(), clean.mapping.scale)
+    remark = method.note(clean)
     entries = [
-        Entry(relative(src, ctx.root), "written", relative(dst, ctx.out), unit.kind, unit.key, sha256_of(dst), note, budget, metrics)
+        Entry(relative(src, ctx.root), "written", relative(dst, ctx.out), unit.kind, unit.key, sha256_of(dst),
+              "; ".join(n for n in (note, remark) if n) or None, budget, metrics)
         for src, dst, note in _write(unit, protected, ctx)
     ]
     return UnitResult(unit.key, entries)

@@ -122,6 +122,12 @@ class UnSeg(ProtectionMethod):
             out.append(unletterbox(raw, box).clamp(-1, 1))
         return torch.cat(out)
 
+    def note(self, record: Record) -> str | None:
+        """Names the fallback when the record had no mask (the manifest entry's note)."""
+        if isinstance(record.target, np.ndarray):
+            return None
+        return "no mask: left untouched (fallback skip)" if self.fallback == "skip" else "no mask: whole-image box prompt (fallback box)"
+
     def perturbation(self, record: Record, unit_image: np.ndarray, eps: float) -> np.ndarray:
         """``eps`` x the generator's map inside the mask, ``eps_bg`` x outside (see the module docstring)."""
         bg = self._eps_bg(record, eps)
