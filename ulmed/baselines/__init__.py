@@ -1,7 +1,19 @@
-"""Baseline methods on the shared core; importing this package registers them."""
+"""Baseline protection methods: error-minimising noise, mask-coded patterns, random control.
 
-from ulmed.baselines.em import ErrorMinimising
-from ulmed.baselines.lsp import MaskCodedPatterns
-from ulmed.baselines.random_noise import NoPerturbation, RandomNoise
+Names are resolved on first use, so importing one baseline (e.g. ``lsp``, which needs only
+numpy) does not load torch and MONAI for ``em``.
+"""
 
-__all__ = ["ErrorMinimising", "MaskCodedPatterns", "NoPerturbation", "RandomNoise"]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {"ErrorMinimising": "em", "MaskCodedPatterns": "lsp", "NoPerturbation": "random_noise", "RandomNoise": "random_noise"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f"ulmed.baselines.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'ulmed.baselines' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

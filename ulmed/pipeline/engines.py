@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -66,9 +67,9 @@ _WORKER_CONTEXT: WorkContext | None = None
 
 def _init_worker(ctx: WorkContext, threads: int) -> None:
     global _WORKER_CONTEXT
-    import torch
-
-    torch.set_num_threads(threads)
+    torch = sys.modules.get("torch")  # loaded by methods that need it; lsp and random do not
+    if torch is not None:
+        torch.set_num_threads(threads)
     _WORKER_CONTEXT = ctx
 
 

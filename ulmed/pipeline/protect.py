@@ -18,6 +18,7 @@ it in chunks of ``chunk_size`` records with their surrogate carried from chunk t
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -77,11 +78,32 @@ def check_paths(input_path: Path, output_path: Path, overwrite: bool) -> None:
         raise OutputError("output folder is not empty; choose a new -o or pass --overwrite", dst)
 
 
+#: The module in which each method registers itself. Only the chosen method's module is
+#: imported, so training-free methods (lsp, random) run without loading torch or MONAI.
+METHOD_MODULES = {
+    "none": "ulmed.baselines.random_noise",
+    "random": "ulmed.baselines.random_noise",
+    "lsp": "ulmed.baselines.lsp",
+    "em": "ulmed.baselines.em",
+    "salm": "ulmed.medical.salm",
+    "unseg": "ulmed.segmentation.method",
+}
+
+
 def _register_methods() -> None:
-    """Import the packages whose modules register methods."""
-    import ulmed.baselines  # noqa: F401
-    import ulmed.medical  # noqa: F401
-    import ulmed.segmentation  # noqa: F401
+    """Import every module that registers a method."""
+    for module in sorted(set(METHOD_MODULES.values())):
+        importlib.import_module(module)
+
+
+def method_class(name: str) -> type[ProtectionMethod]:
+    """The class of a method, importing only its own module when it is a known one."""
+    if name not in METHODS:
+        if name in METHOD_MODULES:
+            importlib.import_module(METHOD_MODULES[name])
+        else:
+            _register_methods()
+    return METHODS.get(name)
 
 
 def available_methods() -> dict[str, str]:
@@ -92,8 +114,7 @@ def available_methods() -> dict[str, str]:
 
 def build_method(name: str, eps: str | float, seed: int, device: str, **options: Any) -> ProtectionMethod:
     """Instantiate a registered method by name."""
-    _register_methods()
-    cls = METHODS.get(name)
+    cls = method_class(name)
     try:
         return cls(budget=eps, seed=seed, device=device, **options)
     except TypeError as exc:  # an option the method does not take
@@ -269,7 +290,7 @@ def protect_path(
             run.commit(result)
         if engine_config.name == "local" and engine_config.workers == 1:
             manifest.fit = protector.fit_report()  # what it saw in this process; entries carry per-record notes
-    for result in run_units(run.todo(copies), ctx, engine_config):
+    for result in run_units(run.todo(copies), ctx, EngineConfig()):  # plain copies: not worth a second pool
         run.commit(result)
 
     manifest.entries = [e for u in (*units, *copies) for e in run.entries.get(u.key, [])] + discovered
