@@ -46,7 +46,8 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "full": {"shape": (40, 56, 40), "train_limit": None, "test_limit": None, "epochs": 30, "rounds": 6, "train_steps": 30, "pgd_steps": 10},
     },
 }
-METHODS = ("clean", "random", "lsp", "em", "salm", "salm_lsp", "salm_nolabel", "em_eot", "em_lsp_eot", "salm_eot", "em_bayes", "em_eot_shift", "em_eot_robust")
+METHODS = ("clean", "random", "lsp", "em", "salm", "salm_lsp", "salm_nolabel", "em_eot", "em_lsp_eot", "salm_eot", "em_bayes",
+           "em_eot_shift", "em_eot_robust", "band4", "band4_8", "band3_6")
 #: benchmark row -> (registered method, extra options, use labels)
 ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "clean": ("clean", {}, True),
@@ -62,6 +63,9 @@ ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "em_bayes": ("em", {"objective": "bayes"}, True),
     "em_eot_shift": ("em", {"augment": {"shift": 3}}, True),
     "em_eot_robust": ("em", {"augment": "robust", "step_schedule": "dynamic"}, True),
+    "band4": ("lsp", {"style": "band", "periods": (0, 4)}, True),
+    "band4_8": ("lsp", {"style": "band", "periods": (8, 4)}, True),
+    "band3_6": ("lsp", {"style": "band", "periods": (6, 3)}, True),
 }
 
 

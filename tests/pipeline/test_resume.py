@@ -76,7 +76,7 @@ def test_finished_run_reruns_as_a_no_op(sample_data, tmp_path):
     first = protect_path(sample_data / "hc18", tmp_path / "o", method="random")
     before = outputs(tmp_path / "o")
     second = protect_path(sample_data / "hc18", tmp_path / "o", method="random")
-    assert second.run["done_now"] == 0 and second.run["resumed"] == first.run["done_now"]
+    assert second.run["done_now"] == 0 and second.run["resumed"] == first.run["units"] == 3  # records, not mask copies
     assert outputs(tmp_path / "o") == before
 
 
@@ -86,11 +86,14 @@ def test_torn_journal_line_and_stale_temporaries_are_cleaned(sample_data, tmp_pa
     journal = Journal(out)
     lines = journal.path.read_bytes().splitlines(keepends=True)
     journal.path.write_bytes(b"".join(lines[:2]) + lines[2][:25])  # killed while appending line 3
-    stale = out / "images" / ".012_HC.png.ab12cd_3.part.png"
-    stale.write_bytes(b"half")
+    stale = [out / "images" / ".012_HC.png.ab12cd_3.part.png", out / ".manifest.json.x1y2z3_4.part.json",
+             out / CONTROL_DIR / ".state.chunk-0.pt.q9w8e7r6.part.pt"]
+    foreign = out / "images" / ".notes.txt.ab12cd_3.part.txt"  # not an output of this run: left alone
+    for path in (*stale, foreign):
+        path.write_bytes(b"half")
     again = protect_path(sample_data / "hc18", out, method="random")
     assert again.run["resumed"] == 2
-    assert not stale.exists()
+    assert not any(p.exists() for p in stale) and foreign.exists()
     assert journal.path.read_bytes().endswith(b"\n")
     assert len(Journal(out).load(out).units) == again.run["units"] + again.run["copies"]
 

@@ -14,12 +14,16 @@ class label use that label's pattern everywhere (the original, classification fo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ulmed.core.method import METHODS, ProtectionMethod
-from ulmed.core.patterns import mask_coded
+from ulmed.core.method import METHODS, ProtectionMethod, record_seed
+from ulmed.core.patterns import mask_coded, mask_textured
+
+#: ``blocks``: fixed-phase periodic blocks per class (LSP); ``band``: per-record isotropic band textures.
+STYLES = ("blocks", "band")
 from ulmed.errors import ConfigError
 from ulmed.io.record import Record
 
@@ -31,21 +35,35 @@ class MaskCodedPatterns(ProtectionMethod):
     Args:
         tile: Period of the pattern, in positions.
         block: Size of the constant blocks inside a period.
+        style: ``blocks`` (the fixed-phase code above) or ``band``: per-record isotropic band
+            textures, background and foreground each at its own period, with no phase for
+            shifts or rotations to break. Measured: not learned as a shortcut (README).
+        periods: ``band``: (background, foreground) periods in positions, 0 for none.
     """
 
     name = "lsp"
     citation = 'Yu et al., "Availability Attacks Create Shortcuts", KDD 2022 (adapted here to segmentation masks)'
 
-    def __init__(self, *args: Any, tile: int = 8, block: int = 1, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, tile: int = 8, block: int = 1, style: str = "blocks",
+                 periods: Sequence[float] = (0, 4), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if tile < 1 or block < 1 or block > tile:
             raise ConfigError(f"need 1 <= block <= tile, got block={block}, tile={tile}")
-        self.tile, self.block = tile, block
+        if style not in STYLES:
+            raise ConfigError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
+        if len(periods) != 2 or any(p != 0 and p < 2 for p in periods):
+            raise ConfigError(f"band periods (background, foreground) must each be 0 (no texture) or >= 2 positions, got {list(periods)}")
+        self.tile, self.block, self.style, self.periods = tile, block, style, (float(periods[0]), float(periods[1]))
 
     def perturbation(self, record: Record, unit_image: np.ndarray, eps: float) -> np.ndarray:
-        """``eps`` times the pattern of each position's class."""
+        """``eps`` times the code of each position's class."""
+        if self.style == "band":
+            return eps * mask_textured(record.target, record.channels, record.spatial_shape, self.periods,
+                                       record_seed(self.seed, record.key) % (2**32))
         return eps * mask_coded(record.target, record.channels, record.spatial_shape, self.tile, self.block, self.seed)
 
     def params(self) -> dict[str, Any]:
         """Parameters that define the output."""
+        if self.style == "band":
+            return {**super().params(), "style": "band", "periods": list(self.periods)}
         return {**super().params(), "tile": self.tile, "block": self.block}

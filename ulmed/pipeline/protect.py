@@ -35,6 +35,7 @@ from ulmed.io.labels import load_labels
 from ulmed.pipeline.engines import EngineConfig, run_units
 from ulmed.pipeline.journal import (
     CONTROL_DIR,
+    RUN_FILE,
     Journal,
     JournalState,
     check_run_identity,
@@ -259,7 +260,10 @@ def protect_path(
     all_copies = copies_of(inv, masks_root, skip_non_image)
     units = [u for u in all_units if part.owns(u.key)]
     copies = [u for u in all_copies if part.owns(u.key)]
-    removed = remove_stale_temporaries(out, {p for u in (*units, *copies) for p in output_paths(u, root)})
+    owned = {p for u in (*units, *copies) for p in output_paths(u, root)}
+    owned |= {f"manifest{part.suffix}.json", f"{CONTROL_DIR}/{RUN_FILE}"}
+    owned |= {f"{CONTROL_DIR}/state{part.suffix}.chunk-{i}.pt" for i in range(len(units) // (chunk_size or 1) + 1)}
+    removed = remove_stale_temporaries(out, owned)
     if removed:
         log.info("removed %d temporary file(s) left by an interrupted run", removed)
     manifest = Manifest(params={**run_params, "output": str(out), "engine": engine_config.name, "workers": engine_config.workers})

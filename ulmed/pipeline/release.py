@@ -39,6 +39,7 @@ from ulmed.pipeline.datacard import (
     render_datacard,
     spread,
 )
+from ulmed.pipeline.journal import remove_stale_temporaries
 from ulmed.pipeline.manifest import MANIFEST_NAME, Entry, Manifest, sha256_of
 from ulmed.pipeline.protect import protect_path
 
@@ -154,6 +155,7 @@ def release_dataset(
     Raises:
         UlmedError: As :func:`ulmed.pipeline.protect.protect_path`.
     """
+    remove_stale_temporaries(Path(output_path).expanduser().resolve(), {DATACARD_NAME, SUMS_NAME})  # a killed release
     manifest = protect_path(
         input_path, output_path, method=method, eps=eps, seed=seed, device=device, masks=masks,
         overwrite=overwrite, progress=progress, method_options=method_options,

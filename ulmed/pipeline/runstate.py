@@ -61,7 +61,7 @@ class RunState:
         for unit in units:
             if unit.key in self.done.units:
                 self.entries[unit.key] = self.done.units[unit.key]
-                self.resumed += 1
+                self.resumed += unit.kind != "copy"  # records only, as in the closing line
             else:
                 left.append(unit)
         return left
@@ -122,6 +122,7 @@ def fit_in_chunks(run: RunState, units: list[Unit], ctx: WorkContext, chunk_size
         with contextlib.suppress(FileNotFoundError):
             run.state_path(i - 1).unlink()
         reports.append(report)
-    with contextlib.suppress(FileNotFoundError):  # the surrogate learnt the clean data: do not leave it
-        run.state_path(len(parts) - 2).unlink()
+    for state in run.state_path(0).parent.glob(f"state{run.part.suffix}.chunk-*.pt"):
+        with contextlib.suppress(FileNotFoundError):  # the surrogate learnt the clean data: do not leave it
+            state.unlink()
     return reports[0] if len(reports) == 1 else {"chunks": reports}
