@@ -47,6 +47,8 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
     tmp = Path(tmp_name)
     try:
         yield tmp
+        with open(tmp, "rb") as fh:  # on disk before the rename (and before a journal line names it)
+            os.fsync(fh.fileno())
         if tmp.stat().st_mode & 0o777 == 0o600:  # still mkstemp's private mode: give it a normal file's
             os.chmod(tmp, _default_file_mode())
         os.replace(tmp, target)
