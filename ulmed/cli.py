@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
-        _say("interrupted; finished outputs are complete, no partial file was left")
+        _say("interrupted; finished outputs are complete and journalled: rerun the same command to resume")
         return 130
     return 0
 

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,8 +155,3 @@ class Journal:
     def chunk_done(self, index: int, fit: dict[str, Any]) -> None:
         """Record that every unit of a fitted chunk is committed, with what the fit found."""
         self._append({"chunk": index, "fit": fit})
-
-    def entries(self) -> Iterator[Entry]:
-        """Every entry of every finished unit, in journal order."""
-        for entries in self.load(self.path.parent.parent).units.values():
-            yield from entries
