@@ -316,13 +316,15 @@ def release(
     masks: Annotated[Optional[Path], typer.Option(help="Masks folder matched to the images by relative path.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty release folder.")] = False,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method option KEY=VALUE (repeatable), e.g. --set rho=0.1.")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes (local) or concurrent Ray tasks.")] = 1,
+    engine: Annotated[str, typer.Option(help="local or ray (pip install \"ulmed[ray]\").")] = "local",
 ) -> None:
-    """Protect a segmentation data set into a release folder with DATACARD.md and SHA256SUMS."""
+    """Protect a segmentation data set into a release folder with DATACARD.md and SHA256SUMS (rerun to resume)."""
     from ulmed.pipeline.release import release_dataset
 
     report = release_dataset(
         input, output, method=method, eps=eps, seed=state.seed, device=state.device, masks=masks,
-        overwrite=overwrite, method_options=_parse_sets(set_ or []), progress=_progress,
+        overwrite=overwrite, method_options=_parse_sets(set_ or []), progress=_progress, workers=workers, engine=engine,
     )
     psnr = report.spread("psnr")
     psnr_text = f", PSNR {psnr[0]:.2f}-{psnr[2]:.2f} dB" if psnr is not None else ""

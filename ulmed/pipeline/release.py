@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ulmed.core.method import DEFAULT_METHOD
 from ulmed.errors import InputError
 from ulmed.io.atomic import atomic_write_bytes
 from ulmed.pipeline.checksums import (
@@ -42,13 +40,6 @@ from ulmed.pipeline.datacard import (
 from ulmed.pipeline.journal import remove_stale_temporaries
 from ulmed.pipeline.manifest import MANIFEST_NAME, Entry, Manifest, sha256_of
 from ulmed.pipeline.protect import protect_path
-
-#: ``progress(iterable, total, description)`` wraps the protection loop (the CLI passes a bar).
-Progress = Callable[[Iterable[Any], int, str], Iterable[Any]]
-
-
-def _no_progress(items: Iterable[Any], total: int, description: str) -> Iterable[Any]:
-    return items
 
 
 @dataclass
@@ -121,33 +112,15 @@ def check_copies(manifest: Manifest) -> CopyCheck:
     return check
 
 
-def release_dataset(
-    input_path: str | Path,
-    output_path: str | Path,
-    *,
-    method: str = DEFAULT_METHOD,
-    eps: str | float = "8/255",
-    seed: int = 0,
-    device: str = "auto",
-    masks: str | Path | None = None,
-    overwrite: bool = False,
-    method_options: dict[str, Any] | None = None,
-    progress: Progress = _no_progress,
-) -> ReleaseReport:
+def release_dataset(input_path: str | Path, output_path: str | Path, **options: Any) -> ReleaseReport:
     """Protect a data set into a release folder with ``DATACARD.md`` and ``SHA256SUMS``.
 
     Args:
         input_path: Data-set folder (``images/`` + ``masks/`` or ``labels/``, split files ...).
         output_path: Release folder (created; must be outside the input).
-        method: Registered method name.
-        eps: L-inf budget, ``"8/255"`` or native such as ``"20HU"``.
-        seed: Run seed.
-        device: Torch device for methods that use one.
-        masks: Optional masks folder matched by relative path (copied to ``masks/``).
-        overwrite: Allow writing into a non-empty folder; files there that this run does
-            not write stay, are listed in ``SHA256SUMS`` and named on the card.
-        method_options: Extra keyword arguments for the method (``rho`` ...).
-        progress: Wrapper for the main loop (progress bar).
+        **options: As :func:`ulmed.pipeline.protect.protect_path` (``method``, ``eps``, ``seed``,
+            ``masks``, ``workers`` ...). With ``overwrite``, files already in the folder that
+            this run does not write stay, are listed in ``SHA256SUMS`` and named on the card.
 
     Returns:
         The report; failed inputs are in ``report.failed`` (the release is written anyway).
@@ -156,10 +129,7 @@ def release_dataset(
         UlmedError: As :func:`ulmed.pipeline.protect.protect_path`.
     """
     remove_stale_temporaries(Path(output_path).expanduser().resolve(), {DATACARD_NAME, SUMS_NAME})  # a killed release
-    manifest = protect_path(
-        input_path, output_path, method=method, eps=eps, seed=seed, device=device, masks=masks,
-        overwrite=overwrite, progress=progress, method_options=method_options,
-    )
+    manifest = protect_path(input_path, output_path, **options)
     out = Path(manifest.params["output"])
     copies = check_copies(manifest)
     ours = {e.output for e in manifest.entries if e.output} | {MANIFEST_NAME, DATACARD_NAME}
