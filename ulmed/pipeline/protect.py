@@ -318,7 +318,7 @@ def summarize(manifest: Manifest) -> dict[str, Any]:
     records: dict[str, str] = {e.record: e.kind for e in manifest.entries if e.status == "written" and e.record}
     words = {"dicom": "series", "nifti": "volume(s)", "image": "image(s)"}
     by_kind = {words.get(k, k): sum(v == k for v in records.values()) for k in ("dicom", "nifti", "image")}
-    suffix = f".part-{manifest.part['index']}-of-{manifest.part['count']}" if manifest.part else ""
+    suffix = Part(manifest.part["index"], manifest.part["count"]).suffix if manifest.part else ""
     return {
         **manifest.counts(),
         "records": len(records),
