@@ -76,8 +76,8 @@ def fit_in_chunks(run: RunState, units: list[Unit], ctx: WorkContext, chunk_size
 
     A resumed run skips the chunks its journal lists as finished, loads the state saved after
     the last of them, and refits the next one from there, so its output equals an
-    uninterrupted run's. The state of the last chunk is deleted at the end: the surrogate has
-    learnt the clean data and must not be shared with the output.
+    uninterrupted run's. Every saved state is deleted at the end: the surrogate has learnt
+    the clean data and must not be shared with the output.
 
     Returns:
         The fit report (one chunk: the method's report; more: ``{"chunks": [...]}``).
