@@ -32,7 +32,7 @@ DATA = REPO.parent / "shared" / "data" / "hc18"
 MODES = {
     "quick": {"size": 48, "train": 64, "test": 48, "epochs": 8, "victims": ["unet", "segresnet", "attention_unet"],
               "min_min": {"rounds": 3, "train_steps": 15, "pgd_steps": 8}},
-    "full": {"size": 64, "train": None, "test": None, "epochs": 20, "victims": ["unet", "segresnet", "attention_unet"],
+    "full": {"size": 64, "train": None, "test": None, "epochs": 8, "victims": ["unet", "segresnet", "attention_unet"],
              "min_min": {"rounds": 6, "train_steps": 30, "pgd_steps": 10}},
 }
 DEFENSES = ["none", "augmentation", "jpeg75", "mix0.5"]
