@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import logging
 import os
 import time
@@ -39,6 +38,7 @@ from ulmed.pipeline.journal import (
     Journal,
     JournalState,
     check_run_identity,
+    params_digest,
     remove_stale_temporaries,
 )
 from ulmed.pipeline.manifest import Entry, Manifest
@@ -127,7 +127,7 @@ DEFAULT_CHUNK_SIZE = 1000
 
 
 def _uid_salt(params: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    return params_digest(params)[:16]
 
 
 #: Environment variable holding the de-identification key (never written anywhere).
