@@ -82,7 +82,8 @@ def protect_and_evaluate(
         train_only: The same train split alone: what the data owner protects.
         tmp: Scratch folder for the protected copies.
         out: Report folder (replaced).
-        mode: The benchmark mode's settings (``epochs``, ``victims``, ``min_min``).
+        mode: The benchmark mode's settings (``epochs``, ``victims``, ``min_min``; ``patch``: train
+            on random patches of this size and infer with sliding windows).
         dataset: ``hc18`` or ``hippocampus``.
         defenses: Trainer's defenses.
         eps: Budget.
@@ -114,7 +115,8 @@ def protect_and_evaluate(
             timings[f"{name}_augment_choice"] = choice
     if out.exists():
         shutil.rmtree(out)
-    config = TrainConfig(epochs=mode["epochs"], batch_size=batch_size, lr=1e-3, seed=seed, device="cpu", num_threads=2)
+    config = TrainConfig(epochs=mode["epochs"], batch_size=batch_size, lr=1e-3, seed=seed, device="cpu", num_threads=2,
+                         patch_size=mode.get("patch"))
     run_evaluation(clean, protected, out, dataset=dataset, victims=mode["victims"], defenses=defenses,
                    train_config=config, seed=seed, learnability=learnability,
                    progress=lambda line: print(line, flush=True), **loader)

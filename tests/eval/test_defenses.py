@@ -73,16 +73,52 @@ def test_augmentation_is_reproducible_from_the_rng():
     np.testing.assert_array_equal(a[1], b[1])
 
 
-def test_3d_flips_and_rotations_keep_alignment():
-    rng = np.random.default_rng(3)
+def _volume_pair() -> tuple[np.ndarray, np.ndarray]:
     mask = np.zeros((12, 10, 12), dtype=np.int64)
     mask[1:5, 2:9, 0:3] = 1
     mask[7:11, 1:4, 6:12] = 2
-    image = (mask / 2.0).astype(np.float32)[None]
-    aug = Augmenter(noise=False, brightness_contrast=False)
-    for _ in range(8):
+    return (mask / 2.0).astype(np.float32)[None], mask
+
+
+def test_3d_flips_only_along_the_first_axis():
+    image, mask = _volume_pair()
+    aug = Augmenter(geometric=False, noise=False, brightness_contrast=False)
+    rng = np.random.default_rng(3)
+    seen = set()
+    for _ in range(12):
         out, out_mask = aug(image, mask.copy(), rng)
-        np.testing.assert_array_equal(out_mask, np.rint(out[0] * 2).astype(np.int64))
+        np.testing.assert_array_equal(out_mask, np.rint(out[0] * 2).astype(np.int64))  # exact on the grid
+        flipped = not np.array_equal(out_mask, mask)
+        if flipped:
+            np.testing.assert_array_equal(out_mask, mask[::-1])  # left-right only: head/body stay apart
+        seen.add(flipped)
+    assert seen == {True, False}
+
+
+def test_3d_affine_and_elastic_move_image_and_labels_together():
+    image, mask = _volume_pair()
+    aug = Augmenter(noise=False, brightness_contrast=False)
+    rng = np.random.default_rng(3)
+    changed = 0
+    for _ in range(10):
+        out, out_mask = aug(image, mask.copy(), rng)
+        assert out.shape == image.shape and out_mask.shape == mask.shape and out_mask.dtype == mask.dtype
+        assert set(np.unique(out_mask)) <= {0, 1, 2}  # nearest neighbour: no new labels
+        # the linearly interpolated image, read back as labels, agrees with the label map
+        # except along boundaries
+        agree = np.mean(np.rint(out[0] * 2).astype(np.int64) == out_mask)
+        assert agree > 0.85, agree
+        changed += not np.array_equal(out_mask, mask) and not np.array_equal(out_mask, mask[::-1])
+    assert changed >= 3  # RandAffined (p=0.5) and Rand3DElasticd (p=0.2) did act
+
+
+def test_3d_augmentation_is_reproducible_from_the_rng():
+    image, mask = _volume_pair()
+    aug = build_defense("augmentation").augment
+    a = aug(image, mask.copy(), np.random.default_rng(9))
+    b = aug(image, mask.copy(), np.random.default_rng(9))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
 
 
 def test_classification_targets_pass_through():

@@ -14,11 +14,14 @@ Augmentation presets (:class:`Augmenter`):
 * ``augmentation``: in 2D an albumentations pipeline applied jointly to image and mask:
   HorizontalFlip, VerticalFlip, RandomRotate90 (square images only, so shapes stay
   fixed), Affine (rotation +-15 deg, scale 0.9-1.1), ElasticTransform,
-  RandomBrightnessContrast (+-0.2) and GaussNoise (std 0.01-0.05). In 3D albumentations
-  does not apply, so numpy does the subset that is exact on voxel grids: a flip along
-  each spatial axis, a 90-degree rotation in a random plane whose two axes have equal size
-  (no such plane: none), brightness/contrast ``x * a + b`` and Gaussian noise; affine and
-  elastic deformations are left out.
+  RandomBrightnessContrast (+-0.2) and GaussNoise (std 0.01-0.05). In 3D (albumentations
+  is 2D only) MONAI's dictionary transforms move image and label map together: a flip of
+  the first spatial axis (left-right in a standard orientation; flipping the others would
+  swap anatomy that the labels tell apart, such as the hippocampus head and body),
+  ``RandAffined`` (rotation +-15 deg about each axis, scale 0.9-1.1, translation up to 3
+  voxels; p=0.5) and ``Rand3DElasticd`` (sigma 6, magnitude 30 voxels; p=0.2), then
+  brightness/contrast ``x * a + b`` and Gaussian noise with the 2D settings. Images are
+  interpolated linearly, label maps by nearest neighbour.
 * ``flip_jitter``: random flips and brightness/contrast jitter only (2D and 3D).
 * ``aug-<part>[+<part>...]``: single parts of the ``augmentation`` preset, with the same
   settings, to find which part removes a protection: ``flip``, ``rot90``, ``rotate``
@@ -61,9 +64,9 @@ class Augmenter:
 
     Args:
         geometric: Affine rotation/scale, elastic deformation and 90-degree rotations (2D);
-            90-degree rotations in equal-sized planes (3D).
+            affine rotation/scale/translation and elastic deformation (3D).
         noise: Gaussian noise.
-        flips: Random flips along every spatial axis.
+        flips: Random flips along every spatial axis (2D); of the first spatial axis (3D).
         brightness_contrast: Brightness/contrast jitter (+-0.2).
     """
 
@@ -71,6 +74,7 @@ class Augmenter:
                  brightness_contrast: bool = True) -> None:
         self.geometric, self.noise, self.flips, self.bc = geometric, noise, flips, brightness_contrast
         self._compose: dict[bool, A.Compose] = {}
+        self._compose_3d: Any = None
 
     def _pipeline(self, square: bool) -> A.Compose:
         if square not in self._compose:
@@ -112,20 +116,32 @@ class Augmenter:
             out = compose(image=hwc)
         return np.moveaxis(out["image"], -1, 0), target
 
+    def _geometric_3d(self) -> Any:
+        if self._compose_3d is None:
+            from monai.transforms import Compose, Rand3DElasticd, RandAffined, RandFlipd
+
+            keys, modes = ["image", "label"], ("bilinear", "nearest")
+            t: list[Any] = []
+            if self.flips:
+                t.append(RandFlipd(keys, prob=0.5, spatial_axis=0))
+            if self.geometric:
+                t += [RandAffined(keys, prob=0.5, rotate_range=(np.pi / 12,) * 3, scale_range=(0.1,) * 3,
+                                  translate_range=(3,) * 3, mode=modes, padding_mode="border"),
+                      Rand3DElasticd(keys, sigma_range=(6, 6), magnitude_range=(30, 30), prob=0.2, mode=modes,
+                                     padding_mode="border")]
+            self._compose_3d = Compose(t)
+        return self._compose_3d
+
     def _augment_3d(self, image: np.ndarray, target: Any, rng: np.random.Generator) -> tuple[np.ndarray, Any]:
         is_mask = isinstance(target, np.ndarray) and target.shape == image.shape[1:]
-        if self.flips:
-            for axis in range(3):
-                if rng.random() < 0.5:
-                    image = np.flip(image, axis=axis + 1)
-                    target = np.flip(target, axis=axis) if is_mask else target
-        if self.geometric and rng.random() < 0.5:
-            planes = [(a, b) for a, b in ((0, 1), (0, 2), (1, 2)) if image.shape[a + 1] == image.shape[b + 1]]
-            if planes:
-                a, b = planes[int(rng.integers(len(planes)))]
-                k = int(rng.integers(1, 4))
-                image = np.rot90(image, k=k, axes=(a + 1, b + 1))
-                target = np.rot90(target, k=k, axes=(a, b)) if is_mask else target
+        if self.flips or self.geometric:
+            compose = self._geometric_3d()
+            compose.set_random_state(seed=int(rng.integers(2**31)))
+            label = target[None].astype(np.float32) if is_mask else np.zeros((1,) + image.shape[1:], np.float32)
+            out = compose({"image": image.astype(np.float32), "label": label})
+            image = np.asarray(out["image"], dtype=np.float32)
+            if is_mask:
+                target = np.rint(np.asarray(out["label"])[0]).astype(target.dtype)
         if self.bc and rng.random() < 0.5:
             image = image * rng.uniform(0.8, 1.2) + rng.uniform(-0.2, 0.2)
         if self.noise and rng.random() < 0.3:
