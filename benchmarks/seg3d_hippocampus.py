@@ -6,8 +6,8 @@ maps alongside), every method protects the train-only copy with ``protect_path``
 ``run_evaluation`` trains 3D victims x defenses and tests on the clean test split.
 
 Usage:
-    python benchmarks/seg3d_hippocampus.py --quick   # 24 train / 12 test volumes, UNet, none + augmentation, 12 epochs
-    python benchmarks/seg3d_hippocampus.py           # 121 train / 55 test, 3 victims x 4 defenses, 5 epochs
+    python benchmarks/seg3d_hippocampus.py --quick   # 24 train / 12 test whole volumes, UNet, none + augmentation, 12 epochs
+    python benchmarks/seg3d_hippocampus.py           # 121 train / 55 test, patches, 3 victims x 4 defenses, 5 epochs
 
 Writes benchmarks/results/seg3d_hippocampus[_quick]/ (report.json, report.md, figures).
 """
@@ -25,12 +25,15 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "msd_hippocampus"
 SHAPE = (40, 56, 40)
 
-#: Victims train on random 24 x 32 x 24 patches (MONAI RandCropByPosNegLabel) and infer with
-#: sliding windows: a quarter of the voxels per step, so the full grid fits its hour on 2 cores.
+#: In the full mode victims train on random 24 x 32 x 24 patches (MONAI RandCropByPosNegLabel)
+#: and infer with sliding windows, as 3D trainers do: a quarter of the voxels per step, so the
+#: grid fits (nearly) its hour on 2 cores. The quick mode trains on whole volumes. A patch's
+#: random position shifts the noise against the network's stride grid, like the 2D ``aug-shift``
+#: defense, so the two modes answer different questions (README).
 PATCH = (24, 32, 24)
 MODES = {
     "quick": {"train": 24, "test": 12, "epochs": 12, "victims": ["unet"], "defenses": ["none", "augmentation"],
-              "patch": PATCH, "min_min": {"rounds": 3, "train_steps": 10, "pgd_steps": 6}},
+              "min_min": {"rounds": 3, "train_steps": 10, "pgd_steps": 6}},
     "full": {"train": None, "test": None, "epochs": 5, "victims": ["unet", "segresnet", "attention_unet"],
              "defenses": ["none", "augmentation", "jpeg75", "mix0.5"], "patch": PATCH,
              "min_min": {"rounds": 6, "train_steps": 30, "pgd_steps": 10}},
