@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_mode_args(doc: str, stem: str) -> tuple[argparse.Namespace, Path]:
-    """The flags every grid benchmark takes (``--quick``, ``--eps``, ``--seed``) and its result folder."""
+    """The flags every grid benchmark takes (``--quick``, ``--eps``, ``--seed``, ...) and its result folder."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the small mode: minutes on 2 cores")
     parser.add_argument("--eps", default="8/255")
@@ -29,16 +29,24 @@ def parse_mode_args(doc: str, stem: str) -> tuple[argparse.Namespace, Path]:
     parser.add_argument("--victims", default="", help="comma-separated victims instead of the mode's own")
     parser.add_argument("--robust", action="store_true",
                         help="compare the robust options (EOT, ARMOR selection, Bayes objective) instead of the baselines")
+    parser.add_argument("--patch", default="",
+                        help="segmentation victims train on random patches of this size (e.g. 24x32x24), or 'none' "
+                             "for whole images; default: the mode's own")
     args = parser.parse_args()
     suffix = ("_robust" if args.robust else "") + ("_quick" if args.quick else "")
+    suffix += {"": "", "none": "_whole"}.get(args.patch, "_patch")
     return args, REPO / "benchmarks/results" / f"{stem}{suffix}"
 
 
 def select_mode(modes: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
-    """The settings of the chosen mode (``--quick`` or full), with ``--victims`` applied."""
+    """The settings of the chosen mode (``--quick`` or full), with ``--victims`` and ``--patch`` applied."""
     mode = dict(modes["quick" if args.quick else "full"])
     if args.victims:
         mode["victims"] = [v.strip() for v in args.victims.split(",") if v.strip()]
+    if args.patch == "none":
+        mode["patch"] = None
+    elif args.patch:
+        mode["patch"] = tuple(int(v) for v in args.patch.lower().split("x"))
     return mode
 
 
