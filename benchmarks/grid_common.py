@@ -32,8 +32,12 @@ def parse_mode_args(doc: str, stem: str) -> tuple[argparse.Namespace, Path]:
     parser.add_argument("--patch", default="",
                         help="segmentation victims train on random patches of this size (e.g. 24x32x24), or 'none' "
                              "for whole images; default: the mode's own")
+    parser.add_argument("--methods", default="",
+                        help="comma-separated protections instead of the baselines (or --robust set): any of "
+                             "the BASELINES, ROBUST and EXTRA names, e.g. unseg")
     args = parser.parse_args()
     suffix = ("_robust" if args.robust else "") + ("_quick" if args.quick else "")
+    suffix += f"_{args.methods.replace(',', '-')}" if args.methods else ""
     suffix += {"": "", "none": "_whole"}.get(args.patch, "_patch")
     return args, REPO / "benchmarks/results" / f"{stem}{suffix}"
 
@@ -64,7 +68,22 @@ ROBUST: dict[str, tuple[str, dict[str, Any]]] = {
     "salm": ("salm", {"rho": 0.1}),
     "salm_eot": ("salm", {"rho": 0.1, "augment": "standard", "step_schedule": "dynamic"}),
 }
+#: Protections that run only when named with ``--methods`` (UnSeg: the shipped generator,
+#: prompted by each item's mask; 8/255 inside, 2/255 outside).
+EXTRA: dict[str, tuple[str, dict[str, Any]]] = {"unseg": ("unseg", {})}
 MIN_MIN = ("em", "salm")
+
+
+def select_methods(args: argparse.Namespace) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The protections to compare: ``--methods``, else ROBUST with ``--robust``, else BASELINES."""
+    if not args.methods:
+        return ROBUST if args.robust else BASELINES
+    catalogue = {**BASELINES, **ROBUST, **EXTRA}
+    names = [n.strip() for n in args.methods.split(",") if n.strip()]
+    unknown = [n for n in names if n not in catalogue]
+    if unknown:
+        raise SystemExit(f"unknown protection(s) {', '.join(unknown)}; choose from {', '.join(catalogue)}")
+    return {n: catalogue[n] for n in names}
 
 
 def protect_and_evaluate(

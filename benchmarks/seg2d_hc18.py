@@ -24,7 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from grid_common import BASELINES, ROBUST, parse_mode_args, protect_and_evaluate, select_mode
+from grid_common import (
+    parse_mode_args,
+    protect_and_evaluate,
+    select_methods,
+    select_mode,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "hc18"
@@ -78,7 +83,7 @@ def main() -> None:
         train_only = working_copy(tmp / "hc18_train", m["size"], m["train"], 0)
         protect_and_evaluate(clean, train_only, tmp, out, mode=m, dataset="hc18", defenses=DEFENSES, eps=args.eps,
                              seed=args.seed, batch_size=8,
-                             methods=ROBUST if args.robust else BASELINES, learnability=args.learnability, size=(m["size"], m["size"]))
+                             methods=select_methods(args), learnability=args.learnability, size=(m["size"], m["size"]))
     print(f"wall time {time.perf_counter() - start:.0f} s -> {out}")
 
 

@@ -19,7 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from grid_common import BASELINES, ROBUST, parse_mode_args, protect_and_evaluate, select_mode
+from grid_common import (
+    parse_mode_args,
+    protect_and_evaluate,
+    select_methods,
+    select_mode,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "msd_hippocampus"
@@ -79,7 +84,7 @@ def main() -> None:
         train_only = working_copy(tmp / "hippocampus_train", m["train"], 0)
         protect_and_evaluate(clean, train_only, tmp, out, mode=m, dataset="hippocampus", defenses=m["defenses"], eps=args.eps,
                              seed=args.seed, batch_size=4,
-                             methods=ROBUST if args.robust else BASELINES, learnability=args.learnability, shape=SHAPE)
+                             methods=select_methods(args), learnability=args.learnability, shape=SHAPE)
     print(f"wall time {time.perf_counter() - start:.0f} s -> {out}")
 
 
