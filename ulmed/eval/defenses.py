@@ -19,7 +19,8 @@ Augmentation presets (:class:`Augmenter`):
   the first spatial axis (left-right in a standard orientation; flipping the others would
   swap anatomy that the labels tell apart, such as the hippocampus head and body),
   ``RandAffined`` (rotation +-15 deg about each axis, scale 0.9-1.1, translation up to 3
-  voxels; p=0.5) and ``Rand3DElasticd`` (sigma 6, magnitude 30 voxels; p=0.2), then
+  voxels; p=0.5) and ``Rand3DElasticd`` (sigma 6, magnitude 30: displacements of about 0.2
+  voxel RMS, the 2D ElasticTransform's are about 0.3 px; p=0.2), then
   brightness/contrast ``x * a + b`` and Gaussian noise with the 2D settings. Images are
   interpolated linearly, label maps by nearest neighbour.
 * ``flip_jitter``: random flips and brightness/contrast jitter only (2D and 3D).
