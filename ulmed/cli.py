@@ -254,6 +254,7 @@ def evaluate(
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     size: Annotated[Optional[int], typer.Option(help="2D images are letterboxed to SIZE x SIZE [default: 64].")] = None,
     shape: Annotated[Optional[str], typer.Option(help="3D volume shape D,H,W [default: 40,56,40].")] = None,
+    patch: Annotated[Optional[str], typer.Option(help="Segmentation victims train on random patches of this size (D,H,W or H,W; MONAI RandCropByPosNegLabel) and are tested with sliding windows, as 3D trainers do [default: whole images].")] = None,
     limit: Annotated[Optional[int], typer.Option(help="At most N train and N test items.")] = None,
     victim_size: Annotated[str, typer.Option(help="small (CPU) or base.")] = "small",
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads while training.")] = None,
@@ -272,7 +273,12 @@ def evaluate(
         dhw = tuple(int(v) for v in (shape or "40,56,40").replace("x", ",").split(","))
     except ValueError:
         raise ConfigError(f"--shape needs three integers D,H,W, got {shape!r}") from None
-    config = TrainConfig(epochs=epochs or 10, batch_size=batch_size or 8, lr=lr, device=state.device, num_threads=threads)
+    try:
+        patch_size = tuple(int(v) for v in patch.replace("x", ",").split(",")) if patch else None
+    except ValueError:
+        raise ConfigError(f"--patch needs integers D,H,W (volumes) or H,W (images), got {patch!r}") from None
+    config = TrainConfig(epochs=epochs or 10, batch_size=batch_size or 8, lr=lr, device=state.device, num_threads=threads,
+                         patch_size=patch_size)
     report = run_evaluation(
         clean, _parse_protected(protected or []), output, dataset=dataset, victims=victim or ["unet"],
         defenses=defense or ["none"], train_config=config, victim_size=victim_size, size=(size or 64, size or 64),

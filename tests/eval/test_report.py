@@ -158,6 +158,21 @@ def test_cli_evaluate_writes_report(tiny, tmp_path, capsys):
     assert [c["ud"] for c in saved["cells"]][0] == 1.0 and all(c["sal"] for c in saved["cells"])
 
 
+def test_cli_evaluate_trains_on_patches(tiny, tmp_path, capsys):
+    clean, _ = tiny
+    out = tmp_path / "patch"
+    code = main(["--device", "cpu", "evaluate", "--clean", str(clean), "-o", str(out), "--quick", "--epochs", "1",
+                 "--threads", "1", "--patch", "16x16"])
+    assert code == 0, capsys.readouterr().err
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["settings"]["train_config"]["patch_size"] == [16, 16]
+    assert main(["evaluate", "--clean", str(clean), "-o", str(tmp_path / "bad"), "--patch", "16,x"]) == 2
+    assert "--patch needs integers" in capsys.readouterr().err
+    assert main(["evaluate", "--clean", str(clean), "-o", str(tmp_path / "big"), "--quick", "--epochs", "1",
+                 "--patch", "64,64"]) == 2
+    assert "patch_size" in capsys.readouterr().err  # larger than the 32 x 32 images: refused, named
+
+
 def test_cli_missing_clean_is_one_line_error(tmp_path, capsys):
     code = main(["evaluate", "--clean", str(tmp_path / "nope"), "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
