@@ -226,10 +226,14 @@ def native_pairs(
     root = Path(protected_root)
     keys = data.train_keys[:limit] if limit is not None else data.train_keys
     if data.dataset == "pneumonia":
+        # NpzFile[name] decompresses the whole array on every access: read each array once
+        arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         with np.load(_npz_path(data.root)) as c, np.load(_npz_path(root)) as p:
             for key in keys:
                 arr, i = key.split("/")[0], int(key.split("/")[1])
-                yield key, c[arr][i][None] / 255.0, p[arr][i][None] / 255.0, 255.0
+                if arr not in arrays:
+                    arrays[arr] = (c[arr], p[arr])
+                yield key, arrays[arr][0][i][None] / 255.0, arrays[arr][1][i][None] / 255.0, 255.0
         return
     for key in keys:
         prot_path = _protected_file(root, key)
