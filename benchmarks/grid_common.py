@@ -50,7 +50,7 @@ def select_mode(modes: dict[str, dict[str, Any]], args: argparse.Namespace) -> d
     if args.patch == "none":
         mode["patch"] = None
     elif args.patch:
-        mode["patch"] = tuple(int(v) for v in args.patch.lower().split("x"))
+        mode["patch"] = tuple(int(v) for v in args.patch.lower().replace(",", "x").split("x"))
     return mode
 
 

@@ -125,6 +125,9 @@ def test_classification_targets_pass_through():
     image, _ = _pair_2d(np.random.default_rng(4))
     out, label = build_defense("flip_jitter").augment(image, 1, np.random.default_rng(0))
     assert label == 1 and out.shape == image.shape
+    volume = _volume_pair()[0]
+    out3, label3 = build_defense("augmentation").augment(volume, 1, np.random.default_rng(0))
+    assert label3 == 1 and out3.shape == volume.shape and out3.dtype == np.float32
 
 
 def test_mix_half_protected(hc18):

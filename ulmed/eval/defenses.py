@@ -121,15 +121,15 @@ class Augmenter:
         if self._compose_3d is None:
             from monai.transforms import Compose, Rand3DElasticd, RandAffined, RandFlipd
 
-            keys, modes = ["image", "label"], ("bilinear", "nearest")
+            keys, modes = ["image", "label"], ("bilinear", "nearest")  # no label: class targets
             t: list[Any] = []
             if self.flips:
-                t.append(RandFlipd(keys, prob=0.5, spatial_axis=0))
+                t.append(RandFlipd(keys, prob=0.5, spatial_axis=0, allow_missing_keys=True))
             if self.geometric:
                 t += [RandAffined(keys, prob=0.5, rotate_range=(np.pi / 12,) * 3, scale_range=(0.1,) * 3,
-                                  translate_range=(3,) * 3, mode=modes, padding_mode="border"),
+                                  translate_range=(3,) * 3, mode=modes, padding_mode="border", allow_missing_keys=True),
                       Rand3DElasticd(keys, sigma_range=(6, 6), magnitude_range=(30, 30), prob=0.2, mode=modes,
-                                     padding_mode="border")]
+                                     padding_mode="border", allow_missing_keys=True)]
             self._compose_3d = Compose(t)
         return self._compose_3d
 
@@ -138,8 +138,10 @@ class Augmenter:
         if self.flips or self.geometric:
             compose = self._geometric_3d()
             compose.set_random_state(seed=int(rng.integers(2**31)))
-            label = target[None].astype(np.float32) if is_mask else np.zeros((1,) + image.shape[1:], np.float32)
-            out = compose({"image": image.astype(np.float32), "label": label})
+            data = {"image": image.astype(np.float32)}
+            if is_mask:
+                data["label"] = target[None].astype(np.float32)
+            out = compose(data)
             image = np.asarray(out["image"], dtype=np.float32)
             if is_mask:
                 target = np.rint(np.asarray(out["label"])[0]).astype(target.dtype)
