@@ -3,7 +3,7 @@ import torch
 
 from ulmed.errors import ConfigError
 from ulmed.segmentation.config import UnsegConfig
-from ulmed.segmentation.prompts import make_prompt
+from ulmed.segmentation.prompts import make_prompt, no_prompt
 from ulmed.segmentation.train import BilevelTrainer, build_models
 
 REPO_CONFIG = __import__("pathlib").Path(__file__).resolve().parents[2] / "configs/unseg/tiny.yaml"
@@ -85,3 +85,32 @@ def test_the_shared_augmentation_policy_reaches_both_stages(config, batch):
     assert torch.isfinite(g).all() and g.abs().sum() > 0  # the gradient reaches the head through the augmentation
     with pytest.raises(ConfigError):
         UnsegConfig(**{**config.to_dict(), "augment": "sideways"})
+
+
+def test_a_surrogate_without_prompt_ignores_the_prompt_and_still_trains(config, batch):
+    images, masks = batch
+    torch.manual_seed(0)
+    cfg = UnsegConfig(**{**config.to_dict(), "surrogate_prompt": "none", "train_eps": "8/255", "train_eps_bg": "2/255"})
+    t = BilevelTrainer(*build_models(cfg), cfg)
+    box, full = make_prompt(masks, "box"), make_prompt(torch.ones_like(masks), "mask")
+    # the surrogate sees no prompt, whatever the generator was prompted with ...
+    for prompt in (box, full):
+        _, target, seen = t._view(images, masks, masks, prompt)
+        assert seen.kind == "none" and seen.count == images.shape[0] and torch.equal(target, masks)
+    # ... while the generator still reads its prompt (the noise differs, so its loss does)
+    assert _loss(t.generator_loss, images, masks, box) != pytest.approx(_loss(t.generator_loss, images, masks, full), rel=1e-6)
+    for loss_fn, step in ((t.surrogate_loss, t.surrogate_step), (t.generator_loss, t.generator_step)):
+        before = _loss(loss_fn, images, masks, box)
+        step(images, masks, box)
+        assert _loss(loss_fn, images, masks, box) < before, step.__name__
+    with pytest.raises(ConfigError, match="surrogate_prompt"):
+        UnsegConfig(surrogate_prompt="box")
+
+
+def test_no_prompt_encodes_to_sams_empty_prompt(trainer):
+    sam = trainer.surrogate.sam
+    sparse, dense = no_prompt(3).encode(sam)
+    assert sparse.shape[:2] == (3, 0)
+    assert torch.equal(dense[1], sam.prompt_encoder.no_mask_embed.weight.reshape(-1, 1, 1).expand_as(dense[1]))
+    with pytest.raises(ConfigError):
+        no_prompt(0)

@@ -12,7 +12,10 @@ from ulmed.core.augment import AugmentPolicy
 from ulmed.core.budget import Budget
 from ulmed.errors import ConfigError
 from ulmed.segmentation.builders import SAM_SPECS, spec_for
-from ulmed.segmentation.prompts import PROMPT_KINDS
+from ulmed.segmentation.prompts import NO_PROMPT, PROMPT_KINDS
+
+#: What the surrogate sees besides ``image + noise``: the training prompt, or nothing.
+SURROGATE_PROMPTS = ("same", NO_PROMPT)
 
 
 def _eps(value: Any, name: str, allow_zero: bool = False) -> float:
@@ -51,6 +54,9 @@ class UnsegConfig:
         label_modification: Generator steps minimise the loss towards an all-ones mask
             instead of the true mask.
         prompts: Prompt kinds drawn at random per batch.
+        surrogate_prompt: What the surrogate is given: ``same`` (the generator's training
+            prompt, as in UnSeg's public code) or ``none`` (no prompt: it must segment from
+            ``image + noise`` alone, like the victim models the noise is meant for).
         num_points: Points per point prompt.
         box_jitter: Relative jitter of training boxes.
         split: Split of an ``index.csv`` to train on (None: every image with a mask).
@@ -80,6 +86,7 @@ class UnsegConfig:
     eps_bg: float = 2 / 255
     label_modification: bool = True
     prompts: list[str] = field(default_factory=lambda: list(PROMPT_KINDS))
+    surrogate_prompt: str = "same"
     num_points: int = 3
     box_jitter: float = 0.1
     split: str | None = "train"
@@ -107,6 +114,8 @@ class UnsegConfig:
             raise ConfigError("learning rates must be > 0")
         if not self.prompts or any(p not in PROMPT_KINDS for p in self.prompts):
             raise ConfigError(f"prompts must be a non-empty list of {', '.join(PROMPT_KINDS)}, got {self.prompts!r}")
+        if self.surrogate_prompt not in SURROGATE_PROMPTS:
+            raise ConfigError(f"surrogate_prompt must be one of {', '.join(SURROGATE_PROMPTS)}, got {self.surrogate_prompt!r}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f"max_minutes must be > 0, got {self.max_minutes}")
 

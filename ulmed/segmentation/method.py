@@ -31,7 +31,6 @@ from ulmed.segmentation.checkpoint import load_generator
 from ulmed.segmentation.data import letterbox, to_rgb, unletterbox
 from ulmed.segmentation.prompts import (
     PROMPT_KINDS,
-    Prompt,
     make_prompt,
     whole_image_prompt,
 )
@@ -39,12 +38,6 @@ from ulmed.segmentation.prompts import (
 #: The generator shipped with the repository (see models/README.md).
 SHIPPED_GENERATOR = Path(__file__).resolve().parents[2] / "models" / "unseg_tiny_hc18.pt"
 FALLBACKS = ("box", "skip")
-
-
-def _cat_prompts(prompts: list[Prompt]) -> Prompt:
-    """One batch prompt from per-image prompts of the same kind."""
-    cat = lambda name: None if getattr(prompts[0], name) is None else torch.cat([getattr(p, name) for p in prompts])
-    return Prompt(prompts[0].kind, cat("boxes"), cat("points"), cat("labels"), cat("masks"))
 
 
 @METHODS.register("unseg")

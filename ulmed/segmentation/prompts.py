@@ -18,6 +18,8 @@ from segment_anything.modeling import Sam
 from ulmed.errors import ConfigError
 
 PROMPT_KINDS = ("mask", "box", "points")
+#: The kind of :func:`no_prompt`: SAM's "no prompt" embeddings (a plain segmenter's input).
+NO_PROMPT = "none"
 #: SAM reads a mask prompt as low-resolution logits; a binary mask becomes +-MASK_LOGIT.
 MASK_LOGIT = 8.0
 
@@ -27,11 +29,12 @@ class Prompt:
     """One prompt per image of a batch.
 
     Args:
-        kind: ``mask``, ``box`` or ``points``.
+        kind: ``mask``, ``box``, ``points`` or ``none`` (see :func:`no_prompt`).
         boxes: ``(B, 4)`` normalised ``x0, y0, x1, y1`` (box prompts).
         points: ``(B, K, 2)`` normalised ``x, y`` (point prompts).
         labels: ``(B, K)`` 1 foreground, -1 "not a point" (empty masks).
         masks: ``(B, 1, H, W)`` in {0, 1} (mask prompts).
+        count: Batch size of a ``none`` prompt (it carries no tensor to read it from).
     """
 
     kind: str
@@ -39,12 +42,17 @@ class Prompt:
     points: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     masks: torch.Tensor | None = None
+    count: int | None = None
 
     def encode(self, sam: Sam) -> tuple[torch.Tensor, torch.Tensor]:
         """Sparse and dense embeddings from ``sam``'s prompt encoder (gradients flow)."""
         pe = sam.prompt_encoder
         h, w = pe.input_image_size
         scale = torch.tensor([w, h], dtype=torch.float32, device=pe._get_device())
+        if self.kind == NO_PROMPT:
+            assert self.count is not None
+            sparse, dense = pe(points=None, boxes=None, masks=None)  # batch 1: no tokens, SAM's no-mask embedding
+            return sparse.expand(self.count, -1, -1), dense.expand(self.count, -1, -1, -1)
         if self.kind == "box":
             assert self.boxes is not None
             boxes = (self.boxes.view(-1, 2, 2) * scale).view(-1, 4)
@@ -59,7 +67,7 @@ class Prompt:
     def to(self, device: torch.device) -> Prompt:
         """The same prompt on ``device``."""
         move = lambda t: None if t is None else t.to(device)
-        return Prompt(self.kind, move(self.boxes), move(self.points), move(self.labels), move(self.masks))
+        return Prompt(self.kind, move(self.boxes), move(self.points), move(self.labels), move(self.masks), self.count)
 
 
 def _boxes(masks: torch.Tensor) -> torch.Tensor:
@@ -77,6 +85,13 @@ def _boxes(masks: torch.Tensor) -> torch.Tensor:
     empty = ~fg.flatten(1).any(1)
     box = torch.stack([x0 / w, y0 / h, x1 / w, y1 / h], 1)
     return torch.where(empty[:, None], torch.tensor([0.0, 0.0, 1.0, 1.0], device=masks.device), box)
+
+
+def no_prompt(batch: int) -> Prompt:
+    """No prompt at all: the segmenter must find the mask from the image alone, like a victim model."""
+    if batch < 1:
+        raise ConfigError(f"batch must be >= 1, got {batch}")
+    return Prompt(NO_PROMPT, count=batch)
 
 
 def whole_image_prompt(batch: int, device: torch.device | str = "cpu") -> Prompt:

@@ -37,7 +37,7 @@ from ulmed.segmentation.checkpoint import save_generator
 from ulmed.segmentation.config import UnsegConfig
 from ulmed.segmentation.data import load_pairs
 from ulmed.segmentation.generator import UnsegGenerator, scale_noise
-from ulmed.segmentation.prompts import Prompt, make_prompt
+from ulmed.segmentation.prompts import NO_PROMPT, Prompt, make_prompt, no_prompt
 from ulmed.segmentation.sam_parts import SamSegmenter, seg_loss
 
 log = logging.getLogger("ulmed")
@@ -113,13 +113,17 @@ class BilevelTrainer:
         """What the trainer's model sees: ``x_adv`` after the configured augmentation.
 
         The true mask and the loss target move with the image; the surrogate's prompt is
-        drawn again from the moved mask (a prompt is part of the trainer's input).
+        drawn again from the moved mask (a prompt is part of the trainer's input), or is no
+        prompt at all with ``surrogate_prompt: none``.
         """
+        if self.config.surrogate_prompt == NO_PROMPT:
+            prompt = no_prompt(x_adv.shape[0])
         if self.augment is None:
             return x_adv, target, prompt
         xa, both = self.augment(x_adv, torch.cat([masks, target], dim=1))
-        moved = both[:, :1]
-        return xa, both[:, 1:], self.prompt_for(moved.cpu()).to(x_adv.device)
+        if prompt.kind == NO_PROMPT:
+            return xa, both[:, 1:], prompt
+        return xa, both[:, 1:], self.prompt_for(both[:, :1].cpu()).to(x_adv.device)
 
     def surrogate_loss(self, images: torch.Tensor, masks: torch.Tensor, prompt: Prompt, model: nn.Module | None = None) -> torch.Tensor:
         """The surrogate's loss on ``image + noise`` (noise detached) against the true mask."""
