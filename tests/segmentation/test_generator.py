@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ulmed.segmentation.generator import scale_noise
+from ulmed.segmentation.generator import match_channels, scale_noise
 from ulmed.segmentation.prompts import PROMPT_KINDS, make_prompt, whole_image_prompt
 
 
@@ -47,3 +47,19 @@ def test_frozen_sam_parts_stay_frozen(trainer, batch):
     assert all(torch.equal(before[k], v) for k, v in gen.sam.state_dict().items())
     assert any(not torch.equal(head_before[k], v) for k, v in gen.head.state_dict().items())
     assert not gen.sam.training
+
+
+def test_grey_images_train_with_the_grey_noise_that_protect_applies(trainer, batch):
+    images, masks = batch  # HC18: grey, replicated to three equal channels
+    assert torch.equal(images[:, 0], images[:, 1])
+    prompt = make_prompt(masks, "box")
+    with torch.no_grad():
+        raw = trainer.generator(images, prompt)
+        noise = trainer._noise(trainer.generator, images, masks, prompt)
+    assert not torch.allclose(raw[:, 0], raw[:, 1])  # the generator itself makes colour noise ...
+    assert torch.allclose(noise[:, 0], noise[:, 1]) and torch.allclose(noise[:, 1], noise[:, 2])  # ... training sees its mean
+    expected = scale_noise(raw.mean(1, keepdim=True).expand_as(images), masks, trainer.config.train_eps, trainer.config.train_eps_bg)
+    assert torch.allclose(noise, expected)
+    colour = images.clone()
+    colour[0, 0] = colour[0, 0] * 0.5  # image 0 is now RGB: its noise keeps its channels
+    assert torch.equal(match_channels(raw, colour)[0], raw[0]) and torch.allclose(match_channels(raw, colour)[1, 0], raw[1].mean(0))

@@ -110,6 +110,24 @@ class UnsegGenerator(nn.Module):
         return torch.tanh(noise)
 
 
+def match_channels(raw: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """The noise that protect applies to ``images``: the channel mean for grey images.
+
+    A grey image is given to SAM as three equal channels, and ``--method unseg`` adds the
+    mean of the noise channels to it. Training must see the same noise, or the generator can
+    hide its signal in colour differences that the mean cancels.
+
+    Args:
+        raw: ``(B, C, H, W)`` noise map.
+        images: ``(B, 3, H, W)`` images the noise is for (grey when all channels are equal).
+    """
+    grey = (images.amax(1) == images.amin(1)).flatten(1).all(1).view(-1, 1, 1, 1)
+    mean = raw.mean(1, keepdim=True).expand_as(images)
+    if raw.shape[1] != images.shape[1]:
+        return mean
+    return torch.where(grey, mean, raw)
+
+
 def scale_noise(raw: torch.Tensor, region: torch.Tensor, eps: float | torch.Tensor, eps_bg: float | torch.Tensor) -> torch.Tensor:
     """``raw`` (in [-1, 1]) scaled to ``eps`` inside ``region`` (``(B, 1, H, W)`` in [0, 1]) and ``eps_bg`` outside."""
     eps_t = torch.as_tensor(eps, dtype=raw.dtype, device=raw.device).reshape(-1, 1, 1, 1)

@@ -36,7 +36,7 @@ from ulmed.segmentation.builders import build_named_sam, spec_for
 from ulmed.segmentation.checkpoint import save_generator
 from ulmed.segmentation.config import UnsegConfig
 from ulmed.segmentation.data import load_pairs
-from ulmed.segmentation.generator import UnsegGenerator, scale_noise
+from ulmed.segmentation.generator import UnsegGenerator, match_channels, scale_noise
 from ulmed.segmentation.prompts import NO_PROMPT, Prompt, make_prompt, no_prompt
 from ulmed.segmentation.sam_parts import SamSegmenter, seg_loss
 
@@ -103,9 +103,7 @@ class BilevelTrainer:
 
     # -- losses -------------------------------------------------------------------------
     def _noise(self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor, prompt: Prompt) -> torch.Tensor:
-        raw = model(images, prompt)
-        if raw.shape[1] != images.shape[1]:
-            raw = raw.mean(1, keepdim=True).expand_as(images)
+        raw = match_channels(model(images, prompt), images)
         return scale_noise(raw, masks, self.config.train_eps, self.config.train_eps_bg)
 
     def _view(self, x_adv: torch.Tensor, masks: torch.Tensor, target: torch.Tensor,
