@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from ulmed.segmentation.data import letterbox, unletterbox
 from ulmed.segmentation.generator import match_channels, scale_noise
 from ulmed.segmentation.prompts import PROMPT_KINDS, make_prompt, whole_image_prompt
 
@@ -63,3 +64,15 @@ def test_grey_images_train_with_the_grey_noise_that_protect_applies(trainer, bat
     colour = images.clone()
     colour[0, 0] = colour[0, 0] * 0.5  # image 0 is now RGB: its noise keeps its channels
     assert torch.equal(match_channels(raw, colour)[0], raw[0]) and torch.allclose(match_channels(raw, colour)[1, 0], raw[1].mean(0))
+
+
+def test_letterbox_pads_small_images_without_scaling_when_asked():
+    x = torch.rand(2, 3, 20, 30)
+    _, box = letterbox(x, 64)
+    assert (box.inner_h, box.inner_w) == (43, 64)  # scaled up to fit
+    padded, box = letterbox(x, 64, upscale=False)
+    assert (box.inner_h, box.inner_w, box.top, box.left) == (20, 30, 22, 17)
+    assert torch.equal(padded[..., 22:42, 17:47], x) and torch.isclose(padded.sum(), x.sum())  # the pixels, untouched
+    assert torch.allclose(unletterbox(padded, box), x)  # and back, exactly
+    _, box = letterbox(torch.rand(1, 1, 128, 96), 64, upscale=False)
+    assert (box.inner_h, box.inner_w) == (64, 48)  # larger images are still scaled down

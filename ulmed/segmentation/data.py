@@ -1,7 +1,8 @@
 """Images of any size to and from the generator's square input, and training pairs from folders.
 
 :func:`letterbox` scales a ``(B, C, H, W)`` batch so its longer side fits ``size`` (aspect
-kept) and pads it with zeros to a square; :func:`unletterbox` crops and scales a map back.
+kept; with ``upscale=False`` a smaller image keeps its pixel grid) and pads it with zeros to a
+square; :func:`unletterbox` crops and scales a map back.
 :func:`load_pairs` reads an ``images/`` + ``masks/`` data set (grey or RGB, matched by
 relative path; an ``index.csv`` with a ``split`` column beside or above the images selects a
 split) into letterboxed tensors for training.
@@ -33,16 +34,24 @@ class Box:
     inner_w: int
 
 
-def letter_box(height: int, width: int, size: int) -> Box:
-    """The placement of a ``height`` x ``width`` image in a ``size`` square (aspect kept, centred)."""
+def letter_box(height: int, width: int, size: int, upscale: bool = True) -> Box:
+    """The placement of a ``height`` x ``width`` image in a ``size`` square (aspect kept, centred).
+
+    With ``upscale=False`` an image that already fits is only padded, never enlarged.
+    """
     scale = size / max(height, width)
+    if not upscale:
+        scale = min(scale, 1.0)
     ih, iw = max(1, round(height * scale)), max(1, round(width * scale))
     return Box(height, width, (size - ih) // 2, (size - iw) // 2, ih, iw)
 
 
-def letterbox(x: torch.Tensor, size: int, nearest: bool = False) -> tuple[torch.Tensor, Box]:
-    """Scale ``(B, C, H, W)`` into a ``size`` square (zero padding); bilinear, or nearest for masks."""
-    box = letter_box(x.shape[-2], x.shape[-1], size)
+def letterbox(x: torch.Tensor, size: int, nearest: bool = False, upscale: bool = True) -> tuple[torch.Tensor, Box]:
+    """Scale ``(B, C, H, W)`` into a ``size`` square (zero padding); bilinear, or nearest for masks.
+
+    ``upscale=False``: images smaller than ``size`` are padded at their own resolution.
+    """
+    box = letter_box(x.shape[-2], x.shape[-1], size, upscale)
     mode = {"mode": "nearest"} if nearest else {"mode": "bilinear", "align_corners": False, "antialias": True}
     inner = F.interpolate(x.float(), size=(box.inner_h, box.inner_w), **mode)
     out = x.new_zeros((*x.shape[:-2], size, size), dtype=torch.float32)

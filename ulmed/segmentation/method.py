@@ -2,7 +2,8 @@
 
 Per record: every 2D image (or every slice along the first spatial axis of a volume) is
 made 3-channel (grey replicated; RGB kept; other channel counts protected one channel at a
-time as grey), letterboxed to the generator's input, paired with a prompt made from its
+time as grey), letterboxed to the generator's input (larger images are scaled down; smaller
+ones are only padded, so the noise keeps their pixel grid), paired with a prompt made from its
 mask (``prompt="mask"``, ``"box"`` or ``"points"``; label maps are binarised as
 foreground > 0), and run through the generator in batches. The tanh map is scaled back to
 the image's own size and multiplied by ``eps`` inside the mask and ``eps_bg`` outside; a
@@ -104,11 +105,11 @@ class UnSeg(ProtectionMethod):
         rng = torch.Generator().manual_seed(seed % (2**63))
         out = []
         for start in range(0, images.shape[0], self.batch_size):
-            x, box = letterbox(images[start : start + self.batch_size], size)
+            x, box = letterbox(images[start : start + self.batch_size], size, upscale=False)
             if masks is None:
                 prompt = whole_image_prompt(x.shape[0])
             else:
-                m, _ = letterbox(masks[start : start + self.batch_size], size, nearest=True)
+                m, _ = letterbox(masks[start : start + self.batch_size], size, nearest=True, upscale=False)
                 prompt = make_prompt(m, self.prompt, num_points=self.num_points, generator=rng)
             with torch.no_grad():
                 raw = self.generator(x.to(self._device), prompt.to(self._device)).cpu()
