@@ -12,8 +12,10 @@ index) to a temporary data set, runs ``protect_path`` on it (the same code as
 Usage:
     python benchmarks/file_workflow_effect.py [--methods clean,random,lsp] [--size 64]
     python benchmarks/file_workflow_effect.py --methods clean,lsp --lsp-block 8 --lsp-tile 32
+    python benchmarks/file_workflow_effect.py --methods clean,unseg     # the shipped UnSeg generator
 
-Writes benchmarks/results/file_workflow_effect_hc18.json.
+Writes benchmarks/results/file_workflow_effect_hc18[_lsp_blockB_tileT][_METHODS].json (the
+methods named when they are not the default three).
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "hc18"
+DEFAULT_METHODS = "clean,random,lsp"
 
 
 def _train_split_copy(dst: Path) -> Path:
     """A data set folder holding only HC18's train rows (images, masks, index.csv)."""
-    rows = [r for r in csv.DictReader(open(DATA / "index.csv")) if r["split"] == "train"]
+    with open(DATA / "index.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] == "train"]
     for sub in ("images", "masks"):
         (dst / sub).mkdir(parents=True)
     for r in rows:
@@ -56,7 +60,7 @@ def main() -> None:
     from ulmed.pipeline.protect import protect_path, summarize
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="clean,random,lsp")
+    parser.add_argument("--methods", default=DEFAULT_METHODS)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--eps", default="8/255")
@@ -98,6 +102,8 @@ def main() -> None:
     for r in rows:
         r["dice_ratio"] = round(r["dice"] / clean, 4) if clean else None
     suffix = "" if (args.lsp_block, args.lsp_tile) == (1, 8) else f"_lsp_block{args.lsp_block}_tile{args.lsp_tile}"
+    if args.methods != DEFAULT_METHODS:
+        suffix += "_" + "-".join(m.strip() for m in args.methods.split(",") if m.strip())
     out_path = REPO / f"benchmarks/results/file_workflow_effect_hc18{suffix}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps({"benchmark": "file_workflow_effect", "dataset": "hc18", "victim_size": size,
