@@ -82,3 +82,16 @@ def test_options_are_validated(checkpoint, monkeypatch, tmp_path):
     rec = _record(1, (32, 32), target=True)
     delta = zero_bg.perturbation(rec, rec.unit_image(), 8 / 255)
     assert not np.any(delta[:, rec.target == 0]) and zero_bg.params()["eps_bg"] == "0"
+
+
+def test_rgb_noise_for_colour_images_grey_noise_for_grey_ones_stored_as_rgb(checkpoint):
+    method = UnSeg("8/255", generator=checkpoint, eps_bg="2/255")
+    colour = _record(3, (40, 31), target=True)
+    d = method.perturbation(colour, colour.unit_image(), 8 / 255)
+    assert not np.allclose(d[0], d[1])  # a colour image keeps the generator's three channels
+    grey = _record(1, (40, 31), target=True)
+    as_rgb = Record("r", np.repeat(grey.image, 3, axis=0), grey.mapping, 2, "image", target=grey.target)
+    d_rgb = method.perturbation(as_rgb, as_rgb.unit_image(), 8 / 255)
+    d_grey = method.perturbation(grey, grey.unit_image(), 8 / 255)
+    assert np.allclose(d_rgb[0], d_rgb[1]) and np.allclose(d_rgb[1], d_rgb[2])  # equal channels: the grey noise ...
+    assert np.allclose(d_rgb[0], d_grey[0], atol=1e-6)  # ... the same as for the image stored as grey

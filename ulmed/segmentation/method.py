@@ -7,7 +7,8 @@ ones are only padded, so the noise keeps their pixel grid), paired with a prompt
 mask (``prompt="mask"``, ``"box"`` or ``"points"``; label maps are binarised as
 foreground > 0), and run through the generator in batches. The tanh map is scaled back to
 the image's own size and multiplied by ``eps`` inside the mask and ``eps_bg`` outside; a
-grey image takes the mean of the noise channels.
+grey image (also one stored as RGB with equal channels) takes the mean of the noise channels,
+as in training (:func:`ulmed.segmentation.generator.match_channels`).
 
 Records without a mask use the ``fallback``: ``box`` (a whole-image box prompt, and the
 whole image counts as inside, so it gets ``eps``) or ``skip`` (left untouched). The
@@ -30,6 +31,7 @@ from ulmed.errors import ConfigError
 from ulmed.io.record import Record
 from ulmed.segmentation.checkpoint import load_generator
 from ulmed.segmentation.data import letterbox, to_rgb, unletterbox
+from ulmed.segmentation.generator import match_channels
 from ulmed.segmentation.prompts import (
     PROMPT_KINDS,
     make_prompt,
@@ -139,12 +141,9 @@ class UnSeg(ProtectionMethod):
         for g, chans in enumerate(groups):
             slices = torch.from_numpy(np.stack([to_rgb(unit[chans, d]) for d in range(unit.shape[1])]).astype(np.float32))
             masks = None if fg is None else torch.from_numpy(fg[:, None].astype(np.float32))
-            raw = self._raw(slices, masks, record_seed(self.seed, f"{record.key}:{g}"))  # (D, Cn, H, W)
-            noise = raw * scale
-            if len(chans) == 3 and noise.shape[1] == 3:
-                delta[chans] = noise.permute(1, 0, 2, 3).numpy()
-            else:
-                delta[chans] = noise.mean(1, keepdim=True).permute(1, 0, 2, 3).numpy()
+            # (D, 3, H, W); grey slices get the channel mean, the same rule as in training
+            noise = match_channels(self._raw(slices, masks, record_seed(self.seed, f"{record.key}:{g}")), slices) * scale
+            delta[chans] = (noise if len(chans) == 3 else noise[:, :1]).permute(1, 0, 2, 3).numpy()
         return delta if record.spatial_dims == 3 else delta[:, 0]
 
     def params(self) -> dict[str, Any]:
