@@ -269,14 +269,15 @@ def evaluate(
     if quick:
         epochs, batch_size = epochs or QUICK["epochs"], batch_size or QUICK["batch_size"]  # type: ignore[assignment]
         size, shape, limit = size or QUICK["size"], shape or QUICK["shape"], limit or QUICK["limit"]  # type: ignore[assignment]
-    try:
-        dhw = tuple(int(v) for v in (shape or "40,56,40").replace("x", ",").split(","))
-    except ValueError:
-        raise ConfigError(f"--shape needs three integers D,H,W, got {shape!r}") from None
-    try:
-        patch_size = tuple(int(v) for v in patch.replace("x", ",").split(",")) if patch else None
-    except ValueError:
-        raise ConfigError(f"--patch needs integers D,H,W (volumes) or H,W (images), got {patch!r}") from None
+    def sizes(text: str, what: str) -> tuple[int, ...]:
+        """``"24,32,24"`` or ``"24x32x24"`` -> integers; a clear error otherwise."""
+        try:
+            return tuple(int(v) for v in text.replace("x", ",").split(","))
+        except ValueError:
+            raise ConfigError(f"{what}, got {text!r}") from None
+
+    dhw = sizes(shape or "40,56,40", "--shape needs three integers D,H,W")
+    patch_size = sizes(patch, "--patch needs integers D,H,W (volumes) or H,W (images)") if patch else None
     config = TrainConfig(epochs=epochs or 10, batch_size=batch_size or 8, lr=lr, device=state.device, num_threads=threads,
                          patch_size=patch_size)
     report = run_evaluation(
