@@ -76,3 +76,56 @@ def test_band_style_textures_only_the_classes_with_a_period():
     assert m.params()["periods"] == [0.0, 4.0]
     with pytest.raises(ConfigError, match="periods"):
         build_method("lsp", "8/255", 0, "cpu", style="band", periods=(0, 1))
+
+
+def test_nyquist_patterns_are_their_own_shifts_flips_and_rotations_up_to_sign():
+    from ulmed.core.patterns import nyquist_corners, nyquist_pattern
+
+    assert nyquist_corners(2) == [(0, 1), (0,), (1,)]
+    assert len(nyquist_corners(3)) == 7
+    board = nyquist_pattern(1, 1, (8, 8))[0]
+    assert np.array_equal(board, np.array([[(-1.0) ** (i + j) for j in range(8)] for i in range(8)]))
+    assert np.array_equal(nyquist_pattern(4, 1, (8, 8))[0], -board)  # 2D: three corners, then negatives
+    for moved in (np.roll(board, 1, 0), np.roll(board, 3, 1), board[::-1], board[:, ::-1], np.rot90(board)):
+        assert np.array_equal(moved, board) or np.array_equal(moved, -board)
+    stripes = nyquist_pattern(2, 3, (4, 6))
+    assert stripes.shape == (3, 4, 6) and np.array_equal(stripes[0], stripes[2])  # same in every channel
+    assert np.array_equal(stripes[0, :, 0], [1, -1, 1, -1]) and np.all(stripes[0] == stripes[0, :, :1])
+    with pytest.raises(ValueError):
+        nyquist_pattern(0, 1, (4, 4))
+
+
+def test_a_stride_2_convolution_folds_the_checkerboard_to_a_constant():
+    """Why a strided CNN reads the code with one filter: any stride-2 conv maps it to +-constant."""
+    import torch
+
+    from ulmed.core.patterns import nyquist_pattern
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 4, 3, stride=2, bias=False)
+    board = torch.as_tensor(nyquist_pattern(1, 1, (17, 17)))[None]
+    out = conv(board)[0].detach()
+    assert torch.allclose(out, out[:, :1, :1].expand_as(out), atol=1e-6)
+    shifted = conv(board[..., 1:, :16])[0].detach()  # one position down: the sign flips
+    assert torch.allclose(shifted, -out[:, :1, :1].expand_as(shifted), atol=1e-6)
+
+
+def test_nyquist_style_draws_only_the_foreground(shared_data):
+    from ulmed.core.patterns import nyquist_coded, nyquist_pattern
+
+    rec = _record(shared_data)
+    m = MaskCodedPatterns("4/255", style="nyquist")
+    assert m.params()["style"] == "nyquist" and "tile" not in m.params()
+    delta = m.protect(rec).image[0] - rec.image[0].astype(np.float64)
+    assert np.abs(delta).max() <= 4 + 1e-6
+    inside = (rec.target == 255) & (rec.image[0] > 8) & (rec.image[0] < 247)
+    board = nyquist_pattern(1, 1, rec.spatial_shape)[0]
+    assert np.allclose(delta[inside], 4 * board[inside], atol=1e-4)  # 255 counts as class 1
+    assert np.all(delta[rec.target == 0] == 0)
+    labels = np.zeros((6, 6), dtype=np.int64)
+    labels[:2], labels[4:] = 1, 2
+    code = nyquist_coded(labels, 1, (6, 6))[0]
+    assert np.array_equal(code[:2], nyquist_pattern(1, 1, (6, 6))[0, :2])
+    assert np.array_equal(code[4:], nyquist_pattern(2, 1, (6, 6))[0, 4:]) and np.all(code[2:4] == 0)
+    assert np.array_equal(nyquist_coded(3, 1, (4, 4)), nyquist_pattern(4, 1, (4, 4)))  # class label c: pattern c+1
+    assert np.array_equal(nyquist_coded(None, 2, (4, 4)), nyquist_pattern(1, 2, (4, 4)))

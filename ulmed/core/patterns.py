@@ -4,9 +4,18 @@ Each class gets a random ``+-1`` pattern (blocks of ``block`` positions, period 
 drawn from the seed alone so that a whole data set shares one code. :func:`mask_coded`
 gives every position the pattern of its own class, so a mask is drawn as a texture.
 Used by the ``lsp`` baseline and as the optional warm start of the min-min methods.
+
+:func:`nyquist_coded` is the other family: each foreground class is drawn with a pattern at
+the highest frequency the grid holds (the checkerboard ``(-1)^(i+j)`` and its relatives, one
+corner of the frequency square each), the background is left untouched. A strided CNN folds
+these patterns to a constant at its first stride-2 layer, so it reads them with one signed
+filter; every integer shift, flip or 90-degree rotation maps each of them to plus or minus
+itself, so they have no phase for those transformations to scramble.
 """
 
 from __future__ import annotations
+
+from itertools import combinations
 
 import numpy as np
 
@@ -82,4 +91,47 @@ def mask_textured(target: np.ndarray | int | None, channels: int, spatial: tuple
         if periods[index] and where.any():
             mask = np.broadcast_to(where, code.shape)
             code[mask] = band_texture(channels, spatial, periods[index], seed + 7919 * index)[mask]
+    return code
+
+
+def nyquist_corners(spatial_dims: int) -> list[tuple[int, ...]]:
+    """The axis sets of the Nyquist patterns, all axes first (the checkerboard), then fewer."""
+    axes = range(spatial_dims)
+    return [c for k in range(spatial_dims, 0, -1) for c in combinations(axes, k)]
+
+
+def nyquist_pattern(index: int, channels: int, spatial: tuple[int, ...]) -> np.ndarray:
+    """The ``+-1`` Nyquist pattern number ``index`` (>= 1), the same in every channel.
+
+    Patterns ``1..n`` are ``(-1)^(sum of the indices along the axes of corner k)`` for the
+    ``n = 2^dims - 1`` corners of :func:`nyquist_corners` (pattern 1: the checkerboard);
+    ``n+1..2n`` are their negatives; the numbering then repeats.
+    """
+    if index < 1:
+        raise ValueError(f"Nyquist patterns are numbered from 1, got {index}")
+    corners = nyquist_corners(len(spatial))
+    k = (index - 1) % (2 * len(corners))
+    sign = 1.0 if k < len(corners) else -1.0
+    grids = np.indices(spatial, sparse=True)
+    parity = sum(grids[a] for a in corners[k % len(corners)])
+    code = sign * np.where(parity % 2 == 0, 1.0, -1.0).astype(np.float32)
+    return np.broadcast_to(np.broadcast_to(code, spatial)[None], (channels, *spatial)).copy()
+
+
+def nyquist_coded(target: np.ndarray | int | None, channels: int, spatial: tuple[int, ...]) -> np.ndarray:
+    """``(channels, *spatial)`` code: each foreground position its class's Nyquist pattern.
+
+    In a mask/label map, value 0 (background) gets no code and value ``v`` gets pattern
+    ``v`` (255, the foreground of binary 8-bit masks, counts as 1), so a data set's classes
+    keep their patterns from image to image. A class label ``c`` codes the whole image with
+    pattern ``c + 1``; None (no target) with pattern 1.
+    """
+    if target is None or isinstance(target, (int, np.integer)):
+        return nyquist_pattern(1 if target is None else int(target) + 1, channels, spatial)
+    code = np.zeros((channels, *spatial), dtype=np.float32)
+    for value in np.unique(target):
+        if value == 0:
+            continue
+        where = np.broadcast_to(target == value, code.shape)
+        code[where] = nyquist_pattern(1 if value == 255 else int(value), channels, spatial)[where]
     return code
