@@ -49,6 +49,8 @@ ROBUST: dict[str, tuple[str, dict[str, Any]]] = {
     "em_armor": ("em", {"min_min": True, "augment": "armor", "step_schedule": "dynamic"}),
     "em_bayes": ("em", {"min_min": True, "objective": "bayes"}),
 }
+#: Protections that run only when named with ``--methods`` (lsp_nyquist: one Nyquist pattern per class).
+EXTRA: dict[str, tuple[str, dict[str, Any]]] = {"lsp_nyquist": ("lsp", {"style": "nyquist"})}
 
 
 def _subset_npz(dst: Path, train: int | None, test: int | None) -> Path:
@@ -117,6 +119,13 @@ def main() -> None:
         clean = _subset_npz(tmp / "clean", m["train"], m["test"])
         protected = {}
         rows = ROBUST if args.robust else {k: v for k, v in METHODS.items() if k not in m.get("skip", [])}
+        if args.methods:
+            catalogue = {**METHODS, **ROBUST, **EXTRA}
+            names = [n.strip() for n in args.methods.split(",") if n.strip()]
+            unknown = [n for n in names if n not in catalogue]
+            if unknown:
+                raise SystemExit(f"unknown protection(s) {', '.join(unknown)}; choose from {', '.join(catalogue)}")
+            rows = {n: catalogue[n] for n in names}
         for name, (method, options) in rows.items():
             wall = _protect(clean, tmp / name, method, options, args.eps, args.seed, m["min_min"])
             print(f"protected with {name}: {wall:.1f} s", flush=True)
@@ -124,7 +133,7 @@ def main() -> None:
         if out.exists():
             shutil.rmtree(out)
         config = TrainConfig(epochs=m["epochs"], batch_size=32, lr=1e-3, seed=args.seed, device="cpu", num_threads=2)
-        run_evaluation(clean, protected, out, dataset="pneumonia", victims=m["victims"], defenses=DEFENSES,
+        run_evaluation(clean, protected, out, dataset="pneumonia", victims=m["victims"], defenses=m.get("defenses", DEFENSES),
                        train_config=config, seed=args.seed, progress=lambda line: print(line, flush=True))
     print((out / "report.md").read_text())
     print(f"wall time {time.perf_counter() - start:.0f} s -> {out}")

@@ -35,18 +35,23 @@ def parse_mode_args(doc: str, stem: str) -> tuple[argparse.Namespace, Path]:
     parser.add_argument("--methods", default="",
                         help="comma-separated protections instead of the baselines (or --robust set): any of "
                              "the BASELINES, ROBUST and EXTRA names, e.g. unseg")
+    parser.add_argument("--defenses", default="",
+                        help="comma-separated defenses instead of the mode's own, e.g. none,flip_jitter,aug-shift")
     args = parser.parse_args()
     suffix = ("_robust" if args.robust else "") + ("_quick" if args.quick else "")
     suffix += f"_{args.methods.replace(',', '-')}" if args.methods else ""
+    suffix += f"_{args.defenses.replace(',', '-')}" if args.defenses else ""
     suffix += {"": "", "none": "_whole"}.get(args.patch, "_patch")
     return args, REPO / "benchmarks/results" / f"{stem}{suffix}"
 
 
 def select_mode(modes: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
-    """The settings of the chosen mode (``--quick`` or full), with ``--victims`` and ``--patch`` applied."""
+    """The settings of the chosen mode (``--quick`` or full), with ``--victims``, ``--defenses`` and ``--patch`` applied."""
     mode = dict(modes["quick" if args.quick else "full"])
     if args.victims:
         mode["victims"] = [v.strip() for v in args.victims.split(",") if v.strip()]
+    if args.defenses:
+        mode["defenses"] = [d.strip() for d in args.defenses.split(",") if d.strip()]
     if args.patch == "none":
         mode["patch"] = None
     elif args.patch:

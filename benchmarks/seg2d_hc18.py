@@ -81,7 +81,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         clean = working_copy(tmp / "hc18", m["size"], m["train"], m["test"])
         train_only = working_copy(tmp / "hc18_train", m["size"], m["train"], 0)
-        protect_and_evaluate(clean, train_only, tmp, out, mode=m, dataset="hc18", defenses=DEFENSES, eps=args.eps,
+        protect_and_evaluate(clean, train_only, tmp, out, mode=m, dataset="hc18", defenses=m.get("defenses", DEFENSES), eps=args.eps,
                              seed=args.seed, batch_size=8,
                              methods=select_methods(args), learnability=args.learnability, size=(m["size"], m["size"]))
     print(f"wall time {time.perf_counter() - start:.0f} s -> {out}")

@@ -167,3 +167,18 @@ def test_em_on_a_real_3d_volume_makes_it_easier_to_fit(shared_data):
 
     # measured: 0.494 vs 0.505; the 3D effect is small (see the hippocampus benchmark), but real
     assert final_loss(m.protect(rec).unit_image()) < final_loss(rec.unit_image()) - 0.005
+
+
+def test_nyquist_warm_start_begins_at_the_foreground_checkerboard(hc18_small):
+    from ulmed.core.patterns import nyquist_pattern
+
+    m = ErrorMinimising("8/255", seed=0, init="nyquist", rounds=1, train_steps=1, pgd_steps=1, step_size=1e-6,
+                        batch_size=8, device="cpu")
+    m.fit(hc18_small)
+    rec = hc18_small[0]
+    d = _delta(m, rec)[0]
+    fg = np.asarray(rec.target) > 0
+    board = nyquist_pattern(1, 1, rec.spatial_shape)[0]
+    unclipped = (rec.image[0] > 10) & (rec.image[0] < 245)
+    assert np.allclose(d[fg & unclipped], 8 * board[fg & unclipped], atol=0.01)
+    assert np.abs(d[~fg]).max() < 0.01  # one tiny step from zero

@@ -34,7 +34,7 @@ from ulmed.core.canvas import TileLayout, crop, pad_stack, tile, untile
 from ulmed.core.device import resolve_device
 from ulmed.core.method import ProtectionMethod
 from ulmed.core.objectives import BayesErrorObjective
-from ulmed.core.patterns import mask_coded
+from ulmed.core.patterns import mask_coded, nyquist_coded
 from ulmed.core.selection import ClasswiseAugment, chosen_augment, select_policies
 from ulmed.core.surrogates import (
     SURROGATE_TASK,
@@ -47,7 +47,7 @@ from ulmed.errors import ConfigError
 from ulmed.io.record import Record
 
 log = logging.getLogger("ulmed")
-INITS = ("zero", "lsp")
+INITS = ("zero", "lsp", "nyquist")
 #: What the PGD steps optimise: the surrogate's training loss (error-minimising) or minus
 #: a Bayes-error estimate on the surrogate's features (:mod:`ulmed.core.objectives`).
 OBJECTIVES = ("loss", "bayes")
@@ -107,9 +107,10 @@ class OptimisedMethod(ProtectionMethod):
         tile_size: Cut images into tiles of this size (per spatial axis) instead of
             padding them to a common shape; bounds memory for large volumes.
         pseudo_classes: Bands of the label-free pseudo-targets.
-        init: ``"zero"``, or ``"lsp"`` to start from the mask-coded patterns of
+        init: ``"zero"``, ``"lsp"`` to start from the mask-coded patterns of
             :mod:`ulmed.core.patterns` (each position its class's code, at full budget),
-            a shortcut the loop then refines.
+            a shortcut the loop then refines, or ``"nyquist"`` to start from its Nyquist
+            patterns (foreground classes only).
         amp: Mixed precision on CUDA.
         augment: The trainer's augmentation to optimise against (expectation over
             transformations): a preset of :mod:`ulmed.core.augment` (``none``,
@@ -245,6 +246,8 @@ class OptimisedMethod(ProtectionMethod):
         """Initial noise of one record (zeros, or its mask-coded pattern at full budget)."""
         if self.init == "zero" or self.classwise:
             return np.zeros(record.image.shape, dtype=np.float32)
+        if self.init == "nyquist":
+            return (eps * nyquist_coded(target, record.channels, record.spatial_shape)).astype(np.float32)
         return (eps * mask_coded(target, record.channels, record.spatial_shape, 8, 1, self.seed)).astype(np.float32)
 
     def _surrogate(self, key: str, name: str, dims: int, channels: int, num_classes: int) -> tuple[torch.nn.Module, torch.optim.Optimizer, int]:
