@@ -26,7 +26,7 @@ def test_pattern_is_periodic_signed_and_class_specific():
 
 def test_noise_draws_the_mask_within_budget(shared_data):
     rec = _record(shared_data)
-    out = MaskCodedPatterns("4/255", seed=3).protect(rec)
+    out = MaskCodedPatterns("4/255", seed=3, style="blocks").protect(rec)
     delta = out.image[0] - rec.image[0].astype(np.float64)
     assert np.abs(delta).max() <= 4 + 1e-6
     fg = class_pattern(255, 1, rec.spatial_shape, 8, 1, 3)[0]
@@ -40,7 +40,7 @@ def test_noise_draws_the_mask_within_budget(shared_data):
 def test_unlabelled_and_bad_parameters(shared_data):
     rec = _record(shared_data)
     rec.target = None
-    delta = MaskCodedPatterns("2/255").protect(rec).image - rec.image
+    delta = MaskCodedPatterns("2/255", style="blocks").protect(rec).image - rec.image
     assert np.abs(delta).max() <= 2 + 1e-6 and np.abs(delta).mean() > 1
     with pytest.raises(ConfigError):
         MaskCodedPatterns("2/255", tile=4, block=8)
@@ -129,3 +129,18 @@ def test_nyquist_style_draws_only_the_foreground(shared_data):
     assert np.array_equal(code[4:], nyquist_pattern(2, 1, (6, 6))[0, 4:]) and np.all(code[2:4] == 0)
     assert np.array_equal(nyquist_coded(3, 1, (4, 4)), nyquist_pattern(4, 1, (4, 4)))  # class label c: pattern c+1
     assert np.array_equal(nyquist_coded(None, 2, (4, 4)), nyquist_pattern(1, 2, (4, 4)))
+
+
+def test_auto_style_codes_images_with_nyquist_and_volumes_with_blocks(shared_data):
+    from ulmed.core.patterns import mask_coded, nyquist_coded
+
+    m = MaskCodedPatterns("4/255", seed=2)
+    assert m.params()["style"] == "auto" and m.params()["tile"] == 8
+    image = _record(shared_data)
+    assert np.array_equal(m.perturbation(image, None, 1.0), nyquist_coded(image.target, 1, image.spatial_shape))
+    labels = np.zeros((6, 8, 8), dtype=np.int64)
+    labels[2:4, 2:6, 2:6] = 1
+    volume = Record("v", np.zeros((1, 6, 8, 8)), IntensityMapping(0, 1, 0, 1, 0), 3, "nifti", target=labels)
+    assert np.array_equal(m.perturbation(volume, None, 1.0), mask_coded(labels, 1, (6, 8, 8), 8, 1, 2))
+    with pytest.raises(ConfigError):
+        MaskCodedPatterns("4/255", style="checker")
