@@ -49,8 +49,10 @@ ROBUST: dict[str, tuple[str, dict[str, Any]]] = {
     "em_armor": ("em", {"min_min": True, "augment": "armor", "step_schedule": "dynamic"}),
     "em_bayes": ("em", {"min_min": True, "objective": "bayes"}),
 }
-#: Protections that run only when named with ``--methods`` (lsp_nyquist: one Nyquist pattern per class).
-EXTRA: dict[str, tuple[str, dict[str, Any]]] = {"lsp_nyquist": ("lsp", {"style": "nyquist"})}
+#: Protections that run only when named with ``--methods`` (lsp_nyquist: one Nyquist pattern per class;
+#: lsp_blocks: the random block patterns; ``lsp`` is the default style, Nyquist for these 2D images).
+EXTRA: dict[str, tuple[str, dict[str, Any]]] = {"lsp_nyquist": ("lsp", {"style": "nyquist"}),
+                                                "lsp_blocks": ("lsp", {"style": "blocks"})}
 
 
 def _subset_npz(dst: Path, train: int | None, test: int | None) -> Path:

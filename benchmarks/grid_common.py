@@ -74,8 +74,10 @@ ROBUST: dict[str, tuple[str, dict[str, Any]]] = {
     "salm_eot": ("salm", {"rho": 0.1, "augment": "standard", "step_schedule": "dynamic"}),
 }
 #: Protections that run only when named with ``--methods`` (UnSeg: the shipped generator,
-#: prompted by each item's mask; 8/255 inside, 2/255 outside; lsp_nyquist: lsp's Nyquist style).
-EXTRA: dict[str, tuple[str, dict[str, Any]]] = {"unseg": ("unseg", {}), "lsp_nyquist": ("lsp", {"style": "nyquist"})}
+#: prompted by each item's mask; 8/255 inside, 2/255 outside; lsp_nyquist / lsp_blocks: lsp with
+#: one style for every record, where ``lsp`` is the default ``auto``).
+EXTRA: dict[str, tuple[str, dict[str, Any]]] = {"unseg": ("unseg", {}), "lsp_nyquist": ("lsp", {"style": "nyquist"}),
+                                                "lsp_blocks": ("lsp", {"style": "blocks"})}
 MIN_MIN = ("em", "salm")
 
 

@@ -48,7 +48,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
 }
 METHODS = ("clean", "random", "lsp", "em", "salm", "salm_lsp", "salm_nolabel", "em_eot", "em_lsp_eot", "salm_eot", "em_bayes",
            "em_eot_shift", "em_eot_robust", "band4", "band4_8", "band3_6", "lsp_t8b4", "lsp_t16b8", "lsp_t32b16",
-           "lsp_t2", "lsp_t4", "lsp_nyquist", "em_nyquist", "em_nyquist_eot")
+           "lsp_t2", "lsp_t4", "lsp_nyquist", "em_nyquist", "em_nyquist_eot", "lsp_blocks")
 #: benchmark row -> (registered method, extra options, use labels)
 ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "clean": ("clean", {}, True),
@@ -73,6 +73,7 @@ ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "lsp_t2": ("lsp", {"tile": 2}, True),
     "lsp_t4": ("lsp", {"tile": 4}, True),
     "lsp_nyquist": ("lsp", {"style": "nyquist"}, True),
+    "lsp_blocks": ("lsp", {"style": "blocks"}, True),
     "em_nyquist": ("em", {"init": "nyquist"}, True),
     "em_nyquist_eot": ("em", {"init": "nyquist", "augment": "standard", "step_schedule": "dynamic"}, True),
 }

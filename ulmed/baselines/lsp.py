@@ -40,7 +40,7 @@ STYLES = ("auto", "blocks", "band", "nyquist")
 
 @METHODS.register("lsp")
 class MaskCodedPatterns(ProtectionMethod):
-    """Training-free class/mask-coded patterns (LSP-style baseline): each position carries its class's code.
+    """Training-free class/mask-coded patterns (LSP-style): 2D foreground classes as Nyquist patterns, volumes as blocks.
 
     Args:
         tile: Period of the pattern, in positions.
