@@ -129,6 +129,8 @@ def test_nyquist_style_draws_only_the_foreground(shared_data):
     assert np.array_equal(code[4:], nyquist_pattern(2, 1, (6, 6))[0, 4:]) and np.all(code[2:4] == 0)
     assert np.array_equal(nyquist_coded(3, 1, (4, 4)), nyquist_pattern(4, 1, (4, 4)))  # class label c: pattern c+1
     assert np.array_equal(nyquist_coded(None, 2, (4, 4)), nyquist_pattern(1, 2, (4, 4)))
+    with pytest.raises(ConfigError, match=">= 0"):
+        nyquist_coded(np.full((4, 4), -1), 1, (4, 4))
 
 
 def test_auto_style_codes_images_with_nyquist_and_volumes_with_blocks(shared_data):

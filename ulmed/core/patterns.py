@@ -19,6 +19,8 @@ from itertools import combinations
 
 import numpy as np
 
+from ulmed.errors import ConfigError
+
 
 def class_pattern(cls: int, channels: int, spatial: tuple[int, ...], tile: int, block: int, seed: int) -> np.ndarray:
     """The ``+-1`` pattern of class ``cls``, tiled over ``(channels, *spatial)``."""
@@ -125,7 +127,13 @@ def nyquist_coded(target: np.ndarray | int | None, channels: int, spatial: tuple
     ``v`` (255, the foreground of binary 8-bit masks, counts as 1), so a data set's classes
     keep their patterns from image to image. A class label ``c`` codes the whole image with
     pattern ``c + 1``; None (no target) with pattern 1.
+
+    Raises:
+        ConfigError: A negative class value.
     """
+    if np.min(target if target is not None else 0) < 0:
+        raise ConfigError("Nyquist codes need class values >= 0 (masks, label maps, class labels); "
+                          "map negative labels (e.g. an ignore value) to 0 or a class first")
     if target is None or isinstance(target, (int, np.integer)):
         return nyquist_pattern(1 if target is None else int(target) + 1, channels, spatial)
     code = np.zeros((channels, *spatial), dtype=np.float32)
