@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from grid_common import parse_mode_args, select_mode
+from grid_common import named_methods, parse_mode_args, select_mode
 
 REPO = Path(__file__).resolve().parents[1]
 NPZ = REPO.parent / "shared" / "data" / "pneumoniamnist" / "pneumoniamnist.npz"
@@ -122,12 +122,7 @@ def main() -> None:
         protected = {}
         rows = ROBUST if args.robust else {k: v for k, v in METHODS.items() if k not in m.get("skip", [])}
         if args.methods:
-            catalogue = {**METHODS, **ROBUST, **EXTRA}
-            names = [n.strip() for n in args.methods.split(",") if n.strip()]
-            unknown = [n for n in names if n not in catalogue]
-            if unknown:
-                raise SystemExit(f"unknown protection(s) {', '.join(unknown)}; choose from {', '.join(catalogue)}")
-            rows = {n: catalogue[n] for n in names}
+            rows = named_methods(args.methods, {**METHODS, **ROBUST, **EXTRA})
         for name, (method, options) in rows.items():
             wall = _protect(clean, tmp / name, method, options, args.eps, args.seed, m["min_min"])
             print(f"protected with {name}: {wall:.1f} s", flush=True)

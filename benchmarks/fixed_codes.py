@@ -36,7 +36,7 @@ import numpy as np
 from protect_effect import SETTINGS, _load, _victim_dice
 from scipy.ndimage import distance_transform_edt
 
-from ulmed.core.patterns import nyquist_pattern
+from ulmed.core.patterns import nyquist_coded, nyquist_pattern
 from ulmed.eval.imperceptibility import imperceptibility
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,12 +59,18 @@ def _block_signs(mask: np.ndarray, rng: np.random.Generator, size: int) -> np.nd
     return np.kron(signs, np.ones((size, size)))[:h, :w]
 
 
-def _stripes(sd: np.ndarray, period: float) -> np.ndarray:
-    return -np.sign(np.sin(2 * np.pi * sd / period) + 1e-6)
+def _rim(mask: np.ndarray, width: float) -> np.ndarray:
+    sd = _signed_distance(mask)
+    return np.where(sd < 0, 1.0, -1.0) * (np.abs(sd) < width)
+
+
+def _rings(mask: np.ndarray, period: float, outside_only: bool = False) -> np.ndarray:
+    sd = _signed_distance(mask)
+    return -np.sign(np.sin(2 * np.pi * sd / period) + 1e-6) * ((sd > 0) if outside_only else 1.0)
 
 
 CODES: dict[str, Code] = {
-    "nyquist_fg": lambda m, rng: _board(m) * (m == 1),
+    "nyquist_fg": lambda m, rng: nyquist_coded(m, 1, m.shape)[0],
     "nyquist_bg": lambda m, rng: _board(m) * (m != 1),
     "nyquist_fg_hv": lambda m, rng: np.where(m == 1, _board(m), 0.5 * (nyquist_pattern(2, 1, m.shape)[0]
                                                                      + nyquist_pattern(3, 1, m.shape)[0])),
@@ -73,10 +79,10 @@ CODES: dict[str, Code] = {
     "sign8": lambda m, rng: _board(m) * (m == 1) * _block_signs(m, rng, 8),
     "block2_fg": lambda m, rng: np.where((np.indices(m.shape) // 2).sum(0) % 2 == 0, 1.0, -1.0) * (m == 1),
     "iid_fg": lambda m, rng: rng.choice([-1.0, 1.0], size=m.shape) * (m == 1),
-    "rim2": lambda m, rng: np.where(_signed_distance(m) < 0, 1.0, -1.0) * (np.abs(_signed_distance(m)) < 2),
-    "rim4": lambda m, rng: np.where(_signed_distance(m) < 0, 1.0, -1.0) * (np.abs(_signed_distance(m)) < 4),
-    "rings4": lambda m, rng: _stripes(_signed_distance(m), 4),
-    "rings4_out": lambda m, rng: _stripes(_signed_distance(m), 4) * (_signed_distance(m) > 0),
+    "rim2": lambda m, rng: _rim(m, 2),
+    "rim4": lambda m, rng: _rim(m, 4),
+    "rings4": lambda m, rng: _rings(m, 4),
+    "rings4_out": lambda m, rng: _rings(m, 4, outside_only=True),
 }
 
 

@@ -85,8 +85,12 @@ def select_methods(args: argparse.Namespace) -> dict[str, tuple[str, dict[str, A
     """The protections to compare: ``--methods``, else ROBUST with ``--robust``, else BASELINES."""
     if not args.methods:
         return ROBUST if args.robust else BASELINES
-    catalogue = {**BASELINES, **ROBUST, **EXTRA}
-    names = [n.strip() for n in args.methods.split(",") if n.strip()]
+    return named_methods(args.methods, {**BASELINES, **ROBUST, **EXTRA})
+
+
+def named_methods(spec: str, catalogue: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The protections named in the comma-separated ``spec``, looked up in ``catalogue`` (exits on unknown names)."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
     unknown = [n for n in names if n not in catalogue]
     if unknown:
         raise SystemExit(f"unknown protection(s) {', '.join(unknown)}; choose from {', '.join(catalogue)}")

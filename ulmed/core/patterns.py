@@ -131,15 +131,14 @@ def nyquist_coded(target: np.ndarray | int | None, channels: int, spatial: tuple
     Raises:
         ConfigError: A negative class value.
     """
-    if np.min(target if target is not None else 0) < 0:
+    values = np.unique(np.asarray(0 if target is None else target))
+    if values[0] < 0:
         raise ConfigError("Nyquist codes need class values >= 0 (masks, label maps, class labels); "
                           "map negative labels (e.g. an ignore value) to 0 or a class first")
     if target is None or isinstance(target, (int, np.integer)):
         return nyquist_pattern(1 if target is None else int(target) + 1, channels, spatial)
     code = np.zeros((channels, *spatial), dtype=np.float32)
-    for value in np.unique(target):
-        if value == 0:
-            continue
+    for value in values[values != 0]:
         where = np.broadcast_to(target == value, code.shape)
         code[where] = nyquist_pattern(1 if value == 255 else int(value), channels, spatial)[where]
     return code
