@@ -179,3 +179,19 @@ def test_manifest_is_strict_json_for_unchanged_images(sample_data, tmp_path):
     entries = json.loads(text)["entries"]
     written = [e for e in entries if e["status"] == "written"]
     assert written and all(e["metrics"]["psnr"] is None and e["metrics"]["linf"] == 0 for e in written)
+
+
+def test_default_method_draws_the_masks_foreground_as_a_checkerboard(sample_data, tmp_path):
+    """`ulmed protect` with no method on an images + masks data set: lsp's Nyquist code, background untouched."""
+    manifest = protect_path(sample_data / "hc18", tmp_path / "out", eps="8/255", seed=0)
+    assert manifest.counts()["failed"] == 0
+    clean = np.asarray(Image.open(sample_data / "hc18/images/012_HC.png")).astype(int)
+    prot = np.asarray(Image.open(tmp_path / "out/images/012_HC.png")).astype(int)
+    mask = np.asarray(Image.open(sample_data / "hc18/masks/012_HC.png")) > 0
+    i, j = np.indices(clean.shape)
+    board = np.where((i + j) % 2 == 0, 8, -8)
+    free = mask & (clean >= 8) & (clean <= 247)
+    assert free.sum() > 1000 and np.array_equal((prot - clean)[free], board[free])
+    assert np.array_equal(prot[~mask], clean[~mask])
+    saved = json.loads((tmp_path / "out/manifest.json").read_text())
+    assert json.dumps(saved).count('"style": "auto"') >= 1
