@@ -8,16 +8,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+TEST_DATA = Path(__file__).resolve().parent / "data"
 SAMPLE_DATA = REPO / "sample_data"
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """../shared/data (real HC18, MSD hippocampus, PneumoniaMNIST)."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-    return SHARED_DATA
+def real_data() -> Path:
+    """tests/data: small real subsets of HC18, MSD hippocampus, PneumoniaMNIST and MONAI's tiny volume.
+
+    Laid out as the benchmark data (same folders, same index.csv columns), so a test reads them
+    the way a benchmark reads the full sets; see tests/data/README.md for sources and licences.
+    """
+    return TEST_DATA
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +38,7 @@ def tree_hashes(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def hc18_train_records(shared_data):
+def hc18_train_records(real_data):
     """A factory: the first ``n`` HC18 train images as 8-bit records with their masks, at ``size`` px."""
     import csv
 
@@ -46,11 +48,11 @@ def hc18_train_records(shared_data):
     from ulmed.io.record import IntensityMapping, Record
 
     def make(size: int, n: int = 8) -> list[Record]:
-        rows = [r for r in csv.DictReader(open(shared_data / "hc18/index.csv")) if r["split"] == "train"][:n]
+        rows = [r for r in csv.DictReader(open(real_data / "hc18/index.csv")) if r["split"] == "train"][:n]
         recs = []
         for r in rows:
-            img = np.asarray(Image.open(shared_data / "hc18" / r["image"]).resize((size, size), Image.BILINEAR))[None]
-            mask = np.asarray(Image.open(shared_data / "hc18" / r["mask"]).resize((size, size), Image.NEAREST))
+            img = np.asarray(Image.open(real_data / "hc18" / r["image"]).resize((size, size), Image.BILINEAR))[None]
+            mask = np.asarray(Image.open(real_data / "hc18" / r["mask"]).resize((size, size), Image.NEAREST))
             recs.append(Record(r["image"], img, IntensityMapping(0, 255, 0, 255, 1), 2, "image", target=mask))
         return recs
 

@@ -8,9 +8,9 @@ from ulmed.errors import ConfigError
 from ulmed.io.record import IntensityMapping, Record
 
 
-def _record(shared_data) -> Record:
-    img = np.asarray(Image.open(shared_data / "hc18/images/012_HC.png"))[None]
-    mask = np.asarray(Image.open(shared_data / "hc18/masks/012_HC.png"))
+def _record(real_data) -> Record:
+    img = np.asarray(Image.open(real_data / "hc18/images/012_HC.png"))[None]
+    mask = np.asarray(Image.open(real_data / "hc18/masks/012_HC.png"))
     return Record("012", img, IntensityMapping(0, 255, 0, 255, 1), 2, "image", target=mask)
 
 
@@ -24,8 +24,8 @@ def test_pattern_is_periodic_signed_and_class_specific():
     assert np.array_equal(a, class_pattern(0, 1, (20, 20), tile=8, block=2, seed=0))
 
 
-def test_noise_draws_the_mask_within_budget(shared_data):
-    rec = _record(shared_data)
+def test_noise_draws_the_mask_within_budget(real_data):
+    rec = _record(real_data)
     out = MaskCodedPatterns("4/255", seed=3, style="blocks").protect(rec)
     delta = out.image[0] - rec.image[0].astype(np.float64)
     assert np.abs(delta).max() <= 4 + 1e-6
@@ -37,8 +37,8 @@ def test_noise_draws_the_mask_within_budget(shared_data):
     assert np.allclose(delta[outside], 4 * bg[outside], atol=1e-4)
 
 
-def test_unlabelled_and_bad_parameters(shared_data):
-    rec = _record(shared_data)
+def test_unlabelled_and_bad_parameters(real_data):
+    rec = _record(real_data)
     rec.target = None
     delta = MaskCodedPatterns("2/255", style="blocks").protect(rec).image - rec.image
     assert np.abs(delta).max() <= 2 + 1e-6 and np.abs(delta).mean() > 1
@@ -110,10 +110,10 @@ def test_a_stride_2_convolution_folds_the_checkerboard_to_a_constant():
     assert torch.allclose(shifted, -out[:, :1, :1].expand_as(shifted), atol=1e-6)
 
 
-def test_nyquist_style_draws_only_the_foreground(shared_data):
+def test_nyquist_style_draws_only_the_foreground(real_data):
     from ulmed.core.patterns import nyquist_coded, nyquist_pattern
 
-    rec = _record(shared_data)
+    rec = _record(real_data)
     m = MaskCodedPatterns("4/255", style="nyquist")
     assert m.params()["style"] == "nyquist" and "tile" not in m.params()
     delta = m.protect(rec).image[0] - rec.image[0].astype(np.float64)
@@ -133,12 +133,12 @@ def test_nyquist_style_draws_only_the_foreground(shared_data):
         nyquist_coded(np.full((4, 4), -1), 1, (4, 4))
 
 
-def test_auto_style_codes_images_with_nyquist_and_volumes_with_blocks(shared_data):
+def test_auto_style_codes_images_with_nyquist_and_volumes_with_blocks(real_data):
     from ulmed.core.patterns import mask_coded, nyquist_coded
 
     m = MaskCodedPatterns("4/255", seed=2)
     assert m.params()["style"] == "auto" and m.params()["tile"] == 8
-    image = _record(shared_data)
+    image = _record(real_data)
     assert np.array_equal(m.perturbation(image, None, 1.0), nyquist_coded(image.target, 1, image.spatial_shape))
     labels = np.zeros((6, 8, 8), dtype=np.int64)
     labels[2:4, 2:6, 2:6] = 1

@@ -10,17 +10,17 @@ import torch
 from PIL import Image
 
 
-def load_hc18(shared_data: Path, n: int, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def load_hc18(real_data: Path, n: int, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` HC18 ultrasound images and head masks, resized to ``size`` x ``size``.
 
     Returns:
         Images ``(n, 1, size, size)`` in [0, 1] and float masks ``(n, 1, size, size)`` in {0, 1}.
     """
-    names = sorted(p.name for p in (shared_data / "hc18" / "images").glob("*.png"))[:n]
+    names = sorted(p.name for p in (real_data / "hc18" / "images").glob("*.png"))[:n]
     imgs, masks = [], []
     for name in names:
-        img = np.asarray(Image.open(shared_data / "hc18" / "images" / name).convert("L"), dtype=np.float32) / 255.0
-        mask = (np.asarray(Image.open(shared_data / "hc18" / "masks" / name).convert("L")) > 0).astype(np.float32)
+        img = np.asarray(Image.open(real_data / "hc18" / "images" / name).convert("L"), dtype=np.float32) / 255.0
+        mask = (np.asarray(Image.open(real_data / "hc18" / "masks" / name).convert("L")) > 0).astype(np.float32)
         imgs.append(torch.from_numpy(img)[None, None])
         masks.append(torch.from_numpy(mask)[None, None])
     x = torch.nn.functional.interpolate(torch.cat(imgs), size=(size, size), mode="bilinear", align_corners=False)
@@ -29,12 +29,12 @@ def load_hc18(shared_data: Path, n: int, size: int = 32) -> tuple[torch.Tensor, 
 
 
 @pytest.fixture(scope="session")
-def hc18_small(shared_data: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def hc18_small(real_data: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Two HC18 images at 32x32 with their masks."""
-    return load_hc18(shared_data, 2)
+    return load_hc18(real_data, 2)
 
 
 @pytest.fixture(scope="session")
-def hc18_eight(shared_data: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def hc18_eight(real_data: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Eight HC18 images at 32x32 with their masks."""
-    return load_hc18(shared_data, 8)
+    return load_hc18(real_data, 8)

@@ -130,9 +130,9 @@ def test_perturb_refuses_bad_arguments(case):
 
 
 @pytest.fixture(scope="module")
-def volume(shared_data: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    img = nib.load(shared_data / "tiny3d" / "anatomical.nii").get_fdata()
-    lab = nib.load(shared_data / "tiny3d" / "anatomical_label.nii.gz").get_fdata()
+def volume(real_data: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    img = nib.load(real_data / "tiny3d" / "anatomical.nii").get_fdata()
+    lab = nib.load(real_data / "tiny3d" / "anatomical_label.nii.gz").get_fdata()
     img = (img - img.min()) / (img.max() - img.min())
     return torch.from_numpy(img.astype(np.float32))[None, None], torch.from_numpy(lab.astype(np.int64))[None]
 

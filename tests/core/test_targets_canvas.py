@@ -7,8 +7,8 @@ from ulmed.core.targets import prepare_targets, pseudo_label_map
 from ulmed.errors import ConfigError
 
 
-def test_masks_map_to_class_indices_in_sorted_order(shared_data):
-    m = np.asarray(Image.open(shared_data / "hc18/masks/012_HC.png"))
+def test_masks_map_to_class_indices_in_sorted_order(real_data):
+    m = np.asarray(Image.open(real_data / "hc18/masks/012_HC.png"))
     img = np.zeros((1, *m.shape), dtype=np.float32)
     ts = prepare_targets([m, m], [img, img])
     assert ts.task == "segmentation" and ts.num_classes == 2 and ts.values == (0, 255)
@@ -16,8 +16,8 @@ def test_masks_map_to_class_indices_in_sorted_order(shared_data):
     assert np.array_equal(ts.targets[0] == 1, m == 255)
 
 
-def test_missing_targets_get_pseudo_labels(shared_data):
-    img = np.asarray(Image.open(shared_data / "hc18/images/012_HC.png"), dtype=np.float32)[None] / 255
+def test_missing_targets_get_pseudo_labels(real_data):
+    img = np.asarray(Image.open(real_data / "hc18/images/012_HC.png"), dtype=np.float32)[None] / 255
     ts = prepare_targets([None], [img], pseudo_classes=3)
     assert ts.pseudo == (True,) and ts.num_classes == 3
     labels = ts.targets[0]

@@ -18,8 +18,8 @@ REQUIRED = {"none", "augmentation", "flip_jitter", "jpeg75", "blur", "mix0.8", "
 
 
 @pytest.fixture(scope="module")
-def hc18(shared_data):
-    return load_hc18(shared_data / "hc18", "train", size=(64, 64), limit=4)
+def hc18(real_data):
+    return load_hc18(real_data / "hc18", "train", size=(64, 64), limit=4)
 
 
 def _pair_2d(rng):

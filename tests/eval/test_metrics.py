@@ -14,9 +14,9 @@ from ulmed.eval.metrics import (
 
 
 @pytest.fixture(scope="module")
-def real_mask(shared_data):
+def real_mask(real_data):
     """A real HC18 head mask, downsampled 4x (nearest) to keep HD95 fast: (H, W) in {0, 1}."""
-    with Image.open(shared_data / "hc18" / "masks" / "012_HC.png") as im:
+    with Image.open(real_data / "hc18" / "masks" / "012_HC.png") as im:
         mask = (np.asarray(im.convert("L")) > 0).astype(np.int64)
     return mask[::4, ::4]
 

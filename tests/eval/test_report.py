@@ -26,9 +26,9 @@ def _config(epochs: int = 2) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, shared_data):
+def tiny(tmp_path_factory, real_data):
     """6 train + 3 test HC18 items with their own index.csv, and an lsp-protected copy."""
-    src = shared_data / "hc18"
+    src = real_data / "hc18"
     root = tmp_path_factory.mktemp("eval")
     clean = root / "clean"
     with open(src / "index.csv", newline="") as fh:

@@ -11,8 +11,8 @@ from ulmed.eval.victims import build_victim
 
 
 @pytest.fixture(scope="module")
-def hc18(shared_data):
-    images, masks, _ = load_hc18(shared_data / "hc18", "train", size=(64, 64), limit=16)
+def hc18(real_data):
+    images, masks, _ = load_hc18(real_data / "hc18", "train", size=(64, 64), limit=16)
     return images, masks
 
 
@@ -46,8 +46,8 @@ def test_other_seed_gives_other_weights(hc18):
     assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-def test_3d_patch_training_and_sliding_window(shared_data):
-    images, labels, _ = load_hippocampus(shared_data / "msd_hippocampus", "train", limit=3)
+def test_3d_patch_training_and_sliding_window(real_data):
+    images, labels, _ = load_hippocampus(real_data / "msd_hippocampus", "train", limit=3)
     config = TrainConfig(epochs=2, batch_size=2, lr=1e-2, device="cpu", patch_size=(24, 24, 24), num_threads=1)
     model = build_victim("unet", spatial_dims=3, in_channels=1, out_channels=3, seed=0)
     history = train_victim(model, images, labels, task="segmentation", num_classes=3, config=config)
@@ -70,8 +70,8 @@ def test_augmented_training_runs(hc18):
     assert len(history) == 1
 
 
-def test_classification_with_early_stopping(shared_data):
-    images, labels, _ = load_pneumonia(shared_data / "pneumoniamnist", "train", limit=48)
+def test_classification_with_early_stopping(real_data):
+    images, labels, _ = load_pneumonia(real_data / "pneumoniamnist", "train", limit=48)
     config = TrainConfig(epochs=3, batch_size=16, device="cpu", val_fraction=0.25, patience=1, num_threads=1)
     model = build_victim("resnet18", spatial_dims=2, in_channels=1, out_channels=2, seed=0)
     history = train_victim(model, images, labels, task="classification", num_classes=2, config=config)

@@ -13,11 +13,10 @@ from PIL import Image
 from ulmed.errors import InputError, OutputError
 from ulmed.io.images import is_image_path, output_relpath, read_image, read_mask, write_image
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 HC18 = DATA / "hc18"
 NAMES = ["005_HC.png", "012_HC.png", "100_HC.png"]
 
-pytestmark = pytest.mark.skipif(not HC18.is_dir(), reason=f"real data not found at {DATA}")
 
 
 def _image(name: str = NAMES[0]) -> Path:

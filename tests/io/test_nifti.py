@@ -15,7 +15,7 @@ from nibabel.testing import data_path as NIB_DATA
 from ulmed.errors import InputError, OutputError
 from ulmed.io.nifti import is_nifti_path, read_label_map, read_nifti, write_nifti
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 HIPPO = DATA / "msd_hippocampus"
 FLOAT32 = HIPPO / "images" / "hippocampus_003.nii.gz"  # float32 on disk
 UINT8 = HIPPO / "images" / "hippocampus_033.nii.gz"  # uint8 on disk
@@ -23,7 +23,6 @@ TINY = DATA / "tiny3d" / "anatomical.nii"  # big-endian int16, uncompressed
 EX4D = Path(NIB_DATA) / "example4d.nii.gz"  # 4D int16 with header extensions
 VOLUMES = [FLOAT32, UINT8, TINY, EX4D]
 
-pytestmark = pytest.mark.skipif(not HIPPO.is_dir(), reason=f"real data not found at {DATA}")
 
 
 def _raw_header(path: Path) -> nib.Nifti1Header:

@@ -87,8 +87,8 @@ def test_em_noise_is_a_shortcut(hc18_small):
     assert final_loss(prot) < final_loss(clean) - 0.02
 
 
-def test_label_free_on_a_real_volume_with_tiles(shared_data):
-    img = nib.load(shared_data / "tiny3d/anatomical.nii")
+def test_label_free_on_a_real_volume_with_tiles(real_data):
+    img = nib.load(real_data / "tiny3d/anatomical.nii")
     data = np.asarray(img.dataobj, dtype=np.float64)[None]
     mapping = IntensityMapping.for_data(data, -32768, 32767, 1)
     rec = Record("anatomical.nii", data, mapping, 3, "nifti")  # no target: label-free objective
@@ -101,8 +101,8 @@ def test_label_free_on_a_real_volume_with_tiles(shared_data):
     assert 0 < (np.abs(d) > 1e-9).mean() <= 0.1 + 1e-9
 
 
-def test_body_mask_finds_the_sector(shared_data):
-    img = np.asarray(Image.open(shared_data / "hc18/images/012_HC.png"), dtype=np.float32)[None] / 255
+def test_body_mask_finds_the_sector(real_data):
+    img = np.asarray(Image.open(real_data / "hc18/images/012_HC.png"), dtype=np.float32)[None] / 255
     mask = body_mask(img)
     assert mask.shape == img.shape and 0.05 < mask.mean() < 0.95
 
@@ -136,13 +136,13 @@ def test_lsp_warm_start_keeps_budgets_and_differs_from_zero_start(hc18_small):
         SALM("8/255", init="gaussian")
 
 
-def test_em_on_a_real_3d_volume_makes_it_easier_to_fit(shared_data):
+def test_em_on_a_real_3d_volume_makes_it_easier_to_fit(real_data):
     """Tiny 3D case: MONAI's anatomical.nii with its label map, noise optimised on 16^3 tiles."""
     from ulmed.core.canvas import tile
 
-    img = nib.load(shared_data / "tiny3d/anatomical.nii")
+    img = nib.load(real_data / "tiny3d/anatomical.nii")
     data = np.asarray(img.dataobj, dtype=np.float64)[None]
-    label = np.asarray(nib.load(shared_data / "tiny3d/anatomical_label.nii.gz").dataobj).astype(np.int64)
+    label = np.asarray(nib.load(real_data / "tiny3d/anatomical_label.nii.gz").dataobj).astype(np.int64)
     rec = Record("anatomical.nii", data, IntensityMapping.for_data(data, -32768, 32767, 1), 3, "nifti", target=label)
     m = ErrorMinimising("16/255", seed=0, tile_size=16, rounds=6, train_steps=10, pgd_steps=6, batch_size=6,
                         stop_threshold=2.0, device="cpu")

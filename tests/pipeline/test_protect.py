@@ -143,16 +143,16 @@ def test_strict_stops_at_first_bad_file(sample_data, tmp_path):
     assert "015_HC.png" in str(err.value) or "truncated.png" in str(err.value)
 
 
-def test_nan_volume_is_reported(shared_data, tmp_path):
+def test_nan_volume_is_reported(real_data, tmp_path):
     import nibabel as nib
 
-    img = nib.load(shared_data / "msd_hippocampus/images/hippocampus_003.nii.gz")
+    img = nib.load(real_data / "msd_hippocampus/images/hippocampus_003.nii.gz")
     data = img.get_fdata().astype(np.float32)
     data[3, 3, 3] = np.nan
     src = tmp_path / "vols"
     src.mkdir()
     nib.save(nib.Nifti1Image(data, img.affine, img.header), src / "nan.nii.gz")
-    shutil.copy(shared_data / "msd_hippocampus/images/hippocampus_004.nii.gz", src / "ok.nii.gz")
+    shutil.copy(real_data / "msd_hippocampus/images/hippocampus_004.nii.gz", src / "ok.nii.gz")
     m = protect_path(src, tmp_path / "out")
     failed = [e for e in m.entries if e.status == "failed"]
     assert [e.input for e in failed] == ["nan.nii.gz"] and "NaN" in failed[0].reason

@@ -25,9 +25,9 @@ SUBJECTS = ("012_HC", "015_HC", "017_HC", "018_HC")
 SUM_LINE = re.compile(r"^[0-9a-f]{64}  [^/].*$")
 
 
-def _hc18_subset(shared_data: Path, dst: Path) -> Path:
+def _hc18_subset(real_data: Path, dst: Path) -> Path:
     """A small HC18 data set: 4 images, their masks and the matching rows of the split file."""
-    src = shared_data / "hc18"
+    src = real_data / "hc18"
     for sub in ("images", "masks"):
         (dst / sub).mkdir(parents=True)
         for s in SUBJECTS:
@@ -42,8 +42,8 @@ def _hc18_subset(shared_data: Path, dst: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def dataset(shared_data, tmp_path_factory) -> Path:
-    return _hc18_subset(shared_data, tmp_path_factory.mktemp("in") / "hc18")
+def dataset(real_data, tmp_path_factory) -> Path:
+    return _hc18_subset(real_data, tmp_path_factory.mktemp("in") / "hc18")
 
 
 @pytest.fixture(scope="module")
