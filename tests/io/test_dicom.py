@@ -260,3 +260,36 @@ def test_output_inside_input_is_refused(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="overwrite"):
         write_series(record, tmp_path / "in", tmp_path / "in", OPTIONS)
     assert digest([src]) == before
+
+
+def rewritten(name: str, dst: Path, **values: object) -> Path:
+    """A copy of test file ``name`` at ``dst`` with the given header values changed."""
+    ds = pydicom.dcmread(data(name))
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(dst)
+    return dst
+
+
+SIZE_MISMATCH = re.compile(r"pixel data holds \d+ values( \(.*\))?, Rows x Columns x frames x samples says \d+ .*; "
+                           r"the file is damaged or its header is wrong")
+
+
+@pytest.mark.parametrize(("name", "values"), [
+    ("CT_small.dcm", {"Rows": 100}),  # native, more data than the header says: was silently cropped
+    ("CT_small.dcm", {"Columns": 200}),  # native, less data than the header says
+    ("emri_small.dcm", {"Rows": 60}),  # native multi-frame
+    ("MR_small_RLE.dcm", {"Rows": 60}),  # RLE: the Rust decoder panicked past `except Exception`
+    ("MR_small_jpeg_ls_lossless.dcm", {"Columns": 60}),
+    ("MR_small_jp2klossless.dcm", {"Rows": 70}),
+    ("US1_J2KR.dcm", {"Rows": 400}),  # colour J2K
+])
+def test_rows_columns_that_disagree_with_the_pixel_data_fail_as_that_file(tmp_path: Path, name: str, values: dict) -> None:
+    root = tmp_path / "in"
+    bad = rewritten(name, root / "bad.dcm", **values)
+    (series,) = scan_dicom(root, [bad]).series  # the header alone looks fine
+    with pytest.raises(InputError) as err:
+        read_series(series, root)
+    assert err.value.path == str(bad) and SIZE_MISMATCH.search(err.value.reason), err.value.reason
+    assert "\n" not in str(err.value)

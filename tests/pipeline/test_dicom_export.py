@@ -22,6 +22,7 @@ import logging
 import re
 import shutil
 from collections import Counter
+from dataclasses import asdict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -410,3 +411,38 @@ def test_file_truncated_inside_its_header_fails(tmp_path):
     manifest = protect_path(root, tmp_path / "out", method="random")
     entry = next(e for e in manifest.entries if e.input == TRUNCATED)
     assert entry.status == "failed", f"{TRUNCATED} was {entry.status} ({entry.kind})"
+
+
+# ---------------------------------------------------------------- 5. nothing lost on bad input (issue 15)
+
+
+def small_export(root: Path, sample_dir: Path) -> Path:
+    """sample_data's 4-slice CT series (ct_series/), CT_small.dcm and MR_small.dcm."""
+    dicom = sample_dir / "dicom"
+    shutil.copytree(dicom / "ct_series", root / "ct_series")
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        shutil.copy(dicom / "single" / name, root / name)
+    return root
+
+
+SIZE_REASON = re.compile(r"^pixel data holds \d+ values, Rows x Columns x frames x samples says \d+ \(.*\); "
+                         r"the file is damaged or its header is wrong$")
+
+
+def test_pixel_data_that_disagrees_with_its_header_fails_as_that_file(sample_data, tmp_path):
+    src = small_export(tmp_path / "in", sample_data)
+    slice_ = read(src / "ct_series/17136")
+    slice_.PixelData = slice_.PixelData[: -2 * slice_.Columns]  # one row short, Rows unchanged
+    slice_.save_as(src / "ct_series/17136")
+    cropped = read(src / "CT_small.dcm")
+    cropped.Rows = 100  # pydicom would crop its 128 rows to 100 without a word
+    cropped.save_as(src / "CT_small.dcm")
+    manifest = protect_path(src, tmp_path / "out", method="random")
+    entries = by_input([asdict(e) for e in manifest.entries])
+    assert SIZE_REASON.match(entries["CT_small.dcm"]["reason"]) and entries["CT_small.dcm"]["status"] == "failed"
+    culprit = entries["ct_series/17136"]["reason"]
+    assert SIZE_REASON.match(culprit), culprit
+    for rel in ("ct_series/17106", "ct_series/17166", "ct_series/17196"):
+        assert entries[rel]["status"] == "failed" and entries[rel]["reason"].endswith(f"ct_series/17136: {culprit}")
+    assert entries["MR_small.dcm"]["status"] == "written"  # the run went on
+    assert manifest.run["failed_units"] == 2 and not (tmp_path / "out" / "CT_small.dcm").exists()

@@ -29,6 +29,7 @@ from ulmed.errors import ConfigError, InputError, MissingDependencyError, Output
 from ulmed.io.atomic import atomic_path
 from ulmed.io.base import WriteOptions
 from ulmed.io.deidentify import deidentify_dataset
+from ulmed.io.dicom_pixels import describe_values, size_mismatch
 from ulmed.io.record import IntensityMapping, Record
 
 __all__ = ["DicomHandle", "DicomScan", "DicomSeries", "is_dicom_file", "new_uid", "read_series", "scan_dicom",
@@ -290,7 +291,10 @@ def _transfer_syntax(ds: Dataset) -> UID:
 
 def _decode(ds: Dataset, path: Path) -> np.ndarray:
     """Stored values as (frames, rows, cols[, 3]); pydicom converts YBR to RGB."""
-    name = _transfer_syntax(ds).name
+    ts = _transfer_syntax(ds)
+    name = ts.name
+    if reason := size_mismatch(ds, ts):
+        raise InputError(reason, path)
     try:
         arr = ds.pixel_array
     except RuntimeError as exc:
@@ -302,6 +306,10 @@ def _decode(ds: Dataset, path: Path) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001
         reason = f"cannot decode the pixel data ({_short(exc)}); the file may be truncated, re-export it"
         raise InputError(reason, path) from exc
+    except BaseException as exc:  # a codec's Rust panic (pyo3 PanicException) is no Exception
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise InputError(f"the decoder failed on the pixel data ({_short(exc)}); re-export the file uncompressed", path) from exc
     return arr[None] if arr.ndim == (3 if int(ds.get("SamplesPerPixel") or 1) == 3 else 2) else arr
 
 
