@@ -109,3 +109,39 @@ def test_robust_flags_reach_the_method_and_the_manifest(sample_data, tmp_path, c
     assert main(["-q", "protect", "-i", str(sample_data / "hc18"), "-o", str(tmp_path / "bad"), "--method", "em",
                  "--augment", "sideways"]) == 2
     assert "sideways" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("item, hint", [("seed=5", "use --seed 5"), ("device=cpu", "use --device cpu"),
+                                        ("eps=0.03", "use --eps 0.03"), ("budget=4/255", "use --eps 4/255")])
+def test_set_of_a_run_option_names_the_real_option(sample_data, tmp_path, capsys, item, hint):
+    code = main(["protect", "-i", str(sample_data / "hc18"), "-o", str(tmp_path / "o"), "--set", item])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and hint in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_set_key_lists_the_methods_keys_from_its_constructor(sample_data, tmp_path, capsys):
+    args = ["protect", "-i", str(sample_data / "hc18"), "-o", str(tmp_path / "o"), "--method"]
+    assert main(args + ["lsp", "--set", "colour=blue"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'colour'" in err and "block, periods, style, tile" in err and len(err.splitlines()) == 1
+    assert main(args + ["salm", "--set", "colour=blue"]) == 2  # inherited constructor keys are valid keys too
+    err = capsys.readouterr().err
+    assert all(k in err for k in ("rho", "rounds", "tile_size", "augment")) and "seed" not in err
+
+
+def test_set_value_of_the_wrong_type_says_what_is_wanted(sample_data, tmp_path, capsys):
+    args = ["protect", "-i", str(sample_data / "hc18"), "-o", str(tmp_path / "o"), "--method", "lsp"]
+    assert main(args + ["--set", "tile=abc"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "tile wants an integer, got 'abc'" in err and len(err.splitlines()) == 1
+    assert main(["-q"] + args + ["--set", "tile=4", "--set", "block=2"]) == 0
+
+
+def test_release_checks_set_keys_too(sample_data, tmp_path, capsys):
+    args = ["release", "-i", str(sample_data / "hc18"), "-o", str(tmp_path / "r"), "--method", "lsp"]
+    assert main(args + ["--set", "seed=5"]) == 2
+    assert "use --seed 5" in capsys.readouterr().err
+    assert main(args + ["--set", "tiles=4"]) == 2
+    assert "valid --set keys: block, periods, style, tile" in capsys.readouterr().err

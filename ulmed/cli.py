@@ -136,6 +136,7 @@ def protect(
 
     Rerunning the same command into the same OUTPUT resumes an interrupted run.
     """
+    from ulmed.pipeline.method_options import check_method_options
     from ulmed.pipeline.protect import protect_path
 
     start = time.perf_counter()
@@ -146,6 +147,7 @@ def protect(
     for key, value in (("rho", rho), ("augment", augment), ("objective", objective)):
         if value is not None:
             method_options[key] = value
+    method_options = check_method_options(str(opts["method"]), method_options)
     manifest = protect_path(
         input, output, seed=state.seed, device=state.device, strict=strict, overwrite=overwrite,
         progress=_progress, method_options=method_options, deidentify=deidentify, num_parts=num_parts,
@@ -327,11 +329,12 @@ def release(
     engine: Annotated[str, typer.Option(help="local or ray (pip install \"ulmed[ray]\").")] = "local",
 ) -> None:
     """Protect a segmentation data set into a release folder with DATACARD.md and SHA256SUMS (rerun to resume)."""
+    from ulmed.pipeline.method_options import check_method_options
     from ulmed.pipeline.release import release_dataset
 
     report = release_dataset(
         input, output, method=method, eps=eps, seed=state.seed, device=state.device, masks=masks,
-        overwrite=overwrite, method_options=_parse_sets(set_ or []), progress=_progress, workers=workers, engine=engine,
+        overwrite=overwrite, method_options=check_method_options(method, _parse_sets(set_ or [])), progress=_progress, workers=workers, engine=engine,
     )
     psnr = report.spread("psnr")
     psnr_text = f", PSNR {psnr[0]:.2f}-{psnr[2]:.2f} dB" if psnr is not None else ""
