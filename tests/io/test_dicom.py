@@ -24,7 +24,7 @@ from ulmed.io.dicom import DicomSeries, is_dicom_file, new_uid, read_series, sca
 OPTIONS = WriteOptions(method="none", budget="0", uid_salt="test-salt")
 # Attributes the writer is allowed to change (besides group lengths, which pydicom drops).
 CHANGED = {"SOPInstanceUID", "SeriesInstanceUID", "ImageType", "DerivationDescription", "PixelData",
-           "PhotometricInterpretation", "PlanarConfiguration"}
+           "PhotometricInterpretation", "PlanarConfiguration", "SmallestImagePixelValue", "LargestImagePixelValue"}
 # dicom3tools (2022) flags MR pulse-sequence attributes on DERIVED Enhanced MR images, but
 # PS3.3 C.8.13.4 says "May be present otherwise" for all of them: known false positives.
 DCIODVFY_FALSE_POSITIVE = re.compile(
@@ -293,3 +293,30 @@ def test_rows_columns_that_disagree_with_the_pixel_data_fail_as_that_file(tmp_pa
         read_series(series, root)
     assert err.value.path == str(bad) and SIZE_MISMATCH.search(err.value.reason), err.value.reason
     assert "\n" not in str(err.value)
+
+
+RANGE_KEYWORDS = ("SmallestImagePixelValue", "LargestImagePixelValue", "SmallestPixelValueInSeries",
+                  "LargestPixelValueInSeries", "SmallestImagePixelValueInPlane", "LargestImagePixelValueInPlane")
+
+
+def test_written_headers_state_the_written_pixel_range(tmp_path: Path, sample_data: Path) -> None:
+    root = tmp_path / "in"
+    shutil.copytree(sample_data / "dicom" / "ct_series", root / "ct")
+    for path in sorted((root / "ct").iterdir()):  # a modality's (stale) claims about the stored values
+        ds = pydicom.dcmread(path)
+        for keyword, value in zip(RANGE_KEYWORDS, (0, 4000, -5, 5000, 1, 2)):
+            ds.add_new(keyword, "SS", value)
+        ds.save_as(path)
+    copy_in(["MR_small.dcm"], root)  # says 0..4000, holds 127..2145
+    scan = scan_dicom(root, sorted(p for p in root.rglob("*") if p.is_file()))
+    assert len(scan.series) == 2
+    for series in scan.series:
+        record = read_series(series, root)
+        q = record.mapping.quantum
+        delta = np.full(record.image.shape, record.mapping.native_to_unit_eps(3 * q), dtype=np.float32)
+        for _, dst in write_series(record.with_perturbation(delta), root, tmp_path / "out", OPTIONS):
+            ds = pydicom.dcmread(dst)
+            stored = ds.pixel_array
+            assert (ds.SmallestImagePixelValue, ds.LargestImagePixelValue) == (stored.min(), stored.max()), dst.name
+            assert ds["LargestImagePixelValue"].VR == ("SS" if ds.PixelRepresentation else "US")
+            assert not any(k in ds for k in RANGE_KEYWORDS[2:]), dst.name  # a series range one file cannot know

@@ -429,6 +429,7 @@ def _set_pixels(ds: Dataset, block: np.ndarray, handle: DicomHandle, options: Wr
             del ds[kw]
     raw = data.tobytes()
     ds.add_new(_PIXEL_DATA, "OB" if int(ds.BitsAllocated) <= 8 else "OW", raw + b"\0" * (len(raw) % 2))
+    describe_values(ds, int(block.min()), int(block.max()), signed=np.dtype(handle.stored_dtype).kind == "i")
     # Typed elements for the writer (raw ones may lack a VR); big-endian OW/OL/OF/OD/OV values
     # are kept as raw bytes by pydicom and must be swapped by hand.
     sizes = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}

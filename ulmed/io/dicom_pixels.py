@@ -3,8 +3,8 @@
 :func:`size_mismatch` compares Rows x Columns x frames x samples with what the pixel data
 holds, before decoding: pydicom crops native data that is longer than the header says
 (with a warning only), and some codec plugins fail badly on such files (the RLE one
-panics). :func:`describe_values` updates the attributes that state the smallest and
-largest stored value once the pixels are replaced.
+panics). :func:`describe_values` keeps the attributes that state the smallest and
+largest stored value true once the pixels are replaced.
 """
 
 from __future__ import annotations
@@ -136,26 +136,24 @@ def size_mismatch(ds: Dataset, transfer_syntax: UID) -> str | None:
     return f"pixel data holds {held}, Rows x Columns x frames x samples says {header}; the file is damaged or its header is wrong"
 
 
-def describe_values(ds: Dataset, low: int, high: int, series: tuple[int, int] | None, signed: bool) -> None:
-    """Make the value-range attributes of ``ds`` state its new stored pixel values.
+def describe_values(ds: Dataset, low: int, high: int, signed: bool) -> None:
+    """Make the value-range attributes of ``ds`` true for its new stored pixel values.
 
-    Smallest/LargestImagePixelValue become ``low``/``high``; the series pair becomes
-    ``series`` (removed when None); the retired per-plane pair is removed. Only attributes
-    that are present are touched: none is added.
+    Smallest/LargestImagePixelValue become ``low``/``high``; the series pair
+    (Smallest/LargestPixelValueInSeries) and the retired per-plane pair are removed, since
+    one instance cannot know the new range of its whole series. Only attributes that are
+    present are touched: none is added.
 
     Args:
         ds: The dataset whose pixel data was just replaced.
         low: The smallest stored value of this instance.
         high: The largest stored value of this instance.
-        series: The smallest and largest stored value of the whole written series, or None.
         signed: PixelRepresentation is 1 (the attributes are SS, else US).
     """
-    vr = "SS" if signed else "US"
-    for names, values in ((IMAGE_RANGE, (low, high)), (SERIES_RANGE, series), (PLANE_RANGE, None)):
-        for name, value in zip(names, values or (None, None)):
-            if name not in ds:
-                continue
+    for name, value in zip((*IMAGE_RANGE, *SERIES_RANGE, *PLANE_RANGE), (low, high, None, None, None, None)):
+        if name in ds:
             tag = ds.data_element(name).tag
             del ds[tag]
-            if value is not None:
-                ds.add_new(tag, vr, int(value))
+            lo, hi = (-(2**15), 2**15 - 1) if signed else (0, 2**16 - 1)
+            if value is not None and lo <= value <= hi:  # 32-bit values do not fit US/SS: removed
+                ds.add_new(tag, "SS" if signed else "US", int(value))
