@@ -17,6 +17,7 @@ Hidden files and folders (names starting with ``.``) are ignored.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,11 +67,41 @@ class Inventory:
 
 
 def _walk(root: Path) -> list[Path]:
+    """The files under ``root`` (hidden ones left out); links to folders are listed, not followed."""
     files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+        names = [*filenames, *(d for d in dirnames if os.path.islink(os.path.join(dirpath, d)))]
+        files.extend(Path(dirpath) / f for f in sorted(names) if not f.startswith("."))
     return files
+
+
+def link_problem(path: Path) -> str | None:
+    """Why a symbolic link cannot be read (its target is missing, or it loops), or None. Never raises."""
+    if not path.is_symlink():
+        return None
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return "broken symbolic link; its target does not exist"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop (it leads back to itself); fix or remove the link"
+        return f"symbolic link cannot be followed ({exc.strerror}); fix or remove the link"
+    return None
+
+
+def _drop_links(files: list[Path], inv: Inventory) -> list[Path]:
+    """``files`` less the links that cannot be used: broken ones are bad, links to folders skipped."""
+    kept = []
+    for f in files:
+        if reason := link_problem(f):
+            inv.bad.append((f, reason))
+        elif f.is_symlink() and f.is_dir():
+            inv.skipped.append((f, "symbolic link to a folder, not followed; point -i at the folder or copy it in"))
+        else:
+            kept.append(f)
+    return kept
 
 
 def _is_target_dir(path: Path) -> bool:
@@ -163,7 +194,7 @@ def discover(input_path: str | Path, masks: str | Path | None = None) -> Invento
 
     inv = Inventory(root=root, dicom=DicomScan(series=[], non_image=[], bad=[]))
     dicom_candidates: list[Path] = []
-    for f in files:
+    for f in _drop_links(files, inv):
         if masks_root is not None and masks_root in f.parents:
             inv.targets.append(f)
             continue
@@ -181,7 +212,7 @@ def discover(input_path: str | Path, masks: str | Path | None = None) -> Invento
         else:
             inv.others.append(f)
     if masks_root is not None and masks_root != path and path not in masks_root.parents:
-        inv.targets.extend(_walk(masks_root))
+        inv.targets.extend(_drop_links(_walk(masks_root), inv))
     if dicom_candidates:
         inv.dicom = scan_dicom(root, dicom_candidates)
     inv.images = _drop_output_collisions(inv.images, inv.bad)
