@@ -145,3 +145,104 @@ def test_release_checks_set_keys_too(sample_data, tmp_path, capsys):
     assert "use --seed 5" in capsys.readouterr().err
     assert main(args + ["--set", "tiles=4"]) == 2
     assert "valid --set keys: block, periods, style, tile" in capsys.readouterr().err
+
+
+def _single_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_full_disk_at_the_manifest_is_one_line_and_a_rerun_completes(sample_data, tmp_path, monkeypatch, capsys):
+    import errno
+    import pathlib
+
+    out = tmp_path / "o"
+    args = ["protect", "-i", str(sample_data / "hc18"), "-o", str(out)]
+    real = pathlib.Path.write_bytes
+
+    def write_bytes(self, data):
+        if self.name.startswith(".manifest.json."):
+            raise OSError(errno.ENOSPC, None)
+        return real(self, data)
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", write_bytes)
+    assert main(args) == 2
+    line = _single_error_line(capsys.readouterr().err)
+    assert str(out / "manifest.json") in line and "No space left on device" in line
+    assert not (out / "manifest.json").exists() and not list(out.rglob("*.part*"))
+    monkeypatch.undo()
+    assert main(args) == 0
+    assert "done earlier, resumed" in capsys.readouterr().err and (out / "manifest.json").is_file()
+
+
+def test_full_disk_while_writing_an_image_is_one_line_and_a_rerun_completes(sample_data, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    out = tmp_path / "o"
+    args = ["protect", "-i", str(sample_data / "hc18"), "-o", str(out)]
+    monkeypatch.setattr(Image.Image, "save", lambda *a, **k: (_ for _ in ()).throw(OSError(28, None)))
+    assert main(args) == 2
+    line = _single_error_line(capsys.readouterr().err)
+    assert str(out) in line and ".png" in line and "No space left on device" in line and "None" not in line
+    assert not list(out.rglob("*.part*"))
+    monkeypatch.undo()
+    assert main(args) == 0
+    assert "3 image(s) protected" in capsys.readouterr().err
+
+
+def test_full_disk_at_the_journal_names_it_and_the_reason(sample_data, tmp_path, monkeypatch, capsys):
+    import builtins
+
+    import ulmed.pipeline.journal as journal
+
+    class Full:
+        def __init__(self, *a):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, data):
+            raise OSError(28, None)
+
+    def fake_open(path, mode="r", *a, **k):
+        return Full() if "a" in mode else builtins.open(path, mode, *a, **k)
+
+    out = tmp_path / "o"
+    args = ["protect", "-i", str(sample_data / "hc18"), "-o", str(out)]
+    monkeypatch.setattr(journal, "open", fake_open, raising=False)
+    assert main(args) == 2
+    line = _single_error_line(capsys.readouterr().err)
+    assert "journal" in line and str(out) in line and "No space left on device" in line
+    monkeypatch.undo()
+    assert main(args) == 0
+
+
+def test_an_os_error_outside_ulmed_is_one_line_too(tmp_path, monkeypatch, capsys):
+    import ulmed.pipeline.protect as protect
+
+    def boom(*a, **k):
+        raise OSError(28, None, str(tmp_path / "o/.ulmed/state.chunk-0.pt"))
+
+    monkeypatch.setattr(protect, "protect_path", boom)
+    assert main(["protect", "-i", str(tmp_path), "-o", str(tmp_path / "o")]) == 2
+    line = _single_error_line(capsys.readouterr().err)
+    assert "state.chunk-0.pt" in line and "No space left on device" in line
+
+
+def test_full_disk_while_writing_dicom_names_the_file_and_the_reason(sample_data, tmp_path, monkeypatch, capsys):
+    import pydicom
+
+    out = tmp_path / "o"
+    args = ["protect", "-i", str(sample_data / "dicom"), "-o", str(out)]
+    monkeypatch.setattr(pydicom, "dcmwrite", lambda *a, **k: (_ for _ in ()).throw(OSError(28, None)))
+    assert main(args) == 2
+    line = _single_error_line(capsys.readouterr().err)
+    assert str(out) in line and "No space left on device" in line and "(None)" not in line
+    assert not list(out.rglob("*.part*"))
+    monkeypatch.undo()
+    assert main(args) == 0

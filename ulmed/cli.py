@@ -25,7 +25,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ulmed.core.method import DEFAULT_METHOD
-from ulmed.errors import UlmedError
+from ulmed.errors import UlmedError, os_reason
 
 T = TypeVar("T")
 stderr = Console(stderr=True)
@@ -373,6 +373,12 @@ def main(argv: list[str] | None = None) -> int:
         if state.debug or "--debug" in args:
             raise
         _say(f"error: {exc}")
+        return 2
+    except OSError as exc:  # one that no ulmed code turned into an UlmedError: still one line
+        if state.debug or "--debug" in args:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        _say(f"error: {where}{os_reason(exc)}; check the path and free space (--debug shows the traceback)")
         return 2
     except KeyboardInterrupt:
         _say("interrupted; finished outputs are complete and journalled: rerun the same command to resume")

@@ -6,6 +6,8 @@ CLI prints exactly ``str(error)`` on one line.
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 
@@ -37,3 +39,23 @@ class OutputError(UlmedError):
 
 class ConfigError(UlmedError):
     """A parameter or configuration value is invalid."""
+
+
+def os_reason(exc: OSError) -> str:
+    """The operating system's reason for ``exc`` in words, never ``None``.
+
+    ``OSError(errno.ENOSPC, None)`` and errors raised by libraries without a message carry
+    no ``strerror``; the reason is then read from the error number, else from the error text.
+
+    Args:
+        exc: The error.
+
+    Returns:
+        E.g. ``"No space left on device"``.
+    """
+    if exc.strerror:
+        return exc.strerror
+    if exc.errno:
+        text = os.strerror(exc.errno)
+        return text if text and not text.startswith("Unknown error") else errno.errorcode.get(exc.errno, str(exc.errno))
+    return str(exc) or type(exc).__name__

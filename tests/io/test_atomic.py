@@ -29,3 +29,57 @@ def test_a_failed_write_leaves_nothing(tmp_path):
         tmp.write_bytes(b"half")
         raise RuntimeError("writer failed")
     assert list(tmp_path.iterdir()) == []
+
+
+def _full_disk(*args, **kwargs):
+    raise OSError(28, None)  # strerror None, as some libraries raise it
+
+
+def test_a_full_disk_names_the_file_and_the_reason_and_leaves_nothing(tmp_path, monkeypatch):
+    from ulmed.errors import OutputError
+
+    monkeypatch.setattr("pathlib.Path.write_bytes", _full_disk)
+    with pytest.raises(OutputError) as info:
+        atomic_write_bytes(tmp_path / "m.json", b"{}")
+    assert str(info.value).startswith(f"{tmp_path / 'm.json'}: ") and "No space left on device" in str(info.value)
+    assert "None" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_room_for_the_temporary_names_the_reason(tmp_path, monkeypatch):
+    from ulmed.errors import OutputError
+
+    monkeypatch.setattr("tempfile.mkstemp", _full_disk)
+    with pytest.raises(OutputError, match="No space left on device"):
+        atomic_write_bytes(tmp_path / "m.json", b"{}")
+
+
+def test_a_source_that_cannot_be_read_is_not_called_an_output_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        atomic_copy(tmp_path / "missing.bin", tmp_path / "copy.bin")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_real_full_disk_through_atomic_file_is_an_output_error(tmp_path, monkeypatch):
+    import tempfile
+
+    import torch
+
+    from ulmed.errors import OutputError
+    from ulmed.io.atomic import atomic_file
+
+    real = tempfile.mkstemp
+
+    def mkstemp_on_full_disk(*args, **kwargs):  # the temporary is /dev/full: every write is ENOSPC
+        fd, name = real(*args, **kwargs)
+        os.close(fd)
+        os.unlink(name)
+        os.symlink("/dev/full", name)
+        return os.open(name, os.O_WRONLY), name
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_on_full_disk)
+    with pytest.raises(OutputError) as info, atomic_file(tmp_path / "state.pt") as fh:
+        torch.save({"w": torch.zeros(4096)}, fh)
+    assert str(tmp_path / "state.pt") in str(info.value) and "No space left on device" in str(info.value)
+    assert list(tmp_path.iterdir()) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -10,11 +11,11 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from ulmed.errors import OutputError
+from ulmed.errors import OutputError, os_reason
 
 
 @contextlib.contextmanager
@@ -31,18 +32,22 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
 
     Yields:
         The temporary path to write to.
+
+    Raises:
+        OutputError: The folder, the temporary file or the file itself cannot be written
+            (a full disk, no permission); it names ``target`` and the system's reason.
     """
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create the output folder ({exc.strerror}); choose a writable -o", target.parent) from exc
+        raise OutputError(f"cannot create the output folder ({os_reason(exc)}); {_hint(exc)}", target.parent) from exc
     if suffix is None:
         suffix = "".join(target.suffixes)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{suffix}", dir=target.parent)
     except OSError as exc:
-        raise OutputError(f"cannot write here ({exc.strerror}); choose a writable -o", target.parent) from exc
+        raise OutputError(f"cannot be written ({os_reason(exc)}); {_hint(exc)}", target) from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -52,10 +57,50 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
         if tmp.stat().st_mode & 0o777 == 0o600:  # still mkstemp's private mode: give it a normal file's
             os.chmod(tmp, _default_file_mode())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError) and _about(exc, tmp, target):
+            raise OutputError(f"cannot be written ({os_reason(exc)}); {_hint(exc)}", target) from exc
         raise
+
+
+#: Error numbers that mean the disk (or the user's quota) is full.
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _hint(exc: OSError) -> str:
+    """What to do about an output that cannot be written."""
+    if exc.errno in _FULL:
+        return "free some space and rerun the same command (finished outputs are kept and resumed)"
+    return "check the output folder (permissions, free space) or choose another -o, then rerun"
+
+
+def _about(exc: OSError, *paths: Path) -> bool:
+    """Whether ``exc`` concerns the output being written (no file named, or one of ``paths``).
+
+    An error that names another file (the source of a copy) is not an output error.
+    """
+    return exc.filename is None or str(exc.filename) in {str(p) for p in paths}
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | Path, suffix: str | None = None) -> Iterator[BinaryIO]:
+    """Yield a binary file open at a temporary name next to ``target``; rename it on success.
+
+    Writers given a file object write through Python's own file, so a full disk is an
+    ``OSError`` (then an :class:`~ulmed.errors.OutputError` naming ``target``); writers given
+    a path may say it in their own words (``torch.save`` raises a ``RuntimeError``).
+
+    Args:
+        target: Final path of the file.
+        suffix: As for :func:`atomic_path`.
+
+    Yields:
+        The open file.
+    """
+    with atomic_path(target, suffix) as tmp, open(tmp, "wb") as fh:
+        yield fh
 
 
 def _default_file_mode() -> int:

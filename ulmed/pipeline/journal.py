@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ulmed.errors import OutputError
+from ulmed.errors import OutputError, os_reason
 from ulmed.io.atomic import atomic_write_json, jsonable
 from ulmed.pipeline.manifest import Entry
 
@@ -146,7 +146,7 @@ class Journal:
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError as exc:
-            raise OutputError(f"cannot append to the run journal ({exc.strerror}); check the output folder", self.path) from exc
+            raise OutputError(f"cannot append to the run journal ({os_reason(exc)}); free space or check the output folder, then rerun", self.path) from exc
 
     def unit_done(self, key: str, entries: list[Entry]) -> None:
         """Record that a unit's outputs are committed."""

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ulmed.errors import ConfigError, InputError
-from ulmed.io.atomic import atomic_path
+from ulmed.io.atomic import atomic_file
 from ulmed.segmentation.builders import (
     SAM_CHECKPOINT_FILES,
     SamSpec,
@@ -57,8 +57,8 @@ def save_generator(generator: UnsegGenerator, path: str | Path, *, builder: str,
     }
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
-        torch.save(state, tmp)
+    with atomic_file(target) as fh:  # a file object: a full disk is an OSError, not torch's RuntimeError
+        torch.save(state, fh)
     return target
 
 
