@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -320,3 +321,64 @@ def test_written_headers_state_the_written_pixel_range(tmp_path: Path, sample_da
             assert (ds.SmallestImagePixelValue, ds.LargestImagePixelValue) == (stored.min(), stored.max()), dst.name
             assert ds["LargestImagePixelValue"].VR == ("SS" if ds.PixelRepresentation else "US")
             assert not any(k in ds for k in RANGE_KEYWORDS[2:]), dst.name  # a series range one file cannot know
+
+
+def test_duplicate_instances_are_kept_once(tmp_path: Path, sample_data: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "in"
+    shutil.copytree(sample_data / "dicom" / "ct_series", root / "ct_series")
+    (root / "ct_series_copy").mkdir()
+    shutil.copy(root / "ct_series" / "17136", root / "ct_series_copy" / "17136")  # the same instance again
+    os.symlink(root / "ct_series" / "17106", root / "a_link.dcm")  # sorts first, but is only a link
+    shutil.copy(sample_data / "dicom" / "rtstruct.dcm", root / "rtstruct.dcm")
+    shutil.copy(sample_data / "dicom" / "rtstruct.dcm", root / "rtstruct_again.dcm")
+    caplog.set_level("WARNING", logger="ulmed")
+    scan = scan_dicom(root, sorted(p for p in root.rglob("*") if p.is_file()))
+    (series,) = scan.series
+    assert [p.relative_to(root).parent.name for p in series.files] == ["ct_series"] * 4
+    assert dict((p.relative_to(root).as_posix(), r) for p, r in scan.skipped) == {
+        "a_link.dcm": "duplicate of ct_series/17106 (same SOPInstanceUID); written once",
+        "ct_series_copy/17136": "duplicate of ct_series/17136 (same SOPInstanceUID); written once",
+        "rtstruct_again.dcm": "duplicate of rtstruct.dcm (same SOPInstanceUID); copied once",
+    }
+    assert scan.non_image == [root / "rtstruct.dcm"] and not scan.bad and series.note is None
+    assert sum("duplicate of" in r.getMessage() for r in caplog.records) == 3
+
+
+def test_a_series_split_by_size_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "in"
+    uid = pydicom.dcmread(data("CT_small.dcm")).SeriesInstanceUID
+    rewritten("CT_small.dcm", root / "a.dcm")
+    rewritten("MR_small.dcm", root / "b.dcm", SeriesInstanceUID=uid, ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
+    caplog.set_level("WARNING", logger="ulmed")
+    scan = scan_dicom(root, [root / "a.dcm", root / "b.dcm"])
+    assert len(scan.series) == 2 and {s.series_uid for s in scan.series} == {uid}
+    for series in scan.series:
+        assert series.note is not None and series.note.startswith("series split into 2 parts because its slices differ in size")
+    assert [r.getMessage() for r in caplog.records if "split into 2 parts" in r.getMessage()]
+
+
+def test_series_with_a_slope_per_slice_keeps_the_budget_on_every_slice(tmp_path: Path) -> None:
+    """Each slice moves by whole steps of its own RescaleSlope, so the writer stores exactly the protected values."""
+    from ulmed.baselines import RandomNoise
+
+    root = tmp_path / "in"
+    src_dir = Path(__file__).resolve().parents[2] / "sample_data/dicom/ct_series"
+    shutil.copytree(src_dir, root)
+    for path, slope in zip(sorted(root.iterdir()), ["1", "0.5", "1", "0.25"], strict=True):
+        ds = pydicom.dcmread(path)
+        ds.RescaleSlope = slope
+        ds.save_as(path)
+    record = read_series(scan_dicom(root, sorted(root.iterdir())).series[0], root)
+    assert record.quantum_map is not None and sorted(np.unique(record.quantum_map)) == [0.25, 0.5, 1.0]
+    method = RandomNoise("8/255", seed=0)
+    eps_native = method.budget.in_native(record.mapping)
+    protected = method.protect(record)
+    pairs = write_series(protected, root, tmp_path / "out", OPTIONS)
+    for index, (src, dst) in enumerate(pairs):
+        before, after = pydicom.dcmread(src), pydicom.dcmread(dst)
+        slope = float(before.RescaleSlope)
+        moved = (after.pixel_array.astype(np.int64) - before.pixel_array) * slope
+        assert np.abs(moved).max() <= eps_native, src.name
+        assert np.abs(moved).max() > eps_native - slope  # up to the last whole step of this slice
+        written = after.pixel_array * slope + float(after.RescaleIntercept)
+        np.testing.assert_allclose(written, protected.image[0, index], rtol=0, atol=1e-9)  # the metrics' values

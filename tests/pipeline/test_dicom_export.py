@@ -446,3 +446,34 @@ def test_pixel_data_that_disagrees_with_its_header_fails_as_that_file(sample_dat
         assert entries[rel]["status"] == "failed" and entries[rel]["reason"].endswith(f"ct_series/17136: {culprit}")
     assert entries["MR_small.dcm"]["status"] == "written"  # the run went on
     assert manifest.run["failed_units"] == 2 and not (tmp_path / "out" / "CT_small.dcm").exists()
+
+
+def test_duplicates_are_written_once_and_a_split_series_says_why(sample_data, tmp_path, caplog):
+    src = small_export(tmp_path / "in", sample_data)
+    (src / "ct_series_copy").mkdir()
+    shutil.copy(src / "ct_series/17136", src / "ct_series_copy/17136")  # the same instance in another folder
+    (src / "ct_series/latest").symlink_to(src / "ct_series/17196")  # a link to a file of the tree
+    shutil.copy(sample_data / "dicom/rtstruct.dcm", src / "rtstruct.dcm")
+    shutil.copy(sample_data / "dicom/rtstruct.dcm", src / "rtstruct_copy.dcm")
+    mr = read(src / "MR_small.dcm")
+    mr.SeriesInstanceUID = read(src / "CT_small.dcm").SeriesInstanceUID  # one series, two image sizes
+    mr.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    mr.save_as(src / "MR_small.dcm")
+    caplog.set_level(logging.WARNING, logger="ulmed")
+    manifest = protect_path(src, tmp_path / "out", method="random")
+    entries = by_input([asdict(e) for e in manifest.entries])
+    assert sorted(entries) == input_files(src)  # every input once
+    skipped = {rel: (e["kind"], e["reason"]) for rel, e in entries.items() if e["status"] == "skipped"}
+    assert skipped == {
+        "ct_series/latest": ("dicom", "duplicate of ct_series/17196 (same SOPInstanceUID); written once"),
+        "ct_series_copy/17136": ("dicom", "duplicate of ct_series/17136 (same SOPInstanceUID); written once"),
+        "rtstruct_copy.dcm": ("dicom", "duplicate of rtstruct.dcm (same SOPInstanceUID); copied once"),
+    }
+    assert sum("duplicate of" in r.getMessage() for r in caplog.records) == 3
+    written = [tmp_path / "out" / e["output"] for e in entries.values() if e["status"] == "written"]
+    sops = [read(p).SOPInstanceUID for p in written]
+    assert len(written) == 6 and len(set(sops)) == len(sops)
+    for rel in ("CT_small.dcm", "MR_small.dcm"):
+        assert entries[rel]["reason"].startswith("series split into 2 parts because its slices differ in size")
+    assert entries["ct_series/17106"]["reason"] is None
+    assert any("split into 2 parts" in r.getMessage() for r in caplog.records)

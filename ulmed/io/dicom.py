@@ -13,9 +13,10 @@ it also de-identifies every instance (:mod:`ulmed.io.deidentify`).
 from __future__ import annotations
 
 import hashlib
+import logging
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from ulmed.io.record import IntensityMapping, Record
 __all__ = ["DicomHandle", "DicomScan", "DicomSeries", "is_dicom_file", "new_uid", "read_series", "scan_dicom",
            "write_series"]
 
+log = logging.getLogger("ulmed")
 CODECS_HINT = 'install the DICOM codecs with: pip install "ulmed[codecs]"'
 _ENCODINGS = {"rle": RLELossless, "jpegls": JPEGLSLossless, "j2k": JPEG2000Lossless}
 _PIXEL_DATA = 0x7FE00010
@@ -57,11 +59,13 @@ class DicomSeries:
         files: The instances, in slice order.
         key: Stable id: the first file's folder relative to the scan root, ``/`` and a short
             hash of the SeriesInstanceUID (never patient names or IDs).
+        note: Why its SeriesInstanceUID was split into several records, when it was.
     """
 
     series_uid: str
     files: list[Path]
     key: str
+    note: str | None = None
 
 
 @dataclass
@@ -72,11 +76,14 @@ class DicomScan:
         series: Image series to protect.
         non_image: DICOM objects without an image to protect; the pipeline copies them.
         bad: ``(path, reason)`` for files that cannot be used; the reason says what to do.
+        skipped: ``(path, reason)`` for files left out on purpose: another copy of the same
+            instance (SOPInstanceUID) is used instead.
     """
 
     series: list[DicomSeries]
     non_image: list[Path]
     bad: list[tuple[Path, str]]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -185,7 +192,7 @@ def _unsupported(ds: Dataset) -> str | None:
 
 
 def _classify(path: Path) -> tuple[str, Any]:
-    """``("image", _Header)``, ``("non_image", None)`` or ``("bad", reason)`` from the header."""
+    """``("image", _Header)``, ``("non_image", SOPInstanceUID)`` or ``("bad", reason)`` from the header."""
     if not is_dicom_file(path):
         return "bad", "not a DICOM file (no 'DICM' marker, no SOP Class UID); remove it from the input folder"
     try:
@@ -197,15 +204,16 @@ def _classify(path: Path) -> tuple[str, Any]:
     if any("end of file" in str(w.message).lower() for w in caught):
         return "bad", "the file is truncated (it ends inside its data); copy or re-export it again"
     sop = str(ds.get("SOPClassUID", "") or "")
+    instance_uid = str(ds.get("SOPInstanceUID", "") or "")
     image_class = not any(sop == r or sop.startswith(r + ".") for r in _NON_IMAGE_SOP_ROOTS)
     elem = ds.get_item(_PIXEL_DATA, keep_deferred=True)
     if elem is None:
         looks_like_image = "Rows" in ds or UID(sop).name.endswith("Image Storage")  # cut before Rows: still an image
         if image_class and looks_like_image and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
             return "bad", "image header without pixel data (truncated?); copy or re-export the file again"
-        return "non_image", None
+        return "non_image", instance_uid
     if not image_class:
-        return "non_image", None
+        return "non_image", instance_uid
     length, tell = getattr(elem, "length", 0xFFFFFFFF), getattr(elem, "value_tell", None)
     if length != 0xFFFFFFFF and tell is not None and tell + length > Path(path).stat().st_size:
         return "bad", "the file is truncated (pixel data shorter than its header says); copy or re-export it again"
@@ -230,6 +238,54 @@ def _order(members: list[_Header]) -> list[_Header]:
     return sorted(members, key=lambda h: (h.instance, str(h.path)))
 
 
+def _first_instances(
+    found: list[tuple[Path, str, Any]], root: Path
+) -> tuple[list[tuple[Path, str, Any]], list[tuple[Path, str]]]:
+    """Keep one file of each SOPInstanceUID: real files before links, then the first by path.
+
+    Returns:
+        The ``(path, kind, info)`` kept, and ``(path, reason)`` of the duplicates left out.
+    """
+    first: dict[str, Path] = {}
+    kept, skipped = [], []
+    for path, kind, info in sorted(found, key=lambda f: (f[0].is_symlink(), f[0])):
+        uid = info.sop_uid if kind == "image" else info
+        if uid and uid in first:
+            done = "written" if kind == "image" else "copied"
+            reason = f"duplicate of {_rel(first[uid], root).as_posix()} (same SOPInstanceUID); {done} once"
+            log.warning("skipped %s: %s", path, reason)
+            skipped.append((path, reason))
+            continue
+        if uid:
+            first[uid] = path
+        kept.append((path, kind, info))
+    return kept, skipped
+
+
+def _split_notes(groups: list[list[_Header]], root: Path) -> dict[str, str]:
+    """Why each SeriesInstanceUID that became several records was split, by UID (warned once each)."""
+    parts: dict[str, list[list[_Header]]] = {}
+    for members in groups:
+        parts.setdefault(members[0].series_uid, []).append(members)
+    notes = {}
+    for uid, split in parts.items():
+        if len(split) < 2:
+            continue
+        shapes = {members[0].shape for members in split}
+        if len({s[:2] for s in shapes}) > 1:
+            why = "its slices differ in size (Rows x Columns)"
+        elif len({s[2] for s in shapes}) > 1:
+            why = "its slices differ in samples per pixel"
+        elif any(s[3] > 1 for s in shapes):
+            why = "it holds several multi-frame instances, each a record of its own"
+        else:
+            why = "its slices differ in orientation"
+        notes[uid] = (f"series split into {len(split)} parts because {why}; "
+                      "each part is protected apart, all keep one new SeriesInstanceUID")
+        log.warning("series in %s split into %d parts because %s", _rel(split[0][0].path, root).parent, len(split), why)
+    return notes
+
+
 def scan_dicom(root: Path, files: Sequence[Path]) -> DicomScan:
     """Group DICOM files into image series from their headers (pixel data is not decoded).
 
@@ -241,18 +297,27 @@ def scan_dicom(root: Path, files: Sequence[Path]) -> DicomScan:
         root: Input folder; keys are relative to it.
         files: Candidate files under ``root``.
 
+    Of several files with one SOPInstanceUID (a copy in another folder, a link) only the first
+    is used (real files before links, then by path); the others are ``skipped``, with a warning.
+    A series that splits gets a ``note`` saying why, and a warning.
+
     Returns:
-        The series (sorted by key), the non-image files and the bad files.
+        The series (sorted by key), the non-image files, the bad files and the duplicates.
     """
     buckets: dict[tuple[str, tuple[int, ...]], list[list[_Header]]] = {}
     non_image: list[Path] = []
     bad: list[tuple[Path, str]] = []
+    found: list[tuple[Path, str, Any]] = []
     for path in files:
         kind, info = _classify(Path(path))
         if kind == "bad":
             bad.append((Path(path), info))
-        elif kind == "non_image":
-            non_image.append(Path(path))
+        else:
+            found.append((Path(path), kind, info))
+    kept, skipped = _first_instances(found, root)
+    for path, kind, info in kept:
+        if kind == "non_image":
+            non_image.append(path)
         else:
             bucket = buckets.setdefault((info.series_uid, info.shape), [])
             for members in bucket if info.shape[3] == 1 else []:  # multi-frame: a series of its own
@@ -263,6 +328,7 @@ def scan_dicom(root: Path, files: Sequence[Path]) -> DicomScan:
             else:
                 bucket.append([info])
     groups = [members for bucket in buckets.values() for members in bucket]
+    notes = _split_notes(groups, root)
     counts: dict[str, int] = {}
     for members in groups:
         counts[members[0].series_uid] = counts.get(members[0].series_uid, 0) + 1
@@ -273,7 +339,9 @@ def scan_dicom(root: Path, files: Sequence[Path]) -> DicomScan:
         if counts[uid] > 1:
             key += "-" + _hash(members[0].sop_uid, 8)
         series.append(DicomSeries(series_uid=uid, files=[h.path for h in members], key=key))
-    return DicomScan(series=sorted(series, key=lambda s: s.key), non_image=sorted(non_image), bad=bad)
+    for s in series:
+        s.note = notes.get(s.series_uid)
+    return DicomScan(series=sorted(series, key=lambda s: s.key), non_image=sorted(non_image), bad=bad, skipped=skipped)
 
 
 def _read(path: Path, defer: bool = False) -> Dataset:

@@ -52,5 +52,5 @@ def describe(input_path: str | Path, masks: str | Path | None = None) -> dict[st
         "copied": len(inv.targets) + len(inv.others) + len(inv.dicom.non_image),
         "non_image_dicom": len(inv.dicom.non_image),
         "bad": bad,
-        "skipped": [(relative(p, inv.root), r) for p, r in inv.skipped],
+        "skipped": [(relative(p, inv.root), r) for p, r in (*inv.skipped, *inv.dicom.skipped)],
     }

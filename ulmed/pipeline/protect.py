@@ -278,6 +278,7 @@ def protect_path(
         discovered.append(Entry(relative(path, root), "failed", kind=kind, reason=reason))
     skipped = [(p, "non-image DICOM left out (--skip-non-image)", "dicom-non-image") for p in inv.dicom.non_image if skip_non_image]
     skipped += [(p, r, "other") for p, r in inv.skipped]
+    skipped += [(p, r, "dicom") for p, r in inv.dicom.skipped]  # another copy of the instance is used
     for path, reason, kind in skipped:
         if part.owns(f"entry:{relative(path, root)}"):
             discovered.append(Entry(relative(path, root), "skipped", kind=kind, reason=reason))

@@ -17,7 +17,7 @@ from ulmed.errors import InputError, MissingDependencyError
 from ulmed.eval.imperceptibility import imperceptibility
 from ulmed.io.atomic import atomic_copy
 from ulmed.io.base import WriteOptions
-from ulmed.io.dicom import write_series
+from ulmed.io.dicom import DicomSeries, write_series
 from ulmed.io.discover import Item
 from ulmed.io.images import output_relpath, write_image
 from ulmed.io.nifti import write_nifti
@@ -67,7 +67,8 @@ def read_record(unit: Unit, ctx: WorkContext) -> Record:
 def _write(unit: Unit, protected: Record, ctx: WorkContext) -> list[tuple[Path, Path, str | None]]:
     """Write one protected record; return (input, output, note) triples."""
     if unit.kind == "dicom":
-        return [(src, dst, None) for src, dst in write_series(protected, ctx.root, ctx.out, ctx.options)]
+        note = unit.source.note if isinstance(unit.source, DicomSeries) else None  # why its series was split
+        return [(src, dst, note) for src, dst in write_series(protected, ctx.root, ctx.out, ctx.options)]
     assert isinstance(unit.source, Item)
     rel = unit.source.rel
     if unit.kind == "nifti":
