@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,23 @@ def real_data() -> Path:
     the way a benchmark reads the full sets; see tests/data/README.md for sources and licences.
     """
     return TEST_DATA
+
+
+#: The key salt the tests run under (:mod:`ulmed.pipeline.salt`).
+KEY_SALT = "tests-key-salt-0123456789abcdef"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_key_salt() -> Iterator[None]:
+    """Run every test under one ``$ULMED_KEY_SALT``, as a user who wants reproducible output does.
+
+    DICOM series keys (which seed the noise) are keyed by the run's salt, so runs into two
+    folders come out byte-identical only under one salt. Tests of the default (a random salt
+    kept in ``.ulmed/secret``) delete the variable.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ULMED_KEY_SALT", KEY_SALT)
+        yield
 
 
 @pytest.fixture(scope="session")

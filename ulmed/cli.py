@@ -163,7 +163,10 @@ def _summary_line(manifest: object, seconds: float, output: Path) -> None:
     s = summarize(manifest)  # type: ignore[arg-type]
     if state.verbosity >= 0:
         kinds = ", ".join(f"{n} {k}" for k, n in s["by_kind"].items()) or "0 records"
-        resumed = f" ({s['resumed']} done earlier, resumed)" if s["resumed"] else ""
+        earlier = [f"{s['resumed']} done earlier, resumed"] if s["resumed"] else []
+        earlier += [f"{s['changed']} changed since the earlier run, redone"] if s["changed"] else []
+        earlier += [f"{s['removed']} no longer in the input, outputs removed"] if s["removed"] else []
+        resumed = f" ({'; '.join(earlier)})" if earlier else ""
         psnr = f", PSNR {s['psnr_min']:.1f}-{s['psnr_max']:.1f} dB" if s["psnr_min"] is not None else ""
         _say(
             f"{kinds} protected{resumed} ({s['written']} file(s) written), {s['copied']} copied, "
@@ -193,25 +196,35 @@ def info(
     path: Annotated[Path, typer.Argument(help="File or folder to inspect.")],
     masks: Annotated[Optional[Path], typer.Option(help="Masks folder matched by relative path.")] = None,
 ) -> None:
-    """List what `protect` would read: series or files, shape, spacing, modality, dtype, range."""
-    from ulmed.pipeline.info import describe
+    """List what `protect` would read: series or files, shape, spacing, modality, dtype, range.
+
+    On a terminal it prints a table; piped or redirected, tab-separated lines (a header, then
+    one line per record) with every key whole. Bad and skipped inputs follow, one per line.
+
+    Exit codes, for a pre-flight check: 0 when every input is readable, 3 when some inputs are
+    bad, 2 when none is readable or PATH cannot be used.
+    """
+    from ulmed.pipeline.info import COLUMNS, describe, exit_code, table_rows
 
     d = describe(path, masks)
-    table = Table(title=f"{len(d['records'])} record(s) under {path}")
-    for col in ("key", "kind", "modality", "shape", "spacing", "dtype", "range", "unit", "target"):
-        table.add_column(col)
-    for r in d["records"]:
-        spacing = "x".join(f"{v:.3g}" for v in r["spacing"]) if r["spacing"] else "-"
-        table.add_row(
-            r["key"], r["kind"], r["modality"] or "-", "x".join(map(str, r["shape"])), spacing, r["dtype"],
-            f"{r['min']:.4g}..{r['max']:.4g}", r["unit"], r["target"],
-        )
-    stdout.print(table)
-    stdout.print(f"{d['copied']} file(s) would be copied unchanged ({d['non_image_dicom']} non-image DICOM)")
-    for key, reason in d["bad"]:
-        stdout.print(f"bad: {key}: {reason}", markup=False, highlight=False)
-    for key, reason in d["skipped"]:
-        stdout.print(f"skipped: {key}: {reason}", markup=False, highlight=False)
+    rows = table_rows(d)
+    if sys.stdout.isatty():
+        table = Table(title=f"{len(rows)} record(s) under {path}")
+        for col in COLUMNS:
+            table.add_column(col, overflow="fold")  # wrap long keys, never cut them
+        for row in rows:
+            table.add_row(*row)
+        stdout.print(table, markup=False)
+    else:
+        for row in (COLUMNS, *rows):
+            print("\t".join(v.replace("\t", " ").replace("\n", " ") for v in row))
+    lines = [f"{d['copied']} file(s) would be copied unchanged ({d['non_image_dicom']} non-image DICOM)"]
+    lines += [f"bad: {key}: {reason}" for key, reason in d["bad"]]
+    lines += [f"skipped: {key}: {reason}" for key, reason in d["skipped"]]
+    print("\n".join(lines), flush=True)  # plain lines: never wrapped or cut
+    code = exit_code(d)
+    if code:
+        raise typer.Exit(code=code)
 
 
 @app.command()
@@ -327,6 +340,7 @@ def release(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method option KEY=VALUE (repeatable), e.g. --set rho=0.1.")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes (local) or concurrent Ray tasks.")] = 1,
     engine: Annotated[str, typer.Option(help="local or ray (pip install \"ulmed[ray]\").")] = "local",
+    deidentify: Annotated[bool, typer.Option("--deidentify", help="De-identify DICOM with dicognito first, keyed by the secret in $ULMED_DEID_KEY (pip install \"ulmed[deid]\").")] = False,
 ) -> None:
     """Protect a segmentation data set into a release folder with DATACARD.md and SHA256SUMS (rerun to resume)."""
     from ulmed.pipeline.method_options import check_method_options
@@ -335,6 +349,7 @@ def release(
     report = release_dataset(
         input, output, method=method, eps=eps, seed=state.seed, device=state.device, masks=masks,
         overwrite=overwrite, method_options=check_method_options(method, _parse_sets(set_ or [])), progress=_progress, workers=workers, engine=engine,
+        deidentify=deidentify,
     )
     psnr = report.spread("psnr")
     psnr_text = f", PSNR {psnr[0]:.2f}-{psnr[2]:.2f} dB" if psnr is not None else ""

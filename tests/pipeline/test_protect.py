@@ -195,3 +195,162 @@ def test_default_method_draws_the_masks_foreground_as_a_checkerboard(sample_data
     assert np.array_equal(prot[~mask], clean[~mask])
     saved = json.loads((tmp_path / "out/manifest.json").read_text())
     assert json.dumps(saved).count('"style": "auto"') >= 1
+
+
+# -- issue 15 (6, 17): the budget holds on the written values, and the manifest describes them --------------
+
+
+def _saved_written(out: Path) -> list[dict]:
+    return [e for e in json.loads((out / "manifest.json").read_text())["entries"] if e["status"] == "written"]
+
+
+def _mixed_input(sample_data: Path, tmp_path: Path) -> Path:
+    """Two real 16-bit DICOM files (pydicom's CT_small and MR_small) and one 8-bit HC18 PNG."""
+    src = tmp_path / "in"
+    (src / "dicom").mkdir(parents=True)
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        shutil.copy(sample_data / "dicom/single" / name, src / "dicom" / name)
+    (src / "images").mkdir()
+    shutil.copy(sample_data / "hc18/images/012_HC.png", src / "images/012_HC.png")
+    return src
+
+
+def _clean_and_written(src: Path, out: Path, entry: dict):
+    """The clean record of an entry's input and the native values read back from its written file."""
+    from ulmed.io.dicom import read_series, scan_dicom
+    from ulmed.io.images import read_image
+
+    if entry["kind"] == "dicom":
+        clean = read_series(scan_dicom(src, [src / entry["input"]]).series[0], src)
+        ds = pydicom.dcmread(out / entry["output"])
+        slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+        written = ds.pixel_array.astype(np.float64) * slope + intercept
+    else:
+        clean = read_image(src / entry["input"], key=entry["input"])
+        written = np.asarray(Image.open(out / entry["output"]), dtype=np.float64)
+    return clean, written.reshape(clean.image.shape)
+
+
+def _assert_manifest_metrics_are_the_written_files(entry: dict, clean, written: np.ndarray) -> None:
+    from ulmed.eval.imperceptibility import imperceptibility
+
+    m = clean.mapping
+    expected = imperceptibility((clean.image - m.low) / m.scale, (written - m.low) / m.scale, m.scale)
+    got = entry["metrics"]
+    for key, value in expected.items():
+        if key == "psnr" and np.isinf(value):
+            assert got[key] is None, entry["input"]
+        else:
+            assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (entry["input"], key)
+
+
+@pytest.mark.parametrize("eps", ["8/255", "0.022"])
+def test_written_values_keep_the_linf_budget_and_match_the_manifest(sample_data, tmp_path, eps):
+    """Quantisation to the stored integers never exceeds eps_native; PSNR, SSIM, L-inf, L0 are the files'."""
+    src = _mixed_input(sample_data, tmp_path)
+    out = tmp_path / "out"
+    protect_path(src, out, method="random", eps=eps, seed=0)
+    entries = _saved_written(out)
+    assert sorted(e["input"] for e in entries) == ["dicom/CT_small.dcm", "dicom/MR_small.dcm", "images/012_HC.png"]
+    for e in entries:
+        clean, written = _clean_and_written(src, out, e)
+        moved = np.abs(written - clean.image).max()
+        eps_native = e["budget"]["eps_native"]
+        assert moved <= eps_native, f"{e['input']}: {moved} > {eps_native}"
+        assert moved > eps_native - 1  # the budget is used up to its last whole stored step
+        _assert_manifest_metrics_are_the_written_files(e, clean, written)
+
+
+@pytest.mark.parametrize(("rel", "eps"), [("dicom/single/CT_small.dcm", "0.1HU"), ("hc18/images/012_HC.png", "1/1000")])
+def test_budget_below_one_stored_step_warns_and_reports_no_change(sample_data, tmp_path, caplog, rel, eps):
+    import logging
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(sample_data / rel, src / Path(rel).name)
+    with caplog.at_level(logging.WARNING, logger="ulmed"):
+        protect_path(src, out, method="random", eps=eps, seed=0)
+    (entry,) = _saved_written(out)
+    assert "smaller than one stored step" in entry["reason"]
+    assert any("smaller than one stored step" in r.getMessage() for r in caplog.records)
+    metrics = entry["metrics"]
+    assert metrics["psnr"] is None and metrics["linf"] == 0 and metrics["l0"] == 0 and metrics["l0_fraction"] == 0
+    clean, written = _clean_and_written(src, out, entry)
+    np.testing.assert_array_equal(written, clean.image)
+
+
+def test_l2_budget_holds_on_the_written_files(sample_data, tmp_path):
+    """`--eps l2:2` reaches the projection and the quantisation: the written perturbation's L2 norm is <= eps."""
+    src = _mixed_input(sample_data, tmp_path)
+    out = tmp_path / "out"
+    protect_path(src, out, method="random", eps="l2:2", seed=0)
+    entries = _saved_written(out)
+    assert len(entries) == 3
+    for e in entries:
+        assert e["budget"]["norm"] == "l2"
+        clean, written = _clean_and_written(src, out, e)
+        norm = float(np.sqrt(np.sum((written - clean.image) ** 2)))
+        eps_native = e["budget"]["eps_native"]
+        assert 0.9 * eps_native < norm <= eps_native, f"{e['input']}: {norm} vs {eps_native}"
+        _assert_manifest_metrics_are_the_written_files(e, clean, written)
+    assert pydicom.dcmread(out / "dicom/CT_small.dcm").DerivationDescription == "ulmed random L2 2"
+
+
+def test_l2_budget_through_em_keeps_the_written_norm(sample_data, tmp_path):
+    """EM's PGD core takes the L2 budget: its written noise lies inside the L2 ball, not an L-inf one of radius 0.5."""
+    out = tmp_path / "out"
+    protect_path(sample_data / "hc18", out, method="em", eps="l2:0.5", seed=0, device="cpu",
+                 method_options={"rounds": 1, "train_steps": 1, "pgd_steps": 2, "batch_size": 3})
+    entries = _saved_written(out)
+    assert len(entries) == 3
+    for e in entries:
+        clean, written = _clean_and_written(sample_data / "hc18", out, e)
+        norm = float(np.sqrt(np.sum((written - clean.image) ** 2)))
+        assert 0 < norm <= e["budget"]["eps_native"] == pytest.approx(0.5 * 255)
+
+
+def test_l2_budget_refused_by_lsp_naming_the_methods_that_take_it():
+    from ulmed.errors import ConfigError
+    from ulmed.pipeline.protect import build_method
+
+    with pytest.raises(ConfigError, match=r"'lsp' does not support L2 .*sign codes.*: em, none, random, salm$"):
+        build_method("lsp", "l2:0.5", 0, "cpu")
+
+
+# ------------------------------------------------- keys and paths in the manifest (issue 15, item 10)
+
+
+def test_series_keys_are_not_derivable_from_the_uids_without_the_salt(sample_data, tmp_path, monkeypatch):
+    import hashlib
+
+    monkeypatch.delenv("ULMED_KEY_SALT")  # the default: a random salt kept beside the journal
+    out = tmp_path / "out"
+    first = protect_path(sample_data / "dicom", out, method="random")
+    uids = {pydicom.dcmread(p, stop_before_pixels=True, force=True).get("SeriesInstanceUID", "") for p in (sample_data / "dicom").rglob("*") if p.is_file()}
+    keys = {e.record for e in first.entries if e.kind == "dicom"}
+    assert len(keys) == 3
+    unsalted = {hashlib.sha256(u.encode()).hexdigest()[:n] for u in uids for n in (8, 12, 16)}
+    assert not any(h in k for k in keys for h in unsalted)
+    secret = (out / ".ulmed/secret").read_text()
+    text = (out / "manifest.json").read_text() + (out / ".ulmed/run.json").read_text()
+    assert len(secret) >= 16 and secret not in text
+    again = protect_path(sample_data / "dicom", out, method="random")  # the stored salt: same keys, resumed
+    assert again.run["resumed"] == 3 and {e.record for e in again.entries if e.kind == "dicom"} == keys
+    other = protect_path(sample_data / "dicom", tmp_path / "other", method="random")
+    assert {e.record for e in other.entries if e.kind == "dicom"}.isdisjoint(keys)  # another run, another salt
+    monkeypatch.setenv("ULMED_KEY_SALT", "a-different-salt-0123456789")
+    with pytest.raises(OutputError, match="key_salt_fingerprint"):
+        protect_path(sample_data / "dicom", out, method="random")
+
+
+def test_the_manifest_names_the_input_folder_and_relative_paths_only(sample_data, tmp_path):
+    src = tmp_path / "export"
+    shutil.copytree(sample_data, src)
+    (src / "hc18/images/zz_broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    protect_path(src, out, method="random", masks=None)
+    text = (out / "manifest.json").read_text()
+    data = json.loads(text)
+    assert str(tmp_path) not in text
+    assert data["params"]["input"] == "export" and data["params"]["output"] == "."
+    assert any(e["status"] == "failed" and e["input"] == "hc18/images/zz_broken.png" for e in data["entries"])

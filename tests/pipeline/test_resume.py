@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 
@@ -147,3 +149,103 @@ def test_chunks_carry_the_surrogate(small_set, tmp_path):
     prot = np.asarray(Image.open(tmp_path / "three/images/im5.png")).astype(int)
     clean = np.asarray(Image.open(small_set / "images/im5.png")).astype(int)
     assert 0 < np.abs(prot - clean).max() <= 8
+
+
+# ------------------------------------------------- reruns after the input changed (issue 15, item 4)
+
+
+def _series_copy(sample_data: Path, dst: Path, slices: list[str]) -> Path:
+    """A copy of the sample CT series holding only ``slices``."""
+    (dst / "ct").mkdir(parents=True)
+    for name in slices:
+        shutil.copy2(sample_data / "dicom/ct_series" / name, dst / "ct" / name)
+    return dst
+
+
+def _written(manifest) -> list[str]:
+    return sorted(e.output for e in manifest.entries if e.status == "written")
+
+
+def test_a_slice_added_to_a_finished_series_is_protected_on_rerun(sample_data, tmp_path, capsys):
+    from ulmed.cli import main
+
+    src = _series_copy(sample_data, tmp_path / "in", ["17106", "17136", "17166"])
+    out = tmp_path / "out"
+    protect_path(src, out, method="random")
+    shutil.copy2(sample_data / "dicom/ct_series/17196", src / "ct" / "17196")
+    capsys.readouterr()
+    assert main(["protect", "-i", str(src), "-o", str(out), "--method", "random"]) == 0
+    err = capsys.readouterr().err
+    assert "1 changed since the earlier run, redone" in err and "resumed" not in err
+    again = json.loads((out / "manifest.json").read_text())
+    assert sorted(e["output"] for e in again["entries"] if e["status"] == "written") == [f"ct/{n}" for n in ("17106", "17136", "17166", "17196")]
+    fresh = protect_path(src, tmp_path / "fresh", method="random")
+    assert outputs(out) == outputs(tmp_path / "fresh")  # the whole series redone as one: as a fresh run
+    assert _written(fresh) == sorted(e["output"] for e in again["entries"] if e["status"] == "written")
+
+
+def test_a_changed_slice_is_redone_and_a_removed_one_leaves_no_output(sample_data, tmp_path):
+    src = _series_copy(sample_data, tmp_path / "in", ["17106", "17136", "17166", "17196"])
+    out = tmp_path / "out"
+    protect_path(src, out, method="random")
+    ds = pydicom.dcmread(src / "ct/17136")
+    old = ds.pixel_array.astype(int)
+    pixels = ds.pixel_array.copy()
+    pixels[:8, :8] += 500
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(src / "ct/17136")
+    (src / "ct/17196").unlink()
+    again = protect_path(src, out, method="random")
+    assert again.run["changed"] == 1 and again.run["resumed"] == 0
+    assert not (out / "ct/17196").exists() and _written(again) == ["ct/17106", "ct/17136", "ct/17166"]
+    fresh = protect_path(src, tmp_path / "fresh", method="random")
+    assert outputs(out) == outputs(tmp_path / "fresh")
+    written = pydicom.dcmread(out / "ct/17136").pixel_array.astype(int)
+    eps = next(e.budget["eps_native"] for e in again.entries if e.output == "ct/17136")
+    assert np.abs(written - pixels.astype(int)).max() <= eps  # made from the changed slice,
+    assert np.abs(written - old)[:8, :8].min() > eps  # not from the old one
+
+
+def test_an_image_gone_from_the_input_has_its_output_removed(sample_data, tmp_path):
+    src = tmp_path / "hc18"
+    shutil.copytree(sample_data / "hc18", src)
+    out = tmp_path / "out"
+    protect_path(src, out, method="random")
+    (src / "images/012_HC.png").unlink()
+    (src / "masks/012_HC.png").unlink()
+    again = protect_path(src, out, method="random")
+    assert again.run["removed"] == 2 and again.run["resumed"] == 2  # the image and its mask copy
+    assert not (out / "images/012_HC.png").exists() and not (out / "masks/012_HC.png").exists()
+    assert "images/012_HC.png" not in {e.input for e in again.entries}
+
+
+def test_a_moved_or_copied_input_folder_resumes(sample_data, tmp_path):
+    first = tmp_path / "first"
+    shutil.copytree(sample_data, first)
+    out = tmp_path / "out"
+    done = protect_path(first, out, method="random")
+    moved = tmp_path / "moved"
+    first.rename(moved)  # same content, same mtimes, new path
+    again = protect_path(moved, out, method="random")
+    assert again.run["resumed"] == done.run["units"] and again.run["done_now"] == 0 and again.run["changed"] == 0
+    copied = tmp_path / "copied"
+    shutil.copytree(moved, copied, copy_function=shutil.copyfile)  # new mtimes: the content hashes decide
+    assert protect_path(copied, out, method="random").run["resumed"] == done.run["units"]
+
+
+# ------------------------------------------------- --overwrite starts over (issue 15, item 9)
+
+
+def test_overwrite_removes_what_the_earlier_run_wrote_and_nothing_else(sample_data, tmp_path):
+    out = tmp_path / "out"
+    protect_path(sample_data, out, method="random")
+    mine = out / "notes.txt"
+    mine.write_text("the user's own file")
+    edited = out / "hc18/images/012_HC.png"  # written by the run, then changed by the user
+    edited.write_bytes(edited.read_bytes() + b"user edit")
+    fresh = protect_path(sample_data / "hc18", out, method="random", eps="4/255", overwrite=True)
+    left = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and CONTROL_DIR not in p.parts}
+    ours = {e.output for e in fresh.entries if e.output} | {"manifest.json"}
+    assert left == ours | {"notes.txt", "hc18/images/012_HC.png"}  # no stale DICOM or NIfTI output remains
+    assert not (out / "dicom").exists() and not (out / "msd_hippocampus").exists()
+    assert mine.read_text() == "the user's own file"

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import hmac
+import secrets
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -155,6 +157,16 @@ def _hash(text: str, n: int) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
 
 
+#: The key salt of scans that are given none: new for every process, so that no key printed by
+#: ``ulmed info`` or a test can be recomputed from the UIDs of the source.
+_PROCESS_SALT = secrets.token_hex(16)
+
+
+def series_key_hash(uid: str, salt: str, n: int = 12) -> str:
+    """A short keyed hash of a UID: stable for one salt, not derivable from the UID without it."""
+    return hmac.new(salt.encode("utf-8"), uid.encode("utf-8"), hashlib.sha256).hexdigest()[:n]
+
+
 def _rel(path: Path, root: Path) -> Path:
     try:
         return Path(path).relative_to(root)
@@ -286,16 +298,19 @@ def _split_notes(groups: list[list[_Header]], root: Path) -> dict[str, str]:
     return notes
 
 
-def scan_dicom(root: Path, files: Sequence[Path]) -> DicomScan:
+def scan_dicom(root: Path, files: Sequence[Path], key_salt: str | None = None) -> DicomScan:
     """Group DICOM files into image series from their headers (pixel data is not decoded).
 
     Files of one SeriesInstanceUID form one series when they share size, samples per pixel
     and orientation; a multi-frame instance is a series of its own. When a SeriesInstanceUID
     splits (localizers in three planes), the keys add a short hash of the first SOP Instance UID.
+    The hashes are keyed by ``key_salt``: without the salt, nobody holding the source can link a
+    key (printed, or in a manifest) back to its series.
 
     Args:
         root: Input folder; keys are relative to it.
         files: Candidate files under ``root``.
+        key_salt: The secret that keys the hashes (a run's salt; default: one per process).
 
     Of several files with one SOPInstanceUID (a copy in another folder, a link) only the first
     is used (real files before links, then by path); the others are ``skipped``, with a warning.
@@ -333,11 +348,12 @@ def scan_dicom(root: Path, files: Sequence[Path]) -> DicomScan:
     for members in groups:
         counts[members[0].series_uid] = counts.get(members[0].series_uid, 0) + 1
     series = []
+    salt = key_salt or _PROCESS_SALT
     for members in map(_order, groups):
         uid = members[0].series_uid
-        key = f"{_rel(members[0].path, root).parent.as_posix()}/{_hash(uid, 12)}"
+        key = f"{_rel(members[0].path, root).parent.as_posix()}/{series_key_hash(uid, salt)}"
         if counts[uid] > 1:
-            key += "-" + _hash(members[0].sop_uid, 8)
+            key += "-" + series_key_hash(members[0].sop_uid, salt, 8)
         series.append(DicomSeries(series_uid=uid, files=[h.path for h in members], key=key))
     for s in series:
         s.note = notes.get(s.series_uid)
@@ -482,8 +498,10 @@ def read_series(series: DicomSeries, root: Path) -> Record:
         stored_dtype=stored_dtype.str, stored_range=(smin, smax), series_uid=series.series_uid,
         multi_frame="NumberOfFrames" in first,
     )
+    # slices with their own RescaleSlope store in steps of their own (quantisation keeps each one's grid)
+    steps = np.abs(s_all)[None, :, None, None] if spatial_dims == 3 and np.unique(np.abs(s_all)).size > 1 else None
     return Record(key=series.key, image=native, mapping=mapping, spatial_dims=spatial_dims, kind="dicom",
-                  handle=handle, meta=meta)
+                  handle=handle, meta=meta, quantum_map=steps)
 
 
 def _set_pixels(ds: Dataset, block: np.ndarray, handle: DicomHandle, options: WriteOptions, path: Path) -> None:

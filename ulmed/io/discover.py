@@ -170,13 +170,14 @@ def _drop_output_collisions(items: list[Item], bad: list[tuple[Path, str]]) -> l
     return kept
 
 
-def discover(input_path: str | Path, masks: str | Path | None = None) -> Inventory:
+def discover(input_path: str | Path, masks: str | Path | None = None, key_salt: str | None = None) -> Inventory:
     """Sort everything under ``input_path`` (a file or a folder) into an :class:`Inventory`.
 
     Args:
         input_path: A DICOM file or tree, a NIfTI file or folder, an image folder, or a
             data-set folder holding ``images/`` and ``masks/`` (or ``labels/``).
         masks: Optional folder of masks matched to the images by relative path.
+        key_salt: The secret that keys DICOM series keys (:func:`ulmed.io.dicom.scan_dicom`).
 
     Raises:
         InputError: The input does not exist, or holds nothing that ulmed can protect.
@@ -214,7 +215,7 @@ def discover(input_path: str | Path, masks: str | Path | None = None) -> Invento
     if masks_root is not None and masks_root != path and path not in masks_root.parents:
         inv.targets.extend(_drop_links(_walk(masks_root), inv))
     if dicom_candidates:
-        inv.dicom = scan_dicom(root, dicom_candidates)
+        inv.dicom = scan_dicom(root, dicom_candidates, key_salt)
     inv.images = _drop_output_collisions(inv.images, inv.bad)
     for item in (*inv.nifti, *inv.images):
         item.target = find_target(item.path, root, masks_root)

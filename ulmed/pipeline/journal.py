@@ -92,6 +92,10 @@ class JournalState:
 
     units: dict[str, list[Entry]] = field(default_factory=dict)
     chunks: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: The inputs of each finished unit as they were read (:func:`ulmed.pipeline.units.input_stamps`).
+    stamps: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    #: Finished units whose outputs are gone (deleted since): redone, and their other outputs removed.
+    lost: dict[str, list[Entry]] = field(default_factory=dict)
 
 
 class Journal:
@@ -127,6 +131,10 @@ class Journal:
                 good += len(raw)
                 if "unit" in line:
                     state.units[line["unit"]] = [Entry(**e) for e in line["entries"]]
+                    state.stamps[line["unit"]] = line.get("inputs") or {}
+                elif "removed" in line:
+                    state.units.pop(line["removed"], None)
+                    state.stamps.pop(line["removed"], None)
                 elif "chunk" in line:
                     state.chunks[int(line["chunk"])] = line.get("fit") or {}
         if good != self.path.stat().st_size:
@@ -134,7 +142,7 @@ class Journal:
                 fh.truncate(good)
         for key, entries in list(state.units.items()):
             if any(e.output and not (out / e.output).is_file() for e in entries if e.status in ("written", "copied")):
-                del state.units[key]
+                state.lost[key] = state.units.pop(key)
         return state
 
     def _append(self, record: dict[str, Any]) -> None:
@@ -148,9 +156,13 @@ class Journal:
         except OSError as exc:
             raise OutputError(f"cannot append to the run journal ({os_reason(exc)}); free space or check the output folder, then rerun", self.path) from exc
 
-    def unit_done(self, key: str, entries: list[Entry]) -> None:
-        """Record that a unit's outputs are committed."""
-        self._append({"unit": key, "entries": [asdict(e) for e in entries]})
+    def unit_done(self, key: str, entries: list[Entry], stamps: dict[str, list[Any]] | None = None) -> None:
+        """Record that a unit's outputs are committed, with the inputs they were made from."""
+        self._append({"unit": key, "entries": [asdict(e) for e in entries], "inputs": stamps or {}})
+
+    def unit_removed(self, key: str) -> None:
+        """Record that a unit's outputs were deleted (its input is gone from the inventory)."""
+        self._append({"removed": key})
 
     def chunk_done(self, index: int, fit: dict[str, Any]) -> None:
         """Record that every unit of a fitted chunk is committed, with what the fit found."""

@@ -90,6 +90,10 @@ class Manifest:
     run: dict[str, Any] = field(default_factory=dict)
     #: For one part of a sharded run: its index, the part count and the keys of its units.
     part: dict[str, Any] = field(default_factory=dict)
+    #: The input and output roots of the run that made it (in memory only: never saved, so a
+    #: shared manifest names the input folder and relative paths, no local path).
+    root: Path | None = field(default=None, repr=False, compare=False)
+    out: Path | None = field(default=None, repr=False, compare=False)
 
     def add(self, entry: Entry) -> None:
         """Append one entry."""

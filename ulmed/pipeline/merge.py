@@ -93,7 +93,7 @@ def merge_manifests(folder: str | Path) -> Manifest:
     expected = first["part"]["inventory_units"]
     if len(owner) != expected or keys_digest(owner) != first["part"]["inventory_sha256"]:
         raise InputError(f"the parts cover {len(owner)} of {expected} units of the inventory; rerun the parts that are short", root)
-    manifest = Manifest(params={**common, "output": str(root)}, versions=first["versions"],
+    manifest = Manifest(params={**common, "output": "."}, versions=first["versions"],
                         entries=[Entry(**e) for e in sorted(entries, key=lambda e: e["input"])])
     manifest.fit = {"parts": {str(k): v.get("fit", {}) for k, v in sorted(parts.items()) if v.get("fit")}} if any(v.get("fit") for v in parts.values()) else {}
     manifest.run = {

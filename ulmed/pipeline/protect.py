@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ulmed.core.budget import Budget
 from ulmed.core.method import DEFAULT_METHOD, METHODS, ProtectionMethod
 from ulmed.errors import ConfigError, InputError, OutputError
 from ulmed.io.base import WriteOptions
@@ -41,8 +42,10 @@ from ulmed.pipeline.journal import (
     params_digest,
     remove_stale_temporaries,
 )
-from ulmed.pipeline.manifest import Entry, Manifest
+from ulmed.pipeline.cleanup import manifest_entries, remove_outputs
+from ulmed.pipeline.manifest import Entry, Manifest, sha256_of
 from ulmed.pipeline.runstate import Progress, RunState, fit_in_chunks
+from ulmed.pipeline.salt import derive_salt, keep_salt, new_salt, salt_fingerprint, stored_salt
 from ulmed.pipeline.shard import Part, keys_digest
 from ulmed.pipeline.units import copies_of, output_paths, relative, units_of
 from ulmed.pipeline.work import WorkContext
@@ -116,6 +119,8 @@ def available_methods() -> dict[str, str]:
 def build_method(name: str, eps: str | float, seed: int, device: str, **options: Any) -> ProtectionMethod:
     """Instantiate a registered method by name."""
     cls = method_class(name)
+    if Budget.parse(eps).norm not in cls.norms:
+        _register_methods()  # the constructor's refusal then names every method that supports the norm
     try:
         return cls(budget=eps, seed=seed, device=device, **options)
     except TypeError as exc:  # an option the method does not take
@@ -155,6 +160,46 @@ def _deidentify_options(deidentify: bool, key: str | None) -> tuple[Any, dict[st
     return DeidentifyOptions(seed=key), {"deid_key_fingerprint": fingerprint}
 
 
+def _relative_reasons(entries: list[Entry], root: Path) -> None:
+    """Cut the input root out of the reasons (a library's message may name the absolute path)."""
+    prefix = f"{root.resolve()}{os.sep}"
+    for entry in entries:
+        if entry.reason and prefix in entry.reason:
+            entry.reason = entry.reason.replace(prefix, "")
+
+
+def start_over(out: Path, journal: Journal, suffix: str) -> int:
+    """``--overwrite``: delete what the earlier run of this part wrote, then forget it.
+
+    What it wrote is what its journal and its manifest list; a file is deleted only when it
+    still holds what was written (:func:`ulmed.pipeline.cleanup.remove_outputs`), so files the
+    run did not write stay.
+
+    Returns:
+        How many files were deleted.
+    """
+    state = journal.load(out)
+    entries = [e for group in (*state.units.values(), *state.lost.values()) for e in group]
+    entries += manifest_entries(out / f"manifest{suffix}.json")
+    removed = remove_outputs(out, entries)
+    journal.reset()
+    return removed
+
+
+def drop_departed(out: Path, journal: Journal, done: JournalState, keys: set[str]) -> int:
+    """Delete the outputs of finished units that are no longer in the input, and journal it.
+
+    Returns:
+        How many units were dropped.
+    """
+    departed = [k for k in (*done.units, *done.lost) if k not in keys]
+    for key in departed:
+        entries = done.units.pop(key, None) or done.lost.pop(key, [])
+        remove_outputs(out, entries)
+        journal.unit_removed(key)
+    return len(departed)
+
+
 def protect_path(
     input_path: str | Path,
     output_path: str | Path,
@@ -179,6 +224,7 @@ def protect_path(
     engine: str = "local",
     workers: int = 1,
     ray_address: str | None = None,
+    key_salt: str | None = None,
 ) -> Manifest:
     """Protect everything under ``input_path`` into ``output_path``; resume an interrupted run.
 
@@ -186,7 +232,8 @@ def protect_path(
         input_path: DICOM export, NIfTI file/folder, image folder or data-set folder.
         output_path: Output folder (created; must be outside the input).
         method: Registered method name (``ulmed protect --method``).
-        eps: L-inf budget, ``"8/255"`` or native such as ``"20HU"``.
+        eps: Budget, ``"8/255"`` or native such as ``"20HU"`` (L-inf), or ``"l2:0.5"`` (L2,
+            for the methods whose ``norms`` include it: random, none, em, salm).
         seed: Run seed.
         device: Torch device for methods that use one.
         masks: Optional masks folder matched by relative path.
@@ -207,6 +254,10 @@ def protect_path(
         engine: ``local`` or ``ray``.
         workers: Worker processes (local) or concurrent Ray tasks.
         ray_address: Existing Ray cluster to join (engine ``ray``).
+        key_salt: The secret that keys record keys derived from UIDs (default: ``$ULMED_KEY_SALT``,
+            else the de-identification key, else a random salt kept in ``.ulmed/secret``;
+            :mod:`ulmed.pipeline.salt`). Give the same salt to reproduce a run's DICOM output
+            byte for byte in another folder.
 
     Returns:
         The manifest, also written to ``output_path/manifest.json`` (one part:
@@ -223,18 +274,20 @@ def protect_path(
     check_paths(src, out, overwrite)
     protector = build_method(method, eps, seed, device, **(method_options or {}))
     label_map = load_labels(labels) if labels is not None else None
-    inv = discover(src, masks)
-    root = inv.root
     params = {**protector.params(), "dicom_encoding": dicom_encoding, "skip_non_image": skip_non_image}
     if deidentify:
         params["deidentify"] = "dicognito"
     salt = _uid_salt(params)
     deid, deid_identity = _deidentify_options(deidentify, deid_key)
-    opts = WriteOptions(method=method, budget=f"Linf {protector.budget.spec}", uid_salt=salt, dicom_encoding=dicom_encoding, deidentify=deid)
+    given_salt = derive_salt(deid.seed if deid is not None else None, key_salt)
+    key_salt_now = given_salt or stored_salt(out / CONTROL_DIR) or new_salt()
+    inv = discover(src, masks, key_salt_now)
+    root = inv.root
+    opts = WriteOptions(method=method, budget=protector.budget.label, uid_salt=salt, dicom_encoding=dicom_encoding, deidentify=deid)
     run_params = {
-        **params, "input": str(src.resolve()), "uid_salt": salt,
-        "masks": str(Path(masks).expanduser().resolve()) if masks is not None else None,
-        "labels": str(Path(labels).expanduser().resolve()) if labels is not None else None,
+        **params, "input": src.resolve().name, "uid_salt": salt,
+        "masks": Path(masks).expanduser().resolve().name if masks is not None else None,
+        "labels": Path(labels).expanduser().resolve().name if labels is not None else None,
         "chunk_size": chunk_size if protector.needs_fit else None, "num_parts": part.count,
     }
     if deid is not None:
@@ -244,11 +297,21 @@ def protect_path(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create the output folder ({exc.strerror}); choose a writable -o", out) from exc
-    resumed = check_run_identity(out, {**run_params, **deid_identity}, overwrite)
+        raise OutputError(f"cannot create the output folder ({exc.strerror or exc}); choose a writable -o", out) from exc
+    if given_salt is None and keep_salt(out / CONTROL_DIR, key_salt_now) != key_salt_now:
+        key_salt_now = stored_salt(out / CONTROL_DIR) or key_salt_now  # another part stored its salt first
+        inv = discover(src, masks, key_salt_now)
+    # The run's identity holds no path: a moved input folder resumes, its units' contents decide.
+    where = ("input", "masks", "labels")
+    identity = {**{k: v for k, v in run_params.items() if k not in where}, **deid_identity,
+                "key_salt_fingerprint": salt_fingerprint(key_salt_now),
+                "labels_sha256": sha256_of(Path(labels).expanduser()) if labels is not None else None}
+    resumed = check_run_identity(out, identity, overwrite)
     journal = Journal(out, part.suffix)
     if overwrite:
-        journal.reset()
+        n = start_over(out, journal, part.suffix)
+        if n:
+            log.info("--overwrite: removed %d file(s) that the earlier run wrote", n)
         resumed = False
     done = JournalState()
     if resumed:
@@ -260,13 +323,17 @@ def protect_path(
     all_copies = copies_of(inv, masks_root, skip_non_image)
     units = [u for u in all_units if part.owns(u.key)]
     copies = [u for u in all_copies if part.owns(u.key)]
+    gone = drop_departed(out, journal, done, {u.key for u in (*units, *copies)})
+    if gone:
+        log.warning("%d unit(s) of the earlier run are no longer in the input: their outputs were removed", gone)
     owned = {p for u in (*units, *copies) for p in output_paths(u, root)}
     owned |= {f"manifest{part.suffix}.json", f"{CONTROL_DIR}/{RUN_FILE}"}
     owned |= {f"{CONTROL_DIR}/state{part.suffix}.chunk-{i}.pt" for i in range(len(units) // (chunk_size or 1) + 1)}
     removed = remove_stale_temporaries(out, owned)
     if removed:
         log.info("removed %d temporary file(s) left by an interrupted run", removed)
-    manifest = Manifest(params={**run_params, "output": str(out), "engine": engine_config.name, "workers": engine_config.workers})
+    manifest = Manifest(params={**run_params, "output": ".", "engine": engine_config.name, "workers": engine_config.workers})
+    manifest.root, manifest.out = root, out
     discovered: list[Entry] = []
     bad = [(p, r, "dicom") for p, r in inv.dicom.bad] + [(p, r, "input") for p, r in inv.bad]
     for path, reason, kind in bad:
@@ -283,7 +350,7 @@ def protect_path(
         if part.owns(f"entry:{relative(path, root)}"):
             discovered.append(Entry(relative(path, root), "skipped", kind=kind, reason=reason))
 
-    run = RunState(out, part, journal, done, strict)
+    run = RunState(out, part, journal, done, strict, root)
     ctx = WorkContext(root, out, protector, opts, label_map)
     started = time.perf_counter()
     if protector.needs_fit:
@@ -299,8 +366,10 @@ def protect_path(
         run.commit(result)
 
     manifest.entries = [e for u in (*units, *copies) for e in run.entries.get(u.key, [])] + discovered
+    _relative_reasons(manifest.entries, root)
     manifest.run = {
         "units": len(units), "copies": len(copies), "done_now": run.new, "resumed": run.resumed,
+        "changed": run.changed, "removed": gone,
         "failed_units": run.failed, "seconds": round(time.perf_counter() - started, 3),
     }
     if part.count > 1:
@@ -325,6 +394,8 @@ def summarize(manifest: Manifest) -> dict[str, Any]:
         "records": len(records),
         "by_kind": {k: n for k, n in by_kind.items() if n},
         "resumed": manifest.run.get("resumed", 0),
+        "changed": manifest.run.get("changed", 0),
+        "removed": manifest.run.get("removed", 0),
         "psnr_min": min(psnrs) if psnrs else None,
         "psnr_max": max(psnrs) if psnrs else None,
         "manifest": f"manifest{suffix}.json",

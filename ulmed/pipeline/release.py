@@ -15,6 +15,7 @@ changed, is missing, or was added.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ from ulmed.pipeline.datacard import (
 from ulmed.pipeline.journal import remove_stale_temporaries
 from ulmed.pipeline.manifest import MANIFEST_NAME, Entry, Manifest, sha256_of
 from ulmed.pipeline.protect import protect_path
+
+log = logging.getLogger("ulmed")
 
 
 @dataclass
@@ -80,8 +83,9 @@ class ReleaseReport:
 
 
 def _input_root(manifest: Manifest) -> Path:
-    src = Path(manifest.params["input"])
-    return src if src.is_dir() else src.parent
+    if manifest.root is None:
+        raise ValueError("the manifest of a run in this process is needed (its input root is not saved)")
+    return manifest.root
 
 
 def check_copies(manifest: Manifest) -> CopyCheck:
@@ -97,6 +101,9 @@ def check_copies(manifest: Manifest) -> CopyCheck:
     check = CopyCheck()
     for e in manifest.entries:
         if e.status != "copied":
+            continue
+        if e.kind == "dicom-non-image" and manifest.params.get("deidentify"):
+            check.deidentified += 1  # de-identified on purpose: not byte-identical to its source
             continue
         if e.kind == "target":
             check.targets += 1
@@ -119,8 +126,11 @@ def release_dataset(input_path: str | Path, output_path: str | Path, **options: 
         input_path: Data-set folder (``images/`` + ``masks/`` or ``labels/``, split files ...).
         output_path: Release folder (created; must be outside the input).
         **options: As :func:`ulmed.pipeline.protect.protect_path` (``method``, ``eps``, ``seed``,
-            ``masks``, ``workers`` ...). With ``overwrite``, files already in the folder that
-            this run does not write stay, are listed in ``SHA256SUMS`` and named on the card.
+            ``masks``, ``workers``, ``deidentify`` ...). With ``overwrite``, files already in the
+            folder that this run does not write stay, are listed in ``SHA256SUMS`` and named on the
+            card. ``deidentify`` applies to DICOM files only (keyed by ``$ULMED_DEID_KEY``); a DICOM
+            file it cannot handle fails as that file (its series is left out) and the card says
+            what was de-identified.
 
     Returns:
         The report; failed inputs are in ``report.failed`` (the release is written anyway).
@@ -130,7 +140,9 @@ def release_dataset(input_path: str | Path, output_path: str | Path, **options: 
     """
     remove_stale_temporaries(Path(output_path).expanduser().resolve(), {DATACARD_NAME, SUMS_NAME})  # a killed release
     manifest = protect_path(input_path, output_path, **options)
-    out = Path(manifest.params["output"])
+    if options.get("deidentify") and not any(e.kind.startswith("dicom") for e in manifest.entries):
+        log.warning("--deidentify: the data set holds no DICOM file, so nothing was de-identified")
+    out = manifest.out or Path(output_path).expanduser().resolve()
     copies = check_copies(manifest)
     ours = {e.output for e in manifest.entries if e.output} | {MANIFEST_NAME, DATACARD_NAME}
     foreign = [rel for rel in release_files(out) if rel not in ours]

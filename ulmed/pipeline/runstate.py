@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 from ulmed.errors import InputError, MissingDependencyError, OutputError
 from ulmed.io.atomic import atomic_path
 from ulmed.pipeline.engines import EngineConfig, run_units
+from ulmed.pipeline.cleanup import remove_outputs
 from ulmed.pipeline.journal import CONTROL_DIR, Journal, JournalState
 from ulmed.pipeline.manifest import Entry
 from ulmed.pipeline.shard import Part, chunks
-from ulmed.pipeline.units import Unit
+from ulmed.pipeline.units import Unit, inputs_changed
 from ulmed.pipeline.work import UnitResult, WorkContext, read_record
 
 T = TypeVar("T")
@@ -31,18 +32,25 @@ Progress = Callable[[Iterable[T], int, str], Iterable[T]]
 class RunState:
     """Bookkeeping of one run of one part: the journal, the entries by unit, the counts.
 
+    A unit that an earlier run finished is taken over only when its inputs are what they were
+    then (:func:`ulmed.pipeline.units.inputs_changed`); a changed or grown unit is redone, and the
+    outputs it wrote before are deleted first, so none of them can stay stale.
+
     Args:
         out: The output root.
         part: The part this run does.
         journal: Its journal.
         done: What an earlier run of the part finished (empty for a fresh run).
         strict: Raise at the first failed unit instead of recording it.
+        root: The input root (the inputs' stamps are relative to it).
     """
 
-    def __init__(self, out: Path, part: Part, journal: Journal, done: JournalState, strict: bool) -> None:
-        self.out, self.part, self.journal, self.done, self.strict = out, part, journal, done, strict
+    def __init__(self, out: Path, part: Part, journal: Journal, done: JournalState, strict: bool, root: Path) -> None:
+        self.out, self.part, self.journal, self.done, self.strict, self.root = out, part, journal, done, strict, root
         self.entries: dict[str, list[Entry]] = {}
         self.new = self.resumed = self.failed = 0
+        #: Records an earlier run finished whose inputs changed since (redone).
+        self.changed = 0
 
     def commit(self, result: UnitResult) -> None:
         """Record one unit's result: journal it when it succeeded; raise in strict mode when it failed."""
@@ -52,18 +60,31 @@ class RunState:
             if self.strict:
                 raise InputError(*result.error)
             return
-        self.journal.unit_done(result.key, result.entries)
+        self.journal.unit_done(result.key, result.entries, result.stamps)
         self.new += 1
 
+    def is_current(self, unit: Unit) -> bool:
+        """True when an earlier run finished ``unit`` from the inputs it has now."""
+        return unit.key in self.done.units and not inputs_changed(unit, self.root, self.done.stamps.get(unit.key))
+
     def todo(self, units: list[Unit]) -> list[Unit]:
-        """Units not finished by an earlier run; the finished ones' entries are taken over."""
+        """Units to do now; the entries of those an earlier run finished from the same inputs are taken over.
+
+        A unit whose inputs changed, or whose outputs were partly deleted, is redone, and what
+        it wrote before is removed first (a series that lost a slice keeps no output for it).
+        """
         left = []
         for unit in units:
-            if unit.key in self.done.units:
+            if self.is_current(unit):
                 self.entries[unit.key] = self.done.units[unit.key]
                 self.resumed += unit.kind != "copy"  # records only, as in the closing line
-            else:
-                left.append(unit)
+                continue
+            if unit.key in self.done.units:
+                self.changed += unit.kind != "copy"
+                remove_outputs(self.out, self.done.units.pop(unit.key))
+            elif unit.key in self.done.lost:
+                remove_outputs(self.out, self.done.lost.pop(unit.key))
+            left.append(unit)
         return left
 
     def state_path(self, chunk: int) -> Path:
@@ -94,6 +115,9 @@ def fit_in_chunks(run: RunState, units: list[Unit], ctx: WorkContext, chunk_size
     for i in range(last + 1):
         if any(u.key not in run.done.units for u in parts[i]):
             raise OutputError(f"outputs of finished chunk {i} are missing, and its surrogate state is gone; rerun with --overwrite", run.out)
+        if not all(run.is_current(u) for u in parts[i]):
+            raise OutputError(f"inputs of finished chunk {i} changed since it was fitted, and its surrogate state is gone; "
+                              "rerun with --overwrite", run.out)
     if last >= 0 and last + 1 < len(parts):
         state = run.state_path(last)
         if not state.is_file():

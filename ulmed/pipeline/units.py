@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ulmed.io.dicom import DicomSeries, read_series
 from ulmed.io.discover import Inventory, Item
@@ -41,6 +44,12 @@ class Unit:
         if isinstance(self.source, DicomSeries):
             return list(self.source.files)
         return [self.source.path]
+
+    @property
+    def inputs(self) -> list[Path]:
+        """Every file that shapes this unit's output: its files and its mask or label map."""
+        target = getattr(self.source, "target", None)
+        return self.files + ([target] if target is not None else [])
 
 
 def units_of(inv: Inventory) -> list[Unit]:
@@ -87,6 +96,48 @@ def read_unit(unit: Unit, root: Path) -> Record:
     if unit.kind == "nifti":
         return read_nifti(unit.source.path, key=unit.key, label_path=unit.source.target)
     return read_image(unit.source.path, key=unit.key, mask_path=unit.source.target)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def input_stamps(unit: Unit, root: Path) -> dict[str, list[Any]]:
+    """What a unit's inputs were when it was done: ``{relative path: [size, mtime_ns, sha256]}``.
+
+    Paths are relative to the input root, so a moved input folder still matches.
+    """
+    stamps: dict[str, list[Any]] = {}
+    for path in unit.inputs:
+        st = os.stat(path)
+        stamps[relative(path, root)] = [st.st_size, st.st_mtime_ns, _sha256(path)]
+    return stamps
+
+
+def inputs_changed(unit: Unit, root: Path, stamps: dict[str, list[Any]] | None) -> bool:
+    """True when a unit's inputs differ from ``stamps``: a file added, removed or changed.
+
+    Size and mtime decide when both match; when only the mtime differs (a copied folder), the
+    content hash decides. Units journalled without stamps count as changed.
+    """
+    if not stamps:
+        return True
+    paths = {relative(p, root): p for p in unit.inputs}
+    if set(paths) != set(stamps):
+        return True
+    for rel, path in paths.items():
+        size, mtime_ns, digest = stamps[rel]
+        try:
+            st = os.stat(path)
+            if st.st_size != size or (st.st_mtime_ns != mtime_ns and _sha256(path) != digest):
+                return True
+        except OSError:
+            return True
+    return False
 
 
 def relative(path: Path, root: Path) -> str:

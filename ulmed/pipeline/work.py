@@ -8,9 +8,13 @@ everything it needs travels in a picklable :class:`WorkContext`, and what it ret
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from ulmed.core.method import ProtectionMethod
 from ulmed.errors import InputError, MissingDependencyError
@@ -23,7 +27,7 @@ from ulmed.io.images import output_relpath, write_image
 from ulmed.io.nifti import write_nifti
 from ulmed.io.record import Record
 from ulmed.pipeline.manifest import Entry, sha256_of
-from ulmed.pipeline.units import Copy, Unit, read_unit, relative
+from ulmed.pipeline.units import Copy, Unit, input_stamps, output_paths, read_unit, relative
 
 log = logging.getLogger("ulmed")
 
@@ -54,6 +58,8 @@ class UnitResult:
     key: str
     entries: list[Entry] = field(default_factory=list)
     error: tuple[str, str] | None = None
+    #: The unit's inputs as they were read (:func:`ulmed.pipeline.units.input_stamps`), for resume.
+    stamps: dict[str, list[Any]] | None = None
 
 
 def read_record(unit: Unit, ctx: WorkContext) -> Record:
@@ -82,13 +88,41 @@ def _write(unit: Unit, protected: Record, ctx: WorkContext) -> list[tuple[Path, 
     return [(unit.source.path, dst, note)]
 
 
+def _failed(unit: Unit, ctx: WorkContext, exc: InputError | MissingDependencyError) -> UnitResult:
+    """``failed`` entries for every file of a unit that could not be read, de-identified or copied.
+
+    When the error names one file of a multi-file series, the series' other files say so,
+    so that each manifest entry (and each CLI line) tells which file to fix.
+    """
+    log.warning("skipped %s", exc)
+    files = [relative(f, ctx.root) for f in unit.files]
+    culprit = relative(Path(exc.path), ctx.root) if exc.path else None
+    kind, record = (unit.source.kind, None) if isinstance(unit.source, Copy) else (unit.kind, unit.key)
+    entries = []
+    for rel in files:
+        sibling = culprit in files and culprit != rel
+        reason = f"left out with its series because {culprit}: {exc.reason}" if sibling else exc.reason
+        entries.append(Entry(rel, "failed", kind=kind, record=record, reason=reason))
+    return UnitResult(unit.key, entries, (exc.reason, str(exc.path or unit.key)))
+
+
+def _remove_outputs(unit: Unit, ctx: WorkContext) -> None:
+    """Delete what a unit that failed while writing had written, so no partial series is left."""
+    for rel in output_paths(unit, ctx.root):
+        with contextlib.suppress(FileNotFoundError):
+            (ctx.out / rel).unlink()
+
+
 def _copy(unit: Unit, ctx: WorkContext) -> UnitResult:
     assert isinstance(unit.source, Copy)
     src, dst = unit.source.path, ctx.out / unit.source.dst
     if unit.source.kind == "dicom-non-image" and ctx.options.deidentify is not None:
         from ulmed.io.deidentify import copy_deidentified
 
-        copy_deidentified(src, dst, ctx.options.deidentify)
+        try:
+            copy_deidentified(src, dst, ctx.options.deidentify)
+        except InputError as exc:  # a value dicognito cannot handle, a DICOMDIR: this file fails, not the run
+            return _failed(unit, ctx, exc)
     else:
         atomic_copy(src, dst)
     entry = Entry(relative(src, ctx.root), "copied", relative(dst, ctx.out), unit.source.kind, sha256=sha256_of(dst))
@@ -109,22 +143,40 @@ def process_unit(unit: Unit, ctx: WorkContext) -> UnitResult:
     try:
         clean = read_record(unit, ctx)
     except (InputError, MissingDependencyError) as exc:
-        log.warning("skipped %s", exc)
-        entries = [Entry(relative(p, ctx.root), "failed", kind=unit.kind, record=unit.key, reason=exc.reason) for p in unit.files]
-        return UnitResult(unit.key, entries, (exc.reason, str(exc.path or unit.key)))
+        return _failed(unit, ctx, exc)
     method = ctx.method
     protected = method.protect(clean)
     budget = method.budget.describe(clean.mapping)
-    metrics = imperceptibility(clean.unit_image(), protected.unit_image(), clean.mapping.scale)
+    # ``protected`` holds the stored values (quantised within the budget): these are the written file's metrics.
+    metrics = imperceptibility(clean.unit_image(np.float64), protected.unit_image(np.float64), clean.mapping.scale)
     remark = method.note(clean)
+    if (too_small := method.budget.too_small(clean)) is not None:
+        log.warning("%s: %s", unit.key, too_small)
+        remark = "; ".join(n for n in (remark, too_small) if n)
+    try:
+        written = _write(unit, protected, ctx)
+    except InputError as exc:  # a value the de-identifier cannot handle: the unit fails, not the run
+        _remove_outputs(unit, ctx)
+        return _failed(unit, ctx, exc)
     entries = [
         Entry(relative(src, ctx.root), "written", relative(dst, ctx.out), unit.kind, unit.key, sha256_of(dst),
               "; ".join(n for n in (note, remark) if n) or None, budget, metrics)
-        for src, dst, note in _write(unit, protected, ctx)
+        for src, dst, note in written
     ]
     return UnitResult(unit.key, entries)
 
 
+def _stamped(unit: Unit, ctx: WorkContext) -> UnitResult:
+    """:func:`process_unit` with the unit's input stamps taken before it reads them."""
+    try:
+        stamps: dict[str, list[Any]] | None = input_stamps(unit, ctx.root)
+    except OSError:
+        stamps = None  # unreadable: the unit fails and is not journalled
+    result = process_unit(unit, ctx)
+    result.stamps = stamps
+    return result
+
+
 def process_batch(units: list[Unit], ctx: WorkContext) -> list[UnitResult]:
     """:func:`process_unit` over a batch (the task of a worker process or Ray task)."""
-    return [process_unit(u, ctx) for u in units]
+    return [_stamped(u, ctx) for u in units]
