@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from ulmed.io.discover import Inventory, Item
 from ulmed.io.images import output_relpath, read_image
 from ulmed.io.nifti import read_nifti
 from ulmed.io.record import Record
+from ulmed.pipeline.manifest import sha256_of
 
 
 @dataclass(frozen=True)
@@ -98,14 +98,6 @@ def read_unit(unit: Unit, root: Path) -> Record:
     return read_image(unit.source.path, key=unit.key, mask_path=unit.source.target)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def input_stamps(unit: Unit, root: Path) -> dict[str, list[Any]]:
     """What a unit's inputs were when it was done: ``{relative path: [size, mtime_ns, sha256]}``.
 
@@ -114,7 +106,7 @@ def input_stamps(unit: Unit, root: Path) -> dict[str, list[Any]]:
     stamps: dict[str, list[Any]] = {}
     for path in unit.inputs:
         st = os.stat(path)
-        stamps[relative(path, root)] = [st.st_size, st.st_mtime_ns, _sha256(path)]
+        stamps[relative(path, root)] = [st.st_size, st.st_mtime_ns, sha256_of(path)]
     return stamps
 
 
@@ -133,7 +125,7 @@ def inputs_changed(unit: Unit, root: Path, stamps: dict[str, list[Any]] | None) 
         size, mtime_ns, digest = stamps[rel]
         try:
             st = os.stat(path)
-            if st.st_size != size or (st.st_mtime_ns != mtime_ns and _sha256(path) != digest):
+            if st.st_size != size or (st.st_mtime_ns != mtime_ns and sha256_of(path) != digest):
                 return True
         except OSError:
             return True
