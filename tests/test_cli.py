@@ -246,3 +246,56 @@ def test_full_disk_while_writing_dicom_names_the_file_and_the_reason(sample_data
     assert not list(out.rglob("*.part*"))
     monkeypatch.undo()
     assert main(args) == 0
+
+
+def _info_folders(sample_data, tmp_path):
+    """A folder with one good and one broken image, and one with only the broken image."""
+    import shutil
+
+    mixed, broken = tmp_path / "mixed", tmp_path / "broken"
+    for folder in (mixed, broken):
+        folder.mkdir()
+        (folder / "bad.png").write_bytes(b"not a png")
+    shutil.copy(sample_data / "hc18/images/012_HC.png", mixed / "good.png")
+    return mixed, broken
+
+
+def test_info_exit_codes_make_it_a_preflight_check(sample_data, tmp_path, capsys):
+    mixed, broken = _info_folders(sample_data, tmp_path)
+    assert main(["info", str(mixed)]) == 3
+    out = capsys.readouterr().out
+    assert "good.png" in out and any(line.startswith("bad: bad.png: ") and "re-export" in line for line in out.splitlines())
+    assert main(["info", str(broken)]) == 2
+    assert main(["info", str(sample_data / "hc18")]) == 0
+    capsys.readouterr()
+    assert main(["info", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "0 when every input is readable, 3 when some inputs are bad, 2 when none is readable" in text
+
+
+def test_info_piped_prints_whole_keys_as_tsv(sample_data, tmp_path):
+    import shutil
+
+    mixed, _ = _info_folders(sample_data, tmp_path)
+    long = "a_series_exported_with_a_very_long_name_" + "0123456789" * 8 + ".png"
+    shutil.copy(sample_data / "hc18/images/012_HC.png", mixed / long)
+    proc = subprocess.run([sys.executable, "-m", "ulmed.cli", "info", str(mixed)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3
+    rows = [line.split("\t") for line in proc.stdout.splitlines() if "\t" in line]
+    assert rows[0][:3] == ["key", "kind", "modality"] and len({len(r) for r in rows}) == 1
+    assert sorted(r[0] for r in rows[1:]) == sorted([long, "good.png"]) and {r[1] for r in rows[1:]} == {"image"}
+    assert "…" not in proc.stdout
+
+
+def test_info_on_a_terminal_folds_long_keys_instead_of_cutting_them(sample_data, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    long = "k" * 30 + "_" + "0123456789" * 6 + ".png"
+    shutil.copy(sample_data / "hc18/images/012_HC.png", tmp_path / long)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out and "1 record(s)" in out
+    first_column = "".join(line.split("│")[1].strip() for line in out.splitlines() if line.count("│") > 2)
+    assert long in first_column

@@ -11,6 +11,9 @@ from ulmed.errors import InputError, MissingDependencyError
 from ulmed.io.discover import discover
 from ulmed.pipeline.units import read_unit, relative, units_of
 
+#: The columns of ``ulmed info``, in order (:func:`table_rows` gives one tuple per record).
+COLUMNS = ("key", "kind", "modality", "shape", "spacing", "dtype", "range", "unit", "target")
+
 
 def describe(input_path: str | Path, masks: str | Path | None = None) -> dict[str, Any]:
     """Describe every record under ``input_path``.
@@ -54,3 +57,27 @@ def describe(input_path: str | Path, masks: str | Path | None = None) -> dict[st
         "bad": bad,
         "skipped": [(relative(p, inv.root), r) for p, r in (*inv.skipped, *inv.dicom.skipped)],
     }
+
+
+def table_rows(description: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The records of :func:`describe` as text, one tuple of :data:`COLUMNS` per record."""
+    rows = []
+    for r in description["records"]:
+        spacing = "x".join(f"{v:.3g}" for v in r["spacing"]) if r["spacing"] else "-"
+        rows.append((
+            r["key"], r["kind"], r["modality"] or "-", "x".join(map(str, r["shape"])), spacing, r["dtype"],
+            f"{r['min']:.4g}..{r['max']:.4g}", r["unit"], r["target"],
+        ))
+    return rows
+
+
+def exit_code(description: dict[str, Any]) -> int:
+    """The exit code of ``ulmed info`` as a pre-flight check of :func:`describe`'s result.
+
+    Returns:
+        0 when every input is readable, 3 when some are bad (others are readable), 2 when
+        inputs are bad and none is readable; the same codes as ``ulmed protect``.
+    """
+    if not description["bad"]:
+        return 0
+    return 3 if description["records"] else 2
