@@ -374,6 +374,61 @@ def test_rerun_with_another_key_is_refused(export, deid_runs, monkeypatch):
         assert not any(secret.encode() in p.read_bytes() for p in out.rglob("*") if p.is_file())
 
 
+BAD_DATE = "NOTADATE"
+BAD_SERIES_FILE = "ct_series/17136"
+
+
+def bad_date_export(root: Path, sample_dir: Path, *bad: str) -> Path:
+    """:func:`small_export` and sample_data's structure set, the files ``bad`` with StudyDate NOTADATE."""
+    small_export(root, sample_dir)
+    shutil.copy(sample_dir / "dicom" / "rtstruct.dcm", root / "rtstruct.dcm")
+    for rel in bad:
+        ds = read(root / rel)
+        with pydicom.config.disable_value_validation():  # written as a faulty modality would; nothing logged here
+            ds.StudyDate = BAD_DATE
+        ds.save_as(root / rel)
+        assert read(root / rel).StudyDate == BAD_DATE
+    return root
+
+
+def test_deidentify_bad_date_fails_that_series_only(sample_data, tmp_path, monkeypatch):
+    pytest.importorskip("dicognito")
+    monkeypatch.setenv(DEID_KEY_ENV, KEY)
+    src = bad_date_export(tmp_path / "in", sample_data, BAD_SERIES_FILE)
+    out = tmp_path / "out"
+    manifest = protect_path(src, out, method="random", deidentify=True)  # returns: the run is not aborted
+    entries = by_input(json.loads((out / "manifest.json").read_text())["entries"])
+    series = [f"ct_series/{n}" for n in ("17106", "17136", "17166", "17196")]
+    assert {rel: entries[rel]["status"] for rel in series} == dict.fromkeys(series, "failed")
+    culprit = entries[BAD_SERIES_FILE]["reason"]
+    assert "cannot be de-identified at tag (0008,0020)" in culprit and "fix the value or leave the file out" in culprit
+    for rel in set(series) - {BAD_SERIES_FILE}:  # the good slices say which file took their series out
+        assert entries[rel]["reason"] == f"left out with its series because {BAD_SERIES_FILE}: {culprit}"
+    assert [entries[r]["status"] for r in ("CT_small.dcm", "MR_small.dcm", "rtstruct.dcm")] == ["written", "written", "copied"]
+    assert manifest.run["failed_units"] == 1 and manifest.counts()["failed"] == 4
+    assert not (out / "ct_series").exists() or not any((out / "ct_series").iterdir())  # no partial series left
+    assert "DICOGNITO" in read(out / "CT_small.dcm").DeidentificationMethod
+    assert BAD_DATE not in (out / "manifest.json").read_text()  # the message names the tag, never the value
+    with pytest.raises(InputError, match=r"17136: cannot be de-identified at tag \(0008,0020\)"):
+        protect_path(src, tmp_path / "strict", method="random", deidentify=True, strict=True)
+
+
+def test_deidentify_bad_date_in_a_non_image_file_fails_that_file(sample_data, tmp_path, monkeypatch, capsys, restore_logging):
+    pytest.importorskip("dicognito")
+    monkeypatch.setenv(DEID_KEY_ENV, KEY)
+    src = bad_date_export(tmp_path / "in", sample_data, "rtstruct.dcm")
+    out = tmp_path / "out"
+    code = main(["protect", "-i", str(src), "-o", str(out), "--method", "random", "--deidentify"])
+    err = capsys.readouterr().err
+    assert code == 3, err  # records protected, one file failed
+    assert "3 series protected (6 file(s) written), 0 copied, 0 skipped, 1 failed" in err
+    failed = [line for line in err.splitlines() if line.startswith("failed ")]
+    assert len(failed) == 1 and failed[0].startswith("failed rtstruct.dcm: cannot be de-identified at tag (0008,0020)")
+    entry = by_input(json.loads((out / "manifest.json").read_text())["entries"])["rtstruct.dcm"]
+    assert entry["status"] == "failed" and entry["kind"] == "dicom-non-image" and not (out / "rtstruct.dcm").exists()
+    assert BAD_DATE not in err
+
+
 # ---------------------------------------------------------------- 4. privacy of messages
 
 

@@ -15,10 +15,13 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import tree_hashes
+from tests.pipeline.test_dicom_export import BAD_SERIES_FILE, bad_date_export
+from tests.pipeline.test_dicom_export import restore_logging  # noqa: F401 - a fixture: main() reconfigures logging
 from ulmed.cli import app, main
 from ulmed.core.method import METHODS
 from ulmed.errors import InputError
 from ulmed.pipeline.checksums import read_sums, write_sums
+from ulmed.pipeline.protect import DEID_KEY_ENV
 from ulmed.pipeline.release import release_dataset, verify_release
 
 SUBJECTS = ("012_HC", "015_HC", "017_HC", "018_HC")
@@ -237,3 +240,70 @@ def test_cli_malformed_sums_is_one_line_error(release_copy, capsys):
     assert main(["verify", str(release_copy)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "SHA256SUMS: line 1 is malformed" in err and len(err.splitlines()) == 1
+
+
+# ---------------------------------------------------------------- --deidentify
+
+
+DEID_KEY = "0123456789abcdef0123"
+
+
+def _identities(root: Path) -> set[str]:
+    """PatientName and PatientID of every DICOM file under ``root``."""
+    import pydicom
+
+    found: set[str] = set()
+    for p in root.rglob("*"):
+        if p.is_file() and p.suffix != ".txt":
+            ds = pydicom.dcmread(p, force=True)
+            found |= {str(ds.get("PatientName", "")), str(ds.get("PatientID", ""))}
+    return found - {""}
+
+
+def test_release_deidentify_dicom_dataset(sample_data, tmp_path, monkeypatch):
+    pytest.importorskip("dicognito")
+    monkeypatch.setenv(DEID_KEY_ENV, DEID_KEY)
+    src = bad_date_export(tmp_path / "in", sample_data, BAD_SERIES_FILE)
+    (src / "README.txt").write_text("a licence\n")
+    report = release_dataset(src, tmp_path / "release", method="random", deidentify=True)  # returns: not aborted
+    out = report.path
+    assert sorted(e.input for e in report.failed) == [f"ct_series/{n}" for n in ("17106", "17136", "17166", "17196")]
+    assert report.records == 2 and not report.copies.mismatched and report.copies.deidentified == 1
+    card = report.datacard.read_text()
+    assert "- De-identification: the headers of the 3 DICOM file(s) were de-identified with dicognito" in card
+    assert "| copied de-identified (non-image DICOM) | 1 |" in card and "| copied unchanged | 1 (0 mask/label, 1 other) |" in card
+    assert "4 input file(s) could not be protected" in card and "cannot be de-identified at tag (0008,0020)" in card
+    assert "17136" not in card and "NOTADATE" not in card
+    params = json.loads((out / "manifest.json").read_text())["params"]
+    assert params["deidentify"] == "dicognito" and params["deidentifier"]["tool"] == "dicognito"
+    assert not (out / ".ulmed").exists() and verify_release(out).ok
+    names = _identities(src)
+    assert {"Doe^Archibald", "CompressedSamples^CT1"} <= names
+    for p in (p for p in out.rglob("*") if p.is_file()):
+        raw = p.read_bytes()
+        assert not [v for v in names if v.encode() in raw], p
+        assert DEID_KEY.encode() not in raw
+
+
+def test_cli_release_deidentify(sample_data, dataset, tmp_path, monkeypatch, capsys, restore_logging):
+    pytest.importorskip("dicognito")
+    src = bad_date_export(tmp_path / "in", sample_data)
+    monkeypatch.delenv(DEID_KEY_ENV, raising=False)
+    assert main(["release", "-i", str(src), "-o", str(tmp_path / "nokey"), "--method", "random", "--deidentify"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --deidentify needs a secret key of at least 16 characters in $ULMED_DEID_KEY")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "nokey").exists()
+
+    runner = CliRunner()
+    env = {DEID_KEY_ENV: DEID_KEY}
+    made = runner.invoke(app, ["release", "-i", str(src), "-o", str(tmp_path / "rel"), "--method", "random", "--deidentify"], env=env)
+    assert made.exit_code == 0, made.output
+    assert "3 record(s) protected" in made.output
+    card = (tmp_path / "rel" / "DATACARD.md").read_text()
+    assert "the headers of the 7 DICOM file(s) were de-identified with dicognito" in card
+    assert not _identities(tmp_path / "rel") & _identities(src)
+    # an image data set holds nothing to de-identify: the card says so rather than claim it
+    images = runner.invoke(app, ["release", "-i", str(dataset), "-o", str(tmp_path / "hc18"), "--method", "random", "--deidentify"], env=env)
+    assert images.exit_code == 0, images.output
+    assert "requested (dicognito" in (tmp_path / "hc18" / "DATACARD.md").read_text()
+    assert "holds no DICOM file" in (tmp_path / "hc18" / "DATACARD.md").read_text()

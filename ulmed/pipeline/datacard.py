@@ -31,11 +31,14 @@ class CopyCheck:
         targets: Mask/label files copied.
         others: Other files copied (split files, licences, non-image DICOM).
         mismatched: Copies whose sha256 differs from their source's, or whose source is gone.
+        deidentified: Non-image DICOM files copied de-identified (``--deidentify``): they differ
+            from their source on purpose and are not compared.
     """
 
     targets: int = 0
     others: int = 0
     mismatched: list[str] = field(default_factory=list)
+    deidentified: int = 0
 
 
 def spread(values: Iterable[float]) -> tuple[float, float, float] | None:
@@ -66,12 +69,27 @@ def record_budgets(manifest: Manifest) -> dict[tuple[float, str], list[float]]:
     return groups
 
 
+def _deidentification_line(manifest: Manifest) -> str | None:
+    """What was done to the DICOM headers (``--deidentify``), on one line; None when neither applies."""
+    params = manifest.params
+    dicom = sum(e.kind in ("dicom", "dicom-non-image") and e.status in ("written", "copied") for e in manifest.entries)
+    if not params.get("deidentify"):
+        return "- De-identification: none (the DICOM headers are the original ones)" if dicom else None
+    tool = params.get("deidentifier") or {}
+    name = f"{tool.get('tool', params['deidentify'])} {tool.get('version', '')}".strip()
+    if not dicom:
+        return f"- De-identification: requested ({name}), but this release holds no DICOM file, so nothing was changed"
+    return (f"- De-identification: the headers of the {dicom} DICOM file(s) were de-identified with {name} "
+            "(names, IDs, addresses and instance UIDs replaced by keyed pseudonyms, dates shifted); free text, "
+            "private elements and text burned into the pixels were not removed")
+
+
 def _method_lines(manifest: Manifest) -> list[str]:
     params = manifest.params
     name = str(params.get("method", "?"))
     cls = METHODS.get(name) if name in METHODS else None
     doc = ((cls.__doc__ or "").strip().splitlines() or [""])[0] if cls else ""
-    shown = (*_NOT_PRINTED, "method", "budget", "seed")
+    shown = (*_NOT_PRINTED, "method", "budget", "seed", "deidentify", "deidentifier")
     extra = {k: v for k, v in params.items() if k not in shown and v is not None}
     lines = [f"- Method: `{name}` — {doc}" if doc else f"- Method: `{name}`",
              f"- Budget: L-inf {params.get('budget')} (the most any value moved)"]
@@ -81,6 +99,8 @@ def _method_lines(manifest: Manifest) -> list[str]:
         where = unit if unit != "value" else "(stored pixel values)"
         lines.append(f"  - {eps_unit:.6f} in [0, 1] units = {amount} {where} for {len(natives)} record(s)")
     lines.append(f"- Seed: {params.get('seed')}")
+    if deid := _deidentification_line(manifest):
+        lines.append(deid)
     if extra:
         lines.append("- Other parameters: " + ", ".join(f"`{k}={v}`" for k, v in sorted(extra.items())))
     return lines
@@ -109,7 +129,8 @@ def _content_lines(manifest: Manifest, copies: CopyCheck, foreign: list[str]) ->
     lines = [
         "| files | count |", "|---|---|",
         f"| protected (perturbed) | {counts['written']} ({records} record(s)) |",
-        f"| copied unchanged | {counts['copied']} ({copies.targets} mask/label, {copies.others} other) |",
+        f"| copied unchanged | {counts['copied'] - copies.deidentified} ({copies.targets} mask/label, {copies.others} other) |",
+        *([f"| copied de-identified (non-image DICOM) | {copies.deidentified} |"] if copies.deidentified else []),
         f"| skipped on purpose | {counts['skipped']} |",
         f"| failed (not in this release) | {counts['failed']} |",
         "",
@@ -120,6 +141,9 @@ def _content_lines(manifest: Manifest, copies: CopyCheck, foreign: list[str]) ->
     else:
         lines.append(f"Masks and labels are unchanged: each of the {copies.targets} mask/label file(s) and "
                      f"{copies.others} other file(s) was compared by sha256 with its source at release time.")
+    if copies.deidentified:
+        lines.append(f"The {copies.deidentified} non-image DICOM file(s) (structure sets, reports ...) were copied "
+                     "de-identified: they differ from their source on purpose and were not compared.")
     renamed = sum(e.status == "written" and e.output is not None and e.output != e.input for e in manifest.entries)
     if renamed:
         lines += ["", (f"{renamed} lossy input(s) (JPEG) were written losslessly under a new name (.png); "
