@@ -77,3 +77,24 @@ def test_eps_map_fills_foreground_and_background():
         eps_map((3, 4, 6), 0.1, 0.0, mask)
     with pytest.raises(ConfigError):
         eps_map((3, 4, 5), 1.5, 0.0, mask)
+
+
+def test_native_size_is_exact_and_a_whole_number_of_steps_when_it_is_one():
+    assert Budget.parse("8/255").in_native(PNG) == 8.0  # not 7.999...: 8 levels may be used
+    assert Budget.parse("20HU").describe(CT)["eps_native"] == 20.0  # as given, not 20 / 4095 * 4095
+    assert Budget.parse("0.022").in_native(PNG) == pytest.approx(5.61)
+    assert Budget.parse("l2:0.5").label == "L2 0.5" and Budget.parse("8/255").label == "Linf 8/255"
+
+
+def test_budget_below_one_stored_step_is_flagged():
+    import numpy as np
+
+    from ulmed.io.record import Record
+
+    ct = Record("ct", np.zeros((1, 4, 4), dtype=np.int32), CT, 2, "dicom")
+    assert "smaller than one stored step (1 HU)" in Budget.parse("0.1HU").too_small(ct)
+    assert Budget.parse("1HU").too_small(ct) is None and Budget.parse("8/255").too_small(ct) is None
+    png = Record("png", np.zeros((1, 4, 4), dtype=np.uint8), PNG, 2, "image")
+    assert Budget.parse("1/1000").too_small(png) is not None and Budget.parse("l2:0.5/255").too_small(png) is not None
+    floats = Record("f", np.zeros((1, 4, 4), dtype=np.float32), IntensityMapping(0, 1, 0, 1, 0.0), 2, "array")
+    assert Budget.parse("1/1000").too_small(floats) is None  # float storage has no step

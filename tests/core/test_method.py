@@ -52,3 +52,35 @@ def test_native_budget_through_method():
 def test_negative_seed_refused():
     with pytest.raises(ConfigError):
         RandomNoise("8/255", seed=-1)
+
+
+def test_random_noise_projects_onto_an_l2_budget():
+    rec = _record()
+    out = RandomNoise("l2:0.5", seed=0).protect(rec)
+    norm = np.linalg.norm(out.image - rec.image.astype(np.float64))
+    assert 0.9 * 0.5 * 255 < norm <= 0.5 * 255  # the L2 ball, not the L-inf cube of radius 0.5
+
+
+def test_lsp_refuses_an_l2_budget():
+    from ulmed.baselines import MaskCodedPatterns
+
+    with pytest.raises(ConfigError, match="'lsp' does not support L2 budgets such as 'l2:0.5'"):
+        MaskCodedPatterns("l2:0.5")
+
+
+@pytest.mark.parametrize(("name", "options"), [("em", {}), ("em", {"tile_size": 16}), ("salm", {"rho": 0.1})])
+def test_optimised_methods_run_pgd_inside_the_l2_ball(hc18_train_records, name, options):
+    """EM and SALM take normalised-gradient steps and project onto each record's L2 ball (tiles share it)."""
+    import ulmed.baselines.em  # noqa: F401 - registers em
+    import ulmed.medical.salm  # noqa: F401 - registers salm
+
+    records = hc18_train_records(32, 4)
+    method = METHODS.get(name)("l2:0.5", seed=0, device="cpu", rounds=1, train_steps=2, pgd_steps=3, **options)
+    method.fit(records)
+    for rec in records:
+        raw = method.perturbation(rec, rec.unit_image(), 0.5)
+        assert np.linalg.norm(raw) <= 0.5 * (1 + 1e-6)  # the PGD core's own projection was L2
+        change = method.protect(rec).image - rec.image
+        assert 0 < np.linalg.norm(change) <= 0.5 * 255
+        if name == "salm":
+            assert np.count_nonzero(raw) <= np.ceil(0.1 * 32 * 32)

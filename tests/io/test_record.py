@@ -42,3 +42,48 @@ def test_zero_perturbation_is_exact_for_floats():
     moved = rec.with_perturbation(np.full_like(img, 0.01))
     step = moved.image - img
     assert np.all(step <= 0.01 * m.scale + 1e-6) and step.max() > 0.009 * m.scale
+
+
+@pytest.mark.parametrize("step", [1.0, 0.5, 0.3])
+def test_quantised_linf_perturbation_never_exceeds_the_budget(step):
+    """Round-to-nearest alone would write floor(eps / step) + 1 steps where eps has a large remainder."""
+    from ulmed.io.record import quantise_perturbation
+
+    rng = np.random.default_rng(0)
+    clean = rng.integers(0, 200, size=(1, 64, 64)) * step
+    eps = 7.7 * step
+    delta = rng.uniform(-eps, eps, size=clean.shape)
+    q = quantise_perturbation(clean, delta, step, eps=eps, norm="linf")
+    assert np.abs(q).max() <= eps and np.abs(q).max() == pytest.approx(7 * step)
+    np.testing.assert_allclose(q / step, np.rint(q / step), atol=1e-9)  # whole stored steps
+    inside = np.abs(delta) <= 7 * step
+    assert np.abs(q - delta)[inside].max() <= step / 2 + 1e-12  # nearest step where the budget allows
+
+
+def test_quantised_l2_perturbation_keeps_the_norm_and_most_of_it():
+    from ulmed.io.record import quantise_perturbation
+
+    rng = np.random.default_rng(1)
+    clean = rng.integers(0, 255, size=(1, 50, 60)).astype(np.float64)
+    delta = rng.normal(size=clean.shape)
+    eps = float(np.linalg.norm(delta))  # on the sphere: plain rounding exceeds it about half the time
+    q = quantise_perturbation(clean, delta, 1.0, eps=eps, norm="l2")
+    assert np.linalg.norm(q) <= eps and np.linalg.norm(q) > 0.9 * eps
+    assert np.array_equal(q, np.rint(q))
+
+
+def test_with_perturbation_holds_the_budget_on_stored_steps_per_slice():
+    """A series whose slices have their own step (RescaleSlope) moves each slice by whole steps of its own."""
+    rng = np.random.default_rng(2)
+    steps = np.array([1.0, 0.5, 0.25])[None, :, None, None]
+    img = rng.integers(0, 400, size=(1, 3, 8, 8)) * steps - 100
+    m = IntensityMapping(low=-100.0, high=300.0, valid_min=-1000.0, valid_max=1000.0, quantum=1.0)
+    rec = Record("s", img, m, 3, "dicom", quantum_map=steps)
+    eps_native = 5.3
+    out = rec.with_perturbation(rng.uniform(-1, 1, size=img.shape) * eps_native / m.scale, eps_native)
+    change = out.image - img
+    assert np.abs(change).max() <= eps_native
+    np.testing.assert_allclose(change / steps, np.rint(change / steps), atol=1e-9)
+    assert np.abs(change[:, 2]).max() == pytest.approx(5.25)  # 21 quarter steps fit in 5.3, 22 do not
+    with pytest.raises(ConfigError, match="quantum_map"):
+        Record("s", img, m, 3, "dicom", quantum_map=np.ones((2, 1, 1, 1)))

@@ -56,6 +56,7 @@ class MaskCodedPatterns(ProtectionMethod):
 
     name = "lsp"
     citation = 'Yu et al., "Availability Attacks Create Shortcuts", KDD 2022 (adapted here to segmentation masks)'
+    norm_reason = "its patterns are sign codes at the full per-position budget, an L-inf construction"
 
     def __init__(self, *args: Any, tile: int = 8, block: int = 1, style: str = "auto",
                  periods: Sequence[float] = (0, 4), **kwargs: Any) -> None:

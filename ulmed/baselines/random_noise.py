@@ -14,10 +14,14 @@ from ulmed.io.record import Record
 
 @METHODS.register("random")
 class RandomNoise(ProtectionMethod):
-    """Uniform noise in [-eps, eps], drawn per record from the run seed and the record key."""
+    """Uniform noise in [-eps, eps], drawn per record from the run seed and the record key.
+
+    With an L2 budget the draw is projected onto the L2 ball (scaled to norm ``eps``).
+    """
 
     name = "random"
     citation = ""  # a control: no paper
+    norms = ("linf", "l2")
 
     def perturbation(self, record: Record, unit_image: np.ndarray, eps: float) -> np.ndarray:
         """Draw the noise for one record (deterministic for a seed and key)."""
@@ -34,6 +38,7 @@ class NoPerturbation(ProtectionMethod):
 
     name = "none"
     citation = ""  # conversion only: no paper
+    norms = ("linf", "l2")
 
     def perturbation(self, record: Record, unit_image: np.ndarray, eps: float) -> np.ndarray:
         """Return zeros."""

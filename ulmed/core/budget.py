@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ulmed.errors import ConfigError
-from ulmed.io.record import IntensityMapping
+from ulmed.io.record import IntensityMapping, Record
 
 if TYPE_CHECKING:
     import torch
@@ -84,6 +84,13 @@ class Budget:
             "(prefix l2: for an L2 budget, e.g. l2:0.5)"
         )
 
+    @property
+    def label(self) -> str:
+        """The norm and the size as given, e.g. ``"Linf 8/255"`` or ``"L2 0.5"`` (DICOM DerivationDescription)."""
+        m = _NORM.match(self.spec)
+        size = (m.group(2) if m else self.spec).strip() or f"{self.value:g}"
+        return f"{'L2' if self.norm == 'l2' else 'Linf'} {size}"
+
     def in_unit(self, mapping: IntensityMapping) -> float:
         """The budget in [0, 1] units for a record with ``mapping``.
 
@@ -99,10 +106,45 @@ class Budget:
             )
         return mapping.native_to_unit_eps(self.value)
 
+    def in_native(self, mapping: IntensityMapping) -> float:
+        """The budget in the native unit of a record with ``mapping``: what the stored values keep.
+
+        A native budget is its own value (``20HU`` is 20, not 20 / scale * scale); a [0, 1]
+        budget that lands within float noise of a whole number of stored steps is that
+        number of steps (``8/255`` of an 8-bit image is 8 levels, not 7.999...).
+
+        Raises:
+            ConfigError: The budget's native unit is not the record's.
+        """
+        eps = self.in_unit(mapping)
+        if self.native_unit is not None:
+            return self.value
+        native = mapping.unit_to_native_eps(eps)
+        if mapping.quantum > 0:
+            whole = round(native / mapping.quantum) * mapping.quantum
+            if whole > 0 and abs(native - whole) <= 1e-9 * native:
+                return float(whole)
+        return native
+
     def describe(self, mapping: IntensityMapping) -> dict[str, Any]:
         """Both forms of the budget for one record, for the manifest."""
         eps = self.in_unit(mapping)
-        return {"eps_unit": eps, "eps_native": mapping.unit_to_native_eps(eps), "native_unit": mapping.unit, "norm": self.norm}
+        return {"eps_unit": eps, "eps_native": self.in_native(mapping), "native_unit": mapping.unit, "norm": self.norm}
+
+    def too_small(self, record: Record) -> str | None:
+        """A warning when this budget cannot change any stored value of ``record``, else None.
+
+        Stored values move by whole steps (:func:`ulmed.io.record.quantise_perturbation`),
+        so a budget below the smallest step (0.1 HU on an integer CT, 1/1000 of an 8-bit
+        image) leaves the written file identical to the input, in either norm.
+        """
+        step = float(np.min(record.steps))
+        eps = self.in_native(record.mapping)
+        if step <= 0 or eps >= step:
+            return None
+        unit = record.mapping.unit
+        return (f"budget {self.spec or self.value} ({eps:g} {unit}) is smaller than one stored step ({step:g} {unit}): "
+                "no stored value can change, the written file equals the input; raise the budget")
 
 
 def eps_map(

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ulmed.core.budget import Budget
-from ulmed.core.projection import project_linf
+from ulmed.core.projection import project
 from ulmed.core.registry import Registry
 from ulmed.errors import ConfigError
 from ulmed.io.record import Record
@@ -43,7 +43,8 @@ class ProtectionMethod(abc.ABC):
     """Base class of all protection methods.
 
     Args:
-        budget: The L-inf budget (text such as ``"8/255"`` or a :class:`Budget`).
+        budget: The budget (text such as ``"8/255"``, ``"l2:0.5"`` or a :class:`Budget`);
+            its norm must be one of the class's :attr:`norms`.
         seed: Run seed; per-record randomness is derived from it with :func:`record_seed`.
         device: Torch device name for methods that use one.
     """
@@ -54,13 +55,27 @@ class ProtectionMethod(abc.ABC):
     #: How to cite the paper the method follows (release data cards print it); empty for
     #: controls that follow no paper.
     citation: ClassVar[str] = ""
+    #: Budget norms the method honours; a budget in another norm is refused by the constructor.
+    norms: ClassVar[tuple[str, ...]] = ("linf",)
+    #: Why the method honours only these norms (ends the refusal message); empty: no reason given.
+    norm_reason: ClassVar[str] = ""
 
     def __init__(self, budget: Budget | str | float = "8/255", seed: int = 0, device: str = "auto") -> None:
         self.budget = budget if isinstance(budget, Budget) else Budget.parse(budget)
+        if self.budget.norm not in self.norms:
+            raise ConfigError(self._norm_refusal())
         if not isinstance(seed, int) or seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
         self.seed = seed
         self.device = device
+
+    def _norm_refusal(self) -> str:
+        norm = self.budget.norm
+        others = [n for n in METHODS.names() if norm in METHODS.get(n).norms]
+        why = f" ({self.norm_reason})" if self.norm_reason else ""
+        return (f"method {self.name!r} does not support {norm.upper()} budgets such as {self.budget.spec!r}{why}; "
+                f"give an L-inf budget (8/255, 20HU) or use a method that supports {norm.upper()}: "
+                f"{', '.join(others) or 'none registered'}")
 
     def fit(self, records: Sequence[Record]) -> None:  # noqa: B027 - optional hook
         """Optimise whatever the method shares across records (default: nothing)."""
@@ -76,13 +91,18 @@ class ProtectionMethod(abc.ABC):
         """
 
     def protect(self, record: Record) -> Record:
-        """Protect one record: perturb, project onto the budget, clip, map back to native."""
+        """Protect one record: perturb, project onto the budget, clip, quantise to stored values.
+
+        The result holds the values the writer will store: the budget (in its norm) holds
+        on them exactly, and metrics taken on them are those of the written file.
+        """
         eps = self.budget.in_unit(record.mapping)
         unit = record.unit_image()
         delta = np.asarray(self.perturbation(record, unit, eps), dtype=np.float64)
         if delta.shape != unit.shape:
             raise ConfigError(f"{self.name} returned a perturbation of shape {delta.shape} for an image of shape {unit.shape}")
-        return record.with_perturbation(project_linf(delta, eps))
+        norm = self.budget.norm
+        return record.with_perturbation(project(delta, eps, norm), self.budget.in_native(record.mapping), norm)
 
     def params(self) -> dict[str, Any]:
         """Parameters that define the output, recorded in the manifest."""

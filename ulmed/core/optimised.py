@@ -67,12 +67,24 @@ def accuracy_metric(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (output.argmax(1) == target).float().mean()
 
 
+class _RealPositions:
+    """A position policy that only freezes padded positions (their L-inf budget is 0; L2 needs this)."""
+
+    def __init__(self, valid: torch.Tensor) -> None:
+        self.valid = valid
+
+    def __call__(self, indices: torch.Tensor, x: torch.Tensor | None) -> tuple[torch.Tensor | None, None]:
+        mask = self.valid[indices.to(self.valid.device)]
+        return (mask if x is None else mask.to(x.device)), None
+
+
 @dataclass
 class Group:
     """Records optimised together, with what is needed to map their noise back.
 
     ``images``/``targets`` are the tensors given to the loop; ``valid`` marks real (not
-    padded) positions; ``layouts`` holds each record's tiles (tiled mode) as
+    padded) positions; ``eps`` is the per-position L-inf budget map, or for an L2 budget
+    one radius per row; ``layouts`` holds each record's tiles (tiled mode) as
     ``(first row, TileLayout)``.
     """
 
@@ -90,7 +102,9 @@ class OptimisedMethod(ProtectionMethod):
     """Error-minimising noise from the bilevel min-min loop (base of ``em`` and ``salm``).
 
     Args:
-        budget: L-inf budget (``"8/255"``, ``"20HU"``).
+        budget: L-inf budget (``"8/255"``, ``"20HU"``) or L2 budget (``"l2:0.5"``): the PGD
+            core then takes normalised-gradient steps and projects each record's noise
+            onto its L2 ball (a tiled record's ball is shared out over its tiles).
         seed: Seed of the whole optimisation.
         device: ``auto``, ``cpu``, ``cuda``...
         surrogate: MONAI surrogate by name; default ``unet`` for masks/label maps and
@@ -127,6 +141,7 @@ class OptimisedMethod(ProtectionMethod):
     """
 
     needs_fit: ClassVar[bool] = True
+    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
 
     def __init__(
         self,
@@ -224,7 +239,7 @@ class OptimisedMethod(ProtectionMethod):
                 ok_tiles, _ = tile(np.ones((1, *u.shape[1:]), dtype=bool), tiles)
                 layouts.append((sum(len(p) for p in parts), layout))
                 parts.append(img_tiles), targets.append(tgt_tiles), valid.append(ok_tiles)
-                row_eps += [e] * len(img_tiles)
+                row_eps += self._tile_radii(e, ok_tiles)
             images, tgt, ok = np.concatenate(parts), np.concatenate(targets), np.concatenate(valid)
             init = np.concatenate(inits)
             eps_rows = np.asarray(row_eps, dtype=np.float32)
@@ -239,8 +254,22 @@ class OptimisedMethod(ProtectionMethod):
             eps_rows = np.asarray(eps, dtype=np.float32)
         target_tensor = torch.as_tensor(tgt).long()
         valid = torch.as_tensor(ok)
-        eps_map = torch.as_tensor(eps_rows).view(-1, *([1] * (images.ndim - 1))) * valid.float()
+        if self.budget.norm == "l2":  # one radius per row (clamp_l2); padded positions are frozen instead
+            eps_map = torch.as_tensor(eps_rows)
+        else:
+            eps_map = torch.as_tensor(eps_rows).view(-1, *([1] * (images.ndim - 1))) * valid.float()
         return Group(records, info, torch.as_tensor(images), target_tensor, valid, eps_map, torch.as_tensor(init), layouts)
+
+    def _tile_radii(self, eps: float, valid_tiles: np.ndarray) -> list[float]:
+        """Budget of each tile of one record: ``eps`` for L-inf; for L2 ``eps * sqrt(share)``.
+
+        An L2 tile gets the share of the record's real positions it holds, so the squared
+        radii add up to ``eps**2`` and the untiled noise stays inside the record's ball.
+        """
+        if self.budget.norm != "l2":
+            return [eps] * len(valid_tiles)
+        counts = valid_tiles.reshape(len(valid_tiles), -1).sum(1).astype(np.float64)
+        return [float(eps * np.sqrt(c / counts.sum())) for c in counts]
 
     def _start(self, record: Record, target: np.ndarray | None, eps: float) -> np.ndarray:
         """Initial noise of one record (zeros, or its mask-coded pattern at full budget)."""
@@ -297,6 +326,7 @@ class OptimisedMethod(ProtectionMethod):
             config = MinMinConfig(**{
                 **self.loop.__dict__,
                 "eps": float(group.eps.max()),
+                "norm": self.budget.norm,
                 "step_size": self.step_size or float(group.eps.max()) / 5,
                 "stop_threshold": self.stop_threshold if self.stop_threshold is not None else (0.9 if seg else 0.99),
                 "seed": self.loop.seed + 7919 * self._fits,  # each chunk draws its own batches
@@ -304,7 +334,7 @@ class OptimisedMethod(ProtectionMethod):
             classes = torch.as_tensor(np.asarray(info.targets)) if self.classwise else None
             common: dict[str, Any] = dict(
                 eps_map=self._classwise_eps(group, classes) if classes is not None else group.eps,
-                position_policy=self.position_policy(group), classwise=self.classwise, class_ids=classes,
+                position_policy=self._policy(group), classwise=self.classwise, class_ids=classes,
                 device=device, amp=self.amp, pgd_objective=self._objective(name, model, info.task, info.num_classes),
             )
             metric = dice_metric if seg else accuracy_metric
@@ -323,6 +353,13 @@ class OptimisedMethod(ProtectionMethod):
             self.history[f"{dims}d-{channels}ch"] = history
             self._store(group, delta.cpu().numpy(), classes)
         self._fits += 1
+
+    def _policy(self, group: Group) -> PositionPolicy | None:
+        """:meth:`position_policy`; with an L2 budget and none, padded positions are frozen."""
+        policy = self.position_policy(group)
+        if policy is None and self.budget.norm == "l2" and not self.classwise:
+            return _RealPositions(group.valid)
+        return policy
 
     def state_dict(self) -> dict[str, Any]:
         """The carried surrogates and optimisers, for resuming a chunked run (tensors only)."""
@@ -357,7 +394,7 @@ class OptimisedMethod(ProtectionMethod):
     @staticmethod
     def _classwise_eps(group: Group, classes: torch.Tensor) -> torch.Tensor:
         """One budget per class noise: the smallest record budget, so every record's holds."""
-        per_record = group.eps.flatten(1).amax(1)
+        per_record = group.eps.flatten(1).amax(1) if group.eps.dim() > 1 else group.eps
         shape = (int(classes.max()) + 1, *([1] * (group.images.dim() - 1)))
         return torch.full(shape, float(per_record.min()))
 

@@ -27,6 +27,31 @@ def project_linf(delta: np.ndarray, eps: float) -> np.ndarray:
     return np.clip(delta, -eps, eps)
 
 
+def project(delta: np.ndarray, eps: float, norm: str = "linf") -> np.ndarray:
+    """Project one record's perturbation onto the ``norm`` ball of radius ``eps``.
+
+    Args:
+        delta: Perturbation of one record (any shape).
+        eps: Radius in the units of ``delta``.
+        norm: ``"linf"`` (elementwise clamp) or ``"l2"`` (the whole record is one sample of
+            :func:`clamp_l2`).
+
+    Returns:
+        The projected perturbation (float64 for L2, ``delta``'s dtype for L-inf).
+
+    Raises:
+        ConfigError: Unknown norm.
+    """
+    if norm == "linf":
+        return project_linf(delta, eps)
+    if norm != "l2":
+        raise ConfigError(f"budget norm must be linf or l2, got {norm!r}")
+    import torch
+
+    sample = torch.from_numpy(np.asarray(delta, dtype=np.float64).copy())[None]
+    return clamp_l2(sample, float(eps))[0].numpy()
+
+
 def clip_to_unit(x: np.ndarray) -> np.ndarray:
     """Clamp an image in [0, 1] space to the valid range."""
     return np.clip(x, 0.0, 1.0)

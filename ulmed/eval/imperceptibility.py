@@ -10,7 +10,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 
 def imperceptibility(clean: np.ndarray, protected: np.ndarray, scale: float = 1.0) -> dict[str, float]:
-    """PSNR, SSIM, L-inf, L2 (RMS) and L0 fraction of ``protected - clean``.
+    """PSNR, SSIM, L-inf, L2 (norm and RMS) and L0 (count and fraction) of ``protected - clean``.
 
     Args:
         clean: Clean image in [0, 1], channel-first (C, *spatial).
@@ -18,8 +18,9 @@ def imperceptibility(clean: np.ndarray, protected: np.ndarray, scale: float = 1.
         scale: Native units per [0, 1] unit, to report L-inf in native units too.
 
     Returns:
-        ``psnr`` (dB, inf when identical), ``ssim``, ``linf``, ``linf_native``, ``rms`` and
-        ``l0_fraction`` (share of values that changed by more than 1e-6).
+        ``psnr`` (dB, inf when identical), ``ssim``, ``linf``, ``linf_native``, ``l2`` (norm
+        of the whole difference), ``l2_native``, ``rms``, ``l0`` (number of values that
+        changed by more than 1e-6) and ``l0_fraction`` (their share).
     """
     clean = np.asarray(clean, dtype=np.float64)
     protected = np.asarray(protected, dtype=np.float64)
@@ -27,6 +28,7 @@ def imperceptibility(clean: np.ndarray, protected: np.ndarray, scale: float = 1.
         raise ValueError(f"shapes differ: {clean.shape} vs {protected.shape}")
     diff = protected - clean
     linf = float(np.abs(diff).max()) if diff.size else 0.0
+    l2 = float(np.sqrt(np.sum(diff**2)))
     if linf == 0.0:
         psnr, ssim = float("inf"), 1.0
     else:
@@ -43,6 +45,9 @@ def imperceptibility(clean: np.ndarray, protected: np.ndarray, scale: float = 1.
         "ssim": ssim,
         "linf": linf,
         "linf_native": linf * scale,
+        "l2": l2,
+        "l2_native": l2 * scale,
         "rms": float(np.sqrt(np.mean(diff**2))) if diff.size else 0.0,
+        "l0": int(np.count_nonzero(np.abs(diff) > 1e-6)),
         "l0_fraction": float(np.mean(np.abs(diff) > 1e-6)) if diff.size else 0.0,
     }

@@ -70,9 +70,15 @@ class IntensityMapping:
         """Native units per unit of [0, 1] space."""
         return self.high - self.low
 
-    def to_unit(self, native: np.ndarray) -> np.ndarray:
-        """Map a native array to float32 [0, 1] space (values outside are not clipped)."""
-        return ((np.asarray(native, dtype=np.float64) - self.low) / self.scale).astype(np.float32)
+    def to_unit(self, native: np.ndarray, dtype: type[np.floating] = np.float32) -> np.ndarray:
+        """Map a native array to [0, 1] space (values outside are not clipped).
+
+        Args:
+            native: Native values.
+            dtype: Float type of the result: float32 for methods, float64 for metrics
+                that must match the stored values exactly.
+        """
+        return ((np.asarray(native, dtype=np.float64) - self.low) / self.scale).astype(dtype)
 
     def to_native(self, unit: np.ndarray) -> np.ndarray:
         """Map [0, 1] values back to native float64 values, clipped to the valid range."""
@@ -124,6 +130,111 @@ class IntensityMapping:
         }
 
 
+def whole_steps(eps: float, step: float | np.ndarray) -> np.ndarray:
+    """The most whole stored steps whose size is at most ``eps``: ``floor(eps / step)``, exactly.
+
+    The float quotient is corrected by one either way, so ``whole_steps(eps, step) * step <= eps``
+    holds in floating point (``8 / 255 * 255`` gives 8 steps of 1, not 7).
+    """
+    step = np.asarray(step, dtype=np.float64)
+    n = np.floor(float(eps) / step)
+    n = np.where((n + 1) * step <= eps, n + 1, n)
+    n = np.where(n * step > eps, n - 1, n)
+    return np.maximum(n, 0.0)
+
+
+def _fit_l2(k: np.ndarray, toward_zero: np.ndarray, step: np.ndarray, eps: float) -> np.ndarray:
+    """Truncate the fewest rounded-away changes so that ``||k * step||_2 <= eps``."""
+    limit = float(eps) ** 2 * (1 - 1e-9)
+    excess = float(np.sum((k * step) ** 2)) - limit
+    if excess <= 0:
+        return k
+    cost = ((k * step) ** 2 - (toward_zero * step) ** 2).ravel()  # >= 0: rounding away from zero only
+    order = np.argsort(-cost, kind="stable")
+    n = int(np.searchsorted(np.cumsum(cost[order]), excess)) + 1
+    out = k.copy().ravel()
+    out[order[:n]] = toward_zero.ravel()[order[:n]]
+    return out.reshape(k.shape)
+
+
+def quantise_perturbation(
+    clean: np.ndarray,
+    delta: np.ndarray,
+    step: float | np.ndarray,
+    *,
+    eps: float | None = None,
+    norm: str = "linf",
+    bounds: tuple[float, float] = (-math.inf, math.inf),
+) -> np.ndarray:
+    """The native perturbation as it will be stored, never larger than the budget.
+
+    This is the one place where a float perturbation meets the stored grid; every writer
+    then stores ``clean + result`` without further rounding. Clean values lie on the stored
+    grid (``offset + n * step``), so a change by whole steps keeps them there. Each change
+    is rounded to the nearest whole step, except where that would break a bound:
+
+    * L-inf: at most ``floor(eps / step)`` steps (:func:`whole_steps`) per value;
+    * L2: if the rounded changes have a norm above ``eps``, the changes that were rounded
+      away from zero and cost the most are rounded toward zero instead, until it fits
+      (rounding every change toward zero never increases the norm of ``delta``);
+    * values that would leave ``bounds`` are rounded toward zero (``delta`` kept them inside).
+
+    Float storage (``step`` 0): a float32 (or float16) ``clean`` is rounded to its own dtype,
+    never moving further from ``clean`` than ``delta`` does; float64 is kept as is.
+
+    Args:
+        clean: Clean native values (on the stored grid).
+        delta: Native perturbation, shaped like ``clean``; within the budget.
+        step: Size of one stored step: a number (``IntensityMapping.quantum``) or an array
+            broadcastable to ``clean`` (a DICOM series with one RescaleSlope per slice).
+        eps: Native budget the result must keep; None only rounds to the grid.
+        norm: ``"linf"`` or ``"l2"``: the norm ``eps`` bounds.
+        bounds: Native range that ``clean + result`` must stay in.
+
+    Returns:
+        The quantised perturbation (float64, shaped like ``clean``).
+
+    Raises:
+        ConfigError: ``norm`` is unknown or ``step`` mixes zero and non-zero steps.
+    """
+    if norm not in ("linf", "l2"):
+        raise ConfigError(f"budget norm must be linf or l2, got {norm!r}")
+    clean = np.asarray(clean)
+    d = np.asarray(delta, dtype=np.float64)
+    steps = np.broadcast_to(np.asarray(step, dtype=np.float64), d.shape)
+    if not (steps > 0).all():
+        if (steps > 0).any():
+            raise ConfigError("a record's stored steps must all be > 0 (integer storage) or all 0 (float storage)")
+        if eps is not None and norm == "linf":
+            d = np.clip(d, -eps, eps)
+        elif eps is not None and (size := float(np.sqrt(np.sum(d**2)))) > eps:
+            d = d * (eps / size * (1 - 1e-9))
+        return _float_stored(clean, d)
+    base = clean.astype(np.float64)
+    k = np.rint(d / steps)
+    toward_zero = np.trunc(d / steps)
+    if eps is not None and norm == "linf":
+        levels = whole_steps(eps, steps)
+        k = np.clip(k, -levels, levels)
+        toward_zero = np.clip(toward_zero, -levels, levels)
+    outside = (base + k * steps < bounds[0]) | (base + k * steps > bounds[1])
+    k = np.where(outside, toward_zero, k)
+    if eps is not None and norm == "l2":
+        k = _fit_l2(k, toward_zero, steps, eps)
+    return k * steps
+
+
+def _float_stored(clean: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``d`` as it survives a float32/16 ``clean``'s dtype, never larger than ``d`` elementwise."""
+    if not np.issubdtype(clean.dtype, np.floating) or clean.dtype.itemsize >= 8:
+        return d
+    base = clean.astype(np.float64)
+    stored = (base + d).astype(clean.dtype)
+    over = np.abs(stored.astype(np.float64) - base) > np.abs(d)
+    stored = np.where(over, np.nextafter(stored, clean), stored)
+    return stored.astype(np.float64) - base
+
+
 @dataclass
 class Record:
     """A 2D image or 3D volume with its optional target, ready for a method.
@@ -139,6 +250,9 @@ class Record:
         handle: Whatever the writer needs to write this record back (datasets, header, mode).
         meta: Non-identifying description for ``ulmed info`` and manifests (shape, spacing,
             modality, dtype, ...). Never patient names, IDs or dates.
+        quantum_map: Native size of one stored step per position, broadcastable to
+            ``image``, where it differs between slices (a DICOM series with one RescaleSlope
+            per slice); None: ``mapping.quantum`` everywhere.
     """
 
     key: str
@@ -149,6 +263,7 @@ class Record:
     target: np.ndarray | int | None = None
     handle: Any = None
     meta: dict[str, Any] = field(default_factory=dict)
+    quantum_map: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3):
@@ -166,6 +281,16 @@ class Record:
                 "check that the mask belongs to this image",
                 self.key,
             )
+        if self.quantum_map is not None:
+            q = np.asarray(self.quantum_map, dtype=np.float64)
+            try:
+                fits = np.broadcast_shapes(q.shape, self.image.shape) == self.image.shape
+            except ValueError:
+                fits = False
+            if not fits:
+                raise ConfigError(f"{self.key}: quantum_map of shape {q.shape} does not fit the image's {self.image.shape}")
+            if not (np.isfinite(q).all() and (q > 0).all()):
+                raise ConfigError(f"{self.key}: quantum_map needs finite steps > 0")
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -177,24 +302,39 @@ class Record:
         """Number of channels (1 grey, 3 RGB, T for 4D NIfTI)."""
         return int(self.image.shape[0])
 
-    def unit_image(self) -> np.ndarray:
-        """The image in [0, 1] space (float32)."""
-        return self.mapping.to_unit(self.image)
+    def unit_image(self, dtype: type[np.floating] = np.float32) -> np.ndarray:
+        """The image in [0, 1] space (float32; float64 for metrics of the stored values)."""
+        return self.mapping.to_unit(self.image, dtype)
 
-    def with_perturbation(self, delta: np.ndarray) -> Record:
-        """A copy of this record with ``delta`` (in [0, 1] units) added to its image.
+    @property
+    def steps(self) -> float | np.ndarray:
+        """Native size of one stored step: ``quantum_map`` where given, else ``mapping.quantum``."""
+        return self.mapping.quantum if self.quantum_map is None else self.quantum_map
+
+    def with_perturbation(self, delta: np.ndarray, eps_native: float | None = None, norm: str = "linf") -> Record:
+        """A copy of this record with ``delta`` (in [0, 1] units) added to its image, as stored.
 
         The perturbed image is clipped to [0, 1] in method space (so the native result stays
-        inside the mapping's range and the valid range) and the effective change is added to
-        the native image in float64, so a zero perturbation returns the native values
-        exactly. The writer quantises to the stored dtype.
+        inside the mapping's range and the valid range); the effective change is quantised
+        to whole stored steps by :func:`quantise_perturbation`, within ``eps_native``, and
+        added to the native image in float64. So a zero perturbation returns the native
+        values exactly, the writers' rounding changes nothing, and metrics taken on the
+        result are those of the written file.
+
+        Args:
+            delta: Perturbation in [0, 1] units, shaped like the image.
+            eps_native: The budget in native units that quantisation must keep (None: round
+                to the nearest stored step).
+            norm: ``"linf"`` or ``"l2"``: the norm ``eps_native`` bounds.
         """
         if delta.shape != self.image.shape:
             raise ConfigError(f"{self.key}: perturbation shape {delta.shape} != image shape {self.image.shape}")
         unit = (self.image.astype(np.float64) - self.mapping.low) / self.mapping.scale  # float64: no rounding slack
         effective = np.clip(unit + np.asarray(delta, dtype=np.float64), 0.0, 1.0) - unit
-        native = self.image.astype(np.float64) + effective * self.mapping.scale
-        native = np.clip(native, self.mapping.valid_min, self.mapping.valid_max)
+        bounds = (max(self.mapping.low, self.mapping.valid_min), min(self.mapping.high, self.mapping.valid_max))
+        change = quantise_perturbation(self.image, effective * self.mapping.scale, self.steps, eps=eps_native,
+                                       norm=norm, bounds=bounds)
+        native = self.image.astype(np.float64) + change
         return Record(
             key=self.key,
             image=native,
@@ -204,4 +344,5 @@ class Record:
             target=self.target,
             handle=self.handle,
             meta=dict(self.meta),
+            quantum_map=self.quantum_map,
         )

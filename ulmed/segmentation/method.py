@@ -62,6 +62,7 @@ class UnSeg(ProtectionMethod):
 
     name = "unseg"
     citation = 'Sun et al., "One Universal Unlearnable Example Generator is Enough against All Image Segmentation", NeurIPS 2024'
+    norm_reason = "its generator was trained to emit per-position noise scaled to an L-inf budget"
 
     def __init__(self, *args: Any, generator: str | Path | None = None, eps_bg: str | float = "2/255",
                  prompt: str = "mask", fallback: str = "box", batch_size: int = 16, num_points: int = 3,
