@@ -359,7 +359,7 @@ def test_a_series_split_by_size_says_so(tmp_path: Path, caplog: pytest.LogCaptur
 
 def test_series_with_a_slope_per_slice_keeps_the_budget_on_every_slice(tmp_path: Path) -> None:
     """Each slice moves by whole steps of its own RescaleSlope, so the writer stores exactly the protected values."""
-    from ulmed.baselines import RandomNoise
+    from ulmed.core.budget import Budget
 
     root = tmp_path / "in"
     src_dir = Path(__file__).resolve().parents[2] / "sample_data/dicom/ct_series"
@@ -370,15 +370,16 @@ def test_series_with_a_slope_per_slice_keeps_the_budget_on_every_slice(tmp_path:
         ds.save_as(path)
     record = read_series(scan_dicom(root, sorted(root.iterdir())).series[0], root)
     assert record.quantum_map is not None and sorted(np.unique(record.quantum_map)) == [0.25, 0.5, 1.0]
-    method = RandomNoise("8/255", seed=0)
-    eps_native = method.budget.in_native(record.mapping)
-    protected = method.protect(record)
+    budget = Budget.parse("8/255")
+    eps_native = budget.in_native(record.mapping)  # 77.49 HU: 77 steps of 1, 154 of 0.5, 309 of 0.25
+    sign = np.where(np.random.default_rng(0).random(record.image.shape) < 0.5, -1.0, 1.0)
+    protected = record.with_perturbation(sign * budget.in_unit(record.mapping), eps_native)
     pairs = write_series(protected, root, tmp_path / "out", OPTIONS)
     for index, (src, dst) in enumerate(pairs):
         before, after = pydicom.dcmread(src), pydicom.dcmread(dst)
         slope = float(before.RescaleSlope)
         moved = (after.pixel_array.astype(np.int64) - before.pixel_array) * slope
         assert np.abs(moved).max() <= eps_native, src.name
-        assert np.abs(moved).max() > eps_native - slope  # up to the last whole step of this slice
+        assert np.abs(moved).max() == np.floor(eps_native / slope) * slope  # up to the last whole step of this slice
         written = after.pixel_array * slope + float(after.RescaleIntercept)
         np.testing.assert_allclose(written, protected.image[0, index], rtol=0, atol=1e-9)  # the metrics' values
