@@ -299,3 +299,64 @@ def test_info_on_a_terminal_folds_long_keys_instead_of_cutting_them(sample_data,
     assert "…" not in out and "1 record(s)" in out
     first_column = "".join(line.split("│")[1].strip() for line in out.splitlines() if line.count("│") > 2)
     assert long in first_column
+
+
+def test_global_options_may_follow_the_subcommand(sample_data, tmp_path, capsys):
+    import json
+
+    hc18 = str(sample_data / "hc18")
+    assert main(["protect", "-i", hc18, "-o", str(tmp_path / "a"), "--seed", "1", "-q", "--device", "cpu"]) == 0
+    assert capsys.readouterr().err == ""  # -q after the subcommand silenced the closing line
+    assert json.loads((tmp_path / "a/manifest.json").read_text())["params"]["seed"] == 1
+    assert main(["--seed", "1", "protect", "-i", hc18, "-o", str(tmp_path / "b"), "--seed=2", "-vq"]) == 0
+    assert json.loads((tmp_path / "b/manifest.json").read_text())["params"]["seed"] == 2  # the later one wins
+    from ulmed.errors import InputError
+
+    with pytest.raises(InputError):
+        main(["protect", "-i", str(tmp_path / "nope"), "-o", str(tmp_path / "c"), "--debug"])
+
+
+def test_an_option_value_that_looks_like_a_global_option_stays_a_value(sample_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["protect", "-i", str(sample_data / "hc18"), "-o", "--seed", "-q"]) == 0
+    assert (tmp_path / "--seed/manifest.json").is_file()
+
+
+def test_version(capsys):
+    import ulmed
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"ulmed {ulmed.__version__}\n"
+
+
+@pytest.mark.parametrize("args, message, hint", [
+    (["protect", "--bogus"], "No such option: --bogus", "try 'ulmed protect --help'"),
+    (["protect", "-i", "x"], "Missing option '--output'", "try 'ulmed protect --help'"),
+    (["protect", "-i", "x", "-o", "y", "--workers", "many"], "Invalid value for '--workers'", "try 'ulmed protect --help'"),
+    (["frobnicate"], "No such command 'frobnicate'", "try 'ulmed --help'"),
+    (["--bogus", "info", "."], "No such option: --bogus", "try 'ulmed --help'"),
+])
+def test_usage_errors_are_one_line(capsys, args, message, hint):
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    line = _single_error_line(captured.err)
+    assert line.startswith("ulmed: error: ") and message in line and hint in line
+    assert "╭" not in captured.err and captured.out == ""
+
+
+def test_help_shows_extras_literally(capsys):
+    assert main(["protect", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "ulmed[deid]" in out and "ulmed[ray]" in out
+    assert main(["--help"]) == 0
+    assert "--version" in capsys.readouterr().out
+
+
+def test_python_dash_m_ulmed(tmp_path):
+    import ulmed
+
+    proc = subprocess.run([sys.executable, "-m", "ulmed", "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"ulmed {ulmed.__version__}"
+    proc = subprocess.run([sys.executable, "-m", "ulmed", "info", str(tmp_path), "--nope"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "ulmed: error: No such option: --nope (try 'ulmed info --help')"]

@@ -31,7 +31,9 @@ T = TypeVar("T")
 stderr = Console(stderr=True)
 stdout = Console()
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
-                  help="Protect medical images and segmentation data sets with unlearnable perturbations.")
+                  rich_markup_mode=None,  # plain help: "ulmed[deid]" stays as written, not read as markup
+                  help="Protect medical images and segmentation data sets with unlearnable perturbations.\n\n"
+                       "The options below may also follow the subcommand: ulmed protect -i a -o b --seed 1 -q")
 
 
 class _State:
@@ -44,15 +46,25 @@ class _State:
 state = _State()
 
 
+def _print_version(value: bool) -> None:
+    """``--version``: print ``ulmed X.Y.Z`` and stop."""
+    if value:
+        from ulmed import __version__
+
+        print(f"ulmed {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     seed: Annotated[int, typer.Option(help="Run seed; the same seed gives the same output.")] = 0,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More messages (repeat for more).")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors; no progress bar.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks of errors.")] = False,
 ) -> None:
-    """Global options, given before the subcommand: ulmed --device cpu protect ..."""
+    """Global options, before or after the subcommand: ulmed --device cpu protect ... or ulmed protect ... --device cpu."""
     state.device, state.seed, state.debug = device, seed, debug
     state.verbosity = -1 if quiet else verbose
     level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
@@ -378,12 +390,30 @@ def verify(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app, turn ulmed errors into one line and an exit code."""
-    args = sys.argv[1:] if argv is None else argv
+    """Entry point: run the app, turn usage and ulmed errors into one line and an exit code.
+
+    Global options may also follow the subcommand (:func:`ulmed.cli_argv.hoist_global_options`).
+    """
+    from ulmed.cli_argv import click_exceptions, hoist_global_options, usage_line
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    group = typer.main.get_command(app)
+    click_errors = click_exceptions()
     try:
-        app(args=args, prog_name="ulmed", standalone_mode=True)
-    except SystemExit as exc:  # click ends every run, good or bad, with SystemExit
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        code = group.main(args=hoist_global_options(args, group), prog_name="ulmed", standalone_mode=False)
+        return code if isinstance(code, int) else 0
+    except click_errors.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:  # a bare `ulmed`: the help
+            print(exc.ctx.get_help())
+        else:
+            _say(usage_line(exc))
+        return exc.exit_code
+    except click_errors.ClickException as exc:  # not a usage error (a file click could not open ...)
+        _say(f"ulmed: error: {' '.join(exc.format_message().split())}")
+        return exc.exit_code
+    except typer.Abort:
+        _say("ulmed: aborted")
+        return 1
     except UlmedError as exc:
         if state.debug or "--debug" in args:
             raise
