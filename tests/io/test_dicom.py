@@ -123,7 +123,10 @@ def test_record_meta_and_key_hold_no_identity(tmp_path: Path) -> None:
     series = scan_dicom(tmp_path / "in", [src]).series[0]
     record = read_series(series, tmp_path / "in")
     ds = pydicom.dcmread(src)
-    assert series.key == "./" + hashlib.sha256(ds.SeriesInstanceUID.encode()).hexdigest()[:12]
+    unsalted = hashlib.sha256(ds.SeriesInstanceUID.encode()).hexdigest()[:12]
+    assert re.fullmatch(r"\./[0-9a-f]{12}", series.key) and series.key != "./" + unsalted  # keyed by a salt
+    salted = scan_dicom(tmp_path / "in", [src], key_salt="a-run-salt-0123456789").series[0].key
+    assert salted == scan_dicom(tmp_path / "in", [src], key_salt="a-run-salt-0123456789").series[0].key != series.key
     text = repr((series.key, record.meta))
     assert str(ds.PatientName) not in text and str(ds.PatientID) not in text and str(ds.StudyDate) not in text
     assert record.meta["modality"] == "CT" and record.meta["dtype"] == "int16" and record.meta["n_files"] == 1
