@@ -62,10 +62,13 @@ def _global(
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More messages (repeat for more).")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors; no progress bar.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks of errors.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks of errors, and the libraries' warnings.")] = False,
 ) -> None:
     """Global options, before or after the subcommand: ulmed --device cpu protect ... or ulmed protect ... --device cpu."""
     state.device, state.seed, state.debug = device, seed, debug
+    from ulmed.io.notices import set_debug
+
+    set_debug(debug)  # library warnings reach the terminal only with --debug (else: the manifest)
     state.verbosity = -1 if quiet else verbose
     level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
     logging.basicConfig(level=level, format="%(levelname)s %(message)s", stream=sys.stderr, force=True)

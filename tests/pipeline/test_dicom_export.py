@@ -532,3 +532,51 @@ def test_duplicates_are_written_once_and_a_split_series_says_why(sample_data, tm
         assert entries[rel]["reason"].startswith("series split into 2 parts because its slices differ in size")
     assert entries["ct_series/17106"]["reason"] is None
     assert any("split into 2 parts" in r.getMessage() for r in caplog.records)
+
+
+def broken_j2k(dst: Path) -> Path:
+    """MR_small_jp2klossless.dcm with its codestream cut short: every J2K plugin fails and pydicom logs each traceback."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = read(data("MR_small_jp2klossless.dcm"))
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))[:400]  # the SIZ header is intact
+    ds.PixelData = encapsulate([frame])
+    ds.SOPInstanceUID, ds.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()  # not MR_small's
+    ds.save_as(dst)
+    return dst
+
+
+def test_library_warnings_go_to_the_manifest_not_the_terminal(sample_data, tmp_path, capsys, recwarn, monkeypatch, restore_logging):
+    from ulmed.io.notices import DEBUG_ENV
+
+    monkeypatch.setenv(DEBUG_ENV, "0")  # restored after the --debug run below
+    src = small_export(tmp_path / "in", sample_data)
+    mr = read(src / "MR_small.dcm")
+    mr.SeriesDescription = "d" * 70  # VR LO allows 64
+    with pytest.warns(UserWarning, match="Invalid value for VR UI"):
+        mr.FrameOfReferenceUID = "1.2.NOTAUID"  # written as a faulty modality would; pydicom quotes it back
+    mr.save_as(src / "MR_small.dcm")
+    broken_j2k(src / "broken_j2k.dcm")
+    recwarn.clear()
+
+    code = main(["protect", "-i", str(src), "-o", str(tmp_path / "out"), "--method", "random"])
+    err = capsys.readouterr().err
+    assert code == 3, err  # records written, the J2K file failed
+    assert "exceeds the maximum length" not in err and "Traceback" not in err and "Invalid value" not in err, err
+    lines = err.splitlines()  # ulmed's own warnings name the file they skip; nothing else is logged
+    assert not [line for line in lines if line.startswith(("WARNING", "ERROR")) and not line.startswith("WARNING skipped")]
+    assert not [w for w in recwarn if "pydicom" in w.filename or "VR" in str(w.message)]
+    text = (tmp_path / "out" / "manifest.json").read_text()
+    entries = by_input(json.loads(text)["entries"])
+    mr_notes = entries["MR_small.dcm"]["warnings"]
+    assert entries["MR_small.dcm"]["status"] == "written" and mr_notes
+    assert "The value length (70) exceeds the maximum length of 64 allowed for VR LO." in mr_notes
+    assert any(w.startswith("Invalid value for VR UI: '...'.") for w in mr_notes) and "NOTAUID" not in text  # masked
+    j2k = entries["broken_j2k.dcm"]
+    assert j2k["status"] == "failed" and any("Error decoding the J2K data" in w for w in j2k["warnings"])
+    assert entries["CT_small.dcm"]["warnings"] is None
+
+    code = main(["--debug", "protect", "-i", str(src), "-o", str(tmp_path / "debug"), "--method", "random"])
+    err = capsys.readouterr().err
+    assert code == 3 and "exceeds the maximum length" in err and "Traceback" in err  # let through as well
+    assert by_input(json.loads((tmp_path / "debug" / "manifest.json").read_text())["entries"])["MR_small.dcm"]["warnings"]

@@ -33,6 +33,7 @@ from ulmed.io.atomic import atomic_path
 from ulmed.io.base import WriteOptions
 from ulmed.io.deidentify import deidentify_dataset
 from ulmed.io.dicom_pixels import describe_values, size_mismatch
+from ulmed.io.notices import library_messages
 from ulmed.io.record import IntensityMapping, Record
 
 __all__ = ["DicomHandle", "DicomScan", "DicomSeries", "is_dicom_file", "new_uid", "read_series", "scan_dicom",
@@ -125,8 +126,7 @@ def is_dicom_file(path: Path) -> bool:
             head = fh.read(132)
         if len(head) == 132 and head[128:] == b"DICM":
             return True
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with library_messages(forward=False):  # a probe: what it says is not about a DICOM file
             ds = pydicom.dcmread(path, force=True, defer_size=1024, specific_tags=["SOPClassUID"])
         uid = str(ds.get("SOPClassUID", "") or "")
         return bool(uid) and UID(uid).is_valid
@@ -324,7 +324,8 @@ def scan_dicom(root: Path, files: Sequence[Path], key_salt: str | None = None) -
     bad: list[tuple[Path, str]] = []
     found: list[tuple[Path, str, Any]] = []
     for path in files:
-        kind, info = _classify(Path(path))
+        with library_messages():  # said again when the file is read: kept with its manifest entry then
+            kind, info = _classify(Path(path))
         if kind == "bad":
             bad.append((Path(path), info))
         else:
@@ -362,8 +363,7 @@ def scan_dicom(root: Path, files: Sequence[Path], key_salt: str | None = None) -
 
 def _read(path: Path, defer: bool = False) -> Dataset:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with library_messages():  # kept by an enclosing block (read_series, a unit of a run), else dropped
             return pydicom.dcmread(path, force=True, defer_size=_DEFER if defer else None)
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"unreadable DICOM ({_short(exc)}); re-export the file or remove it", path) from exc
@@ -426,6 +426,9 @@ def _rescale(ds: Dataset, frames: int, path: Path) -> tuple[np.ndarray, np.ndarr
 def read_series(series: DicomSeries, root: Path) -> Record:
     """Read a series into a channel-first record of modality values.
 
+    What pydicom and the codec plugins warn or log while reading goes to
+    ``meta["warnings"]`` (:func:`ulmed.io.notices.library_messages`), not to the terminal.
+
     Args:
         series: A series from :func:`scan_dicom`.
         root: The scan root (used in messages only).
@@ -439,6 +442,14 @@ def read_series(series: DicomSeries, root: Path) -> Record:
         InputError: A file cannot be read or decoded, or does not fit the series.
         MissingDependencyError: A compressed transfer syntax needs a codec plugin.
     """
+    with library_messages() as messages:
+        record = _read_series(series, root)
+    if messages:
+        record.meta["warnings"] = messages
+    return record
+
+
+def _read_series(series: DicomSeries, root: Path) -> Record:
     if not series.files:
         raise InputError(f"series {series.key} has no files; rescan the folder", root)
     stored, frames, slopes, intercepts, positions = [], [], [], [], []

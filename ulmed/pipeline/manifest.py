@@ -59,6 +59,9 @@ class Entry:
         reason: Why it was skipped or failed, or a note (e.g. JPEG written as PNG).
         budget: The budget in [0, 1] and native units for this record.
         metrics: Imperceptibility of the protected record (PSNR, L-inf ...).
+        warnings: What the file libraries (pydicom, codec plugins, Pillow) warned or logged
+            while its unit was read, protected and written; shown on the terminal only with
+            ``--debug`` (:mod:`ulmed.io.notices`).
     """
 
     input: str
@@ -70,6 +73,7 @@ class Entry:
     reason: str | None = None
     budget: dict[str, Any] | None = None
     metrics: dict[str, float] | None = None
+    warnings: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

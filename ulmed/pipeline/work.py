@@ -9,6 +9,7 @@ everything it needs travels in a picklable :class:`WorkContext`, and what it ret
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from ulmed.io.dicom import DicomSeries, write_series
 from ulmed.io.discover import Item
 from ulmed.io.images import output_relpath, write_image
 from ulmed.io.nifti import write_nifti
+from ulmed.io.notices import library_messages
 from ulmed.io.record import Record
 from ulmed.pipeline.manifest import Entry, sha256_of
 from ulmed.pipeline.units import Copy, Unit, input_stamps, output_paths, read_unit, relative
@@ -129,6 +131,21 @@ def _copy(unit: Unit, ctx: WorkContext) -> UnitResult:
     return UnitResult(unit.key, [entry])
 
 
+def _keeping_library_messages(process: Any) -> Any:
+    """Wrap ``process``: what the file libraries warn or log goes into every entry of the unit."""
+
+    @functools.wraps(process)
+    def run(unit: Unit, ctx: WorkContext) -> UnitResult:
+        with library_messages() as messages:
+            result = process(unit, ctx)
+        for entry in result.entries:
+            entry.warnings = list(messages) or None
+        return result
+
+    return run
+
+
+@_keeping_library_messages
 def process_unit(unit: Unit, ctx: WorkContext) -> UnitResult:
     """Protect (or copy) one unit and write its outputs atomically.
 
