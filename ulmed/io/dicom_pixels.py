@@ -133,7 +133,8 @@ def size_mismatch(ds: Dataset, transfer_syntax: UID) -> str | None:
         if found is None:
             return None
         held = f"{found[0] * frames} values ({found[1]})"
-    return f"pixel data holds {held}, Rows x Columns x frames x samples says {header}; the file is damaged or its header is wrong"
+    return (f"pixel data holds {held}, Rows x Columns x frames x samples says {header}; "
+            "the file is damaged or its header is wrong")
 
 
 def describe_values(ds: Dataset, low: int, high: int, signed: bool) -> None:
