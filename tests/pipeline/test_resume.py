@@ -198,7 +198,7 @@ def test_a_changed_slice_is_redone_and_a_removed_one_leaves_no_output(sample_dat
     again = protect_path(src, out, method="random")
     assert again.run["changed"] == 1 and again.run["resumed"] == 0
     assert not (out / "ct/17196").exists() and _written(again) == ["ct/17106", "ct/17136", "ct/17166"]
-    fresh = protect_path(src, tmp_path / "fresh", method="random")
+    protect_path(src, tmp_path / "fresh", method="random")
     assert outputs(out) == outputs(tmp_path / "fresh")
     written = pydicom.dcmread(out / "ct/17136").pixel_array.astype(int)
     eps = next(e.budget["eps_native"] for e in again.entries if e.output == "ct/17136")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ulmed.errors import ConfigError, InputError, MissingDependencyError, OutputError
+from ulmed.errors import ConfigError, InputError, MissingDependencyError, OutputError, os_reason
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -180,5 +180,5 @@ def copy_deidentified(src: str | Path, dst: str | Path, options: DeidentifyOptio
         reason = f"cannot write the de-identified copy ({type(exc).__name__}); re-export the file or leave it out"
         raise OutputError(reason, dst) from None
     except OSError as exc:
-        raise OutputError(f"cannot write the de-identified copy ({exc.strerror}); check the output folder", dst) from exc
+        raise OutputError(f"cannot write the de-identified copy ({os_reason(exc)}); check the output folder", dst) from exc
     return dst

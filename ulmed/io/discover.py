@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ulmed.errors import InputError
+from ulmed.errors import InputError, os_reason
 from ulmed.io.dicom import DicomScan, is_dicom_file, scan_dicom
 from ulmed.io.images import IMAGE_SUFFIXES, is_image_path, output_relpath
 from ulmed.io.nifti import is_nifti_path
@@ -87,7 +87,7 @@ def link_problem(path: Path) -> str | None:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return "symbolic link loop (it leads back to itself); fix or remove the link"
-        return f"symbolic link cannot be followed ({exc.strerror}); fix or remove the link"
+        return f"symbolic link cannot be followed ({os_reason(exc)}); fix or remove the link"
     return None
 
 

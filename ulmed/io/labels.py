@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from ulmed.errors import InputError
+from ulmed.errors import InputError, os_reason
 
 PATH_COLUMNS = ("image", "path", "file", "filename", "key")
 LABEL_COLUMNS = ("label", "class", "target")
@@ -24,7 +24,7 @@ def load_labels(path: str | Path) -> dict[str, int]:
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh))
     except OSError as exc:
-        raise InputError(f"cannot read the labels file ({exc.strerror}); check --labels", path) from exc
+        raise InputError(f"cannot read the labels file ({os_reason(exc)}); check --labels", path) from exc
     if not rows:
         raise InputError("labels file has no rows; it needs a header and one row per image", path)
     header = {name.lower(): name for name in rows[0]}

@@ -16,7 +16,7 @@ import os
 import re
 from pathlib import Path, PurePosixPath
 
-from ulmed.errors import InputError, OutputError
+from ulmed.errors import InputError, OutputError, os_reason
 from ulmed.io.atomic import atomic_write_bytes
 from ulmed.pipeline.manifest import sha256_of
 
@@ -127,7 +127,7 @@ def read_sums(path: Path) -> dict[str, str]:
     try:
         text = path.read_bytes().decode("utf-8", "surrogateescape")
     except OSError as exc:
-        raise InputError(f"cannot be read ({exc.strerror}); check its permissions", path) from exc
+        raise InputError(f"cannot be read ({os_reason(exc)}); check its permissions", path) from exc
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from ulmed.core.budget import Budget
 from ulmed.core.method import DEFAULT_METHOD, METHODS, ProtectionMethod
-from ulmed.errors import ConfigError, InputError, OutputError
+from ulmed.errors import ConfigError, InputError, OutputError, os_reason
 from ulmed.io.base import WriteOptions
 from ulmed.io.discover import discover
 from ulmed.io.labels import load_labels
@@ -297,7 +297,7 @@ def protect_path(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create the output folder ({exc.strerror or exc}); choose a writable -o", out) from exc
+        raise OutputError(f"cannot create the output folder ({os_reason(exc)}); choose a writable -o", out) from exc
     if given_salt is None and keep_salt(out / CONTROL_DIR, key_salt_now) != key_salt_now:
         key_salt_now = stored_salt(out / CONTROL_DIR) or key_salt_now  # another part stored its salt first
         inv = discover(src, masks, key_salt_now)

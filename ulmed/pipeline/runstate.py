@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ulmed.errors import InputError, MissingDependencyError, OutputError
-from ulmed.io.atomic import atomic_path
+from ulmed.io.atomic import atomic_file
 from ulmed.pipeline.engines import EngineConfig, run_units
 from ulmed.pipeline.cleanup import remove_outputs
 from ulmed.pipeline.journal import CONTROL_DIR, Journal, JournalState
@@ -140,8 +140,8 @@ def fit_in_chunks(run: RunState, units: list[Unit], ctx: WorkContext, chunk_size
             run.commit(result)
         report = copy.deepcopy(method.fit_report())  # the method reuses its report's dicts in the next chunk
         if i + 1 < len(parts):
-            with atomic_path(run.state_path(i)) as tmp:
-                torch.save(method.state_dict(), tmp)
+            with atomic_file(run.state_path(i)) as fh:  # a file object: a full disk is an OSError, named
+                torch.save(method.state_dict(), fh)
         run.journal.chunk_done(i, report)
         with contextlib.suppress(FileNotFoundError):
             run.state_path(i - 1).unlink()

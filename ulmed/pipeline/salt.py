@@ -23,7 +23,7 @@ import os
 import secrets
 from pathlib import Path
 
-from ulmed.errors import ConfigError, OutputError
+from ulmed.errors import ConfigError, OutputError, os_reason
 
 #: Environment variable holding a user-chosen key salt.
 KEY_SALT_ENV = "ULMED_KEY_SALT"
@@ -51,7 +51,7 @@ def stored_salt(control: Path) -> str | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise OutputError(f"cannot read the run's key salt ({exc.strerror or exc}); check the output folder", control / SECRET_FILE) from exc
+        raise OutputError(f"cannot read the run's key salt ({os_reason(exc)}); check the output folder", control / SECRET_FILE) from exc
 
 
 def keep_salt(control: Path, salt: str) -> str:
@@ -67,7 +67,7 @@ def keep_salt(control: Path, salt: str) -> str:
     except FileExistsError:
         return stored_salt(control) or salt
     except OSError as exc:
-        raise OutputError(f"cannot store the run's key salt ({exc.strerror or exc}); check the output folder", path) from exc
+        raise OutputError(f"cannot store the run's key salt ({os_reason(exc)}); check the output folder", path) from exc
     with os.fdopen(fd, "w") as fh:
         fh.write(salt)
         fh.flush()
