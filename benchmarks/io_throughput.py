@@ -22,7 +22,6 @@ import json
 import multiprocessing as mp
 import platform
 import resource
-import shutil
 import tempfile
 import time
 from pathlib import Path

@@ -6,7 +6,6 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
 
 from tests.io.test_dicom import data
 from ulmed.io.discover import discover

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import shutil
 import warnings
-from pathlib import Path
 
 import pytest
 from PIL import Image

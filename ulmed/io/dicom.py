@@ -28,7 +28,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, PYDICOM_ROOT_UID, UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from ulmed.errors import ConfigError, InputError, MissingDependencyError, OutputError
+from ulmed.errors import ConfigError, InputError, MissingDependencyError, OutputError, os_reason
 from ulmed.io.atomic import atomic_path
 from ulmed.io.base import WriteOptions
 from ulmed.io.deidentify import deidentify_dataset
@@ -645,6 +645,6 @@ def write_series(record: Record, root: Path, out_root: Path, options: WriteOptio
             reason = f"cannot write the protected copy ({_short(exc)}); rerun with --debug and report the file"
             raise OutputError(reason, target) from exc
         except OSError as exc:
-            raise OutputError(f"cannot write the protected copy ({exc.strerror}); check the output folder", target) from exc
+            raise OutputError(f"cannot write the protected copy ({os_reason(exc)}); check the output folder", target) from exc
         pairs.append((Path(path), target))
     return pairs
