@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,17 @@ def _one_key_salt() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ULMED_KEY_SALT", KEY_SALT)
         yield
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """The CLI reconfigures the root logger (basicConfig force=True, on a captured stderr that
+    pytest closes after the test); put the root logger back after every test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

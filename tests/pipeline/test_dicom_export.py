@@ -23,7 +23,6 @@ import re
 import shutil
 from collections import Counter
 from dataclasses import asdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -148,16 +147,6 @@ def plain_run(export, tmp_path_factory):
     manifest = protect_path(export, out, method="random")
     assert output_hashes(export) == before, "the input export was modified"
     return out, manifest
-
-
-@pytest.fixture()
-def restore_logging() -> Iterator[None]:
-    """The CLI reconfigures the root logger (basicConfig force=True); put it back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def by_input(manifest_entries: list[dict]) -> dict[str, dict]:

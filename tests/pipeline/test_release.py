@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 
 from tests.conftest import tree_hashes
 from tests.pipeline.test_dicom_export import BAD_SERIES_FILE, bad_date_export
-from tests.pipeline.test_dicom_export import restore_logging  # noqa: F401 - a fixture: main() reconfigures logging
 from ulmed.cli import app, main
 from ulmed.core.method import METHODS
 from ulmed.errors import InputError
