@@ -1,0 +1,65 @@
+"""The manifest's imperceptibility figures equal scikit-image's on real images and volumes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from ulmed.eval.imperceptibility import imperceptibility, ssim_window
+
+
+def _pair(clean: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    noise = rng.choice([-8 / 255, 0.0, 8 / 255], size=clean.shape)
+    return clean, np.clip(clean + noise, 0.0, 1.0)
+
+
+def _hc18(real_data, name: str = "012_HC.png") -> np.ndarray:
+    return np.asarray(Image.open(real_data / "hc18/images" / name), dtype=np.float64)[None] / 255
+
+
+def _volume(real_data) -> np.ndarray:
+    v = np.asarray(nib.load(real_data / "msd_hippocampus/images/hippocampus_003.nii.gz").dataobj, dtype=np.float64)
+    return ((v - v.min()) / (v.max() - v.min()))[None]
+
+
+@pytest.mark.parametrize("kind", ["image", "rgb", "volume", "tiny"])
+def test_psnr_and_ssim_equal_scikit_image(real_data, kind):
+    clean = {
+        "image": lambda: _hc18(real_data),
+        "rgb": lambda: np.concatenate([_hc18(real_data, n) for n in ("012_HC.png", "012_HC.png", "012_HC.png")])[:, ::-1].copy(),
+        "volume": lambda: _volume(real_data),
+        "tiny": lambda: _hc18(real_data)[:, 100:105, 200:206],
+    }[kind]()
+    clean, protected = _pair(clean)
+    got = imperceptibility(clean, protected, scale=255.0)
+    win = ssim_window(clean.shape[1:])
+    expected = structural_similarity(clean, protected, data_range=1.0, channel_axis=0, win_size=win)
+    assert got["ssim"] == pytest.approx(expected, abs=1e-12)
+    assert got["psnr"] == pytest.approx(peak_signal_noise_ratio(clean, protected, data_range=1.0), abs=1e-9)
+    diff = protected - clean
+    assert got["linf"] == pytest.approx(8 / 255) and got["linf_native"] == pytest.approx(8.0)
+    assert got["l0"] == np.count_nonzero(diff) and got["l2"] == pytest.approx(np.linalg.norm(diff.ravel()))
+
+
+def test_identical_images_and_metrics_without_ssim(real_data):
+    clean = _hc18(real_data)
+    same = imperceptibility(clean, clean.copy())
+    assert same["psnr"] == float("inf") and same["ssim"] == 1.0 and same["l0"] == 0
+    cheap = imperceptibility(*_pair(clean), with_ssim=False)
+    assert cheap["ssim"] is None and 30 < cheap["psnr"] < 60
+    with pytest.raises(ValueError, match="shapes differ"):
+        imperceptibility(clean, clean[:, :10])
+
+
+def test_importing_the_metrics_does_not_load_scipy_stats():
+    code = ("import sys, numpy as np; from ulmed.eval.imperceptibility import imperceptibility as f; "
+            "f(np.zeros((1, 9, 9)), np.ones((1, 9, 9))); print('scipy.stats' in sys.modules, 'skimage.metrics' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
