@@ -201,7 +201,9 @@ def quantise_perturbation(
         raise ConfigError(f"budget norm must be linf or l2, got {norm!r}")
     clean = np.asarray(clean)
     d = np.asarray(delta, dtype=np.float64)
-    steps = np.broadcast_to(np.asarray(step, dtype=np.float64), d.shape)
+    steps = np.asarray(step, dtype=np.float64)  # a number or a small array: numpy broadcasts it
+    if steps.ndim:
+        np.broadcast_shapes(steps.shape, d.shape)  # a clear error when it does not fit
     if not (steps > 0).all():
         if (steps > 0).any():
             raise ConfigError("a record's stored steps must all be > 0 (integer storage) or all 0 (float storage)")
@@ -217,7 +219,9 @@ def quantise_perturbation(
         levels = whole_steps(eps, steps)
         k = np.clip(k, -levels, levels)
         toward_zero = np.clip(toward_zero, -levels, levels)
-    outside = (base + k * steps < bounds[0]) | (base + k * steps > bounds[1])
+    stored = base + k * steps
+    outside = (stored < bounds[0]) | (stored > bounds[1])
+    del stored
     k = np.where(outside, toward_zero, k)
     if eps is not None and norm == "l2":
         k = _fit_l2(k, toward_zero, steps, eps)
@@ -329,12 +333,14 @@ class Record:
         """
         if delta.shape != self.image.shape:
             raise ConfigError(f"{self.key}: perturbation shape {delta.shape} != image shape {self.image.shape}")
-        unit = (self.image.astype(np.float64) - self.mapping.low) / self.mapping.scale  # float64: no rounding slack
+        base = self.image.astype(np.float64)
+        unit = (base - self.mapping.low) / self.mapping.scale  # float64: no rounding slack
         effective = np.clip(unit + np.asarray(delta, dtype=np.float64), 0.0, 1.0) - unit
+        del unit
         bounds = (max(self.mapping.low, self.mapping.valid_min), min(self.mapping.high, self.mapping.valid_max))
         change = quantise_perturbation(self.image, effective * self.mapping.scale, self.steps, eps=eps_native,
                                        norm=norm, bounds=bounds)
-        native = self.image.astype(np.float64) + change
+        native = base + change
         return Record(
             key=self.key,
             image=native,
