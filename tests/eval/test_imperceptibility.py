@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -64,3 +65,16 @@ def test_the_metrics_load_neither_scipy_stats_nor_scipy_ndimage():
             "print(*(m in sys.modules for m in ('scipy.stats', 'scipy.ndimage', 'skimage.metrics')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False", "False"]  # seconds of imports a protection run does not pay
+
+
+def test_slab_by_slab_equals_whole_and_reads_native_values(real_data, monkeypatch):
+    metrics = importlib.import_module("ulmed.eval.imperceptibility")  # the package re-exports a function by that name
+
+    clean, protected = _pair(_volume(real_data), seed=3)
+    whole = imperceptibility(clean, protected)
+    monkeypatch.setattr(metrics, "SLAB_VALUES", 500)  # dozens of overlapping slabs
+    sliced = imperceptibility(clean, protected)
+    assert sliced["ssim"] == pytest.approx(whole["ssim"], abs=1e-12) and sliced["l0"] == whole["l0"]
+    assert sliced["psnr"] == pytest.approx(whole["psnr"], abs=1e-9)
+    native = imperceptibility(clean * 200 - 50, protected * 200 - 50, scale=200.0, to_unit=lambda a: (a + 50) / 200)
+    assert native["ssim"] == pytest.approx(whole["ssim"], abs=1e-9) and native["linf_native"] == pytest.approx(200 * 8 / 255)

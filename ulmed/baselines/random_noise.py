@@ -43,3 +43,7 @@ class NoPerturbation(ProtectionMethod):
     def perturbation(self, record: Record, unit_image: np.ndarray, eps: float) -> np.ndarray:
         """Return zeros."""
         return np.zeros_like(unit_image)
+
+    def protect(self, record: Record) -> Record:
+        """The record itself: a zero perturbation changes no stored value, so nothing is computed."""
+        return record

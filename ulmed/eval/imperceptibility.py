@@ -13,6 +13,7 @@ imports neither ``skimage.metrics`` (which loads ``scipy.stats``: seconds per pr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -27,41 +28,74 @@ def ssim_window(spatial: tuple[int, ...], largest: int = 7) -> int:
 
 def window_means(a: np.ndarray, win: int) -> np.ndarray:
     """Means over every full ``win``-wide window along each axis ("valid" positions only)."""
-    out = a
-    for axis in range(a.ndim):
-        c = np.cumsum(out, axis=axis, dtype=np.float64)
-        head = np.take(c, [win - 1], axis=axis)
-        tail = np.take(c, np.arange(win, c.shape[axis]), axis=axis) - np.take(c, np.arange(0, c.shape[axis] - win), axis=axis)
-        out = np.concatenate([head, tail], axis=axis) / win
+    out = np.asarray(a, dtype=np.float64)
+    for axis in range(out.ndim):
+        c = np.cumsum(out, axis=axis)
+        lead = [slice(None)] * out.ndim
+        lead[axis] = slice(win - 1, None)
+        out = c[tuple(lead)].copy()  # window sums ending at win-1, win, ...: subtract what precedes them
+        lead[axis], tail = slice(1, None), list(lead)
+        tail[axis] = slice(None, c.shape[axis] - win)
+        out[tuple(lead)] -= c[tuple(tail)]
+        del c
+        out *= 1.0 / win
     return out
 
 
-def ssim(clean: np.ndarray, protected: np.ndarray, win: int, data_range: float = 1.0) -> float:
+#: Values per slab (float64) that the metrics hold at a time: memory stays bounded for a long series.
+SLAB_VALUES = 1 << 21
+
+Convert = Callable[[np.ndarray], np.ndarray]
+
+
+def _as_float64(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64)
+
+
+def _slabs(length: int, per_row: int, overlap: int) -> list[tuple[int, int]]:
+    """Ranges ``[lo, hi)`` along the first spatial axis whose valid windows tile it once each."""
+    rows = max(1, SLAB_VALUES // max(per_row, 1))
+    starts = range(0, max(length - overlap, 1), rows)
+    return [(lo, min(lo + rows + overlap, length)) for lo in starts]
+
+
+def _ssim_sums(x: np.ndarray, y: np.ndarray, win: int, c1: float, c2: float) -> tuple[float, int]:
+    """Sum and count of the SSIM map over the valid positions of one channel slab."""
+    n = win ** x.ndim
+    cov_norm = n / (n - 1)
+    ux, uy = window_means(x, win), window_means(y, win)
+    vx = cov_norm * (window_means(x * x, win) - ux * ux)
+    vy = cov_norm * (window_means(y * y, win) - uy * uy)
+    vxy = cov_norm * (window_means(x * y, win) - ux * uy)
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return float(s.sum(dtype=np.float64)), s.size
+
+
+def ssim(clean: np.ndarray, protected: np.ndarray, win: int, data_range: float = 1.0,
+         to_unit: Convert = _as_float64) -> float:
     """Mean structural similarity of two channel-first images, as scikit-image computes it.
+
+    The images are read in slabs along the first spatial axis (overlapping by ``win - 1``), so
+    a long series is never held in float64 whole.
 
     Args:
         clean: ``(C, *spatial)`` image.
         protected: Same shape.
         win: Odd window width (>= 3, at most the smallest spatial size).
         data_range: Range of the values.
+        to_unit: Maps a slab of the arrays to the float64 values compared (default: as they are).
 
     Returns:
         The mean SSIM over channels.
     """
     c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
-    n = win ** (clean.ndim - 1)
-    cov_norm = n / (n - 1)
-    scores = []
-    for x, y in zip(clean, protected, strict=True):
-        x = np.asarray(x, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
-        ux, uy = window_means(x, win), window_means(y, win)
-        vx = cov_norm * (window_means(x * x, win) - ux * ux)
-        vy = cov_norm * (window_means(y * y, win) - uy * uy)
-        vxy = cov_norm * (window_means(x * y, win) - ux * uy)
-        s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-        scores.append(float(s.mean(dtype=np.float64)))
-    return float(np.mean(scores))
+    per_row = int(np.prod(clean.shape[2:], dtype=np.int64))
+    total, count = 0.0, 0
+    for c in range(clean.shape[0]):
+        for lo, hi in _slabs(clean.shape[1], per_row, win - 1):
+            part_sum, part_n = _ssim_sums(to_unit(clean[c, lo:hi]), to_unit(protected[c, lo:hi]), win, c1, c2)
+            total, count = total + part_sum, count + part_n
+    return total / count
 
 
 def psnr(mse: float, data_range: float = 1.0) -> float:
@@ -69,36 +103,50 @@ def psnr(mse: float, data_range: float = 1.0) -> float:
     return float("inf") if mse == 0 else 10.0 * math.log10(data_range**2 / mse)
 
 
-def imperceptibility(clean: np.ndarray, protected: np.ndarray, scale: float = 1.0, with_ssim: bool = True) -> dict[str, float]:
+def _norms(clean: np.ndarray, protected: np.ndarray, to_unit: Convert) -> tuple[float, float, int]:
+    """L-inf, squared L2 and the count of changed values of ``protected - clean``, slab by slab."""
+    linf, sq, changed = 0.0, 0.0, 0
+    per_row = int(np.prod(clean.shape[2:], dtype=np.int64)) * clean.shape[0]
+    for lo, hi in _slabs(clean.shape[1], per_row, 0):
+        d = (to_unit(protected[:, lo:hi]) - to_unit(clean[:, lo:hi])).ravel()
+        if d.size:
+            linf = max(linf, float(np.abs(d).max()))
+            sq += float(np.dot(d, d))
+            changed += int(np.count_nonzero((d > 1e-6) | (d < -1e-6)))
+    return linf, sq, changed
+
+
+def imperceptibility(clean: np.ndarray, protected: np.ndarray, scale: float = 1.0, with_ssim: bool = True,
+                     to_unit: Convert = _as_float64) -> dict[str, float]:
     """PSNR, SSIM, L-inf, L2 (norm and RMS) and L0 (count and fraction) of ``protected - clean``.
 
     Args:
-        clean: Clean image in [0, 1], channel-first (C, *spatial).
+        clean: Clean image in [0, 1], channel-first (C, *spatial); or native values with ``to_unit``.
         protected: Protected image, same shape.
         scale: Native units per [0, 1] unit, to report L-inf in native units too.
         with_ssim: Compute SSIM (the costly figure); ``ssim`` is None without it.
+        to_unit: Maps a slab of the arrays to float64 [0, 1] values (e.g. a record's
+            ``mapping.to_unit``), so the caller need not convert whole volumes first.
 
     Returns:
         ``psnr`` (dB, inf when identical), ``ssim``, ``linf``, ``linf_native``, ``l2`` (norm
         of the whole difference), ``l2_native``, ``rms``, ``l0`` (number of values that
         changed by more than 1e-6) and ``l0_fraction`` (their share).
     """
-    clean = np.asarray(clean, dtype=np.float64)
-    protected = np.asarray(protected, dtype=np.float64)
+    clean, protected = np.asarray(clean), np.asarray(protected)
     if clean.shape != protected.shape:
         raise ValueError(f"shapes differ: {clean.shape} vs {protected.shape}")
-    diff = protected - clean
-    size = diff.size
-    linf = float(np.abs(diff).max()) if size else 0.0
-    sq = float(np.dot(diff.ravel(), diff.ravel())) if size else 0.0
-    changed = int(np.count_nonzero((diff > 1e-6) | (diff < -1e-6)))
+    if clean.ndim < 2:
+        raise ValueError(f"images must be channel-first (C, *spatial), got shape {clean.shape}")
+    size = clean.size
+    linf, sq, changed = (0.0, 0.0, 0) if protected is clean else _norms(clean, protected, to_unit)
     mse = sq / size if size else 0.0
     if linf == 0.0:
         value_psnr, value_ssim = float("inf"), 1.0
     else:
         value_psnr = psnr(mse)
         win = ssim_window(clean.shape[1:])
-        value_ssim = (ssim(clean, protected, win) if win >= 3 else float("nan")) if with_ssim else None
+        value_ssim = (ssim(clean, protected, win, to_unit=to_unit) if win >= 3 else float("nan")) if with_ssim else None
     return {
         "psnr": value_psnr,
         "ssim": value_ssim,

@@ -530,8 +530,8 @@ def _set_pixels(ds: Dataset, block: np.ndarray, handle: DicomHandle, options: Wr
     # Typed elements for the writer (raw ones may lack a VR); big-endian OW/OL/OF/OD/OV values
     # are kept as raw bytes by pydicom and must be swapped by hand.
     sizes = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
-    for elem in ds.iterall():
-        if swap and elem.VR in sizes and isinstance(elem.value, bytes) and elem.tag != _PIXEL_DATA:
+    for elem in ds.iterall() if swap else ():
+        if elem.VR in sizes and isinstance(elem.value, bytes) and elem.tag != _PIXEL_DATA:
             elem.value = np.frombuffer(elem.value, dtype=f">u{sizes[elem.VR]}").astype(f"<u{sizes[elem.VR]}").tobytes()
     if block.shape[0] == 3:
         ds.PhotometricInterpretation, ds.PlanarConfiguration = "RGB", 0

@@ -165,7 +165,8 @@ def process_unit(unit: Unit, ctx: WorkContext) -> UnitResult:
     protected = method.protect(clean)
     budget = method.budget.describe(clean.mapping)
     # ``protected`` holds the stored values (quantised within the budget): these are the written file's metrics.
-    metrics = imperceptibility(clean.unit_image(np.float64), protected.unit_image(np.float64), clean.mapping.scale)
+    metrics = imperceptibility(clean.image, protected.image, clean.mapping.scale,
+                               to_unit=functools.partial(clean.mapping.to_unit, dtype=np.float64))  # slab by slab
     remark = method.note(clean)
     if (too_small := method.budget.too_small(clean)) is not None:
         log.warning("%s: %s", unit.key, too_small)
