@@ -146,6 +146,7 @@ def protect(
     engine: Annotated[str, typer.Option(help="local or ray (pip install \"ulmed[ray]\").")] = "local",
     workers: Annotated[int, typer.Option(help="Worker processes (local) or concurrent Ray tasks.")] = 1,
     ray_address: Annotated[Optional[str], typer.Option(help="Join this Ray cluster (engine ray); default: start a local one.")] = None,
+    metrics: Annotated[str, typer.Option(help="Manifest imperceptibility: sampled (SSIM over about 262k window positions per record, the share stated), full, or none (no SSIM); PSNR and norms are exact.")] = "sampled",
 ) -> None:
     """Protect every image under INPUT and write valid files of the same kind to OUTPUT.
 
@@ -166,7 +167,7 @@ def protect(
     manifest = protect_path(
         input, output, seed=state.seed, device=state.device, strict=strict, overwrite=overwrite,
         progress=_progress, method_options=method_options, deidentify=deidentify, num_parts=num_parts,
-        part_id=part_id, engine=engine, workers=workers, ray_address=ray_address, **opts,  # type: ignore[arg-type]
+        part_id=part_id, engine=engine, workers=workers, ray_address=ray_address, metrics=metrics, **opts,  # type: ignore[arg-type]
     )
     _summary_line(manifest, time.perf_counter() - start, output)
 

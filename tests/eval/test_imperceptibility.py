@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from ulmed.errors import ConfigError
 from ulmed.eval.imperceptibility import imperceptibility, ssim_window
 
 
@@ -78,3 +79,18 @@ def test_slab_by_slab_equals_whole_and_reads_native_values(real_data, monkeypatc
     assert sliced["psnr"] == pytest.approx(whole["psnr"], abs=1e-9)
     native = imperceptibility(clean * 200 - 50, protected * 200 - 50, scale=200.0, to_unit=lambda a: (a + 50) / 200)
     assert native["ssim"] == pytest.approx(whole["ssim"], abs=1e-9) and native["linf_native"] == pytest.approx(200 * 8 / 255)
+
+
+def test_sampled_ssim_states_its_share_and_stays_close_to_the_full_value(real_data):
+    from ulmed.eval.imperceptibility import metrics_options
+
+    clean, protected = _pair(_volume(real_data), seed=5)  # 34 x 52 x 35
+    full = imperceptibility(clean, protected, **metrics_options("full"))
+    sampled = imperceptibility(clean, protected, ssim_positions=2000)
+    assert full["ssim_fraction"] == 1.0 and full["ssim_positions"] == 28 * 46 * 29
+    assert 0 < sampled["ssim_fraction"] < 0.1 and sampled["ssim_positions"] < 3000
+    assert sampled["ssim"] == pytest.approx(full["ssim"], abs=0.03) and sampled["psnr"] == full["psnr"]  # PSNR stays exact
+    assert imperceptibility(clean, protected, **metrics_options("sampled")) == full  # small volumes: all positions
+    assert imperceptibility(clean, protected, **metrics_options("none"))["ssim"] is None
+    with pytest.raises(ConfigError, match="--metrics must be one of sampled, full, none"):
+        metrics_options("fast")

@@ -14,11 +14,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+from ulmed.errors import ConfigError
+
 #: SSIM constants (scikit-image's, after Wang et al. 2004).
 K1, K2 = 0.01, 0.03
+#: How a protection run measures each record (``--metrics``): ``sampled`` visits about
+#: :data:`SSIM_SAMPLE` SSIM window positions per record (all of them for 2D images up to about
+#: 512 x 512 and for small volumes; evenly spaced slabs of a series) and states the share it
+#: visited; ``full`` visits every one; ``none`` leaves SSIM out. PSNR and norms are always exact.
+METRICS = ("sampled", "full", "none")
+SSIM_SAMPLE = 1 << 18
+
+
+def metrics_options(metrics: str) -> dict[str, Any]:
+    """The :func:`imperceptibility` keyword arguments of a ``--metrics`` choice.
+
+    Raises:
+        ConfigError: ``metrics`` is not one of :data:`METRICS`.
+    """
+    if metrics not in METRICS:
+        raise ConfigError(f"--metrics must be one of {', '.join(METRICS)}, got {metrics!r}")
+    return {"with_ssim": metrics != "none", "ssim_positions": SSIM_SAMPLE if metrics == "sampled" else None}
 
 
 def ssim_window(spatial: tuple[int, ...], largest: int = 7) -> int:
@@ -52,11 +72,22 @@ def _as_float64(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
 
-def _slabs(length: int, per_row: int, overlap: int) -> list[tuple[int, int]]:
-    """Ranges ``[lo, hi)`` along the first spatial axis whose valid windows tile it once each."""
-    rows = max(1, SLAB_VALUES // max(per_row, 1))
+def _slabs(length: int, per_row: int, overlap: int, rows: int | None = None) -> list[tuple[int, int]]:
+    """Ranges ``[lo, hi)`` along the first spatial axis whose valid windows tile it once each.
+
+    Each slab yields ``rows`` rows of windows (default: as many as :data:`SLAB_VALUES` allows).
+    """
+    rows = rows or max(1, SLAB_VALUES // max(per_row, 1))
     starts = range(0, max(length - overlap, 1), rows)
     return [(lo, min(lo + rows + overlap, length)) for lo in starts]
+
+
+def _sampled_slabs(shape: tuple[int, ...], win: int, max_positions: int) -> list[tuple[int, int]]:
+    """Evenly spaced slabs of one window row each, about ``max_positions`` window positions in all."""
+    starts = shape[1] - win + 1
+    per_start = shape[0] * int(np.prod([s - win + 1 for s in shape[2:]], dtype=np.int64))
+    wanted = max(1, min(starts, max_positions // max(per_start, 1)))
+    return [(lo, lo + win) for lo in np.linspace(0, starts - 1, wanted).round().astype(int).tolist()]
 
 
 def _ssim_sums(x: np.ndarray, y: np.ndarray, win: int, c1: float, c2: float) -> tuple[float, int]:
@@ -72,11 +103,13 @@ def _ssim_sums(x: np.ndarray, y: np.ndarray, win: int, c1: float, c2: float) -> 
 
 
 def ssim(clean: np.ndarray, protected: np.ndarray, win: int, data_range: float = 1.0,
-         to_unit: Convert = _as_float64) -> float:
+         to_unit: Convert = _as_float64, max_positions: int | None = None) -> tuple[float, int]:
     """Mean structural similarity of two channel-first images, as scikit-image computes it.
 
     The images are read in slabs along the first spatial axis (overlapping by ``win - 1``), so
-    a long series is never held in float64 whole.
+    a long series is never held in float64 whole. With ``max_positions``, when there are more
+    window positions than that, only evenly spaced rows of windows along that axis are visited,
+    about ``max_positions`` positions in all (at least one row).
 
     Args:
         clean: ``(C, *spatial)`` image.
@@ -84,18 +117,24 @@ def ssim(clean: np.ndarray, protected: np.ndarray, win: int, data_range: float =
         win: Odd window width (>= 3, at most the smallest spatial size).
         data_range: Range of the values.
         to_unit: Maps a slab of the arrays to the float64 values compared (default: as they are).
+        max_positions: Window positions to visit at most (about); None visits every one.
 
     Returns:
-        The mean SSIM over channels.
+        The mean SSIM over the visited positions of every channel, and how many were visited.
     """
     c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
     per_row = int(np.prod(clean.shape[2:], dtype=np.int64))
+    positions = clean.shape[0] * int(np.prod([s - win + 1 for s in clean.shape[1:]], dtype=np.int64))
+    if max_positions is not None and positions > max_positions:
+        slabs = _sampled_slabs(clean.shape, win, max_positions)
+    else:
+        slabs = _slabs(clean.shape[1], per_row, win - 1)
     total, count = 0.0, 0
     for c in range(clean.shape[0]):
-        for lo, hi in _slabs(clean.shape[1], per_row, win - 1):
+        for lo, hi in slabs:
             part_sum, part_n = _ssim_sums(to_unit(clean[c, lo:hi]), to_unit(protected[c, lo:hi]), win, c1, c2)
             total, count = total + part_sum, count + part_n
-    return total / count
+    return total / count, count
 
 
 def psnr(mse: float, data_range: float = 1.0) -> float:
@@ -117,7 +156,7 @@ def _norms(clean: np.ndarray, protected: np.ndarray, to_unit: Convert) -> tuple[
 
 
 def imperceptibility(clean: np.ndarray, protected: np.ndarray, scale: float = 1.0, with_ssim: bool = True,
-                     to_unit: Convert = _as_float64) -> dict[str, float]:
+                     to_unit: Convert = _as_float64, ssim_positions: int | None = None) -> dict[str, float]:
     """PSNR, SSIM, L-inf, L2 (norm and RMS) and L0 (count and fraction) of ``protected - clean``.
 
     Args:
@@ -127,11 +166,14 @@ def imperceptibility(clean: np.ndarray, protected: np.ndarray, scale: float = 1.
         with_ssim: Compute SSIM (the costly figure); ``ssim`` is None without it.
         to_unit: Maps a slab of the arrays to float64 [0, 1] values (e.g. a record's
             ``mapping.to_unit``), so the caller need not convert whole volumes first.
+        ssim_positions: Visit about this many SSIM window positions at most (evenly spaced
+            slabs; :func:`ssim`); None visits all. The result says how many were visited.
 
     Returns:
         ``psnr`` (dB, inf when identical), ``ssim``, ``linf``, ``linf_native``, ``l2`` (norm
         of the whole difference), ``l2_native``, ``rms``, ``l0`` (number of values that
-        changed by more than 1e-6) and ``l0_fraction`` (their share).
+        changed by more than 1e-6), ``l0_fraction`` (their share) and, with SSIM,
+        ``ssim_positions`` (window positions it averaged) and ``ssim_fraction`` (their share).
     """
     clean, protected = np.asarray(clean), np.asarray(protected)
     if clean.shape != protected.shape:
@@ -141,13 +183,21 @@ def imperceptibility(clean: np.ndarray, protected: np.ndarray, scale: float = 1.
     size = clean.size
     linf, sq, changed = (0.0, 0.0, 0) if protected is clean else _norms(clean, protected, to_unit)
     mse = sq / size if size else 0.0
+    win = ssim_window(clean.shape[1:])
+    every = clean.shape[0] * int(np.prod([max(s - win + 1, 0) for s in clean.shape[1:]], dtype=np.int64))
+    visited: int | None = every if with_ssim and win >= 3 else None
     if linf == 0.0:
         value_psnr, value_ssim = float("inf"), 1.0
     else:
         value_psnr = psnr(mse)
-        win = ssim_window(clean.shape[1:])
-        value_ssim = (ssim(clean, protected, win, to_unit=to_unit) if win >= 3 else float("nan")) if with_ssim else None
+        value_ssim = None
+        if with_ssim and win >= 3:
+            value_ssim, visited = ssim(clean, protected, win, to_unit=to_unit, max_positions=ssim_positions)
+        elif with_ssim:
+            value_ssim = float("nan")
+    sampling = {"ssim_positions": visited, "ssim_fraction": visited / every if every else 1.0} if visited is not None else {}
     return {
+        **sampling,
         "psnr": value_psnr,
         "ssim": value_ssim,
         "linf": linf,

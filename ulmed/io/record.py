@@ -212,20 +212,24 @@ def quantise_perturbation(
         elif eps is not None and (size := float(np.sqrt(np.sum(d**2)))) > eps:
             d = d * (eps / size * (1 - 1e-9))
         return _float_stored(clean, d)
-    base = clean.astype(np.float64)
-    k = np.rint(d / steps)
-    toward_zero = np.trunc(d / steps)
-    if eps is not None and norm == "linf":
-        levels = whole_steps(eps, steps)
-        k = np.clip(k, -levels, levels)
-        toward_zero = np.clip(toward_zero, -levels, levels)
-    stored = base + k * steps
+    q = d / steps  # the change in stored steps
+    k = np.rint(q)
+    levels = whole_steps(eps, steps) if eps is not None and norm == "linf" else None
+    if levels is not None:
+        np.clip(k, -levels, levels, out=k)
+    stored = k * steps
+    stored += clean
     outside = (stored < bounds[0]) | (stored > bounds[1])
     del stored
-    k = np.where(outside, toward_zero, k)
-    if eps is not None and norm == "l2":
-        k = _fit_l2(k, toward_zero, steps, eps)
-    return k * steps
+    if norm == "l2" or outside.any():  # rounding toward zero is needed somewhere: compute it
+        toward_zero = np.trunc(q)
+        if levels is not None:
+            np.clip(toward_zero, -levels, levels, out=toward_zero)
+        k = np.where(outside, toward_zero, k)
+        if eps is not None and norm == "l2":
+            k = _fit_l2(k, toward_zero, steps, eps)
+    k *= steps
+    return k
 
 
 def _float_stored(clean: np.ndarray, d: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from ulmed.core.budget import Budget
 from ulmed.core.method import DEFAULT_METHOD, METHODS, ProtectionMethod
 from ulmed.errors import ConfigError, InputError, OutputError, os_reason
+from ulmed.eval.imperceptibility import metrics_options
 from ulmed.io.base import WriteOptions
 from ulmed.io.discover import discover
 from ulmed.io.labels import load_labels
@@ -225,6 +226,7 @@ def protect_path(
     workers: int = 1,
     ray_address: str | None = None,
     key_salt: str | None = None,
+    metrics: str = "sampled",
 ) -> Manifest:
     """Protect everything under ``input_path`` into ``output_path``; resume an interrupted run.
 
@@ -258,6 +260,9 @@ def protect_path(
             else the de-identification key, else a random salt kept in ``.ulmed/secret``;
             :mod:`ulmed.pipeline.salt`). Give the same salt to reproduce a run's DICOM output
             byte for byte in another folder.
+        metrics: How each record's imperceptibility is measured: ``sampled`` (SSIM over about
+            262k window positions per record, the share stated), ``full`` or ``none``
+            (no SSIM); PSNR and the norms are always exact.
 
     Returns:
         The manifest, also written to ``output_path/manifest.json`` (one part:
@@ -272,6 +277,7 @@ def protect_path(
     if chunk_size is not None and chunk_size < 1:
         raise ConfigError(f"--chunk-size must be >= 1, got {chunk_size}")
     check_paths(src, out, overwrite)
+    metrics_options(metrics)  # a clear error for an unknown choice, before any work
     protector = build_method(method, eps, seed, device, **(method_options or {}))
     label_map = load_labels(labels) if labels is not None else None
     params = {**protector.params(), "dicom_encoding": dicom_encoding, "skip_non_image": skip_non_image}
@@ -288,7 +294,7 @@ def protect_path(
         **params, "input": src.resolve().name, "uid_salt": salt,
         "masks": Path(masks).expanduser().resolve().name if masks is not None else None,
         "labels": Path(labels).expanduser().resolve().name if labels is not None else None,
-        "chunk_size": chunk_size if protector.needs_fit else None, "num_parts": part.count,
+        "chunk_size": chunk_size if protector.needs_fit else None, "num_parts": part.count, "metrics": metrics,
     }
     if deid is not None:
         from ulmed.io.deidentify import deidentifier_info
@@ -351,7 +357,7 @@ def protect_path(
             discovered.append(Entry(relative(path, root), "skipped", kind=kind, reason=reason))
 
     run = RunState(out, part, journal, done, strict, root)
-    ctx = WorkContext(root, out, protector, opts, label_map)
+    ctx = WorkContext(root, out, protector, opts, label_map, metrics)
     started = time.perf_counter()
     if protector.needs_fit:
         if engine_config.name != "local" or engine_config.workers > 1:

@@ -19,7 +19,7 @@ import numpy as np
 
 from ulmed.core.method import ProtectionMethod
 from ulmed.errors import InputError, MissingDependencyError
-from ulmed.eval.imperceptibility import imperceptibility
+from ulmed.eval.imperceptibility import imperceptibility, metrics_options
 from ulmed.io.atomic import atomic_copy
 from ulmed.io.base import WriteOptions
 from ulmed.io.dicom import DicomSeries, write_series
@@ -44,6 +44,7 @@ class WorkContext:
         method: The protection method (fitted already when it needs a fit).
         options: Writer options (UID salt, DICOM encoding, de-identification).
         labels: Class labels by record key or folder (classification), if any.
+        metrics: ``sampled``, ``full`` or ``none`` (``--metrics``).
     """
 
     root: Path
@@ -51,6 +52,8 @@ class WorkContext:
     method: ProtectionMethod
     options: WriteOptions
     labels: dict[str, int] | None = None
+    #: How each record's imperceptibility is measured (:data:`ulmed.eval.imperceptibility.METRICS`).
+    metrics: str = "sampled"
 
 
 @dataclass
@@ -166,7 +169,8 @@ def process_unit(unit: Unit, ctx: WorkContext) -> UnitResult:
     budget = method.budget.describe(clean.mapping)
     # ``protected`` holds the stored values (quantised within the budget): these are the written file's metrics.
     metrics = imperceptibility(clean.image, protected.image, clean.mapping.scale,
-                               to_unit=functools.partial(clean.mapping.to_unit, dtype=np.float64))  # slab by slab
+                               to_unit=functools.partial(clean.mapping.to_unit, dtype=np.float64),  # slab by slab
+                               **metrics_options(ctx.metrics))
     remark = method.note(clean)
     if (too_small := method.budget.too_small(clean)) is not None:
         log.warning("%s: %s", unit.key, too_small)
