@@ -16,9 +16,10 @@ Usage:
     python benchmarks/unseg_effect.py --quick          # 96 train / 64 test images, 12 epochs
     python benchmarks/unseg_effect.py                  # full split, 20 epochs
     python benchmarks/unseg_effect.py --baselines      # + em and salm, speed ratio
+    python benchmarks/unseg_effect.py --baselines --speed-only   # images/s only (no victims)
     python benchmarks/unseg_effect.py --generator models/other.pt --eps-bg 0 --tag other
 
-Writes benchmarks/results/unseg_effect_hc18[_quick][_TAG].json. Settings are fixed per mode.
+Writes benchmarks/results/unseg_effect_hc18[_quick][_speed][_TAG].json. Settings are fixed per mode.
 """
 
 from __future__ import annotations
@@ -38,7 +39,11 @@ SETTINGS = {"quick": {"train_limit": 96, "test_limit": 64, "epochs": 12},
 
 
 def _protect(images: np.ndarray, masks: np.ndarray, method: str, eps: str, options: dict[str, Any], seed: int) -> tuple[np.ndarray, float]:
-    """Protect ``(N, 1, H, W)`` [0, 1] images in memory; returns them and images per second."""
+    """Protect ``(N, 1, H, W)`` [0, 1] images in memory; returns them and images per second.
+
+    Records go to ``protect_many`` ``batch_hint`` at a time, as ``ulmed protect`` hands them
+    over (unseg: its batch size, one shared forward pass per batch; em, salm, random: one).
+    """
     from ulmed.io.record import IntensityMapping, Record
     from ulmed.pipeline.protect import build_method
 
@@ -48,7 +53,8 @@ def _protect(images: np.ndarray, masks: np.ndarray, method: str, eps: str, optio
     start = time.perf_counter()
     if protector.needs_fit:  # em and salm optimise over the whole set first
         protector.fit(records)
-    out = [protector.protect(r).image for r in records]
+    step = max(1, protector.batch_hint)
+    out = [p.image for i in range(0, len(records), step) for p in protector.protect_many(records[i : i + step])]
     rate = len(images) / (time.perf_counter() - start)
     return np.stack(out).astype(np.float32), rate
 
@@ -73,6 +79,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--baselines", action="store_true", help="also protect with em and salm (defaults) in the same run")
+    parser.add_argument("--speed-only", action="store_true", help="measure images/s only: train no victims")
     parser.add_argument("--tag", default="", help="suffix of the result file")
     args = parser.parse_args()
 
@@ -99,25 +106,25 @@ def main() -> None:
             protected, rate = _protect(train_x, train_y, spec[0], args.eps, spec[1], args.seed)
         stats = [imperceptibility(train_x[i], protected[i]) for i in range(len(train_x))]
         psnr = [x["psnr"] for x in stats if np.isfinite(x["psnr"])]
-        dice = _victim(protected, train_y, test_x, test_y, s["epochs"], args.seed)
-        rows.append({"method": name, "dice": round(dice, 4), "psnr": round(float(np.mean(psnr)), 2) if psnr else None,
+        dice = float("nan") if args.speed_only else _victim(protected, train_y, test_x, test_y, s["epochs"], args.seed)
+        rows.append({"method": name, "dice": None if args.speed_only else round(dice, 4), "psnr": round(float(np.mean(psnr)), 2) if psnr else None,
                      "ssim": round(float(np.mean([x["ssim"] for x in stats])), 4),
                      "images_per_s": None if np.isnan(rate) else round(rate, 1), "wall_s": round(time.perf_counter() - start, 1)})
         print(json.dumps(rows[-1]), flush=True)
     clean = rows[0]["dice"]
     for r in rows:
-        r["dice_ratio"] = round(r["dice"] / clean, 4) if clean else None
+        r["dice_ratio"] = round(r["dice"] / clean, 4) if clean and r["dice"] is not None else None
     rates = {r["method"]: r["images_per_s"] for r in rows}
     speedup = {m: round(rates["unseg"] / rates[m], 1) for m in ("em", "salm") if rates.get(m)}
     result = {"dataset": "hc18", "mode": mode, "size": [64, 64], "eps": args.eps, "eps_bg": args.eps_bg, "prompt": args.prompt,
               "generator": str(Path(args.generator).resolve().relative_to(REPO)) if Path(args.generator).resolve().is_relative_to(REPO) else args.generator,
-              "settings": s, "victim": "unet (small)", "train_images": len(train_x), "test_images": len(test_x), "rows": rows,
+              "settings": s, "victim": None if args.speed_only else "unet (small)", "train_images": len(train_x), "test_images": len(test_x), "rows": rows,
               "unseg_speedup": speedup, "threads": args.threads}
-    suffix = ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "")
+    suffix = ("_quick" if args.quick else "") + ("_speed" if args.speed_only else "") + (f"_{args.tag}" if args.tag else "")
     out = REPO / "benchmarks" / "results" / f"unseg_effect_hc18{suffix}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     for r in rows:
-        print(f"{r['method']:8s} dice {r['dice']:.4f} ratio {r['dice_ratio']}  psnr {r['psnr']}  ssim {r['ssim']}  {r['images_per_s']} img/s")
+        print(f"{r['method']:8s} dice {r['dice']} ratio {r['dice_ratio']}  psnr {r['psnr']}  ssim {r['ssim']}  {r['images_per_s']} img/s")
     if speedup:
         print("unseg images/s over: " + ", ".join(f"{m} {v}x" for m, v in speedup.items()))
     print(f"-> {out}")

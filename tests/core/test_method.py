@@ -84,3 +84,19 @@ def test_optimised_methods_run_pgd_inside_the_l2_ball(hc18_train_records, name, 
         assert 0 < np.linalg.norm(change) <= 0.5 * 255
         if name == "salm":
             assert np.count_nonzero(raw) <= np.ceil(0.1 * 32 * 32)
+
+
+def test_protect_many_defaults_to_protect_on_each_record():
+    records = [_record("a.png"), _record("b.png")]
+    m = RandomNoise("8/255", seed=2)
+    assert m.batch_hint == 1  # the pipeline hands it one record at a time
+    many = m.protect_many(records)
+    assert [r.key for r in many] == ["a.png", "b.png"]
+    for got, rec in zip(many, records):
+        assert np.array_equal(got.image, m.protect(rec).image)
+
+
+def test_apply_refuses_a_perturbation_of_another_shape():
+    rec = _record()
+    with pytest.raises(ConfigError, match="shape"):
+        RandomNoise("8/255").apply(rec, np.zeros((1, 3, 3)), 8 / 255)

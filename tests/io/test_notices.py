@@ -75,3 +75,11 @@ def test_a_pillow_decompression_bomb_warning_goes_to_the_image_entry(real_data, 
     (entry,) = manifest.entries
     assert entry.status == "written" and any("decompression bomb" in w for w in entry.warnings or [])
     assert "decompression bomb" not in capsys.readouterr().err
+
+
+def test_join_messages_keeps_each_message_once_in_order_and_caps_the_count() -> None:
+    from ulmed.io.notices import join_messages
+
+    assert join_messages(["a", "b"], [], ["b", "c"]) == ["a", "b", "c"]
+    many = join_messages([f"m{i}" for i in range(MAX_MESSAGES)], ["one more", "and another"])
+    assert len(many) == MAX_MESSAGES + 1 and many[-1] == "(further messages left out)"

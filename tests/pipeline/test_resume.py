@@ -44,17 +44,17 @@ class Crash(Exception):
 
 
 def crash_after(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
-    """Make the run die after ``n`` units were processed."""
-    real = work.process_unit
+    """Make the run die after ``n`` units were processed (when the next one is about to be written)."""
+    real = work._finish
     seen = {"n": 0}
 
-    def dying(unit, ctx):
+    def dying(unit, clean, protected, ctx):
         if seen["n"] >= n:
             raise Crash(unit.key)
         seen["n"] += 1
-        return real(unit, ctx)
+        return real(unit, clean, protected, ctx)
 
-    monkeypatch.setattr(work, "process_unit", dying)
+    monkeypatch.setattr(work, "_finish", dying)
 
 
 def test_resume_after_failure_is_byte_identical(sample_data, tmp_path, monkeypatch):

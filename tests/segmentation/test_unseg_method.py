@@ -95,3 +95,53 @@ def test_rgb_noise_for_colour_images_grey_noise_for_grey_ones_stored_as_rgb(chec
     d_grey = method.perturbation(grey, grey.unit_image(), 8 / 255)
     assert np.allclose(d_rgb[0], d_rgb[1]) and np.allclose(d_rgb[1], d_rgb[2])  # equal channels: the grey noise ...
     assert np.allclose(d_rgb[0], d_grey[0], atol=1e-6)  # ... the same as for the image stored as grey
+
+
+def _mixed_records(hc18_train_records) -> list[Record]:
+    """Real HC18 images of three sizes (one without its mask), an RGB image and a small volume."""
+    recs = hc18_train_records(24, 3) + hc18_train_records(40, 2)
+    recs[1] = Record("no-mask.png", recs[1].image, recs[1].mapping, 2, "image")
+    for rec in recs[3:]:
+        rec.key = f"40px/{rec.key}"
+    rgb = _record(3, (40, 31), target=True)
+    rgb.key = "rgb.png"
+    vol = _record(1, (5, 25, 33), target=True)
+    vol.key = "vol.nii.gz"
+    return [*recs, rgb, hc18_train_records(32, 1)[0], vol]
+
+
+def _counting(method: UnSeg) -> list[int]:
+    """The batch size of every forward pass of the method's generator, as it runs."""
+    sizes: list[int] = []
+    method.generator.register_forward_hook(lambda module, args, out: sizes.append(args[0].shape[0]))
+    return sizes
+
+
+@pytest.mark.parametrize("prompt", ["mask", "points"])
+def test_protect_many_equals_protect_one_record_at_a_time(checkpoint, hc18_train_records, prompt):
+    records = _mixed_records(hc18_train_records)
+    batched = UnSeg("8/255", generator=checkpoint, eps_bg="2/255", prompt=prompt, batch_size=4)
+    sizes = _counting(batched)
+    many = batched.protect_many(records)
+    single = UnSeg("8/255", generator=checkpoint, eps_bg="2/255", prompt=prompt, batch_size=4)
+    single_sizes = _counting(single)
+    one = [single.protect(r) for r in records]
+    for a, b, rec in zip(many, one, records):
+        assert a.key == rec.key and np.array_equal(a.image, b.image), rec.key  # byte for byte
+        assert np.abs(a.image.astype(float) - rec.image).max() > 0
+    assert batched.fallback_records == single.fallback_records == ["no-mask.png"]
+    assert sum(sizes) == sum(single_sizes) == 7 + 5  # seven 2D images and the volume's five slices
+    assert len(single_sizes) == 7 + 2  # one pass per image, the volume in passes of 4 and 1
+    # Shared passes of at most 4, each record's slices whole and in order: 4 images; 2 images (the
+    # volume's first 4 slices would not fit); those 4; its last slice; the maskless image's box prompt.
+    assert sizes == [4, 2, 4, 1, 1]
+
+
+def test_batch_hint_is_the_batch_size_and_skip_records_cost_no_pass(checkpoint, hc18_train_records):
+    method = UnSeg("8/255", generator=checkpoint, fallback="skip", batch_size=3)
+    assert method.batch_hint == 3
+    sizes = _counting(method)
+    recs = hc18_train_records(24, 2)
+    bare = Record("bare.png", recs[0].image, recs[0].mapping, 2, "image")
+    out = method.protect_many([bare, *recs])
+    assert np.array_equal(out[0].image, bare.image) and sizes == [2]

@@ -59,6 +59,9 @@ class ProtectionMethod(abc.ABC):
     norms: ClassVar[tuple[str, ...]] = ("linf",)
     #: Why the method honours only these norms (ends the refusal message); empty: no reason given.
     norm_reason: ClassVar[str] = ""
+    #: How many records the pipeline hands to :meth:`protect_many` at once (1: one at a time);
+    #: a method that shares work across records (one forward pass for many images) sets more.
+    batch_hint: int = 1
 
     def __init__(self, budget: Budget | str | float = "8/255", seed: int = 0, device: str = "auto") -> None:
         self.budget = budget if isinstance(budget, Budget) else Budget.parse(budget)
@@ -98,9 +101,31 @@ class ProtectionMethod(abc.ABC):
         """
         eps = self.budget.in_unit(record.mapping)
         unit = record.unit_image()
-        delta = np.asarray(self.perturbation(record, unit, eps), dtype=np.float64)
-        if delta.shape != unit.shape:
-            raise ConfigError(f"{self.name} returned a perturbation of shape {delta.shape} for an image of shape {unit.shape}")
+        return self.apply(record, self.perturbation(record, unit, eps), eps)
+
+    def protect_many(self, records: Sequence[Record]) -> list[Record]:
+        """Protect several records; the same result as :meth:`protect` on each, in order.
+
+        The default calls :meth:`protect` record by record. A method that can share work
+        across records overrides it (and sets :attr:`batch_hint`); its results must equal
+        :meth:`protect`'s.
+        """
+        return [self.protect(r) for r in records]
+
+    def apply(self, record: Record, delta: np.ndarray, eps: float) -> Record:
+        """The record with ``delta`` projected onto the budget and added, as stored (the end of :meth:`protect`).
+
+        Args:
+            record: The record the perturbation is for.
+            delta: The method's perturbation in [0, 1] units, shaped like the image.
+            eps: The budget in [0, 1] units for this record.
+
+        Raises:
+            ConfigError: ``delta`` is not shaped like the record's image.
+        """
+        delta = np.asarray(delta, dtype=np.float64)
+        if delta.shape != record.image.shape:
+            raise ConfigError(f"{self.name} returned a perturbation of shape {delta.shape} for an image of shape {record.image.shape}")
         norm = self.budget.norm
         return record.with_perturbation(project(delta, eps, norm), self.budget.in_native(record.mapping), norm)
 

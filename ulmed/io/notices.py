@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["DEBUG_ENV", "clean_message", "debug_enabled", "library_messages", "set_debug"]
+__all__ = ["DEBUG_ENV", "clean_message", "debug_enabled", "join_messages", "library_messages", "set_debug"]
 
 #: Environment variable that turns debugging on (inherited by spawned worker processes).
 DEBUG_ENV = "ULMED_DEBUG"
@@ -58,6 +58,19 @@ def _add(messages: list[str], text: str) -> None:
     text = clean_message(text)
     if text and text not in messages and len(messages) <= MAX_MESSAGES:
         messages.append(text if len(messages) < MAX_MESSAGES else "(further messages left out)")
+
+
+def join_messages(*blocks: list[str]) -> list[str]:
+    """The messages of several :func:`library_messages` blocks as one block would hold them.
+
+    For a file whose reading and writing were collected in separate blocks: each message
+    once, in order, at most :data:`MAX_MESSAGES` and a last line that says more were left out.
+    """
+    messages: list[str] = []
+    for block in blocks:
+        for text in block:
+            _add(messages, text)
+    return messages
 
 
 class _Collector(logging.Handler):

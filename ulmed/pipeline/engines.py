@@ -95,10 +95,15 @@ def _ordered(submit: Any, batches: list[list[Unit]], in_flight: int, result: Any
 
 
 def run_local(units: Sequence[Unit], ctx: WorkContext, config: EngineConfig) -> Iterator[UnitResult]:
-    """Run in this process (one worker) or in spawned worker processes."""
+    """Run in this process (one worker) or in spawned worker processes.
+
+    In this process the units go to :func:`process_batch` ``ctx.method.batch_hint`` at a time
+    (one at a time for most methods), so a method that batches across records gets its batches
+    while memory stays bounded.
+    """
     if config.workers == 1 or len(units) <= 1:
-        for unit in units:
-            yield from process_batch([unit], ctx)
+        for batch in _batches(units, max(1, ctx.method.batch_hint)):
+            yield from process_batch(batch, ctx)
         return
     threads = max(1, (os.cpu_count() or 1) // config.workers)
     batches = _batches(units, config.batch_size)

@@ -1,6 +1,6 @@
 """One unit of work, the same in every engine: read, protect, write, describe.
 
-:func:`process_unit` runs in the driver, in a local worker process or in a Ray task;
+:func:`process_batch` runs in the driver, in a local worker process or in a Ray task;
 everything it needs travels in a picklable :class:`WorkContext`, and what it returns is a
 :class:`UnitResult` of manifest entries. Failures of a bad input become ``failed`` entries
 (with the reason) instead of exceptions, so one bad file never stops the other workers.
@@ -26,7 +26,7 @@ from ulmed.io.dicom import DicomSeries, write_series
 from ulmed.io.discover import Item
 from ulmed.io.images import output_relpath, write_image
 from ulmed.io.nifti import write_nifti
-from ulmed.io.notices import library_messages
+from ulmed.io.notices import join_messages, library_messages
 from ulmed.io.record import Record
 from ulmed.pipeline.manifest import Entry, sha256_of
 from ulmed.pipeline.units import Copy, Unit, input_stamps, output_paths, read_unit, relative
@@ -134,38 +134,26 @@ def _copy(unit: Unit, ctx: WorkContext) -> UnitResult:
     return UnitResult(unit.key, [entry])
 
 
-def _keeping_library_messages(process: Any) -> Any:
-    """Wrap ``process``: what the file libraries warn or log goes into every entry of the unit."""
-
-    @functools.wraps(process)
-    def run(unit: Unit, ctx: WorkContext) -> UnitResult:
-        with library_messages() as messages:
-            result = process(unit, ctx)
-        for entry in result.entries:
-            entry.warnings = list(messages) or None
-        return result
-
-    return run
+def _read(unit: Unit, ctx: WorkContext) -> Record | UnitResult:
+    """The unit's record; or its result already: a copy done, or ``failed`` entries for a bad input."""
+    if unit.kind == "copy":
+        return _copy(unit, ctx)
+    try:
+        return read_record(unit, ctx)
+    except (InputError, MissingDependencyError) as exc:
+        return _failed(unit, ctx, exc)
 
 
-@_keeping_library_messages
-def process_unit(unit: Unit, ctx: WorkContext) -> UnitResult:
-    """Protect (or copy) one unit and write its outputs atomically.
+def _finish(unit: Unit, clean: Record, protected: Record, ctx: WorkContext) -> UnitResult:
+    """Describe one protected record (budget, metrics, notes) and write its outputs atomically.
 
     Returns:
-        The unit's manifest entries; ``failed`` entries and ``error`` for a bad input.
+        The unit's manifest entries; ``failed`` entries and ``error`` when a value cannot be written.
 
     Raises:
         OutputError: An output cannot be written (this stops the run: the next unit would fail too).
     """
-    if unit.kind == "copy":
-        return _copy(unit, ctx)
-    try:
-        clean = read_record(unit, ctx)
-    except (InputError, MissingDependencyError) as exc:
-        return _failed(unit, ctx, exc)
     method = ctx.method
-    protected = method.protect(clean)
     budget = method.budget.describe(clean.mapping)
     # ``protected`` holds the stored values (quantised within the budget): these are the written file's metrics.
     metrics = imperceptibility(clean.image, protected.image, clean.mapping.scale,
@@ -188,17 +176,68 @@ def process_unit(unit: Unit, ctx: WorkContext) -> UnitResult:
     return UnitResult(unit.key, entries)
 
 
-def _stamped(unit: Unit, ctx: WorkContext) -> UnitResult:
-    """:func:`process_unit` with the unit's input stamps taken before it reads them."""
+def _stamps(unit: Unit, ctx: WorkContext) -> dict[str, list[Any]] | None:
+    """The unit's input stamps, taken before it is read (None: unreadable, so it fails and is not journalled)."""
     try:
-        stamps: dict[str, list[Any]] | None = input_stamps(unit, ctx.root)
+        return input_stamps(unit, ctx.root)
     except OSError:
-        stamps = None  # unreadable: the unit fails and is not journalled
-    result = process_unit(unit, ctx)
-    result.stamps = stamps
-    return result
+        return None
+
+
+def _groups(units: list[Unit], size: int) -> list[list[Unit]]:
+    """Consecutive image units in groups of up to ``size``; every other unit alone.
+
+    A series or a volume fills the method's batches with its own slices, and may be large.
+    """
+    groups: list[list[Unit]] = []
+    for unit in units:
+        if unit.kind == "image" and groups and groups[-1][-1].kind == "image" and len(groups[-1]) < size:
+            groups[-1].append(unit)
+        else:
+            groups.append([unit])
+    return groups
+
+
+def _process_group(units: list[Unit], ctx: WorkContext) -> list[UnitResult]:
+    """Read every unit, protect the readable records with one ``protect_many`` call, write each.
+
+    A unit that cannot be read or written fails alone. What the file libraries warn or log
+    while a unit is read or written goes into its entries; what they say while the group is
+    protected goes into the entries of every unit of the group.
+    """
+    stamps, read, said = [], [], []
+    for unit in units:
+        stamps.append(_stamps(unit, ctx))
+        with library_messages() as messages:
+            read.append(_read(unit, ctx))
+        said.append(messages)
+    clean = [r for r in read if isinstance(r, Record)]
+    with library_messages() as shared:
+        protected = iter(ctx.method.protect_many(clean) if clean else [])
+    results = []
+    for unit, got, messages, stamp in zip(units, read, said, stamps):
+        if isinstance(got, Record):
+            with library_messages() as written:
+                got = _finish(unit, got, next(protected), ctx)
+            messages = join_messages(messages, shared, written)
+        for entry in got.entries:
+            entry.warnings = list(messages) or None
+        got.stamps = stamp
+        results.append(got)
+    return results
 
 
 def process_batch(units: list[Unit], ctx: WorkContext) -> list[UnitResult]:
-    """:func:`process_unit` over a batch (the task of a worker process or Ray task)."""
-    return [_stamped(u, ctx) for u in units]
+    """Protect (or copy) a batch of units and write their outputs (the task of a worker process or Ray task).
+
+    Consecutive images go through the method's :meth:`~ulmed.core.method.ProtectionMethod.protect_many`
+    together, up to its ``batch_hint`` at a time (:func:`_groups`); the results are those of
+    one unit at a time, in the order of ``units``.
+
+    Returns:
+        One result per unit: its manifest entries; ``failed`` entries and ``error`` for a bad input.
+
+    Raises:
+        OutputError: An output cannot be written (this stops the run: the next unit would fail too).
+    """
+    return [result for group in _groups(units, ctx.method.batch_hint) for result in _process_group(group, ctx)]

@@ -5,10 +5,13 @@ made 3-channel (grey replicated; RGB kept; other channel counts protected one ch
 time as grey), letterboxed to the generator's input (larger images are scaled down; smaller
 ones are only padded, so the noise keeps their pixel grid), paired with a prompt made from its
 mask (``prompt="mask"``, ``"box"`` or ``"points"``; label maps are binarised as
-foreground > 0), and run through the generator in batches. The tanh map is scaled back to
-the image's own size and multiplied by ``eps`` inside the mask and ``eps_bg`` outside; a
-grey image (also one stored as RGB with equal channels) takes the mean of the noise channels,
-as in training (:func:`ulmed.segmentation.generator.match_channels`).
+foreground > 0), and run through the generator (under ``torch.inference_mode``) in batches of
+``batch_size``, which :meth:`UnSeg.protect_many` fills with the images of several records (the
+pipeline hands it ``batch_size`` images at a time; the result is the same as one record at a
+time). The tanh map is scaled back to the image's own size and multiplied by ``eps`` inside
+the mask and ``eps_bg`` outside; a grey image (also one stored as RGB with equal channels)
+takes the mean of the noise channels, as in training
+(:func:`ulmed.segmentation.generator.match_channels`).
 
 Records without a mask use the ``fallback``: ``box`` (a whole-image box prompt, and the
 whole image counts as inside, so it gets ``eps``) or ``skip`` (left untouched). The
@@ -18,6 +21,8 @@ manifest's params name the fallback and its ``fit`` section lists the records th
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +35,12 @@ from ulmed.core.method import METHODS, ProtectionMethod, record_seed
 from ulmed.errors import ConfigError
 from ulmed.io.record import Record
 from ulmed.segmentation.checkpoint import load_generator
-from ulmed.segmentation.data import letterbox, to_rgb, unletterbox
+from ulmed.segmentation.data import Box, letterbox, to_rgb, unletterbox
 from ulmed.segmentation.generator import match_channels
 from ulmed.segmentation.prompts import (
     PROMPT_KINDS,
+    Prompt,
+    cat_prompts,
     make_prompt,
     whole_image_prompt,
 )
@@ -41,6 +48,25 @@ from ulmed.segmentation.prompts import (
 #: The generator shipped with the repository (see models/README.md).
 SHIPPED_GENERATOR = Path(__file__).resolve().parents[2] / "models" / "unseg_tiny_hc18.pt"
 FALLBACKS = ("box", "skip")
+
+
+@dataclass
+class _Piece:
+    """Up to ``batch_size`` letterboxed slices of one record, with their prompts and placement."""
+
+    x: torch.Tensor
+    prompt: Prompt
+    box: Box
+
+
+@dataclass
+class _Plan:
+    """What the generator must make for one record: a job per channel group, and the budget map."""
+
+    shape: tuple[int, ...]  # (C, D, H, W); D = 1 for a 2D image
+    groups: list[list[int]]
+    jobs: list[tuple[torch.Tensor, torch.Tensor | None, int]]
+    scale: torch.Tensor
 
 
 @METHODS.register("unseg")
@@ -88,6 +114,7 @@ class UnSeg(ProtectionMethod):
         self.generator_sha = hashlib.sha256(self.generator_path.read_bytes()).hexdigest()[:16]
         self.builder = state["builder"]
         self.prompt, self.fallback, self.batch_size, self.num_points = prompt, fallback, batch_size, num_points
+        self.batch_hint = batch_size  # the pipeline hands protect_many this many images at once
         self.fallback_records: list[str] = []
         self._device: torch.device | None = None
 
@@ -99,14 +126,14 @@ class UnSeg(ProtectionMethod):
             raise ConfigError(f"{record.key}: eps_bg {self.eps_bg.spec!r} exceeds the budget here; use eps_bg <= eps")
         return bg
 
-    def _raw(self, images: torch.Tensor, masks: torch.Tensor | None, seed: int) -> torch.Tensor:
-        """Tanh noise ``(N, C, H, W)`` for 3-channel slices of one size (masks None: whole-image box)."""
-        if self._device is None:
-            self._device = resolve_device(self.device)
-            self.generator.to(self._device)
+    def _pieces(self, images: torch.Tensor, masks: torch.Tensor | None, seed: int) -> Iterator[_Piece]:
+        """The generator's input for 3-channel slices of one size, ``batch_size`` slices at a time.
+
+        The prompts are made from the masks (None: a whole-image box) with a random stream
+        seeded per record, so they do not depend on which other records share a forward pass.
+        """
         size = self.generator.spec.img_size
         rng = torch.Generator().manual_seed(seed % (2**63))
-        out = []
         for start in range(0, images.shape[0], self.batch_size):
             x, box = letterbox(images[start : start + self.batch_size], size, upscale=False)
             if masks is None:
@@ -114,10 +141,41 @@ class UnSeg(ProtectionMethod):
             else:
                 m, _ = letterbox(masks[start : start + self.batch_size], size, nearest=True, upscale=False)
                 prompt = make_prompt(m, self.prompt, num_points=self.num_points, generator=rng)
-            with torch.no_grad():
-                raw = self.generator(x.to(self._device), prompt.to(self._device)).cpu()
-            out.append(unletterbox(raw, box).clamp(-1, 1))
-        return torch.cat(out)
+            yield _Piece(x, prompt, box)
+
+    def _raw(self, jobs: list[tuple[torch.Tensor, torch.Tensor | None, int]]) -> list[torch.Tensor]:
+        """Tanh noise ``(D, C, H, W)`` for each job's slices (``(D, 3, H, W)``, masks or None, seed).
+
+        Slices of different jobs share forward passes: the pieces of :meth:`_pieces` with one
+        prompt kind are packed, whole and in order, into batches of at most ``batch_size``.
+        One job alone gives the batches it always had, and no batch mixes prompt kinds.
+        """
+        if self._device is None:
+            self._device = resolve_device(self.device)
+            self.generator.to(self._device)
+        out: list[list[torch.Tensor]] = [[] for _ in jobs]
+        queues: dict[str, list[tuple[int, _Piece]]] = {}
+        with torch.inference_mode():
+            for j, job in enumerate(jobs):
+                for piece in self._pieces(*job):
+                    queue = queues.setdefault(piece.prompt.kind, [])
+                    if queue and sum(len(p.x) for _, p in queue) + len(piece.x) > self.batch_size:
+                        self._forward(queue, out)
+                        queue.clear()
+                    queue.append((j, piece))
+            for queue in queues.values():
+                if queue:
+                    self._forward(queue, out)
+        return [torch.cat(parts) for parts in out]
+
+    def _forward(self, queue: list[tuple[int, _Piece]], out: list[list[torch.Tensor]]) -> None:
+        """One forward pass over the queued pieces; each job's maps, back at its size, go to ``out``."""
+        assert self._device is not None
+        x = torch.cat([p.x for _, p in queue]).to(self._device)
+        prompt = cat_prompts([p.prompt for _, p in queue]).to(self._device)
+        raw = self.generator(x, prompt).float().cpu()  # float32 also under autocast
+        for (j, piece), r in zip(queue, raw.split([len(p.x) for _, p in queue])):
+            out[j].append(unletterbox(r, piece.box).clamp(-1, 1))
 
     def note(self, record: Record) -> str | None:
         """Names the fallback when the record had no mask (the manifest entry's note)."""
@@ -127,25 +185,54 @@ class UnSeg(ProtectionMethod):
 
     def perturbation(self, record: Record, unit_image: np.ndarray, eps: float) -> np.ndarray:
         """``eps`` x the generator's map inside the mask, ``eps_bg`` x outside (see the module docstring)."""
+        return self._perturbations([record], [unit_image], [eps])[0]
+
+    def protect_many(self, records: Sequence[Record]) -> list[Record]:
+        """:meth:`protect` for several records whose images share the generator's forward passes.
+
+        Images of any size go through the generator together (each is letterboxed to its
+        input square), ``batch_size`` at a time; the result equals :meth:`protect` on each.
+        """
+        records = list(records)
+        eps = [self.budget.in_unit(r.mapping) for r in records]
+        deltas = self._perturbations(records, [r.unit_image() for r in records], eps)
+        return [self.apply(r, d, e) for r, d, e in zip(records, deltas, eps)]
+
+    def _perturbations(self, records: Sequence[Record], units: Sequence[np.ndarray], eps: Sequence[float]) -> list[np.ndarray]:
+        """:meth:`perturbation` of each record, with one :meth:`_raw` call for all of them."""
+        plans = [self._plan(r, u, e) for r, u, e in zip(records, units, eps)]
+        jobs = [job for plan in plans if plan is not None for job in plan.jobs]
+        raws = iter(self._raw(jobs))
+        deltas = []
+        for record, unit_image, plan in zip(records, units, plans):
+            if plan is None:  # no mask, fallback skip
+                deltas.append(np.zeros_like(unit_image))
+                continue
+            delta = np.zeros(plan.shape, dtype=np.float32)
+            for chans, (slices, _, _) in zip(plan.groups, plan.jobs):
+                # (D, 3, H, W); grey slices get the channel mean, the same rule as in training
+                noise = match_channels(next(raws), slices) * plan.scale
+                delta[chans] = (noise if len(chans) == 3 else noise[:, :1]).permute(1, 0, 2, 3).numpy()
+            deltas.append(delta if record.spatial_dims == 3 else delta[:, 0])
+        return deltas
+
+    def _plan(self, record: Record, unit_image: np.ndarray, eps: float) -> _Plan | None:
+        """The generator's jobs for one record (one per channel group) and its budget map; None: skip it."""
         bg = self._eps_bg(record, eps)
         target = record.target if isinstance(record.target, np.ndarray) else None
         if target is None:
             self.fallback_records.append(record.key)
             if self.fallback == "skip":
-                return np.zeros_like(unit_image)
+                return None
         unit = unit_image if record.spatial_dims == 3 else unit_image[:, None]  # (C, D, H, W)
         fg = None if target is None else (target if record.spatial_dims == 3 else target[None]) > 0  # (D, H, W)
         groups = [list(range(unit.shape[0]))] if unit.shape[0] == 3 else [[c] for c in range(unit.shape[0])]
-        delta = np.zeros_like(unit, dtype=np.float32)
         region = np.ones(unit.shape[1:], dtype=np.float32) if fg is None else fg.astype(np.float32)
         scale = torch.from_numpy(bg + (eps - bg) * region)[:, None]  # (D, 1, H, W)
-        for g, chans in enumerate(groups):
-            slices = torch.from_numpy(np.stack([to_rgb(unit[chans, d]) for d in range(unit.shape[1])]).astype(np.float32))
-            masks = None if fg is None else torch.from_numpy(fg[:, None].astype(np.float32))
-            # (D, 3, H, W); grey slices get the channel mean, the same rule as in training
-            noise = match_channels(self._raw(slices, masks, record_seed(self.seed, f"{record.key}:{g}")), slices) * scale
-            delta[chans] = (noise if len(chans) == 3 else noise[:, :1]).permute(1, 0, 2, 3).numpy()
-        return delta if record.spatial_dims == 3 else delta[:, 0]
+        masks = None if fg is None else torch.from_numpy(fg[:, None].astype(np.float32))
+        jobs = [(torch.from_numpy(np.stack([to_rgb(unit[chans, d]) for d in range(unit.shape[1])]).astype(np.float32)),
+                 masks, record_seed(self.seed, f"{record.key}:{g}")) for g, chans in enumerate(groups)]
+        return _Plan(unit.shape, groups, jobs, scale)
 
     def params(self) -> dict[str, Any]:
         """Parameters that define the output (the generator by path and content hash)."""

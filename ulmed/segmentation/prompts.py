@@ -69,6 +69,24 @@ class Prompt:
         move = lambda t: None if t is None else t.to(device)
         return Prompt(self.kind, move(self.boxes), move(self.points), move(self.labels), move(self.masks), self.count)
 
+    def rows(self, start: int, stop: int) -> Prompt:
+        """The prompts of images ``start:stop`` of the batch (a box, point or mask prompt)."""
+        cut = lambda t: None if t is None else t[start:stop]
+        return Prompt(self.kind, cut(self.boxes), cut(self.points), cut(self.labels), cut(self.masks))
+
+
+def cat_prompts(prompts: list[Prompt]) -> Prompt:
+    """One prompt for the concatenated batches of ``prompts`` (box, point or mask prompts of one kind).
+
+    Raises:
+        ConfigError: The prompts are of different kinds, ``none`` prompts, or there are none.
+    """
+    kinds = {p.kind for p in prompts}
+    if len(kinds) != 1 or NO_PROMPT in kinds:
+        raise ConfigError(f"can only join box, point or mask prompts of one kind, got {sorted(kinds) or 'none'}")
+    join = lambda name: None if getattr(prompts[0], name) is None else torch.cat([getattr(p, name) for p in prompts])
+    return Prompt(prompts[0].kind, join("boxes"), join("points"), join("labels"), join("masks"))
+
 
 def _boxes(masks: torch.Tensor) -> torch.Tensor:
     """Normalised bounding boxes of ``(B, 1, H, W)`` masks; the whole image for empty ones."""

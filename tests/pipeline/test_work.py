@@ -1,0 +1,85 @@
+"""The unit of work: records of a batch share one protect_many call, and still fail and warn alone."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import tree_hashes
+from ulmed.pipeline import work
+from ulmed.pipeline.protect import protect_path
+from ulmed.pipeline.units import Unit
+from ulmed.segmentation.generator import UnsegGenerator
+
+IMAGES = 7
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, real_data) -> Path:
+    """Seven real HC18 images with their masks (reduced to 80 x 54) and one truncated PNG among them."""
+    root = tmp_path_factory.mktemp("batch") / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for path in sorted((real_data / "hc18/images").glob("*.png"))[:IMAGES]:
+        Image.open(path).resize((80, 54), Image.BILINEAR).save(root / "images" / path.name)
+        Image.open(real_data / "hc18/masks" / path.name).resize((80, 54), Image.NEAREST).save(root / "masks" / path.name)
+    good = (root / "images" / path.name).read_bytes()
+    (root / "images/010_bad.png").write_bytes(good[: len(good) // 3])
+    return root
+
+
+def _passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the UnSeg generator's forward passes (their batch sizes) in the runs that follow."""
+    sizes: list[int] = []
+    real = UnsegGenerator.forward
+
+    def counted(self, images, prompt):
+        sizes.append(images.shape[0])
+        return real(self, images, prompt)
+
+    monkeypatch.setattr(UnsegGenerator, "forward", counted)
+    return sizes
+
+
+def _images(out: Path) -> dict[str, str]:
+    return {k: v for k, v in tree_hashes(out).items() if k.startswith("images/")}
+
+
+def test_a_run_batches_images_through_the_generator_and_a_bad_file_fails_alone(dataset, tmp_path, monkeypatch):
+    said = "a library warning about 006_HC.png"
+    real_read = work.read_record
+
+    def warning_read(unit, ctx):
+        if unit.key.endswith("006_HC.png"):
+            warnings.warn(said, UserWarning)
+        return real_read(unit, ctx)
+
+    monkeypatch.setattr(work, "read_record", warning_read)
+    sizes = _passes(monkeypatch)
+    batched = protect_path(dataset, tmp_path / "batched", method="unseg")
+    assert sizes == [IMAGES]  # one forward pass for the whole run (batch_size 16)
+    failed = [e for e in batched.entries if e.status == "failed"]
+    assert [e.input for e in failed] == ["images/010_bad.png"]
+    written = [e for e in batched.entries if e.status == "written" and e.kind == "image"]
+    assert len(written) == IMAGES and all(e.metrics and e.budget for e in written)
+    assert {e.input for e in written if e.warnings} == {"images/006_HC.png"}  # its warning stays with it
+    assert [e.warnings for e in written if e.warnings] == [[said]]
+
+    sizes.clear()
+    alone = protect_path(dataset, tmp_path / "alone", method="unseg", method_options={"batch_size": 1})
+    assert sizes == [1] * IMAGES
+    assert _images(tmp_path / "batched") == _images(tmp_path / "alone")  # byte for byte
+    assert [(e.input, e.status, e.sha256) for e in alone.entries] == [(e.input, e.status, e.sha256) for e in batched.entries]
+
+
+def test_groups_join_consecutive_images_only():
+    def unit(kind: str, key: str) -> Unit:
+        return Unit(kind, key, None)  # type: ignore[arg-type]
+
+    units = [unit("image", "a"), unit("image", "b"), unit("image", "c"), unit("nifti", "v"), unit("image", "d"),
+             unit("copy", "m"), unit("image", "e")]
+    assert [[u.key for u in g] for g in work._groups(units, 2)] == [["a", "b"], ["c"], ["v"], ["d"], ["m"], ["e"]]
+    assert [len(g) for g in work._groups(units, 1)] == [1] * len(units)
