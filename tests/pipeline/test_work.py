@@ -60,7 +60,7 @@ def test_a_run_batches_images_through_the_generator_and_a_bad_file_fails_alone(d
     monkeypatch.setattr(work, "read_record", warning_read)
     sizes = _passes(monkeypatch)
     batched = protect_path(dataset, tmp_path / "batched", method="unseg")
-    assert sizes == [IMAGES]  # one forward pass for the whole run (batch_size 16)
+    assert sizes == [16]  # one forward pass for the whole run (batch_size 16, padded)
     failed = [e for e in batched.entries if e.status == "failed"]
     assert [e.input for e in failed] == ["images/010_bad.png"]
     written = [e for e in batched.entries if e.status == "written" and e.kind == "image"]
@@ -69,8 +69,9 @@ def test_a_run_batches_images_through_the_generator_and_a_bad_file_fails_alone(d
     assert [e.warnings for e in written if e.warnings] == [[said]]
 
     sizes.clear()
-    alone = protect_path(dataset, tmp_path / "alone", method="unseg", method_options={"batch_size": 1})
-    assert sizes == [1] * IMAGES
+    monkeypatch.setattr(work, "_groups", lambda units, size: [[u] for u in units])  # one record at a time
+    alone = protect_path(dataset, tmp_path / "alone", method="unseg")
+    assert sizes == [16] * IMAGES
     assert _images(tmp_path / "batched") == _images(tmp_path / "alone")  # byte for byte
     assert [(e.input, e.status, e.sha256) for e in alone.entries] == [(e.input, e.status, e.sha256) for e in batched.entries]
 

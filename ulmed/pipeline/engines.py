@@ -62,6 +62,11 @@ def _batches(units: Sequence[Unit], size: int) -> list[list[Unit]]:
     return [list(units[i : i + size]) for i in range(0, len(units), size)]
 
 
+def _task_size(config: EngineConfig, ctx: WorkContext) -> int:
+    """Units per worker or Ray task: the engine's batch size, or the method's ``batch_hint`` if larger."""
+    return max(config.batch_size, ctx.method.batch_hint)
+
+
 _WORKER_CONTEXT: WorkContext | None = None
 
 
@@ -99,14 +104,14 @@ def run_local(units: Sequence[Unit], ctx: WorkContext, config: EngineConfig) -> 
 
     In this process the units go to :func:`process_batch` ``ctx.method.batch_hint`` at a time
     (one at a time for most methods), so a method that batches across records gets its batches
-    while memory stays bounded.
+    while memory stays bounded; a worker's task holds at least that many units too.
     """
     if config.workers == 1 or len(units) <= 1:
         for batch in _batches(units, max(1, ctx.method.batch_hint)):
             yield from process_batch(batch, ctx)
         return
     threads = max(1, (os.cpu_count() or 1) // config.workers)
-    batches = _batches(units, config.batch_size)
+    batches = _batches(units, _task_size(config, ctx))
     with ProcessPoolExecutor(config.workers, mp_context=get_context("spawn"), initializer=_init_worker,
                              initargs=(ctx, threads)) as pool:
         yield from _ordered(lambda b: pool.submit(_worker_batch, b), batches, 2 * config.workers,
@@ -143,7 +148,7 @@ def run_ray(units: Sequence[Unit], ctx: WorkContext, config: EngineConfig) -> It
         gpus = 1 if str(ctx.method.device).startswith("cuda") else 0
         task = ray.remote(num_cpus=1, num_gpus=gpus)(process_batch)
         ctx_ref = ray.put(ctx)
-        batches = _batches(units, config.batch_size)
+        batches = _batches(units, _task_size(config, ctx))
         yield from _ordered(lambda b: task.remote(b, ctx_ref), batches, 2 * config.workers, ray.get)
     finally:
         if started:

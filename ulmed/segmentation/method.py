@@ -7,8 +7,9 @@ ones are only padded, so the noise keeps their pixel grid), paired with a prompt
 mask (``prompt="mask"``, ``"box"`` or ``"points"``; label maps are binarised as
 foreground > 0), and run through the generator (under ``torch.inference_mode``) in batches of
 ``batch_size``, which :meth:`UnSeg.protect_many` fills with the images of several records (the
-pipeline hands it ``batch_size`` images at a time; the result is the same as one record at a
-time). The tanh map is scaled back to the image's own size and multiplied by ``eps`` inside
+pipeline hands it ``batch_size`` images at a time). Every pass holds ``batch_size`` images (a
+short one is padded), so the result does not depend on how records are grouped: it is the same
+byte for byte as one record at a time, in a resumed or sharded run as in a whole one. The tanh map is scaled back to the image's own size and multiplied by ``eps`` inside
 the mask and ``eps_bg`` outside; a grey image (also one stored as RGB with equal channels)
 takes the mean of the noise channels, as in training
 (:func:`ulmed.segmentation.generator.match_channels`).
@@ -80,7 +81,9 @@ class UnSeg(ProtectionMethod):
         prompt: Prompt made from each mask: ``mask``, ``box`` or ``points``.
         fallback: For records without a mask: ``box`` (whole-image box prompt, full budget)
             or ``skip`` (untouched).
-        batch_size: Images (or slices) per forward pass.
+        batch_size: Images (or slices) per forward pass; a short pass is padded to it, so a
+            lone image costs ``batch_size`` (use 1 to protect single images on a slow device).
+            Recorded in the params: it sets the generator's float rounding.
         num_points: Points per point prompt.
         sam_checkpoint: Official SAM checkpoint, for generators built on ``vit_*`` that do
             not store SAM's weights.
@@ -169,11 +172,20 @@ class UnSeg(ProtectionMethod):
         return [torch.cat(parts) for parts in out]
 
     def _forward(self, queue: list[tuple[int, _Piece]], out: list[list[torch.Tensor]]) -> None:
-        """One forward pass over the queued pieces; each job's maps, back at its size, go to ``out``."""
+        """One forward pass over the queued pieces; each job's maps, back at its size, go to ``out``.
+
+        The pass always holds ``batch_size`` images (a short batch repeats its last image):
+        the generator's float rounding depends on the batch size, not on the other images in
+        the batch, so every image gets the same noise however the records were grouped.
+        """
         assert self._device is not None
-        x = torch.cat([p.x for _, p in queue]).to(self._device)
-        prompt = cat_prompts([p.prompt for _, p in queue]).to(self._device)
-        raw = self.generator(x, prompt).float().cpu()  # float32 also under autocast
+        x = torch.cat([p.x for _, p in queue])
+        prompt = cat_prompts([p.prompt for _, p in queue])
+        n = len(x)
+        if n < self.batch_size:
+            index = torch.arange(self.batch_size).clamp(max=n - 1)
+            x, prompt = x[index], prompt.select(index)
+        raw = self.generator(x.to(self._device), prompt.to(self._device))[:n].float().cpu()  # float32 also under autocast
         for (j, piece), r in zip(queue, raw.split([len(p.x) for _, p in queue])):
             out[j].append(unletterbox(r, piece.box).clamp(-1, 1))
 
@@ -238,7 +250,8 @@ class UnSeg(ProtectionMethod):
         """Parameters that define the output (the generator by path and content hash)."""
         return {**super().params(), "generator": str(self.generator_path), "generator_sha256": self.generator_sha,
                 "builder": self.builder, "eps_bg": self.eps_bg.spec if self.eps_bg is not None else "0",
-                "prompt": self.prompt, "fallback": self.fallback, "num_points": self.num_points}
+                "prompt": self.prompt, "fallback": self.fallback, "num_points": self.num_points,
+                "batch_size": self.batch_size}  # it sets the generator's float rounding (see _forward)
 
     def fit_report(self) -> dict[str, Any]:
         """Which records had no mask and got the fallback."""

@@ -69,10 +69,10 @@ class Prompt:
         move = lambda t: None if t is None else t.to(device)
         return Prompt(self.kind, move(self.boxes), move(self.points), move(self.labels), move(self.masks), self.count)
 
-    def rows(self, start: int, stop: int) -> Prompt:
-        """The prompts of images ``start:stop`` of the batch (a box, point or mask prompt)."""
-        cut = lambda t: None if t is None else t[start:stop]
-        return Prompt(self.kind, cut(self.boxes), cut(self.points), cut(self.labels), cut(self.masks))
+    def select(self, index: torch.Tensor) -> Prompt:
+        """The prompts of the images ``index`` of the batch, in that order (a box, point or mask prompt)."""
+        pick = lambda t: None if t is None else t[index.to(t.device)]
+        return Prompt(self.kind, pick(self.boxes), pick(self.points), pick(self.labels), pick(self.masks))
 
 
 def cat_prompts(prompts: list[Prompt]) -> Prompt:
