@@ -23,7 +23,7 @@ Usage:
     python benchmarks/archive_speed.py --full
     python benchmarks/archive_speed.py --kinds dicom --workers 2   # adds an ulmed run with 2 workers
 
-Writes benchmarks/results/archive_speed[_full].json and prints a table.
+Writes benchmarks/results/archive_speed[_full][_KINDS].json (KINDS when --kinds is given) and prints a table.
 """
 
 from __future__ import annotations
@@ -203,7 +203,8 @@ def main() -> None:
     result = {"benchmark": "archive_speed", "mode": "full" if args.full else "quick", "rounds": args.rounds,
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
               "kinds": results, "one_file_run_s": one_file}
-    out = REPO / "benchmarks/results" / f"archive_speed{'_full' if args.full else ''}.json"
+    kinds = "" if args.kinds == parser.get_default("kinds") else "_" + args.kinds.replace(",", "-")
+    out = REPO / "benchmarks/results" / f"archive_speed{'_full' if args.full else ''}{kinds}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'kind':6s} {'files':>5s} {'command':>12s} {'wall s':>8s} {'x floor':>8s} {'peak MB':>8s}")

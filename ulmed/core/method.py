@@ -123,11 +123,15 @@ class ProtectionMethod(abc.ABC):
         Raises:
             ConfigError: ``delta`` is not shaped like the record's image.
         """
-        delta = np.asarray(delta, dtype=np.float64)
+        delta = np.array(delta, dtype=np.float64)  # our own copy: projected in place, the method's array untouched
         if delta.shape != record.image.shape:
             raise ConfigError(f"{self.name} returned a perturbation of shape {delta.shape} for an image of shape {record.image.shape}")
         norm = self.budget.norm
-        return record.with_perturbation(project(delta, eps, norm), self.budget.in_native(record.mapping), norm)
+        if norm == "linf":
+            np.clip(delta, -eps, eps, out=delta)
+        else:
+            delta = project(delta, eps, norm)
+        return record.with_perturbation(delta, self.budget.in_native(record.mapping), norm)
 
     def params(self) -> dict[str, Any]:
         """Parameters that define the output, recorded in the manifest."""

@@ -212,8 +212,7 @@ def quantise_perturbation(
         elif eps is not None and (size := float(np.sqrt(np.sum(d**2)))) > eps:
             d = d * (eps / size * (1 - 1e-9))
         return _float_stored(clean, d)
-    q = d / steps  # the change in stored steps
-    k = np.rint(q)
+    k = np.rint(d / steps)  # the change in whole stored steps
     levels = whole_steps(eps, steps) if eps is not None and norm == "linf" else None
     if levels is not None:
         np.clip(k, -levels, levels, out=k)
@@ -222,7 +221,7 @@ def quantise_perturbation(
     outside = (stored < bounds[0]) | (stored > bounds[1])
     del stored
     if norm == "l2" or outside.any():  # rounding toward zero is needed somewhere: compute it
-        toward_zero = np.trunc(q)
+        toward_zero = np.trunc(d / steps)
         if levels is not None:
             np.clip(toward_zero, -levels, levels, out=toward_zero)
         k = np.where(outside, toward_zero, k)
@@ -337,14 +336,18 @@ class Record:
         """
         if delta.shape != self.image.shape:
             raise ConfigError(f"{self.key}: perturbation shape {delta.shape} != image shape {self.image.shape}")
-        base = self.image.astype(np.float64)
-        unit = (base - self.mapping.low) / self.mapping.scale  # float64: no rounding slack
-        effective = np.clip(unit + np.asarray(delta, dtype=np.float64), 0.0, 1.0) - unit
+        base = np.asarray(self.image, dtype=np.float64)  # read only: no copy when the image is float64
+        unit = base - self.mapping.low  # float64: no rounding slack; temporaries updated in place
+        unit /= self.mapping.scale
+        effective = unit + np.asarray(delta, dtype=np.float64)
+        np.clip(effective, 0.0, 1.0, out=effective)
+        effective -= unit
         del unit
+        effective *= self.mapping.scale
         bounds = (max(self.mapping.low, self.mapping.valid_min), min(self.mapping.high, self.mapping.valid_max))
-        change = quantise_perturbation(self.image, effective * self.mapping.scale, self.steps, eps=eps_native,
-                                       norm=norm, bounds=bounds)
-        native = base + change
+        native = quantise_perturbation(self.image, effective, self.steps, eps=eps_native, norm=norm, bounds=bounds)
+        del effective
+        native += base
         return Record(
             key=self.key,
             image=native,
