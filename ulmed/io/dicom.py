@@ -613,38 +613,50 @@ def write_series(record: Record, root: Path, out_root: Path, options: WriteOptio
     new_series = None if options.deidentify is not None else new_uid(handle.series_uid, options.uid_salt)
     pairs: list[tuple[Path, Path]] = []
     start = 0
-    for path, n in zip(handle.files, handle.frames):
-        target = Path(out_root) / _rel(path, root)
-        if target.resolve() == Path(path).resolve():
-            raise OutputError("the output would overwrite this input; choose an output folder outside the input", path)
-        s = handle.slopes[start : start + n][None, :, None, None]
-        b = handle.intercepts[start : start + n][None, :, None, None]
-        native = np.asarray(image[:, start : start + n], dtype=np.float64)
-        start += n
-        block = np.clip(np.rint((native - b) / s), *handle.stored_range).astype(handle.stored_dtype)
-        ds = _read(path, defer=True)
-        if options.deidentify is not None:
-            ds.pop(_PIXEL_DATA, None)  # ours is set below; the original is neither loaded nor de-identified
-            deidentify_dataset(ds, options.deidentify, path)
-        _set_pixels(ds, block, handle, options, path)
-        ds.SOPInstanceUID = new_uid(str(ds.SOPInstanceUID), options.uid_salt)
-        if new_series is None:
-            new_series = new_uid(str(ds.SeriesInstanceUID), options.uid_salt)
-        ds.SeriesInstanceUID = new_series
-        _mark_derived(ds)
-        ds.DerivationDescription = f"ulmed {options.method} {options.budget}"[:1024]
-        meta = ds.file_meta
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID  # this file is written by pydicom
-        if "ImplementationVersionName" in meta:
-            del meta.ImplementationVersionName  # pydicom fills in its own
-        try:
-            with atomic_path(target) as tmp:
-                pydicom.dcmwrite(tmp, ds, enforce_file_format=True)  # save_as refuses big->little endian
-        except (ValueError, AttributeError, TypeError) as exc:
-            reason = f"cannot write the protected copy ({_short(exc)}); rerun with --debug and report the file"
-            raise OutputError(reason, target) from exc
-        except OSError as exc:
-            raise OutputError(f"cannot write the protected copy ({os_reason(exc)}); check the output folder", target) from exc
-        pairs.append((Path(path), target))
+    try:
+        for path, n in zip(handle.files, handle.frames):
+            target = Path(out_root) / _rel(path, root)
+            if target.resolve() == Path(path).resolve():
+                raise OutputError("the output would overwrite this input; choose an output folder outside the input", path)
+            s = handle.slopes[start : start + n][None, :, None, None]
+            b = handle.intercepts[start : start + n][None, :, None, None]
+            native = np.asarray(image[:, start : start + n], dtype=np.float64)
+            start += n
+            block = np.clip(np.rint((native - b) / s), *handle.stored_range).astype(handle.stored_dtype)
+            new_series = _write_instance(Path(path), target, block, handle, options, new_series)
+            pairs.append((Path(path), target))
+    except InputError:  # a value that cannot be de-identified: leave no part of the series behind
+        for _, written in pairs:
+            written.unlink(missing_ok=True)
+        raise
     return pairs
+
+
+def _write_instance(path: Path, target: Path, block: np.ndarray, handle: DicomHandle, options: WriteOptions,
+                    new_series: str | None) -> str:
+    """Write one instance of a series with its stored values ``block``; return the series' new UID."""
+    ds = _read(path, defer=True)
+    if options.deidentify is not None:
+        ds.pop(_PIXEL_DATA, None)  # ours is set below; the original is neither loaded nor de-identified
+        deidentify_dataset(ds, options.deidentify, path)
+    _set_pixels(ds, block, handle, options, path)
+    ds.SOPInstanceUID = new_uid(str(ds.SOPInstanceUID), options.uid_salt)
+    if new_series is None:
+        new_series = new_uid(str(ds.SeriesInstanceUID), options.uid_salt)
+    ds.SeriesInstanceUID = new_series
+    _mark_derived(ds)
+    ds.DerivationDescription = f"ulmed {options.method} {options.budget}"[:1024]
+    meta = ds.file_meta
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID  # this file is written by pydicom
+    if "ImplementationVersionName" in meta:
+        del meta.ImplementationVersionName  # pydicom fills in its own
+    try:
+        with atomic_path(target) as tmp:
+            pydicom.dcmwrite(tmp, ds, enforce_file_format=True)  # save_as refuses big->little endian
+    except (ValueError, AttributeError, TypeError) as exc:
+        reason = f"cannot write the protected copy ({_short(exc)}); rerun with --debug and report the file"
+        raise OutputError(reason, target) from exc
+    except OSError as exc:
+        raise OutputError(f"cannot write the protected copy ({os_reason(exc)}); check the output folder", target) from exc
+    return new_series

@@ -8,7 +8,6 @@ everything it needs travels in a picklable :class:`WorkContext`, and what it ret
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from ulmed.io.nifti import write_nifti
 from ulmed.io.notices import join_messages, library_messages
 from ulmed.io.record import Record
 from ulmed.pipeline.manifest import Entry, sha256_of
-from ulmed.pipeline.units import Copy, Unit, input_stamps, output_paths, read_unit, relative
+from ulmed.pipeline.units import Copy, Unit, input_stamps, read_unit, relative
 
 log = logging.getLogger("ulmed")
 
@@ -111,13 +110,6 @@ def _failed(unit: Unit, ctx: WorkContext, exc: InputError | MissingDependencyErr
     return UnitResult(unit.key, entries, (exc.reason, str(exc.path or unit.key)))
 
 
-def _remove_outputs(unit: Unit, ctx: WorkContext) -> None:
-    """Delete what a unit that failed while writing had written, so no partial series is left."""
-    for rel in output_paths(unit, ctx.root):
-        with contextlib.suppress(FileNotFoundError):
-            (ctx.out / rel).unlink()
-
-
 def _copy(unit: Unit, ctx: WorkContext) -> UnitResult:
     assert isinstance(unit.source, Copy)
     src, dst = unit.source.path, ctx.out / unit.source.dst
@@ -166,8 +158,7 @@ def _finish(unit: Unit, clean: Record, protected: Record, ctx: WorkContext) -> U
     try:
         written = _write(unit, protected, ctx)
     except InputError as exc:  # a value the de-identifier cannot handle: the unit fails, not the run
-        _remove_outputs(unit, ctx)
-        return _failed(unit, ctx, exc)
+        return _failed(unit, ctx, exc)  # the writer removed what it had written of the series
     entries = [
         Entry(relative(src, ctx.root), "written", relative(dst, ctx.out), unit.kind, unit.key, sha256_of(dst),
               "; ".join(n for n in (note, remark) if n) or None, budget, metrics)
