@@ -137,6 +137,8 @@ def protect(
     rho: Annotated[Optional[float], typer.Option(help="SALM: fraction of positions that may change (L0 budget).")] = None,
     augment: Annotated[Optional[str], typer.Option(help="em/salm: trainer augmentation to optimise against: none, flip_jitter, standard, robust or armor.")] = None,
     objective: Annotated[Optional[str], typer.Option(help="em/salm: PGD objective, loss (error-minimising) or bayes (Bayes-error ascent).")] = None,
+    grid: Annotated[Optional[str], typer.Option(help="lsp: the trainer's working grid, native or size:N[,M...] (a 2D trainer that resizes to N x N).")] = None,
+    fit: Annotated[Optional[str], typer.Option(help="lsp with --grid size:N: how the trainer fits an image into N x N, letterbox or stretch.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method option KEY=VALUE (repeatable), e.g. --set rounds=5.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file with option values (e.g. configs/protect/salm.yaml); flags win.")] = None,
     deidentify: Annotated[bool, typer.Option("--deidentify", help="De-identify DICOM with dicognito first, keyed by the secret in $ULMED_DEID_KEY (pip install \"ulmed[deid]\").")] = False,
@@ -160,7 +162,7 @@ def protect(
                                        "skip_non_image": skip_non_image, "masks": masks, "labels": labels,
                                        "chunk_size": chunk_size, "options": {}})
     method_options = {**opts.pop("options"), **_parse_sets(set_ or [])}  # type: ignore[dict-item]
-    for key, value in (("rho", rho), ("augment", augment), ("objective", objective)):
+    for key, value in (("rho", rho), ("augment", augment), ("objective", objective), ("grid", grid), ("fit", fit)):
         if value is not None:
             method_options[key] = value
     method_options = check_method_options(str(opts["method"]), method_options)
@@ -357,6 +359,8 @@ def release(
     workers: Annotated[int, typer.Option(help="Worker processes (local) or concurrent Ray tasks.")] = 1,
     engine: Annotated[str, typer.Option(help="local or ray (pip install \"ulmed[ray]\").")] = "local",
     deidentify: Annotated[bool, typer.Option("--deidentify", help="De-identify DICOM with dicognito first, keyed by the secret in $ULMED_DEID_KEY (pip install \"ulmed[deid]\").")] = False,
+    size: Annotated[Optional[int], typer.Option(help="ML-ready release: resample images (antialiased) and masks (nearest) to N x N and protect on that grid (2D data sets).")] = None,
+    fit: Annotated[str, typer.Option(help="With --size: letterbox (aspect kept, padded) or stretch.")] = "letterbox",
 ) -> None:
     """Protect a segmentation data set into a release folder with DATACARD.md and SHA256SUMS (rerun to resume)."""
     from ulmed.pipeline.method_options import check_method_options
@@ -365,7 +369,7 @@ def release(
     report = release_dataset(
         input, output, method=method, eps=eps, seed=state.seed, device=state.device, masks=masks,
         overwrite=overwrite, method_options=check_method_options(method, _parse_sets(set_ or [])), progress=_progress, workers=workers, engine=engine,
-        deidentify=deidentify,
+        deidentify=deidentify, size=size, fit=fit,
     )
     psnr = report.spread("psnr")
     psnr_text = f", PSNR {psnr[0]:.2f}-{psnr[2]:.2f} dB" if psnr is not None else ""

@@ -146,3 +146,24 @@ def test_auto_style_codes_images_with_nyquist_and_volumes_with_blocks(real_data)
     assert np.array_equal(m.perturbation(volume, None, 1.0), mask_coded(labels, 1, (6, 8, 8), 8, 1, 2))
     with pytest.raises(ConfigError):
         MaskCodedPatterns("4/255", style="checker")
+
+
+def test_a_working_grid_code_survives_the_trainers_resize_where_the_native_code_does_not(real_data):
+    rec = _record(real_data)
+    native, gridded = MaskCodedPatterns("8/255"), MaskCodedPatterns("8/255", grid="size:128", cell=2)
+    assert gridded.params()["grid"] == "size:128" and gridded.params()["cell"] == 2 and "grid" not in native.params()
+
+    def after_resize(method: MaskCodedPatterns) -> float:  # RMS of the perturbation after Pillow's resize to 128
+        out = method.protect(rec).image[0].astype(np.float32)
+        small = [np.asarray(Image.fromarray(a).resize((128, 86), Image.Resampling.BILINEAR))
+                 for a in (out, rec.image[0].astype(np.float32))]
+        return float(np.sqrt(np.mean((small[0] - small[1]) ** 2)))
+
+    assert after_resize(gridded) > 5 * after_resize(native)
+    delta = gridded.protect(rec).image[0] - rec.image[0].astype(np.float64)
+    assert np.abs(delta).max() <= 8 + 1e-6
+    with pytest.raises(ConfigError, match="native"):
+        MaskCodedPatterns("8/255", grid="size:128", style="blocks")
+    volume = Record("v", np.zeros((1, 6, 8, 8)), IntensityMapping(0, 1, 0, 1, 0), 3, "nifti", target=np.zeros((6, 8, 8), np.int64))
+    with pytest.raises(ConfigError, match="2D"):
+        MaskCodedPatterns("8/255", grid="size:4").perturbation(volume, volume.image, 0.1)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ulmed.core.method import METHODS, ProtectionMethod, record_seed
+from ulmed.core.grid import WorkingGrid, preimage
 from ulmed.core.patterns import mask_coded, mask_textured, nyquist_coded
 from ulmed.errors import ConfigError
 from ulmed.io.record import Record
@@ -52,6 +53,14 @@ class MaskCodedPatterns(ProtectionMethod):
             ``nyquist``: each foreground class its Nyquist pattern (the checkerboard for the
             first), the background untouched; ``tile``, ``block`` and ``periods`` unused.
         periods: ``band``: (background, foreground) periods in positions, 0 for none.
+        grid: The trainer's working grid (:class:`ulmed.core.grid.WorkingGrid`): ``native``
+            (the code on the file's own pixels) or ``size:N[,M...]`` for a 2D trainer that
+            resizes to ``N x N``: the Nyquist code is drawn on each working grid that
+            shrinks the image and mapped back to native pixels by :func:`ulmed.core.grid.preimage`.
+            Volumes and the ``blocks``/``band`` styles need ``native``.
+        fit: How that trainer fits an image into ``N x N``: ``letterbox`` or ``stretch``.
+        cell: Working-grid positions per step of the Nyquist code (1: the working grid's
+            own checkerboard; 2: a pattern of period 4, which also survives a trainer at ``N/2``).
     """
 
     name = "lsp"
@@ -59,7 +68,8 @@ class MaskCodedPatterns(ProtectionMethod):
     norm_reason = "its patterns are sign codes at the full per-position budget, an L-inf construction"
 
     def __init__(self, *args: Any, tile: int = 8, block: int = 1, style: str = "auto",
-                 periods: Sequence[float] = (0, 4), **kwargs: Any) -> None:
+                 periods: Sequence[float] = (0, 4), grid: str = "native", fit: str = "letterbox", cell: int = 1,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if tile < 1 or block < 1 or block > tile:
             raise ConfigError(f"need 1 <= block <= tile, got block={block}, tile={tile}")
@@ -68,21 +78,45 @@ class MaskCodedPatterns(ProtectionMethod):
         if len(periods) != 2 or any(p != 0 and p < 2 for p in periods):
             raise ConfigError(f"band periods (background, foreground) must each be 0 (no texture) or >= 2 positions, got {list(periods)}")
         self.tile, self.block, self.style, self.periods = tile, block, style, (float(periods[0]), float(periods[1]))
+        self.grid = WorkingGrid.parse(grid, fit)
+        if not isinstance(cell, int) or cell < 1:
+            raise ConfigError(f"cell must be an integer >= 1, got {cell!r}")
+        if not self.grid.is_native and style in ("blocks", "band"):
+            raise ConfigError(f"--grid {self.grid.spec} draws the Nyquist code on the trainer's grid; "
+                              f"style {style!r} needs --grid native")
+        self.cell = cell
 
     def perturbation(self, record: Record, unit_image: np.ndarray, eps: float) -> np.ndarray:
         """``eps`` times the code of each position's class."""
         if self.style == "nyquist" or (self.style == "auto" and record.spatial_dims == 2):
-            return eps * nyquist_coded(record.target, record.channels, record.spatial_shape)
+            shapes = self.grid.shapes_for(record.spatial_shape) if record.spatial_dims == 2 else []
+            if not shapes:
+                return eps * nyquist_coded(record.target, record.channels, record.spatial_shape, self.cell)
+            codes = [eps * nyquist_coded(_nearest(record.target, shape), record.channels, shape, self.cell) for shape in shapes]
+            return preimage(unit_image, codes, eps)
+        if not self.grid.is_native:
+            raise ConfigError(f"--grid {self.grid.spec} is for 2D images; volumes take --grid native for now")
         if self.style == "band":
             return eps * mask_textured(record.target, record.channels, record.spatial_shape, self.periods,
                                        record_seed(self.seed, record.key) % (2**32))
         return eps * mask_coded(record.target, record.channels, record.spatial_shape, self.tile, self.block, self.seed)
 
     def params(self) -> dict[str, Any]:
-        """Parameters that define the output."""
-        if self.style == "nyquist":
-            return {**super().params(), "style": "nyquist"}
+        """Parameters that define the output (the grid only when it is not the native one)."""
+        grid = {} if self.grid.is_native else {"grid": self.grid.spec, "fit": self.grid.fit.value}
+        grid.update({"cell": self.cell} if self.cell != 1 else {})
+        if self.style == "nyquist" or grid:
+            return {**super().params(), "style": self.style, **grid}
         if self.style == "band":
             return {**super().params(), "style": "band", "periods": list(self.periods)}
         auto = {"style": "auto"} if self.style == "auto" else {}
         return {**super().params(), **auto, "tile": self.tile, "block": self.block}
+
+
+def _nearest(target: np.ndarray | int | None, shape: tuple[int, int]) -> np.ndarray | int | None:
+    """A mask or label map resized to ``shape`` by nearest neighbour (as a trainer resizes masks); other targets as they are."""
+    if not isinstance(target, np.ndarray):
+        return target
+    rows = np.minimum((np.arange(shape[0]) + 0.5) * target.shape[0] / shape[0], target.shape[0] - 1).astype(np.int64)
+    cols = np.minimum((np.arange(shape[1]) + 0.5) * target.shape[1] / shape[1], target.shape[1] - 1).astype(np.int64)
+    return target[np.ix_(rows, cols)]

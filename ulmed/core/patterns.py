@@ -102,31 +102,34 @@ def nyquist_corners(spatial_dims: int) -> list[tuple[int, ...]]:
     return [c for k in range(spatial_dims, 0, -1) for c in combinations(axes, k)]
 
 
-def nyquist_pattern(index: int, channels: int, spatial: tuple[int, ...]) -> np.ndarray:
+def nyquist_pattern(index: int, channels: int, spatial: tuple[int, ...], cell: int = 1) -> np.ndarray:
     """The ``+-1`` Nyquist pattern number ``index`` (>= 1), the same in every channel.
 
     Patterns ``1..n`` are ``(-1)^(sum of the indices along the axes of corner k)`` for the
     ``n = 2^dims - 1`` corners of :func:`nyquist_corners` (pattern 1: the checkerboard);
-    ``n+1..2n`` are their negatives; the numbering then repeats.
+    ``n+1..2n`` are their negatives; the numbering then repeats. With ``cell > 1`` the
+    indices count cells of ``cell`` positions: the pattern of a grid ``cell`` times coarser.
     """
+    if cell < 1:
+        raise ValueError(f"a Nyquist cell holds at least one position, got {cell}")
     if index < 1:
         raise ValueError(f"Nyquist patterns are numbered from 1, got {index}")
     corners = nyquist_corners(len(spatial))
     k = (index - 1) % (2 * len(corners))
     sign = 1.0 if k < len(corners) else -1.0
     grids = np.indices(spatial, sparse=True)
-    parity = sum(grids[a] for a in corners[k % len(corners)])
+    parity = sum(grids[a] // cell for a in corners[k % len(corners)])
     code = sign * np.where(parity % 2 == 0, 1.0, -1.0).astype(np.float32)
     return np.broadcast_to(np.broadcast_to(code, spatial)[None], (channels, *spatial)).copy()
 
 
-def nyquist_coded(target: np.ndarray | int | None, channels: int, spatial: tuple[int, ...]) -> np.ndarray:
+def nyquist_coded(target: np.ndarray | int | None, channels: int, spatial: tuple[int, ...], cell: int = 1) -> np.ndarray:
     """``(channels, *spatial)`` code: each foreground position its class's Nyquist pattern.
 
     In a mask/label map, value 0 (background) gets no code and value ``v`` gets pattern
     ``v`` (255, the foreground of binary 8-bit masks, counts as 1), so a data set's classes
     keep their patterns from image to image. A class label ``c`` codes the whole image with
-    pattern ``c + 1``; None (no target) with pattern 1.
+    pattern ``c + 1``; None (no target) with pattern 1. ``cell``: see :func:`nyquist_pattern`.
 
     Raises:
         ConfigError: A negative class value.
@@ -136,9 +139,9 @@ def nyquist_coded(target: np.ndarray | int | None, channels: int, spatial: tuple
         raise ConfigError("Nyquist codes need class values >= 0 (masks, label maps, class labels); "
                           "map negative labels (e.g. an ignore value) to 0 or a class first")
     if target is None or isinstance(target, (int, np.integer)):
-        return nyquist_pattern(1 if target is None else int(target) + 1, channels, spatial)
+        return nyquist_pattern(1 if target is None else int(target) + 1, channels, spatial, cell)
     code = np.zeros((channels, *spatial), dtype=np.float32)
     for value in values[values != 0]:
         where = np.broadcast_to(target == value, code.shape)
-        code[where] = nyquist_pattern(1 if value == 255 else int(value), channels, spatial)[where]
+        code[where] = nyquist_pattern(1 if value == 255 else int(value), channels, spatial, cell)[where]
     return code

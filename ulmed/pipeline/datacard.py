@@ -181,7 +181,8 @@ def _failure_lines(manifest: Manifest) -> list[str]:
     return lines + [f"- {n} x {reason}" for reason, n in reasons.most_common()] + [""]
 
 
-def render_datacard(name: str, manifest: Manifest, copies: CopyCheck, foreign: list[str] | None = None) -> str:
+def render_datacard(name: str, manifest: Manifest, copies: CopyCheck, foreign: list[str] | None = None,
+                    done: list[str] | None = None) -> str:
     """The text of ``DATACARD.md``.
 
     Args:
@@ -189,6 +190,7 @@ def render_datacard(name: str, manifest: Manifest, copies: CopyCheck, foreign: l
         manifest: The manifest of the protection run.
         copies: Result of comparing the copied files with their sources.
         foreign: Files in the release that the run did not write (relative paths).
+        done: More lines for "What was done" (a resampling before the protection).
 
     Returns:
         Markdown text.
@@ -203,10 +205,11 @@ def render_datacard(name: str, manifest: Manifest, copies: CopyCheck, foreign: l
         f"# Data card: {name} (protected release)", "",
         (f"Released with ulmed {ulmed_version} on {today} (UTC). The images carry a small, bounded "
          "\"unlearnable\" perturbation meant to keep models trained on them from learning the anatomy; "
-         "masks, labels and other files are the original ones."), "",
+         + ("masks and labels are the original ones resampled to the images' grid (below), other files the "
+            "original ones." if done else "masks, labels and other files are the original ones.")), "",
         ("Check the files with `sha256sum -c SHA256SUMS` (or `ulmed verify .`) in this folder. "
          "`manifest.json` lists what happened to every file."), "",
-        "## What was done", "", *_method_lines(manifest), "",
+        "## What was done", "", *(done or []), *_method_lines(manifest), "",
         "## Imperceptibility", "", *_imperceptibility_lines(record_metrics(manifest)), "",
         "## Contents", "", *_content_lines(manifest, copies, foreign or []), "",
         *_failure_lines(manifest),

@@ -18,11 +18,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ulmed.errors import InputError
+from ulmed.errors import ConfigError, InputError
 from ulmed.io.atomic import atomic_write_bytes
 from ulmed.pipeline.checksums import (
     RUN_STATE_DIR,
@@ -41,6 +42,7 @@ from ulmed.pipeline.datacard import (
 from ulmed.pipeline.journal import remove_stale_temporaries
 from ulmed.pipeline.manifest import MANIFEST_NAME, Entry, Manifest, sha256_of
 from ulmed.pipeline.protect import protect_path
+from ulmed.pipeline.resample import resample_dataset
 
 log = logging.getLogger("ulmed")
 
@@ -119,12 +121,17 @@ def check_copies(manifest: Manifest) -> CopyCheck:
     return check
 
 
-def release_dataset(input_path: str | Path, output_path: str | Path, **options: Any) -> ReleaseReport:
+def release_dataset(input_path: str | Path, output_path: str | Path, *, size: int | None = None,
+                    fit: str = "letterbox", **options: Any) -> ReleaseReport:
     """Protect a data set into a release folder with ``DATACARD.md`` and ``SHA256SUMS``.
 
     Args:
         input_path: Data-set folder (``images/`` + ``masks/`` or ``labels/``, split files ...).
         output_path: Release folder (created; must be outside the input).
+        size: Release an ML-ready copy: every image and mask resampled to ``size x size``
+            (:func:`ulmed.pipeline.resample.resample_dataset`) and protected on that grid.
+            2D image data sets only.
+        fit: With ``size``: ``letterbox`` (aspect kept, padded) or ``stretch``.
         **options: As :func:`ulmed.pipeline.protect.protect_path` (``method``, ``eps``, ``seed``,
             ``masks``, ``workers``, ``deidentify`` ...). With ``overwrite``, files already in the
             folder that this run does not write stay, are listed in ``SHA256SUMS`` and named on the
@@ -138,6 +145,18 @@ def release_dataset(input_path: str | Path, output_path: str | Path, **options: 
     Raises:
         UlmedError: As :func:`ulmed.pipeline.protect.protect_path`.
     """
+    if size is None:
+        return _release(input_path, output_path, [], **options)
+    if options.get("masks") is not None:
+        raise ConfigError("--size resamples the masks inside the data-set folder (images/ + masks/); "
+                          "move them there instead of giving --masks")
+    with tempfile.TemporaryDirectory(prefix="ulmed-resample-") as staging:
+        staged = resample_dataset(input_path, staging, size, fit)
+        return _release(staged.root, output_path, staged.card_lines(), **options)
+
+
+def _release(input_path: str | Path, output_path: str | Path, card_lines: list[str], **options: Any) -> ReleaseReport:
+    """:func:`release_dataset` of a folder as it is; ``card_lines`` join the card's "What was done"."""
     remove_stale_temporaries(Path(output_path).expanduser().resolve(), {DATACARD_NAME, SUMS_NAME})  # a killed release
     manifest = protect_path(input_path, output_path, **options)
     if options.get("deidentify") and not any(e.kind.startswith("dicom") for e in manifest.entries):
@@ -148,7 +167,7 @@ def release_dataset(input_path: str | Path, output_path: str | Path, **options: 
     foreign = [rel for rel in release_files(out) if rel not in ours]
     name = Path(manifest.params["input"]).name
     datacard = out / DATACARD_NAME
-    atomic_write_bytes(datacard, render_datacard(name, manifest, copies, foreign).encode())
+    atomic_write_bytes(datacard, render_datacard(name, manifest, copies, foreign, card_lines).encode())
     _make_publishable(out, manifest)
     sums, files = write_sums(out)
     return ReleaseReport(out, manifest, datacard, sums, files, copies, foreign)

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ulmed.core.grid import Fit, Kernel, WorkingGrid, preimage, resize
+from ulmed.core.patterns import nyquist_coded
+from ulmed.errors import ConfigError
+
+
+def test_grid_specs_parse_to_sorted_sizes_and_refuse_anything_else():
+    grid = WorkingGrid.parse("size:256, 64,128", fit="Stretch")
+    assert grid.sizes == (64, 128, 256) and grid.fit is Fit.STRETCH and grid.spec == "size:64,128,256"
+    assert WorkingGrid.parse("native").is_native and WorkingGrid.parse(None).spec == "native"
+    for bad in ("size:", "size:a", "spacing:1,1,1", "128", "size:1"):
+        with pytest.raises(ConfigError, match="grid|sizes"):
+            WorkingGrid.parse(bad)
+    with pytest.raises(ConfigError, match="letterbox"):
+        WorkingGrid.parse("size:128", fit="box")
+
+
+def test_working_shapes_follow_the_fit_and_leave_out_sizes_that_do_not_shrink():
+    letterbox, stretch = WorkingGrid.parse("size:64,128,512"), WorkingGrid.parse("size:64,128,512", "stretch")
+    assert letterbox.shapes_for((270, 400)) == [(43, 64), (86, 128)]  # 512 enlarges: the native code serves it
+    assert stretch.shapes_for((270, 400)) == [(64, 64), (128, 128)]
+    assert letterbox.shapes_for((28, 28)) == []
+
+
+def _hc18(real_data):
+    image = np.asarray(Image.open(real_data / "hc18/images/012_HC.png"), dtype=np.float32)[None] / 255
+    mask = np.asarray(Image.open(real_data / "hc18/masks/012_HC.png"))
+    return image, mask
+
+
+def _kept(delta: np.ndarray, code: np.ndarray, kernel: str) -> float:
+    """Share of the code a trainer's resize of ``delta`` keeps (projection onto the code)."""
+    small = resize(torch.from_numpy(delta)[None], code.shape[-2:], kernel)[0].numpy()
+    return float((small * code).sum() / (code * code).sum())
+
+
+def test_the_preimage_keeps_more_of_the_code_than_an_upsampled_copy_and_the_budget(real_data):
+    image, mask = _hc18(real_data)
+    eps = 8 / 255
+    shape = WorkingGrid.parse("size:128").shapes_for(image.shape[1:])[0]
+    small_mask = np.asarray(Image.fromarray(mask).resize(shape[::-1], Image.Resampling.NEAREST))
+    code = eps * nyquist_coded(small_mask, 1, shape, cell=2)
+    delta = preimage(image, [code], eps)
+    assert np.abs(delta).max() <= eps + 1e-7
+    assert (image + delta).min() >= -1e-7 and (image + delta).max() <= 1 + 1e-7
+    upsampled = torch.nn.functional.interpolate(torch.from_numpy(code)[None], size=image.shape[1:], mode="nearest")[0].numpy()
+    for kernel in Kernel:
+        assert _kept(delta, code, kernel) > _kept(upsampled, code, kernel) - 0.01, kernel
+    assert _kept(delta, code, "antialias") > _kept(upsampled, code, "antialias") + 0.01
+    # what Pillow's resize (the kernel most 2D loaders use) keeps of it
+    pil = lambda a: np.asarray(Image.fromarray(a[0]).resize(shape[::-1], Image.Resampling.BILINEAR))  # noqa: E731
+    kept = pil(image + delta) - pil(image)
+    assert float((kept * code[0]).sum() / (code * code).sum()) > 0.5
+
+
+def test_preimage_refuses_mismatched_inputs():
+    with pytest.raises(ConfigError, match="channels"):
+        preimage(np.zeros((1, 8, 8), np.float32), [np.zeros((3, 4, 4), np.float32)], 0.1)
+    with pytest.raises(ConfigError, match="eps"):
+        preimage(np.zeros((1, 8, 8), np.float32), [np.zeros((1, 4, 4), np.float32)], 0.0)
+    with pytest.raises(ConfigError, match="kernel"):
+        preimage(np.zeros((1, 8, 8), np.float32), [np.zeros((1, 4, 4), np.float32)], 0.1, kernels=["lanczos"])

@@ -1,0 +1,98 @@
+"""ML-ready releases (``ulmed release --size N``) of real HC18 images: one grid, masks kept as labels, geometry, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from tests.conftest import tree_hashes
+from tests.pipeline.test_release import SUBJECTS, _hc18_subset
+from ulmed.cli import app, main
+from ulmed.core.grid import Fit, WorkingGrid
+from ulmed.errors import ConfigError
+from ulmed.pipeline.protect import summarize
+from ulmed.pipeline.release import release_dataset, verify_release
+from ulmed.pipeline.resample import GEOMETRY_NAME, fit_array
+
+
+@pytest.fixture(scope="module")
+def dataset(real_data, tmp_path_factory) -> Path:
+    return _hc18_subset(real_data, tmp_path_factory.mktemp("in") / "hc18")
+
+
+@pytest.fixture(scope="module")
+def released(dataset, tmp_path_factory):
+    before = tree_hashes(dataset)
+    report = release_dataset(dataset, tmp_path_factory.mktemp("rel") / "release", method="lsp", eps="8/255", size=64)
+    assert tree_hashes(dataset) == before, "the input was modified"
+    return report
+
+
+def test_every_image_and_mask_is_on_the_grid_and_masks_keep_their_labels(released, dataset):
+    for s in SUBJECTS:
+        image = np.asarray(Image.open(released.path / "images" / f"{s}.png"))
+        mask = np.asarray(Image.open(released.path / "masks" / f"{s}.png"))
+        source = np.asarray(Image.open(dataset / "masks" / f"{s}.png"))
+        assert image.shape == mask.shape == (64, 64) and image.dtype == np.uint8
+        assert set(np.unique(mask)) == set(np.unique(source))  # nearest neighbour: no new label values
+        rows = np.flatnonzero(image.any(axis=1))  # letterbox: HC18 is wider than tall, padded rows stay 0
+        assert rows[0] > 0 and rows[-1] < 63 and not mask[: rows[0]].any()
+    assert (released.path / "index.csv").read_bytes() == (dataset / "index.csv").read_bytes()
+
+
+def test_the_geometry_maps_back_to_the_native_pixels(released, dataset):
+    geometry = json.loads((released.path / GEOMETRY_NAME).read_text())
+    assert geometry["size"] == 64 and geometry["fit"] == "letterbox" and len(geometry["images"]) == len(SUBJECTS)
+    entry = geometry["images"][f"images/{SUBJECTS[0]}.png"]
+    h, w = np.asarray(Image.open(dataset / "images" / f"{SUBJECTS[0]}.png")).shape
+    assert entry["shape"] == [h, w] and entry["offset"][1] == 0
+    assert round(h * entry["scale"][0]) + 2 * entry["offset"][0] in (63, 64)
+
+
+def test_the_card_says_what_was_resampled_and_the_release_verifies(released):
+    card = released.datacard.read_text()
+    assert "64 x 64" in card and "nearest neighbour" in card and "resampled" in card
+    assert verify_release(released.path).ok
+    assert released.records == len(SUBJECTS)
+
+
+def test_a_rerun_writes_the_same_release(released, dataset, tmp_path):
+    before = tree_hashes(released.path)
+    again = release_dataset(dataset, tmp_path / "again", method="lsp", eps="8/255", size=64)
+    assert summarize(again.manifest)["written"] == len(SUBJECTS)
+    after = tree_hashes(again.path)
+    assert {k: v for k, v in after.items() if k not in ("manifest.json", "DATACARD.md", "SHA256SUMS")} == \
+        {k: v for k, v in before.items() if k not in ("manifest.json", "DATACARD.md", "SHA256SUMS")}
+
+
+def test_stretch_fills_the_square_and_rgb_keeps_its_channels():
+    rgb = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    out, geo = fit_array(rgb, WorkingGrid((16,), Fit.STRETCH), nearest=False)
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8 and geo["offset"] == [0, 0]
+    labels = np.zeros((30, 50), np.uint16)
+    labels[10:20, 10:40] = 300
+    small, _ = fit_array(labels, WorkingGrid((16,)), nearest=True)
+    assert set(np.unique(small)) == {0, 300} and small.dtype == np.uint16
+
+
+def test_volumes_and_an_outside_masks_folder_are_refused(real_data, tmp_path, dataset):
+    with pytest.raises(ConfigError, match="volumes"):
+        release_dataset(real_data / "msd_hippocampus", tmp_path / "a", method="none", size=32)
+    with pytest.raises(ConfigError, match="masks"):
+        release_dataset(dataset / "images", tmp_path / "b", method="none", size=32, masks=dataset / "masks")
+
+
+def test_the_cli_writes_an_ml_ready_release(dataset, tmp_path, capsys):
+    result = CliRunner().invoke(app, ["release", "-i", str(dataset), "-o", str(tmp_path / "r"), "--size", "48",
+                                      "--fit", "stretch", "--method", "none"])
+    assert result.exit_code == 0, result.output
+    assert np.asarray(Image.open(tmp_path / "r" / "images" / f"{SUBJECTS[0]}.png")).shape == (48, 48)
+    assert main(["release", "-i", str(dataset), "-o", str(tmp_path / "s"), "--size", "48", "--fit", "square"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: fit:") and "letterbox" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "s").exists()
