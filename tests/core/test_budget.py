@@ -98,3 +98,13 @@ def test_budget_below_one_stored_step_is_flagged():
     assert Budget.parse("1/1000").too_small(png) is not None and Budget.parse("l2:0.5/255").too_small(png) is not None
     floats = Record("f", np.zeros((1, 4, 4), dtype=np.float32), IntensityMapping(0, 1, 0, 1, 0.0), 2, "array")
     assert Budget.parse("1/1000").too_small(floats) is None  # float storage has no step
+
+
+def test_a_unit_budget_is_a_share_of_the_robust_range_and_the_manifest_says_so():
+    mapping = IntensityMapping(0.0, 4095.0, 0.0, 4095.0, 1.0, budget_range=510.0, budget_basis="p0.5-p99.5")
+    budget = Budget.parse("8/255")
+    assert budget.in_native(mapping) == pytest.approx(16.0)  # 8/255 of the 510-wide robust range
+    assert budget.in_unit(mapping) == pytest.approx(16.0 / 4095.0)
+    described = budget.describe(mapping)
+    assert described["scale"] == "p0.5-p99.5" and described["scale_native"] == 510.0
+    assert Budget.parse("20value").in_native(mapping) == 20.0  # native budgets are their own value

@@ -87,3 +87,18 @@ def test_with_perturbation_holds_the_budget_on_stored_steps_per_slice():
     assert np.abs(change[:, 2]).max() == pytest.approx(5.25)  # 21 quarter steps fit in 5.3, 22 do not
     with pytest.raises(ConfigError, match="quantum_map"):
         Record("s", img, m, 3, "dicom", quantum_map=np.ones((2, 1, 1, 1)))
+
+
+def test_a_robust_budget_range_ignores_a_few_bright_values():
+    rng = np.random.default_rng(0)
+    data = rng.normal(300.0, 50.0, size=(1, 20, 30, 30))
+    data[0, 0, 0, :5] = 30000.0  # a few bright voxels (a marker, a metal clip)
+    plain = IntensityMapping.for_data(data, -32768, 32767, 1.0)
+    robust = IntensityMapping.for_data(data, -32768, 32767, 1.0, robust=True)
+    assert plain.budget_scale == plain.scale == pytest.approx(data.max() - data.min())
+    assert robust.scale == plain.scale  # every value still maps inside [0, 1]
+    lo, hi = np.percentile(data, [0.5, 99.5])
+    assert robust.budget_scale == pytest.approx(hi - lo, rel=0.02) and robust.budget_scale < plain.scale / 50
+    assert robust.as_dict()["budget_basis"] == "p0.5-p99.5" and "budget_range" not in plain.as_dict()
+    with pytest.raises(ConfigError, match="budget_range"):
+        IntensityMapping(0, 10, 0, 10, budget_range=20)

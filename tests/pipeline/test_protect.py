@@ -354,3 +354,25 @@ def test_the_manifest_names_the_input_folder_and_relative_paths_only(sample_data
     assert str(tmp_path) not in text
     assert data["params"]["input"] == "export" and data["params"]["output"] == "."
     assert any(e["status"] == "failed" and e["input"] == "hc18/images/zz_broken.png" for e in data["entries"])
+
+
+def test_a_volume_budget_is_a_share_of_its_robust_range_as_the_manifest_states(real_data, tmp_path):
+    import nibabel as nib
+
+    src = tmp_path / "in"
+    src.mkdir()
+    path = sorted((real_data / "msd_hippocampus" / "images").glob("*.nii*"))[0]
+    img = nib.load(path)
+    data = np.asarray(img.dataobj).astype(np.int16)
+    data[0, 0, :4] = 20000  # a few bright voxels widen the data range, not the budget
+    nib.save(nib.Nifti1Image(data, img.affine), src / "bright.nii.gz")
+    manifest = protect_path(src, tmp_path / "out", method="lsp", eps="8/255", seed=0, device="cpu")
+    entry = next(e for e in manifest.entries if e.input == "bright.nii.gz")
+    lo, hi = np.percentile(data, [0.5, 99.5])
+    assert entry.budget["scale"] == "p0.5-p99.5"
+    assert entry.budget["scale_native"] == pytest.approx(hi - lo, rel=0.02)
+    assert entry.budget["eps_native"] == pytest.approx(8 / 255 * entry.budget["scale_native"])
+    written = np.asarray(nib.load(tmp_path / "out" / "bright.nii.gz").dataobj).astype(np.int64)
+    moved = np.abs(written - data).max()
+    assert 0 < moved <= entry.budget["eps_native"] < 8 / 255 * (20000 - data.min()) / 10
+    assert entry.metrics["psnr_robust"] < entry.metrics["psnr"]

@@ -8,6 +8,10 @@ texture. Patterns are random ``+-1`` blocks of ``block`` positions, repeated wit
 ``tile``, scaled to the budget; they are drawn from the run seed only, so every image of a
 data set shares the same code (as LSP's class-wise patterns do).
 
+On a medical volume (DICOM, NIfTI) the code stays off the air around the body
+(:func:`ulmed.core.body.body_mask`). ``grid="size:N"`` draws the 2D code on the working
+grid of a trainer that resizes to ``N x N`` (:mod:`ulmed.core.grid`).
+
 Records without a mask use a whole-image class 0 (a plain periodic pattern); records with a
 class label use that label's pattern everywhere (the original, classification form).
 
@@ -28,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ulmed.core.method import METHODS, ProtectionMethod, record_seed
+from ulmed.core.body import body_mask
 from ulmed.core.grid import WorkingGrid, preimage
 from ulmed.core.patterns import mask_coded, mask_textured, nyquist_coded
 from ulmed.errors import ConfigError
@@ -96,10 +101,13 @@ class MaskCodedPatterns(ProtectionMethod):
             return preimage(unit_image, codes, eps)
         if not self.grid.is_native:
             raise ConfigError(f"--grid {self.grid.spec} is for 2D images; volumes take --grid native for now")
+        body = body_mask(record)  # air around a medical volume is left alone
         if self.style == "band":
-            return eps * mask_textured(record.target, record.channels, record.spatial_shape, self.periods,
-                                       record_seed(self.seed, record.key) % (2**32))
-        return eps * mask_coded(record.target, record.channels, record.spatial_shape, self.tile, self.block, self.seed)
+            code = mask_textured(record.target, record.channels, record.spatial_shape, self.periods,
+                                 record_seed(self.seed, record.key) % (2**32))
+        else:
+            code = mask_coded(record.target, record.channels, record.spatial_shape, self.tile, self.block, self.seed)
+        return eps * code if body is None else eps * code * body
 
     def params(self) -> dict[str, Any]:
         """Parameters that define the output (the grid only when it is not the native one)."""

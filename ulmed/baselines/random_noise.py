@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ulmed.core.body import body_mask
 from ulmed.core.method import METHODS, ProtectionMethod, record_seed
 from ulmed.io.record import Record
 
 
 @METHODS.register("random")
 class RandomNoise(ProtectionMethod):
-    """Uniform noise in [-eps, eps], drawn per record from the run seed and the record key.
+    """Uniform noise in [-eps, eps], drawn per record from the run seed and the record key (off the air of a volume).
 
     With an L2 budget the draw is projected onto the L2 ball (scaled to norm ``eps``).
     """
@@ -26,7 +27,9 @@ class RandomNoise(ProtectionMethod):
     def perturbation(self, record: Record, unit_image: np.ndarray, eps: float) -> np.ndarray:
         """Draw the noise for one record (deterministic for a seed and key)."""
         rng = np.random.default_rng(record_seed(self.seed, record.key))
-        return rng.uniform(-eps, eps, size=unit_image.shape).astype(np.float32)
+        noise = rng.uniform(-eps, eps, size=unit_image.shape).astype(np.float32)
+        body = body_mask(record)  # air around a medical volume is left alone
+        return noise if body is None else noise * body
 
 
 @METHODS.register("none")

@@ -98,7 +98,7 @@ class Budget:
             ConfigError: The budget's native unit is not the record's.
         """
         if self.native_unit is None:
-            return self.value
+            return self.value * mapping.budget_scale / mapping.scale
         if self.native_unit.lower() not in ("native", mapping.unit.lower()):
             raise ConfigError(
                 f"budget {self.spec!r} is in {self.native_unit} but this data is in {mapping.unit}; "
@@ -129,7 +129,8 @@ class Budget:
     def describe(self, mapping: IntensityMapping) -> dict[str, Any]:
         """Both forms of the budget for one record, for the manifest."""
         eps = self.in_unit(mapping)
-        return {"eps_unit": eps, "eps_native": self.in_native(mapping), "native_unit": mapping.unit, "norm": self.norm}
+        scale = {"scale": mapping.budget_basis, "scale_native": mapping.budget_scale} if mapping.budget_range > 0 else {}
+        return {"eps_unit": eps, "eps_native": self.in_native(mapping), "native_unit": mapping.unit, "norm": self.norm, **scale}
 
     def too_small(self, record: Record) -> str | None:
         """A warning when this budget cannot change any stored value of ``record``, else None.

@@ -142,7 +142,7 @@ def preimage(
     eps: float,
     *,
     kernels: Sequence[Kernel | str] = KERNELS,
-    n_steps: int = 60,
+    n_steps: int = 20,
 ) -> np.ndarray:
     """The native perturbation whose resize to each code's shape comes closest to that code.
 
@@ -180,6 +180,6 @@ def preimage(
         return weight * sum(((resize(delta, t.shape[-2:], k) - t) ** 2).sum() for t in targets for k in kinds)
 
     start = F.interpolate(targets[0], size=tuple(image.shape[1:]), mode="nearest").clamp(-eps, eps)
-    delta = perturb(x, start, loss_fn, eps=eps, step_size=step_schedule("dynamic", eps / 10, n_steps),
+    delta = perturb(x, start, loss_fn, eps=eps, step_size=step_schedule("dynamic", eps / 10, max(n_steps, 1)),
                     n_steps=n_steps, minimize=True)
     return delta[0].numpy()

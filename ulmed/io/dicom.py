@@ -487,7 +487,8 @@ def _read_series(series: DicomSeries, root: Path) -> Record:
     modality = str(first.get("Modality", "") or "")
     rescale_type = first.get("RescaleType") or _fg(first, 0, "PixelValueTransformationSequence", "RescaleType")
     unit = "HU" if modality == "CT" and str(rescale_type or "HU").strip().upper() == "HU" else "value"
-    mapping = IntensityMapping.for_data(native, float(ends.min()), float(ends.max()), float(np.abs(s_all).max()), unit)
+    mapping = IntensityMapping.for_data(native, float(ends.min()), float(ends.max()), float(np.abs(s_all).max()), unit,
+                                        robust=True)
     spatial_dims = 3 if native.shape[1] > 1 else 2
     native = native if spatial_dims == 3 else native[:, 0]
     pixel = _floats(first, "PixelSpacing") or _fg(first, 0, "PixelMeasuresSequence", "PixelSpacing")

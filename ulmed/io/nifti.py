@@ -163,7 +163,7 @@ def read_nifti(path: Path, key: str, label_path: Path | None = None) -> Record:
         raise InputError("contains NaN or Inf values; fix or remove the file before protecting it", path)
     image = np.ascontiguousarray(np.moveaxis(native, -1, 0))
     valid_min, valid_max, quantum = _native_range(dtype, slope, inter, native)
-    mapping = IntensityMapping.for_data(native, valid_min, valid_max, quantum, unit="value")
+    mapping = IntensityMapping.for_data(native, valid_min, valid_max, quantum, unit="value", robust=True)
     target = None
     if label_path is not None:
         target = read_label_map(label_path, (x, y, z), image_path=path)

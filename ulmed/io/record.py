@@ -15,6 +15,7 @@ Layout contract (every reader produces it, every method and writer relies on it)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,10 @@ from typing import Any
 import numpy as np
 
 from ulmed.errors import ConfigError, InputError
+
+
+#: Percentiles whose range is a volume's budget range (:meth:`IntensityMapping.for_data`).
+ROBUST_PERCENTILES = (0.5, 99.5)
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,12 @@ class IntensityMapping:
             images); 0 for floating-point storage.
         unit: Name of the native unit, e.g. ``"HU"`` or ``"value"``; used in budgets
             such as ``20HU`` and in manifests.
+        budget_range: Native width that a [0, 1] budget of 1 stands for (``8/255`` is 8/255
+            of it) and that PSNR is taken against; 0: the mapping's own ``high - low``.
+            Volume readers set the robust range of the data (:meth:`for_data` with
+            ``robust=True``), so that one bright voxel does not widen the budget.
+        budget_basis: What ``budget_range`` is, for manifests (``"p0.5-p99.5"``); empty for
+            the mapping's range.
     """
 
     low: float
@@ -50,6 +61,8 @@ class IntensityMapping:
     valid_max: float
     quantum: float = 1.0
     unit: str = "value"
+    budget_range: float = 0.0
+    budget_basis: str = ""
 
     def __post_init__(self) -> None:
         values = (self.low, self.high, self.valid_min, self.valid_max, self.quantum)
@@ -64,6 +77,8 @@ class IntensityMapping:
             )
         if self.quantum < 0:
             raise ConfigError(f"quantum must be >= 0, got {self.quantum}")
+        if not 0 <= self.budget_range <= self.high - self.low or not math.isfinite(self.budget_range):
+            raise ConfigError(f"budget_range must lie in [0, high - low], got {self.budget_range}")
 
     @property
     def scale(self) -> float:
@@ -85,6 +100,11 @@ class IntensityMapping:
         native = np.asarray(unit, dtype=np.float64) * self.scale + self.low
         return np.clip(native, self.valid_min, self.valid_max)
 
+    @property
+    def budget_scale(self) -> float:
+        """Native units that a [0, 1] budget of 1 stands for (``budget_range``, or ``scale``)."""
+        return self.budget_range if self.budget_range > 0 else self.scale
+
     def native_to_unit_eps(self, eps_native: float) -> float:
         """Convert a budget in native units (e.g. 20 HU) to [0, 1] units."""
         return float(eps_native) / self.scale
@@ -101,11 +121,13 @@ class IntensityMapping:
         valid_max: float,
         quantum: float,
         unit: str = "value",
+        robust: bool = False,
     ) -> IntensityMapping:
         """Mapping spanning the data's own range, clipped to the valid range.
 
         A constant array gets a range one quantum (or 1.0 for floats) wide, so the map stays
-        invertible.
+        invertible. With ``robust``, the budget's range is the 0.5-99.5 percentile range of
+        the data (on a regular subsample of at most about 2^20 values), at least one quantum.
         """
         finite = np.asarray(data)
         lo = float(max(valid_min, finite.min())) if finite.size else float(valid_min)
@@ -116,7 +138,15 @@ class IntensityMapping:
                 hi = lo + width
             else:
                 lo = hi - width
-        return cls(low=lo, high=hi, valid_min=float(valid_min), valid_max=float(valid_max), quantum=float(quantum), unit=unit)
+        mapping = cls(low=lo, high=hi, valid_min=float(valid_min), valid_max=float(valid_max), quantum=float(quantum), unit=unit)
+        if not robust or not finite.size:
+            return mapping
+        sample = finite.reshape(-1)[:: max(1, finite.size // 2**20)]
+        p_lo, p_hi = (float(v) for v in np.percentile(sample, ROBUST_PERCENTILES))
+        width = min(max(p_hi - p_lo, quantum if quantum > 0 else 0.0), hi - lo)
+        if width <= 0:
+            return mapping
+        return dataclasses.replace(mapping, budget_range=width, budget_basis=f"p{ROBUST_PERCENTILES[0]:g}-p{ROBUST_PERCENTILES[1]:g}")
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-dict form for manifests."""
@@ -127,6 +157,7 @@ class IntensityMapping:
             "valid_max": self.valid_max,
             "quantum": self.quantum,
             "unit": self.unit,
+            **({"budget_range": self.budget_range, "budget_basis": self.budget_basis} if self.budget_range > 0 else {}),
         }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,8 @@ def _finish(unit: Unit, clean: Record, protected: Record, ctx: WorkContext) -> U
     metrics = imperceptibility(clean.image, protected.image, clean.mapping.scale,
                                to_unit=functools.partial(clean.mapping.to_unit, dtype=np.float64),  # slab by slab
                                **metrics_options(ctx.metrics))
+    if clean.mapping.budget_range > 0 and metrics["psnr"] is not None:  # against the range a reading window shows
+        metrics["psnr_robust"] = metrics["psnr"] + 20 * math.log10(clean.mapping.budget_scale / clean.mapping.scale)
     remark = method.note(clean)
     if (too_small := method.budget.too_small(clean)) is not None:
         log.warning("%s: %s", unit.key, too_small)

@@ -1,0 +1,36 @@
+"""The body of a medical volume: the positions a protection may touch when air need not move.
+
+Air around the patient is the darkest, flattest part of a CT or MR volume, and noise there is
+what a reading window shows first. :func:`body_mask` keeps the positions brighter than the
+low end of the volume's robust range (:data:`ulmed.io.record.ROBUST_PERCENTILES`) by
+:data:`BODY_LEVEL` of that range, grown by :data:`BODY_MARGIN` positions so that the body's
+edge is covered. Dark structures inside the body (lungs, sinuses) count as air too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import binary_dilation
+
+from ulmed.io.record import ROBUST_PERCENTILES, Record
+
+#: Share of the robust range above its low end where the body starts.
+BODY_LEVEL = 0.05
+#: Positions the body is grown by.
+BODY_MARGIN = 2
+
+
+def body_mask(record: Record) -> np.ndarray | None:
+    """``(1, *spatial)`` boolean mask of the body of a medical volume; None when every position may move.
+
+    None for records without a robust budget range (PNG/TIFF images: display data with no
+    air to leave alone) and for 2D records.
+    """
+    mapping = record.mapping
+    if mapping.budget_range <= 0 or record.spatial_dims != 3:
+        return None
+    image = np.asarray(record.image)
+    sample = image.reshape(-1)[:: max(1, image.size // 2**20)]
+    low = float(np.percentile(sample, ROBUST_PERCENTILES[0]))
+    inside = (image > low + BODY_LEVEL * mapping.budget_range).any(axis=0, keepdims=True)
+    return binary_dilation(inside, iterations=BODY_MARGIN) if BODY_MARGIN else inside
