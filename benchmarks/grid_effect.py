@@ -2,7 +2,8 @@
 
 A data owner protects the HC18 PNGs as they are (about 400 x 270 px) with ``protect_path``
 (the code of ``ulmed protect``), once per protection (``--protections``: ``lsp`` on the
-native grid, ``lsp`` made for a working grid with ``--grid size:N``). Each victim then
+native grid, ``lsp`` made for a working grid with ``--grid size:N``, or an ML-ready release
+``release:N``, resampled to ``N x N`` and protected there). Each victim then
 reads the written files the way a 2D trainer does: it letterboxes them to its working size
 N with its own resize kernel (Pillow bilinear, OpenCV ``INTER_LINEAR`` or ``INTER_AREA``,
 torch with antialiasing), trains a MONAI UNet with flips and brightness/contrast jitter
@@ -106,10 +107,17 @@ def _dice(images: np.ndarray, masks: np.ndarray, test: tuple[np.ndarray, np.ndar
 
 
 def _protect(src: Path, out: Path, grid: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``native`` / ``size:N``: ``protect_path`` with that lsp grid; ``release:N``: an ML-ready release at N."""
     from ulmed.pipeline.protect import protect_path, summarize
+    from ulmed.pipeline.release import release_dataset
 
-    options: dict[str, Any] = {} if grid == "native" else {"grid": grid, "cell": args.cell}
     start = time.perf_counter()
+    if grid.startswith("release:"):
+        report = release_dataset(src, out, method="lsp", eps=args.eps, seed=args.seed, device="cpu",
+                                 size=int(grid.split(":")[1]))
+        return {"protect_s": round(time.perf_counter() - start, 1), "psnr_min": report.spread("psnr")[0],  # type: ignore[index]
+                "options": {"release_size": int(grid.split(":")[1])}}
+    options: dict[str, Any] = {} if grid == "native" else {"grid": grid, "cell": args.cell}
     manifest = protect_path(src, out, method="lsp", eps=args.eps, seed=args.seed, device="cpu", method_options=options)
     return {"protect_s": round(time.perf_counter() - start, 1), "psnr_min": summarize(manifest)["psnr_min"],
             "options": options}
@@ -117,7 +125,8 @@ def _protect(src: Path, out: Path, grid: str, args: argparse.Namespace) -> dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--protections", default="native,size:128", help="lsp grids to protect with")
+    parser.add_argument("--protections", default="native,size:128",
+                        help="lsp grids to protect with: native, size:N[,M] (protect --grid), release:N (release --size N)")
     parser.add_argument("--victims", default="pil:64,pil:128,cv2-linear:128,cv2-area:128,torch-aa:128",
                         help="LOADER:SIZE of each victim; loaders: " + ", ".join(RESIZERS))
     parser.add_argument("--cell", type=int, default=1, help="lsp cell on the working grid")
