@@ -23,10 +23,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from grid_common import data_set_copy
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "hc18"
@@ -37,16 +38,7 @@ def _train_split_copy(dst: Path) -> Path:
     """A data set folder holding only HC18's train rows (images, masks, index.csv)."""
     with open(DATA / "index.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["split"] == "train"]
-    for sub in ("images", "masks"):
-        (dst / sub).mkdir(parents=True)
-    for r in rows:
-        shutil.copy(DATA / r["image"], dst / r["image"])
-        shutil.copy(DATA / r["mask"], dst / r["mask"])
-    with open(dst / "index.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return dst
+    return data_set_copy(dst, DATA, rows)
 
 
 def main() -> None:

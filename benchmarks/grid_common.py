@@ -18,6 +18,22 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 
 
+def data_set_copy(dst: Path, source: Path, rows: Sequence[dict[str, str]]) -> Path:
+    """A data-set folder holding only ``rows`` of ``source``'s index (images, masks, index.csv)."""
+    import csv
+
+    for sub in ("images", "masks"):
+        (dst / sub).mkdir(parents=True)
+    for r in rows:
+        shutil.copy(source / r["image"], dst / r["image"])
+        shutil.copy(source / r["mask"], dst / r["mask"])
+    with open(dst / "index.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return dst
+
+
 def parse_mode_args(doc: str, stem: str) -> tuple[argparse.Namespace, Path]:
     """The flags every grid benchmark takes (``--quick``, ``--eps``, ``--seed``, ...) and its result folder."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])

@@ -23,17 +23,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cv2
+import albumentations as A
 import numpy as np
 import torch
 import torch.nn.functional as F
+from grid_common import data_set_copy
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,8 +42,9 @@ DATA = REPO.parent / "shared" / "data" / "hc18"
 #: loader name -> resize (H, W) float32 image to (h, w)
 RESIZERS: dict[str, Callable[[np.ndarray, tuple[int, int]], np.ndarray]] = {
     "pil": lambda a, hw: np.asarray(Image.fromarray(a).resize(hw[::-1], Image.Resampling.BILINEAR)),
-    "cv2-linear": lambda a, hw: cv2.resize(a, hw[::-1], interpolation=cv2.INTER_LINEAR),
-    "cv2-area": lambda a, hw: cv2.resize(a, hw[::-1], interpolation=cv2.INTER_AREA),
+    # albumentations' Resize runs OpenCV's resize: interpolation 1 = INTER_LINEAR, 3 = INTER_AREA
+    "cv2-linear": lambda a, hw: A.Resize(*hw, interpolation=1)(image=a)["image"],
+    "cv2-area": lambda a, hw: A.Resize(*hw, interpolation=3)(image=a)["image"],
     "torch-aa": lambda a, hw: F.interpolate(torch.from_numpy(a)[None, None], size=hw, mode="bilinear",
                                             antialias=True)[0, 0].numpy(),
 }
@@ -53,20 +54,6 @@ def _rows(split: str, limit: int) -> list[dict[str, str]]:
     with open(DATA / "index.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["split"] == split]
     return rows[:limit] if limit else rows
-
-
-def _train_copy(dst: Path, rows: list[dict[str, str]]) -> Path:
-    """A data-set folder with the train rows only (images, masks, index.csv)."""
-    for sub in ("images", "masks"):
-        (dst / sub).mkdir(parents=True)
-    for r in rows:
-        shutil.copy(DATA / r["image"], dst / r["image"])
-        shutil.copy(DATA / r["mask"], dst / r["mask"])
-    with open(dst / "index.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return dst
 
 
 def _letterbox(arr: np.ndarray, size: int, resize: Callable[..., np.ndarray], nearest: bool = False) -> np.ndarray:
@@ -143,7 +130,7 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        src = _train_copy(tmp / "hc18_train", train_rows)
+        src = data_set_copy(tmp / "hc18_train", DATA, train_rows)
         copies: dict[str, tuple[Path, dict[str, Any]]] = {"clean": (src, {})}
         for grid in [g.strip() for g in args.protections.split(",") if g.strip()]:
             root = tmp / grid.replace(":", "_").replace(",", "-")

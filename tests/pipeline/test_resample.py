@@ -11,18 +11,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tests.conftest import tree_hashes
-from tests.pipeline.test_release import SUBJECTS, _hc18_subset
+from tests.pipeline.test_release import SUBJECTS, dataset  # noqa: F401 - the module's HC18 subset fixture
 from ulmed.cli import app, main
 from ulmed.core.grid import Fit, WorkingGrid
 from ulmed.errors import ConfigError
 from ulmed.pipeline.protect import summarize
 from ulmed.pipeline.release import release_dataset, verify_release
 from ulmed.pipeline.resample import GEOMETRY_NAME, fit_array
-
-
-@pytest.fixture(scope="module")
-def dataset(real_data, tmp_path_factory) -> Path:
-    return _hc18_subset(real_data, tmp_path_factory.mktemp("in") / "hc18")
 
 
 @pytest.fixture(scope="module")
