@@ -114,8 +114,8 @@ def test_nyquist_style_draws_only_the_foreground(real_data):
     from ulmed.core.patterns import nyquist_coded, nyquist_pattern
 
     rec = _record(real_data)
-    m = MaskCodedPatterns("4/255", style="nyquist")
-    assert m.params()["style"] == "nyquist" and "tile" not in m.params()
+    m = MaskCodedPatterns("4/255", style="nyquist", grid="native")
+    assert m.params()["style"] == "nyquist" and "tile" not in m.params() and "grid" not in m.params()
     delta = m.protect(rec).image[0] - rec.image[0].astype(np.float64)
     assert np.abs(delta).max() <= 4 + 1e-6
     inside = (rec.target == 255) & (rec.image[0] > 8) & (rec.image[0] < 247)
@@ -136,21 +136,26 @@ def test_nyquist_style_draws_only_the_foreground(real_data):
 def test_auto_style_codes_images_with_nyquist_and_volumes_with_blocks(real_data):
     from ulmed.core.patterns import mask_coded, nyquist_coded
 
-    m = MaskCodedPatterns("4/255", seed=2)
+    m = MaskCodedPatterns("4/255", seed=2, grid="native")
     assert m.params()["style"] == "auto" and m.params()["tile"] == 8
     image = _record(real_data)
     assert np.array_equal(m.perturbation(image, None, 1.0), nyquist_coded(image.target, 1, image.spatial_shape))
+    default = MaskCodedPatterns("4/255", seed=2)  # the default grid: the code made for a trainer at 128
+    assert default.params()["grid"] == "auto" and default.params()["grid_2d"] == "size:128"
+    assert np.allclose(default.perturbation(image, image.unit_image(), 4 / 255),
+                       MaskCodedPatterns("4/255", seed=2, grid="size:128").perturbation(image, image.unit_image(), 4 / 255))
     labels = np.zeros((6, 8, 8), dtype=np.int64)
     labels[2:4, 2:6, 2:6] = 1
     volume = Record("v", np.zeros((1, 6, 8, 8)), IntensityMapping(0, 1, 0, 1, 0), 3, "nifti", target=labels)
     assert np.array_equal(m.perturbation(volume, None, 1.0), mask_coded(labels, 1, (6, 8, 8), 8, 1, 2))
+    assert np.array_equal(default.perturbation(volume, None, 1.0), mask_coded(labels, 1, (6, 8, 8), 8, 1, 2))
     with pytest.raises(ConfigError):
         MaskCodedPatterns("4/255", style="checker")
 
 
 def test_a_working_grid_code_survives_the_trainers_resize_where_the_native_code_does_not(real_data):
     rec = _record(real_data)
-    native, gridded = MaskCodedPatterns("8/255"), MaskCodedPatterns("8/255", grid="size:128", cell=2)
+    native, gridded = MaskCodedPatterns("8/255", grid="native"), MaskCodedPatterns("8/255", grid="size:128", cell=2)
     assert gridded.params()["grid"] == "size:128" and gridded.params()["cell"] == 2 and "grid" not in native.params()
 
     def after_resize(method: MaskCodedPatterns) -> float:  # RMS of the perturbation after Pillow's resize to 128
@@ -167,3 +172,17 @@ def test_a_working_grid_code_survives_the_trainers_resize_where_the_native_code_
     volume = Record("v", np.zeros((1, 6, 8, 8)), IntensityMapping(0, 1, 0, 1, 0), 3, "nifti", target=np.zeros((6, 8, 8), np.int64))
     with pytest.raises(ConfigError, match="2D"):
         MaskCodedPatterns("8/255", grid="size:4").perturbation(volume, volume.image, 0.1)
+
+
+def test_a_large_image_gets_the_nearest_neighbour_copy_of_the_grid_code(monkeypatch):
+    import ulmed.baselines.lsp as lsp
+
+    mask = np.zeros((300, 400), np.uint8)
+    mask[100:200, 100:300] = 255
+    rec = Record("big", np.full((1, 300, 400), 128, np.uint8), IntensityMapping(0, 255, 0, 255, 1), 2, "image", target=mask)
+    method = MaskCodedPatterns("8/255", grid="size:100")
+    optimised = method.perturbation(rec, rec.unit_image(), 8 / 255)
+    monkeypatch.setattr(lsp, "PREIMAGE_MAX_POSITIONS", 1000)
+    copy = method.perturbation(rec, rec.unit_image(), 8 / 255)
+    assert set(np.unique(np.round(copy * 255, 4))) <= {-8.0, 0.0, 8.0}  # cells of the code, nothing in between
+    assert not np.allclose(copy, optimised)

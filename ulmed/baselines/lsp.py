@@ -42,6 +42,15 @@ from ulmed.io.record import Record
 #: textures; ``nyquist``: the foreground's classes drawn with checkerboard-like Nyquist patterns;
 #: ``auto`` (default): ``nyquist`` for 2D images, ``blocks`` for volumes (what measured best for each).
 STYLES = ("auto", "blocks", "band", "nyquist")
+#: The working grid ``grid="auto"`` protects 2D images for: a trainer that resizes to 128 x 128,
+#: the size at which the code was measured to survive (docs/grid.md); the code made for it also
+#: reaches a trainer at 256, which sees it as a pattern of period 4.
+AUTO_GRID = "size:128"
+#: PGD steps of the pre-image (20 keep 98 % of what 60 keep: benchmarks/grid_survival.py) and the
+#: image size above which the nearest-neighbour copy is used instead (a 4 MP radiograph takes
+#: about 9 s per image on one core with 20 steps; the copy keeps about 16 % less of the code).
+PREIMAGE_STEPS = 20
+PREIMAGE_MAX_POSITIONS = 2**21
 
 
 @METHODS.register("lsp")
@@ -58,8 +67,9 @@ class MaskCodedPatterns(ProtectionMethod):
             ``nyquist``: each foreground class its Nyquist pattern (the checkerboard for the
             first), the background untouched; ``tile``, ``block`` and ``periods`` unused.
         periods: ``band``: (background, foreground) periods in positions, 0 for none.
-        grid: The trainer's working grid (:class:`ulmed.core.grid.WorkingGrid`): ``native``
-            (the code on the file's own pixels) or ``size:N[,M...]`` for a 2D trainer that
+        grid: The trainer's working grid (:class:`ulmed.core.grid.WorkingGrid`): ``auto``
+            (default: :data:`AUTO_GRID` for 2D images with the Nyquist code, native for the
+            rest), ``native`` (the code on the file's own pixels) or ``size:N[,M...]`` for a 2D trainer that
             resizes to ``N x N``: the Nyquist code is drawn on each working grid that
             shrinks the image and mapped back to native pixels by :func:`ulmed.core.grid.preimage`.
             Volumes and the ``blocks``/``band`` styles need ``native``.
@@ -73,7 +83,7 @@ class MaskCodedPatterns(ProtectionMethod):
     norm_reason = "its patterns are sign codes at the full per-position budget, an L-inf construction"
 
     def __init__(self, *args: Any, tile: int = 8, block: int = 1, style: str = "auto",
-                 periods: Sequence[float] = (0, 4), grid: str = "native", fit: str = "letterbox", cell: int = 1,
+                 periods: Sequence[float] = (0, 4), grid: str = "auto", fit: str = "letterbox", cell: int = 1,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if tile < 1 or block < 1 or block > tile:
@@ -83,10 +93,11 @@ class MaskCodedPatterns(ProtectionMethod):
         if len(periods) != 2 or any(p != 0 and p < 2 for p in periods):
             raise ConfigError(f"band periods (background, foreground) must each be 0 (no texture) or >= 2 positions, got {list(periods)}")
         self.tile, self.block, self.style, self.periods = tile, block, style, (float(periods[0]), float(periods[1]))
-        self.grid = WorkingGrid.parse(grid, fit)
+        self.auto_grid = str(grid).strip().lower() == "auto"
+        self.grid = WorkingGrid.parse(AUTO_GRID if self.auto_grid else grid, fit)
         if not isinstance(cell, int) or cell < 1:
             raise ConfigError(f"cell must be an integer >= 1, got {cell!r}")
-        if not self.grid.is_native and style in ("blocks", "band"):
+        if not self.grid.is_native and not self.auto_grid and style in ("blocks", "band"):
             raise ConfigError(f"--grid {self.grid.spec} draws the Nyquist code on the trainer's grid; "
                               f"style {style!r} needs --grid native")
         self.cell = cell
@@ -98,8 +109,9 @@ class MaskCodedPatterns(ProtectionMethod):
             if not shapes:
                 return eps * nyquist_coded(record.target, record.channels, record.spatial_shape, self.cell)
             codes = [eps * nyquist_coded(_nearest(record.target, shape), record.channels, shape, self.cell) for shape in shapes]
-            return preimage(unit_image, codes, eps)
-        if not self.grid.is_native:
+            large = int(np.prod(record.spatial_shape)) > PREIMAGE_MAX_POSITIONS
+            return preimage(unit_image, codes, eps, n_steps=0 if large else PREIMAGE_STEPS)
+        if not self.grid.is_native and not self.auto_grid:
             raise ConfigError(f"--grid {self.grid.spec} is for 2D images; volumes take --grid native for now")
         body = body_mask(record)  # air around a medical volume is left alone
         if self.style == "band":
@@ -111,15 +123,17 @@ class MaskCodedPatterns(ProtectionMethod):
 
     def params(self) -> dict[str, Any]:
         """Parameters that define the output (the grid only when it is not the native one)."""
-        grid = {} if self.grid.is_native else {"grid": self.grid.spec, "fit": self.grid.fit.value}
-        grid.update({"cell": self.cell} if self.cell != 1 else {})
-        if self.style == "nyquist" or grid:
-            return {**super().params(), "style": self.style, **grid}
-        if self.style == "band":
-            return {**super().params(), "style": "band", "periods": list(self.periods)}
-        auto = {"style": "auto"} if self.style == "auto" else {}
-        return {**super().params(), **auto, "tile": self.tile, "block": self.block}
-
+        out = dict(super().params())
+        if self.style == "nyquist":
+            out["style"] = "nyquist"
+        elif self.style == "band":
+            out.update(style="band", periods=list(self.periods))
+        else:
+            out.update({"style": "auto"} if self.style == "auto" else {}, tile=self.tile, block=self.block)
+        if self.style in ("auto", "nyquist") and not self.grid.is_native:
+            out.update({"grid": "auto", "grid_2d": self.grid.spec} if self.auto_grid else {"grid": self.grid.spec})
+            out.update(fit=self.grid.fit.value, **({"cell": self.cell} if self.cell != 1 else {}))
+        return out
 
 def _nearest(target: np.ndarray | int | None, shape: tuple[int, int]) -> np.ndarray | int | None:
     """A mask or label map resized to ``shape`` by nearest neighbour (as a trainer resizes masks); other targets as they are."""
