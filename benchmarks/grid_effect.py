@@ -104,7 +104,7 @@ def _protect(src: Path, out: Path, grid: str, args: argparse.Namespace) -> dict[
                                  size=int(grid.split(":")[1]))
         return {"protect_s": round(time.perf_counter() - start, 1), "psnr_min": report.spread("psnr")[0],  # type: ignore[index]
                 "options": {"release_size": int(grid.split(":")[1])}}
-    options: dict[str, Any] = {} if grid == "native" else {"grid": grid, "cell": args.cell}
+    options: dict[str, Any] = {"grid": grid} if grid in ("native", "auto") else {"grid": grid, "cell": args.cell}
     manifest = protect_path(src, out, method="lsp", eps=args.eps, seed=args.seed, device="cpu", method_options=options)
     return {"protect_s": round(time.perf_counter() - start, 1), "psnr_min": summarize(manifest)["psnr_min"],
             "options": options}
@@ -113,7 +113,7 @@ def _protect(src: Path, out: Path, grid: str, args: argparse.Namespace) -> dict[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protections", default="native,size:128",
-                        help="lsp grids to protect with: native, size:N[,M] (protect --grid), release:N (release --size N)")
+                        help="lsp grids to protect with: native, auto, size:N[,M] (protect --grid), release:N (release --size N)")
     parser.add_argument("--victims", default="pil:64,pil:128,cv2-linear:128,cv2-area:128,torch-aa:128",
                         help="LOADER:SIZE of each victim; loaders: " + ", ".join(RESIZERS))
     parser.add_argument("--cell", type=int, default=1, help="lsp cell on the working grid")

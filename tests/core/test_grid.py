@@ -64,3 +64,13 @@ def test_preimage_refuses_mismatched_inputs():
         preimage(np.zeros((1, 8, 8), np.float32), [np.zeros((1, 4, 4), np.float32)], 0.0)
     with pytest.raises(ConfigError, match="kernel"):
         preimage(np.zeros((1, 8, 8), np.float32), [np.zeros((1, 4, 4), np.float32)], 0.1, kernels=["lanczos"])
+
+
+def test_the_preimage_moves_only_positions_within_one_working_pixel_of_the_code():
+    image = np.full((1, 60, 90), 0.5, np.float32)
+    code = np.zeros((1, 20, 30), np.float32)
+    code[0, 8:12, 12:18] = 0.03 * np.where(np.indices((4, 6)).sum(0) % 2 == 0, 1, -1)
+    delta = preimage(image, [code], 0.03)
+    rows, cols = np.nonzero(delta[0])
+    assert rows.size and rows.min() >= 8 * 3 - 3 and rows.max() < 12 * 3 + 3  # 3 native pixels per working pixel
+    assert cols.min() >= 12 * 3 - 3 and cols.max() < 18 * 3 + 3

@@ -181,20 +181,27 @@ def test_manifest_is_strict_json_for_unchanged_images(sample_data, tmp_path):
     assert written and all(e["metrics"]["psnr"] is None and e["metrics"]["linf"] == 0 for e in written)
 
 
-def test_default_method_draws_the_masks_foreground_as_a_checkerboard(sample_data, tmp_path):
-    """`ulmed protect` with no method on an images + masks data set: lsp's Nyquist code, background untouched."""
+def test_default_method_draws_the_masks_foreground_as_a_checkerboard_on_the_trainers_grid(sample_data, tmp_path):
+    """`ulmed protect` with no method on an images + masks data set: lsp's Nyquist code for a trainer at 128 x 128."""
+    from scipy.ndimage import distance_transform_edt
+
+    from ulmed.core.patterns import nyquist_coded
+
     manifest = protect_path(sample_data / "hc18", tmp_path / "out", eps="8/255", seed=0)
     assert manifest.counts()["failed"] == 0
-    clean = np.asarray(Image.open(sample_data / "hc18/images/012_HC.png")).astype(int)
-    prot = np.asarray(Image.open(tmp_path / "out/images/012_HC.png")).astype(int)
+    clean = np.asarray(Image.open(sample_data / "hc18/images/012_HC.png")).astype(np.float32)
+    prot = np.asarray(Image.open(tmp_path / "out/images/012_HC.png")).astype(np.float32)
     mask = np.asarray(Image.open(sample_data / "hc18/masks/012_HC.png")) > 0
-    i, j = np.indices(clean.shape)
-    board = np.where((i + j) % 2 == 0, 8, -8)
-    free = mask & (clean >= 8) & (clean <= 247)
-    assert free.sum() > 1000 and np.array_equal((prot - clean)[free], board[free])
-    assert np.array_equal(prot[~mask], clean[~mask])
+    assert np.abs(prot - clean).max() <= 8
+    far = distance_transform_edt(~mask) > 3.5 * 400 / 128  # the code cells and one cell around them, diagonals included
+    assert np.array_equal(prot[far], clean[far])
+    shape = (round(clean.shape[0] * 128 / clean.shape[1]), 128)  # Pillow's letterbox resize to 128
+    small = [np.asarray(Image.fromarray(a).resize(shape[::-1], Image.Resampling.BILINEAR)) for a in (prot, clean)]
+    small_mask = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize(shape[::-1], Image.Resampling.NEAREST))
+    board = 8 * nyquist_coded(small_mask, 1, shape)[0]
+    assert ((small[0] - small[1]) * board).sum() / (board * board).sum() > 0.2  # a fifth of the code or more survives
     saved = json.loads((tmp_path / "out/manifest.json").read_text())
-    assert json.dumps(saved).count('"style": "auto"') >= 1
+    assert json.dumps(saved).count('"grid": "auto"') >= 1 and json.dumps(saved).count('"grid_2d": "size:128"') >= 1
 
 
 # -- issue 15 (6, 17): the budget holds on the written values, and the manifest describes them --------------

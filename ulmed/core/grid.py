@@ -13,6 +13,7 @@ kernels trainers use (:data:`KERNELS`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -154,7 +155,8 @@ def preimage(
         eps: L-inf budget in [0, 1] units.
         kernels: Resize kernels the squared error is summed over.
         n_steps: PGD steps (sign steps with a decaying schedule, from the nearest-neighbour
-            upsampled copy of the first code).
+            upsampled copy of the first code); only positions within one working-grid pixel
+            of a coded position move, so the rest of the image stays as it is.
 
     Returns:
         ``(C, H, W)`` float32 perturbation, ``|delta| <= eps`` and ``image + delta`` in [0, 1].
@@ -180,6 +182,11 @@ def preimage(
         return weight * sum(((resize(delta, t.shape[-2:], k) - t) ** 2).sum() for t in targets for k in kinds)
 
     start = F.interpolate(targets[0], size=tuple(image.shape[1:]), mode="nearest").clamp(-eps, eps)
+    # Only positions within one working-grid pixel of the code may move: sign steps would
+    # otherwise put noise on every background pixel that a resize maps to zero.
+    reach = max(math.ceil(image.shape[1 + a] / t.shape[-2 + a]) for t in targets for a in (0, 1))
+    coded = sum(F.interpolate(t.abs(), size=tuple(image.shape[1:]), mode="nearest") for t in targets)
+    support = F.max_pool2d(coded.amax(dim=1, keepdim=True), 2 * reach + 1, stride=1, padding=reach) > 0
     delta = perturb(x, start, loss_fn, eps=eps, step_size=step_schedule("dynamic", eps / 10, max(n_steps, 1)),
-                    n_steps=n_steps, minimize=True)
+                    n_steps=n_steps, minimize=True, position_mask=support)
     return delta[0].numpy()
