@@ -149,7 +149,8 @@ def main() -> None:
                                 "rms_after_resize": round(rms, 5), "train_s": round(time.perf_counter() - start, 1), **info})
                 print(results[-1], flush=True)
     for r in results:
-        clean = next(c["dice"] for c in results if c["protection"] == "clean" and (c["loader"], c["size"]) == (r["loader"], r["size"]))
+        clean = next(c["dice"] for c in results
+                     if c["protection"] == "clean" and (c["loader"], c["size"]) == (r["loader"], r["size"]))
         r["dice_ratio"] = round(r["dice"] / clean, 3)
     out = REPO / "benchmarks/results" / f"grid_effect_hc18{'_' + args.tag if args.tag else ''}.json"
     out.write_text(json.dumps({"benchmark": "grid_effect", "dataset": "hc18", "train_images": len(train_rows),

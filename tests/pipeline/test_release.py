@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import csv
 import hashlib
 import re
 import shutil
@@ -15,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import tree_hashes
+from tests.pipeline.conftest import SUBJECTS
 from tests.pipeline.test_dicom_export import BAD_SERIES_FILE, bad_date_export
 from ulmed.cli import app, main
 from ulmed.core.method import METHODS
@@ -23,29 +23,7 @@ from ulmed.pipeline.checksums import read_sums, write_sums
 from ulmed.pipeline.protect import DEID_KEY_ENV
 from ulmed.pipeline.release import release_dataset, verify_release
 
-SUBJECTS = ("012_HC", "015_HC", "017_HC", "018_HC")
 SUM_LINE = re.compile(r"^[0-9a-f]{64}  [^/].*$")
-
-
-def _hc18_subset(real_data: Path, dst: Path) -> Path:
-    """A small HC18 data set: 4 images, their masks and the matching rows of the split file."""
-    src = real_data / "hc18"
-    for sub in ("images", "masks"):
-        (dst / sub).mkdir(parents=True)
-        for s in SUBJECTS:
-            shutil.copy2(src / sub / f"{s}.png", dst / sub / f"{s}.png")
-    with open(src / "index.csv", newline="") as fh:
-        rows = list(csv.reader(fh))
-    keep = [rows[0]] + [r for r in rows[1:] if Path(r[0]).stem in SUBJECTS]
-    assert len(keep) == len(SUBJECTS) + 1
-    with open(dst / "index.csv", "w", newline="") as fh:
-        csv.writer(fh).writerows(keep)
-    return dst
-
-
-@pytest.fixture(scope="module")
-def dataset(real_data, tmp_path_factory) -> Path:
-    return _hc18_subset(real_data, tmp_path_factory.mktemp("in") / "hc18")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tests.conftest import tree_hashes
-from tests.pipeline.test_release import SUBJECTS, dataset  # noqa: F401 - the module's HC18 subset fixture
+from tests.pipeline.conftest import SUBJECTS
 from ulmed.cli import app, main
 from ulmed.core.grid import Fit, WorkingGrid
 from ulmed.errors import ConfigError
