@@ -137,7 +137,7 @@ def protect(
     rho: Annotated[Optional[float], typer.Option(help="SALM: fraction of positions that may change (L0 budget).")] = None,
     augment: Annotated[Optional[str], typer.Option(help="em/salm: trainer augmentation to optimise against: none, flip_jitter, standard, robust or armor.")] = None,
     objective: Annotated[Optional[str], typer.Option(help="em/salm: PGD objective, loss (error-minimising) or bayes (Bayes-error ascent).")] = None,
-    grid: Annotated[Optional[str], typer.Option(help="lsp: the trainer's working grid, native or size:N[,M...] (a 2D trainer that resizes to N x N).")] = None,
+    grid: Annotated[Optional[str], typer.Option(help="lsp: the trainer's working grid: auto (default; size:128 for 2D images), native, or size:N[,M...] (a 2D trainer that resizes to N x N).")] = None,
     fit: Annotated[Optional[str], typer.Option(help="lsp with --grid size:N: how the trainer fits an image into N x N, letterbox or stretch.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method option KEY=VALUE (repeatable), e.g. --set rounds=5.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file with option values (e.g. configs/protect/salm.yaml); flags win.")] = None,

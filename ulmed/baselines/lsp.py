@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from ulmed.core.method import METHODS, ProtectionMethod, record_seed
 from ulmed.core.body import body_mask
 from ulmed.core.grid import WorkingGrid, preimage
+from ulmed.core.method import METHODS, ProtectionMethod, record_seed
 from ulmed.core.patterns import mask_coded, mask_textured, nyquist_coded
 from ulmed.errors import ConfigError
 from ulmed.io.record import Record

@@ -92,7 +92,7 @@ class WorkingGrid:
             return cls((), fit)  # type: ignore[arg-type]
         kind, _, values = text.partition(":")
         if kind != "size" or not values:
-            raise ConfigError(f"grid must be 'native' or 'size:N[,M...]' (the trainer's working sizes), got {spec!r}")
+            raise ConfigError(f"grid must be 'auto', 'native' or 'size:N[,M...]' (the trainer's working sizes), got {spec!r}")
         try:
             sizes = tuple(sorted({int(v) for v in values.split(",") if v.strip()}))
         except ValueError:
