@@ -141,7 +141,7 @@ def test_auto_style_codes_images_with_nyquist_and_volumes_with_blocks(real_data)
     image = _record(real_data)
     assert np.array_equal(m.perturbation(image, None, 1.0), nyquist_coded(image.target, 1, image.spatial_shape))
     default = MaskCodedPatterns("4/255", seed=2)  # the default grid: the code made for a trainer at 128
-    assert default.params()["grid"] == "auto" and default.params()["grid_2d"] == "size:128"
+    assert default.params()["grid"] == "auto" and default.params()["grid_2d"] == "size:128" and default.params()["cell"] == 2
     assert np.allclose(default.perturbation(image, image.unit_image(), 4 / 255),
                        MaskCodedPatterns("4/255", seed=2, grid="size:128").perturbation(image, image.unit_image(), 4 / 255))
     labels = np.zeros((6, 8, 8), dtype=np.int64)
