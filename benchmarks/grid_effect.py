@@ -116,7 +116,7 @@ def main() -> None:
                         help="lsp grids to protect with: native, auto, size:N[,M] (protect --grid), release:N (release --size N)")
     parser.add_argument("--victims", default="pil:64,pil:128,cv2-linear:128,cv2-area:128,torch-aa:128",
                         help="LOADER:SIZE of each victim; loaders: " + ", ".join(RESIZERS))
-    parser.add_argument("--cell", type=int, default=1, help="lsp cell on the working grid")
+    parser.add_argument("--cell", type=int, default=2, help="lsp cell on the working grid (lsp's default: 2)")
     parser.add_argument("--train-limit", type=int, default=200, help="first N train images (0: all 421)")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--defense", default="flip_jitter")
