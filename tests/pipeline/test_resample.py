@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,3 +91,13 @@ def test_the_cli_writes_an_ml_ready_release(dataset, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: fit:") and "letterbox" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "s").exists()
+
+
+def test_a_broken_image_fails_as_that_file_and_the_rest_is_released(dataset, tmp_path):
+    import shutil
+
+    src = Path(shutil.copytree(dataset, tmp_path / "hc18"))
+    (src / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    report = release_dataset(src, tmp_path / "rel", method="none", size=32)
+    assert [e.input for e in report.failed] == ["images/broken.png"]
+    assert np.asarray(Image.open(tmp_path / "rel" / "images" / f"{SUBJECTS[0]}.png")).shape == (32, 32)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +42,9 @@ class Resampled:
         root: The staging folder (named like the source, so a release's name and resume key stay).
         size: The grid's side ``N``.
         fit: How images were fitted into ``N x N``.
-        images: Images resampled.
+        images: Images resampled (an image that cannot be read is copied as it is, for the
+            protection run to report as that file).
         masks: Masks and label maps resampled.
-        unreadable: Images that could not be read, copied unchanged for the protection run to report.
     """
 
     root: Path
@@ -52,7 +52,6 @@ class Resampled:
     fit: Fit
     images: int = 0
     masks: int = 0
-    unreadable: list[str] = field(default_factory=list)
 
     def card_lines(self) -> list[str]:
         """What the data card says about the resampling."""
@@ -137,8 +136,7 @@ def resample_dataset(source: str | Path, staging: str | Path, size: int, fit: st
     for item in inv.images:
         try:
             arr, geo = fit_array(_read(item.path), grid, nearest=False)
-        except (OSError, ValueError) as exc:
-            result.unreadable.append(f"{item.rel}: {exc}")
+        except (OSError, ValueError):
             (root / item.rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(item.path, root / item.rel)
             continue
