@@ -50,8 +50,9 @@ AUTO_GRID = "size:128"
 #: image size above which the nearest-neighbour copy is used instead (a 4 MP radiograph takes
 #: about 9 s per image on one core with 20 steps; the copy keeps about 16 % less of the code).
 PREIMAGE_STEPS = 20
-#: Working-grid positions per step of the code on a working grid (docs/grid.md: at 128, cell 2
-#: gave Dice ratios 0.34 / 0.33 (Pillow / torch) where cell 1 gave 0.50 / 0.60, and 0.84 at 64).
+#: Working-grid positions per step of the code on a working grid (docs/grid.md: cell 2 gave Dice
+#: ratios 0.14 at 256, 0.84 at 64 and 0.33 with torch at 128 where cell 1 gave 0.35, 1.01 and 0.60;
+#: at Pillow 128 the two are within seed noise, means 0.53 and 0.45).
 GRID_CELL = 2
 PREIMAGE_MAX_POSITIONS = 2**21
 
