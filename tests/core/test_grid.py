@@ -74,3 +74,14 @@ def test_the_preimage_moves_only_positions_within_one_working_pixel_of_the_code(
     rows, cols = np.nonzero(delta[0])
     assert rows.size and rows.min() >= 8 * 3 - 3 and rows.max() < 12 * 3 + 3  # 3 native pixels per working pixel
     assert cols.min() >= 12 * 3 - 3 and cols.max() < 18 * 3 + 3
+
+
+def test_label_maps_resize_by_nearest_neighbour_in_their_own_dtype():
+    from ulmed.core.grid import nearest_labels
+
+    labels = np.zeros((30, 50), np.int64)
+    labels[10:20, 10:40] = 70000
+    small = nearest_labels(labels, (15, 25))
+    assert small.dtype == np.int64 and set(np.unique(small)) == {0, 70000} and small[7, 12] == 70000
+    with pytest.raises(ConfigError, match="32-bit"):
+        nearest_labels(np.full((4, 4), 2**40), (2, 2))

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ulmed.core.body import body_mask
-from ulmed.core.grid import WorkingGrid, preimage
+from ulmed.core.grid import WorkingGrid, nearest_labels, preimage
 from ulmed.core.method import METHODS, ProtectionMethod, record_seed
 from ulmed.core.patterns import mask_coded, mask_textured, nyquist_coded
 from ulmed.errors import ConfigError
@@ -115,7 +115,7 @@ class MaskCodedPatterns(ProtectionMethod):
             if not shapes:
                 return eps * nyquist_coded(record.target, record.channels, record.spatial_shape, self.cell or 1)
             cell = self.cell or GRID_CELL
-            codes = [eps * nyquist_coded(_nearest(record.target, shape), record.channels, shape, cell) for shape in shapes]
+            codes = [eps * nyquist_coded(_labels_at(record.target, shape), record.channels, shape, cell) for shape in shapes]
             large = int(np.prod(record.spatial_shape)) > PREIMAGE_MAX_POSITIONS
             return preimage(unit_image, codes, eps, n_steps=0 if large else PREIMAGE_STEPS)
         if not self.grid.is_native and not self.auto_grid:
@@ -145,10 +145,6 @@ class MaskCodedPatterns(ProtectionMethod):
         return out
 
 
-def _nearest(target: np.ndarray | int | None, shape: tuple[int, int]) -> np.ndarray | int | None:
-    """A mask or label map resized to ``shape`` by nearest neighbour (as a trainer resizes masks); other targets as they are."""
-    if not isinstance(target, np.ndarray):
-        return target
-    rows = np.minimum((np.arange(shape[0]) + 0.5) * target.shape[0] / shape[0], target.shape[0] - 1).astype(np.int64)
-    cols = np.minimum((np.arange(shape[1]) + 0.5) * target.shape[1] / shape[1], target.shape[1] - 1).astype(np.int64)
-    return target[np.ix_(rows, cols)]
+def _labels_at(target: np.ndarray | int | None, shape: tuple[int, int]) -> np.ndarray | int | None:
+    """A mask or label map on the working grid (:func:`ulmed.core.grid.nearest_labels`); other targets as they are."""
+    return nearest_labels(target, shape) if isinstance(target, np.ndarray) else target

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.utils import look_up_option
+from PIL import Image
 
 from ulmed.core.pgd import perturb, step_schedule
 from ulmed.errors import ConfigError
@@ -126,6 +127,21 @@ class WorkingGrid:
         """
         shapes = [self.working_shape(native, n) for n in self.sizes]
         return [s for s in shapes if s[0] < int(native[0]) or s[1] < int(native[1])]
+
+
+def nearest_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """A 2D mask or label map resized to ``shape`` by nearest neighbour with Pillow, as trainers resize masks.
+
+    Raises:
+        ConfigError: Labels outside the 32-bit integer range.
+    """
+    arr = np.asarray(labels)
+    if arr.dtype not in (np.uint8, np.uint16, np.int32):
+        if arr.size and (arr.min() < np.iinfo(np.int32).min or arr.max() > np.iinfo(np.int32).max):
+            raise ConfigError("label values must fit in 32-bit integers to be resized")
+        arr = arr.astype(np.int32)
+    out = np.asarray(Image.fromarray(np.ascontiguousarray(arr)).resize((int(shape[1]), int(shape[0])), Image.Resampling.NEAREST))
+    return out.astype(labels.dtype, copy=False)
 
 
 def resize(x: torch.Tensor, shape: Sequence[int], kernel: Kernel | str) -> torch.Tensor:

@@ -27,7 +27,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from ulmed.core.grid import Fit, WorkingGrid, choice
+from ulmed.core.grid import Fit, WorkingGrid, choice, nearest_labels
 from ulmed.errors import ConfigError, InputError
 from ulmed.io.discover import discover
 
@@ -67,7 +67,7 @@ class Resampled:
 def _plane(arr: np.ndarray, hw: tuple[int, int], nearest: bool) -> np.ndarray:
     """One (H, W) plane resized to ``hw``: nearest for labels, bicubic (antialiased) for images."""
     if nearest:
-        return np.asarray(Image.fromarray(arr).resize(hw[::-1], Image.Resampling.NEAREST))
+        return nearest_labels(arr, hw)
     out = np.asarray(Image.fromarray(arr.astype(np.float32)).resize(hw[::-1], Image.Resampling.BICUBIC))
     if np.issubdtype(arr.dtype, np.integer):
         info = np.iinfo(arr.dtype)
