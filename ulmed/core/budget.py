@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ulmed.core.tasks import NORMS
 from ulmed.errors import ConfigError
 from ulmed.io.record import IntensityMapping, Record
 
@@ -25,7 +26,6 @@ _NATIVE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z]+)\s
 _FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*/\s*([0-9]*\.?[0-9]+)\s*$")
 _NUMBER = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*$")
 _NORM = re.compile(r"^\s*(linf|l2)\s*:(.*)$", re.IGNORECASE)
-NORMS = ("linf", "l2")
 
 
 @dataclass(frozen=True)

@@ -16,20 +16,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.utils import look_up_option
 from PIL import Image
 
+from ulmed.choices import StrEnum, look_up
 from ulmed.core.pgd import perturb, step_schedule
 from ulmed.errors import ConfigError
 
 
-class Fit(str, Enum):
+class Fit(StrEnum):
     """How a trainer brings an image to its working size."""
 
     #: Scale to fit inside ``N x N`` keeping the aspect ratio, pad the rest (a letterbox).
@@ -38,7 +36,7 @@ class Fit(str, Enum):
     STRETCH = "stretch"
 
 
-class Kernel(str, Enum):
+class Kernel(StrEnum):
     """Resize kernels of the trainers a pre-image is optimised against."""
 
     #: Antialiased bilinear: Pillow's ``resize(BILINEAR)``, torch/MONAI with ``antialias=True``.
@@ -47,14 +45,6 @@ class Kernel(str, Enum):
     AREA = "area"
     #: Bilinear without antialiasing: OpenCV ``INTER_LINEAR``, torch's default.
     LINEAR = "linear"
-
-
-def choice(value: object, options: type[Enum], what: str) -> Any:
-    """``value`` as a member of the string enum ``options`` (MONAI's ``look_up_option``), or a ConfigError naming the choices."""
-    try:
-        return options(look_up_option(str(getattr(value, "value", value)).lower(), [o.value for o in options]))  # type: ignore[call-arg]
-    except ValueError as exc:
-        raise ConfigError(f"{what}: {str(exc).strip()}") from None
 
 
 #: The kernels :func:`preimage` optimises against by default: all of :class:`Kernel`.
@@ -77,7 +67,7 @@ class WorkingGrid:
     def __post_init__(self) -> None:
         if any(not isinstance(n, int) or n < 2 for n in self.sizes):
             raise ConfigError(f"working sizes must be integers >= 2, got {list(self.sizes)}")
-        object.__setattr__(self, "fit", choice(self.fit, Fit, "fit"))
+        object.__setattr__(self, "fit", look_up(self.fit, Fit, "fit"))
 
     @classmethod
     def parse(cls, spec: str | WorkingGrid | None, fit: str | Fit = Fit.LETTERBOX) -> WorkingGrid:
@@ -146,7 +136,7 @@ def nearest_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
 def resize(x: torch.Tensor, shape: Sequence[int], kernel: Kernel | str) -> torch.Tensor:
     """Resize ``(B, C, H, W)`` to ``shape`` with one of the trainers' kernels (differentiable)."""
-    kind = choice(kernel, Kernel, "resize kernel")
+    kind = look_up(kernel, Kernel, "resize kernel")
     size = (int(shape[0]), int(shape[1]))
     if kind is Kernel.AREA:
         return F.interpolate(x, size=size, mode="area")
@@ -190,7 +180,7 @@ def preimage(
         if code.ndim != 3 or code.shape[0] != image.shape[0]:
             raise ConfigError(f"a code must be (C, h, w) with the image's {image.shape[0]} channels, got {code.shape}")
         targets.append(torch.from_numpy(np.ascontiguousarray(code, dtype=np.float32))[None])
-    kinds = [choice(k, Kernel, "resize kernel") for k in kernels]
+    kinds = [look_up(k, Kernel, "resize kernel") for k in kernels]
     weight = 1.0 / (len(targets) * len(kinds))
 
     def loss_fn(x_adv: torch.Tensor) -> torch.Tensor:

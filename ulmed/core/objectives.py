@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ulmed.core.tasks import TASKS
 from ulmed.errors import ConfigError
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
 #: Floor of the median-heuristic bandwidth (feature units).
 MIN_BANDWIDTH = 1e-6
 #: The tasks :class:`BayesErrorObjective` serves.
-TASKS = ("segmentation", "classification")
 
 
 # --------------------------------------------------------------------------- validation

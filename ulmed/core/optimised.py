@@ -23,7 +23,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
 from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 
@@ -43,6 +42,7 @@ from ulmed.core.surrogates import (
     feature_layer,
 )
 from ulmed.core.targets import TargetSet, prepare_targets
+from ulmed.core.tasks import task_loss
 from ulmed.errors import ConfigError
 from ulmed.io.record import Record
 
@@ -322,7 +322,7 @@ class OptimisedMethod(ProtectionMethod):
             model, optimizer, num_classes = self._surrogate(f"{dims}d-{channels}ch", name, dims, channels, info.num_classes)
             info = replace(info, num_classes=num_classes)
             seg = info.task == "segmentation"
-            loss_fn = DiceCELoss(to_onehot_y=True, softmax=True) if seg else torch.nn.CrossEntropyLoss()
+            loss_fn = task_loss("segmentation" if seg else "classification")
             config = MinMinConfig(**{
                 **self.loop.__dict__,
                 "eps": float(group.eps.max()),

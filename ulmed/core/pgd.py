@@ -26,6 +26,7 @@ from ulmed.core.projection import (
     l0_mask_topk,
     l2_norms,
 )
+from ulmed.core.tasks import NORMS
 from ulmed.errors import ConfigError
 
 #: ``loss_fn(x_adv) -> scalar loss`` (a closure over the model and the target).
@@ -38,7 +39,6 @@ SelectFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None]
 #: ``loss_fn_window(x_adv_window, window) -> scalar``; ``window`` holds the spatial slices.
 WindowLossFn = Callable[[torch.Tensor, tuple[slice, ...]], torch.Tensor]
 
-NORMS = ("linf", "l2")
 SCHEDULES = ("constant", "dynamic")
 #: ``step_size(step) -> size`` of PGD step ``step`` (0-based).
 StepSchedule = Callable[[int], float]

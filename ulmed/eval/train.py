@@ -36,18 +36,17 @@ from typing import Any, cast
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
-from monai.losses import DiceCELoss
 from monai.transforms import RandCropByPosNegLabel
 from torch import nn
 
 from ulmed.core.device import resolve_device
+from ulmed.core.tasks import TASKS, task_loss
 from ulmed.errors import ConfigError
 from ulmed.eval.learnability import GAMMA, sal_per_layer
 from ulmed.eval.metrics import ClassificationMetrics, SegmentationMetrics
 
 #: ``augment(image (C, *spatial), target (*spatial) array or int, rng) -> (image, target)``
 Augment = Callable[[np.ndarray, Any, np.random.Generator], tuple[np.ndarray, Any]]
-TASKS = ("segmentation", "classification")
 
 
 @dataclass
@@ -148,13 +147,6 @@ def _check_data(images: np.ndarray, targets: np.ndarray | None, task: str, num_c
             raise ConfigError(f"targets must be integer labels, got dtype {targets.dtype}")
         if num_classes is not None and (targets.min() < 0 or targets.max() >= num_classes):
             raise ConfigError(f"target labels must lie in [0, {num_classes}), got {targets.min()}..{targets.max()}")
-
-
-def task_loss(task: str) -> nn.Module:
-    """The training loss of a task: DiceCE (one-hot targets, softmax) or cross-entropy."""
-    if task not in TASKS:
-        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-    return DiceCELoss(to_onehot_y=True, softmax=True) if task == "segmentation" else nn.CrossEntropyLoss()
 
 
 def _patch_crop(config: TrainConfig, spatial: tuple[int, ...], rng: np.random.Generator) -> RandCropByPosNegLabel:

@@ -13,7 +13,7 @@ to the input shape. For classifiers the same wrapper pads inputs smaller than th
 network's minimum (DenseNet-121 needs 32 per axis because of its four pooling stages, so
 28x28 PneumoniaMNIST is zero-padded to 32x32). UNETR is a vision transformer with a fixed
 patch grid: it needs ``img_size`` at build time (each axis a multiple of 16), takes
-exactly that input shape, and needs the optional package ``einops``.
+exactly that input shape (MONAI builds it with ``einops``, a dependency of ulmed).
 
 UNet++ (``BasicUNetPlusPlus``) returns a list of outputs; the wrapper returns only the
 final one, so every victim maps ``(B, C_in, *spatial)`` to ``(B, C_out, *spatial)``
@@ -22,7 +22,6 @@ final one, so every victim maps ``(B, C_in, *spatial)`` to ``(B, C_out, *spatial
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -33,7 +32,7 @@ from monai.networks import nets
 from torch import nn
 
 from ulmed.core.registry import Registry
-from ulmed.errors import ConfigError, MissingDependencyError
+from ulmed.errors import ConfigError
 
 Task = Literal["segmentation", "classification"]
 SIZES = ("small", "base")
@@ -152,8 +151,6 @@ def _unetr(dims: int, cin: int, cout: int, size: str, img_size: tuple[int, ...] 
         raise ConfigError("victim 'unetr' needs img_size (the exact input shape, each axis a multiple of 16)")
     if len(img_size) != dims or any(s < 16 or s % 16 for s in img_size):
         raise ConfigError(f"victim 'unetr': img_size {tuple(img_size)} must have {dims} axes, each a multiple of 16")
-    if importlib.util.find_spec("einops") is None:
-        raise MissingDependencyError("victim 'unetr' needs the package einops; install it with: pip install einops")
     feature, hidden, mlp, heads = (8, 192, 384, 4) if size == "small" else (16, 768, 3072, 12)
     return nets.UNETR(cin, cout, img_size=tuple(img_size), feature_size=feature, hidden_size=hidden, mlp_dim=mlp,
                       num_heads=heads, spatial_dims=dims)
@@ -209,7 +206,6 @@ def build_victim(
 
     Raises:
         ConfigError: Unknown name or size, unsupported dimension, bad channel counts.
-        MissingDependencyError: UNETR without einops.
     """
     spec = VICTIMS.get(name)
     if size not in SIZES:

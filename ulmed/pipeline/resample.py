@@ -27,7 +27,8 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from ulmed.core.grid import Fit, WorkingGrid, choice, nearest_labels
+from ulmed.choices import look_up
+from ulmed.core.grid import Fit, WorkingGrid, nearest_labels
 from ulmed.errors import ConfigError, InputError
 from ulmed.io.discover import discover
 
@@ -124,7 +125,7 @@ def resample_dataset(source: str | Path, staging: str | Path, size: int, fit: st
             volumes (they are resampled to a spacing, which ``--size`` is not).
         InputError: The source does not exist or holds no image.
     """
-    grid = WorkingGrid((int(size),), choice(fit, Fit, "fit"))
+    grid = WorkingGrid((int(size),), look_up(fit, Fit, "fit"))
     src = Path(source).expanduser().resolve()
     inv = discover(src)
     if inv.nifti or inv.dicom.series:

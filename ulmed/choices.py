@@ -1,0 +1,44 @@
+"""String choices: one ``StrEnum`` per option and one lookup that names the valid values.
+
+Every string option of ulmed (a norm, a task, a resize kernel, a DICOM encoding, ...) is a
+:class:`monai.utils.StrEnum`; :func:`look_up` turns user input into a member through MONAI's
+``look_up_option`` and raises a :class:`~ulmed.errors.ConfigError` that lists the choices.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TypeVar
+
+from monai.utils import StrEnum, look_up_option
+
+from ulmed.errors import ConfigError
+
+__all__ = ["StrEnum", "look_up", "names"]
+
+E = TypeVar("E", bound=Enum)
+
+
+def look_up(value: object, options: type[E], what: str) -> E:
+    """``value`` as a member of the string enum ``options``, or a ConfigError naming the choices.
+
+    Args:
+        value: A member, or its value in any case (``"LINF"``, ``"linf"``).
+        options: The enum class.
+        what: The option's name for the message, e.g. ``"norm"``.
+
+    Returns:
+        The member.
+
+    Raises:
+        ConfigError: ``value`` is not one of the members' values.
+    """
+    try:
+        return options(look_up_option(str(getattr(value, "value", value)).lower(), [o.value for o in options]))
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {' '.join(str(exc).split())}") from None
+
+
+def names(options: type[Enum]) -> tuple[str, ...]:
+    """The values of a string enum, in definition order (for help texts and manifests)."""
+    return tuple(str(o.value) for o in options)

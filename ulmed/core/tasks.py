@@ -1,0 +1,46 @@
+"""What a protection or a victim learns, and the budget norms: one place for each constant.
+
+``Task`` is what the targets are (label maps or class indices) and :func:`task_loss` is the
+one training loss per task, used by the surrogates, the victims and the PGD objective.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ulmed.choices import StrEnum, look_up
+
+
+class Task(StrEnum):
+    """What the targets of a data set are."""
+
+    #: Label maps ``(N, *spatial)``; loss DiceCE.
+    SEGMENTATION = "segmentation"
+    #: Class indices ``(N,)``; loss cross-entropy.
+    CLASSIFICATION = "classification"
+
+
+class Norm(StrEnum):
+    """The norm of a perturbation budget."""
+
+    LINF = "linf"
+    L2 = "l2"
+
+
+#: The task values, in definition order.
+TASKS: tuple[str, ...] = tuple(t.value for t in Task)
+#: The norm values, in definition order.
+NORMS: tuple[str, ...] = tuple(n.value for n in Norm)
+
+
+def task_loss(task: str | Task) -> nn.Module:
+    """The training loss of a task: DiceCE (one-hot targets, softmax) or cross-entropy.
+
+    Raises:
+        ConfigError: ``task`` is not a :class:`Task`.
+    """
+    from monai.losses import DiceCELoss
+
+    if look_up(task, Task, "task") is Task.SEGMENTATION:
+        return DiceCELoss(to_onehot_y=True, softmax=True)
+    return nn.CrossEntropyLoss()
