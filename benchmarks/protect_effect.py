@@ -47,7 +47,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 METHODS = ("clean", "random", "lsp", "em", "salm", "salm_lsp", "salm_nolabel", "em_eot", "em_lsp_eot", "salm_eot", "em_bayes",
-           "em_eot_shift", "em_eot_robust", "band4", "band4_8", "band3_6", "lsp_t8b4", "lsp_t16b8", "lsp_t32b16",
+           "em_eot_shift", "em_eot_robust", "lsp_t8b4", "lsp_t16b8", "lsp_t32b16",
            "lsp_t2", "lsp_t4", "lsp_nyquist", "em_nyquist", "em_nyquist_eot", "lsp_blocks")
 #: benchmark row -> (registered method, extra options, use labels)
 ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
@@ -64,9 +64,6 @@ ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "em_bayes": ("em", {"objective": "bayes"}, True),
     "em_eot_shift": ("em", {"augment": {"shift": 3}}, True),
     "em_eot_robust": ("em", {"augment": "robust", "step_schedule": "dynamic"}, True),
-    "band4": ("lsp", {"style": "band", "periods": (0, 4)}, True),
-    "band4_8": ("lsp", {"style": "band", "periods": (8, 4)}, True),
-    "band3_6": ("lsp", {"style": "band", "periods": (6, 3)}, True),
     "lsp_t8b4": ("lsp", {"tile": 8, "block": 4}, True),
     "lsp_t16b8": ("lsp", {"tile": 16, "block": 8}, True),
     "lsp_t32b16": ("lsp", {"tile": 32, "block": 16}, True),

@@ -46,36 +46,9 @@ def test_unlabelled_and_bad_parameters(real_data):
         MaskCodedPatterns("2/255", tile=4, block=8)
 
 
-def test_band_texture_energy_sits_at_its_period_and_survives_a_shift():
-    from ulmed.core.patterns import band_texture
-
-    t = band_texture(1, (64, 64), 4, seed=3)[0]
-    assert set(np.unique(t)) == {-1.0, 1.0}
-    f = np.fft.fftfreq(64)
-    radius = np.sqrt(f[:, None] ** 2 + f[None] ** 2)
-    power = np.abs(np.fft.fft2(t)) ** 2
-    near = np.abs(radius - 0.25) < 0.08
-    assert power[near].sum() / power.sum() > 0.6  # white +-1 noise would put ~13 % there
-    shifted = np.roll(t, (1, 2), axis=(0, 1))  # same spectrum magnitude: no fixed phase to lose
-    assert np.allclose(np.abs(np.fft.fft2(shifted)), np.abs(np.fft.fft2(t)), atol=1e-6)
-
-
-def test_band_style_textures_only_the_classes_with_a_period():
-    from ulmed.io.record import IntensityMapping, Record
-    from ulmed.pipeline.protect import build_method
-
-    mask = np.zeros((32, 32), dtype=np.uint8)
-    mask[8:24, 8:24] = 255
-    rec = Record("a.png", np.full((1, 32, 32), 128, np.uint8), IntensityMapping(0, 255, 0, 255, 1), 2, "image", target=mask)
-    m = build_method("lsp", "8/255", 0, "cpu", style="band", periods=(0, 4))
-    d = m.perturbation(rec, rec.unit_image(), 8 / 255)
-    assert np.all(d[0][mask == 0] == 0) and np.allclose(np.abs(d[0][mask > 0]), 8 / 255)
-    other = build_method("lsp", "8/255", 0, "cpu", style="band", periods=(0, 4)).perturbation(
-        Record("b.png", rec.image, rec.mapping, 2, "image", target=mask), rec.unit_image(), 8 / 255)
-    assert not np.array_equal(d, other)  # a texture per record, not one shared pattern
-    assert m.params()["periods"] == [0.0, 4.0]
-    with pytest.raises(ConfigError, match="periods"):
-        build_method("lsp", "8/255", 0, "cpu", style="band", periods=(0, 1))
+def test_an_unknown_style_is_refused_naming_the_choices():
+    with pytest.raises(ConfigError, match="nyquist"):
+        MaskCodedPatterns("8/255", style="band")
 
 
 def test_nyquist_patterns_are_their_own_shifts_flips_and_rotations_up_to_sign():

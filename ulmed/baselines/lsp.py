@@ -26,22 +26,32 @@ images and ``blocks`` for volumes (README, issue 7).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from ulmed.choices import StrEnum, look_up, names
 from ulmed.core.body import body_mask
 from ulmed.core.grid import WorkingGrid, nearest_labels, preimage
-from ulmed.core.method import METHODS, ProtectionMethod, record_seed
-from ulmed.core.patterns import mask_coded, mask_textured, nyquist_coded
+from ulmed.core.method import METHODS, ProtectionMethod
+from ulmed.core.patterns import mask_coded, nyquist_coded
 from ulmed.errors import ConfigError
 from ulmed.io.record import Record
 
-#: ``blocks``: fixed-phase periodic blocks per class (LSP); ``band``: per-record isotropic band
-#: textures; ``nyquist``: the foreground's classes drawn with checkerboard-like Nyquist patterns;
-#: ``auto`` (default): ``nyquist`` for 2D images, ``blocks`` for volumes (what measured best for each).
-STYLES = ("auto", "blocks", "band", "nyquist")
+
+class Style(StrEnum):
+    """Which code lsp draws."""
+
+    #: ``nyquist`` for 2D images, ``blocks`` for volumes (what measured best for each).
+    AUTO = "auto"
+    #: Fixed-phase periodic random blocks per class (LSP).
+    BLOCKS = "blocks"
+    #: The foreground's classes drawn with checkerboard-like Nyquist patterns.
+    NYQUIST = "nyquist"
+
+
+#: The style values (for help texts).
+STYLES: tuple[str, ...] = names(Style)
 #: The working grid ``grid="auto"`` protects 2D images for: a trainer that resizes to 128 x 128,
 #: the size at which the code was measured to survive (docs/grid.md); the code made for it also
 #: reaches a trainer at 256, which sees it as a pattern of period 4.
@@ -59,24 +69,21 @@ PREIMAGE_MAX_POSITIONS = 2**21
 
 @METHODS.register("lsp")
 class MaskCodedPatterns(ProtectionMethod):
-    """Training-free class/mask-coded patterns (LSP-style): 2D foreground classes as Nyquist patterns, volumes as blocks.
+    """Training-free class/mask-coded patterns (LSP-style): 2D classes as Nyquist patterns, volumes as blocks.
 
     Args:
         tile: Period of the pattern, in positions.
         block: Size of the constant blocks inside a period.
         style: ``auto`` (default: ``nyquist`` for 2D images, ``blocks`` for volumes);
-            ``blocks`` (the fixed-phase code above); ``band``: per-record isotropic band
-            textures, background and foreground each at its own period, with no phase for
-            shifts or rotations to break (measured: not learned as a shortcut, README);
-            ``nyquist``: each foreground class its Nyquist pattern (the checkerboard for the
-            first), the background untouched; ``tile``, ``block`` and ``periods`` unused.
-        periods: ``band``: (background, foreground) periods in positions, 0 for none.
+            ``blocks`` (the fixed-phase code above); ``nyquist``: each foreground class its
+            Nyquist pattern (the checkerboard for the first), the background untouched;
+            ``tile`` and ``block`` unused.
         grid: The trainer's working grid (:class:`ulmed.core.grid.WorkingGrid`): ``auto``
             (default: :data:`AUTO_GRID` for 2D images with the Nyquist code, native for the
             rest), ``native`` (the code on the file's own pixels) or ``size:N[,M...]`` for a 2D trainer that
             resizes to ``N x N``: the Nyquist code is drawn on each working grid that
             shrinks the image and mapped back to native pixels by :func:`ulmed.core.grid.preimage`.
-            Volumes and the ``blocks``/``band`` styles need ``native``.
+            Volumes and the ``blocks`` style need ``native``.
         fit: How that trainer fits an image into ``N x N``: ``letterbox`` or ``stretch``.
         cell: Positions per step of the Nyquist code. None (default): :data:`GRID_CELL` on a
             working grid (a pattern of period 4 there, which keeps twice what the grid's own
@@ -88,56 +95,46 @@ class MaskCodedPatterns(ProtectionMethod):
     citation = 'Yu et al., "Availability Attacks Create Shortcuts", KDD 2022 (adapted here to segmentation masks)'
     norm_reason = "its patterns are sign codes at the full per-position budget, an L-inf construction"
 
-    def __init__(self, *args: Any, tile: int = 8, block: int = 1, style: str = "auto",
-                 periods: Sequence[float] = (0, 4), grid: str = "auto", fit: str = "letterbox", cell: int | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, tile: int = 8, block: int = 1, style: str = "auto", grid: str = "auto",
+                 fit: str = "letterbox", cell: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if tile < 1 or block < 1 or block > tile:
             raise ConfigError(f"need 1 <= block <= tile, got block={block}, tile={tile}")
-        if style not in STYLES:
-            raise ConfigError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
-        if len(periods) != 2 or any(p != 0 and p < 2 for p in periods):
-            raise ConfigError(f"band periods (background, foreground) must each be 0 (no texture) or >= 2 positions, got {list(periods)}")
-        self.tile, self.block, self.style, self.periods = tile, block, style, (float(periods[0]), float(periods[1]))
+        self.tile, self.block, self.style = tile, block, look_up(style, Style, "style")
         self.auto_grid = str(grid).strip().lower() == "auto"
         self.grid = WorkingGrid.parse(AUTO_GRID if self.auto_grid else grid, fit)
         if cell is not None and (not isinstance(cell, int) or cell < 1):
             raise ConfigError(f"cell must be an integer >= 1, got {cell!r}")
-        if not self.grid.is_native and not self.auto_grid and style in ("blocks", "band"):
+        if not self.grid.is_native and not self.auto_grid and self.style is Style.BLOCKS:
             raise ConfigError(f"--grid {self.grid.spec} draws the Nyquist code on the trainer's grid; "
-                              f"style {style!r} needs --grid native")
+                              "style 'blocks' needs --grid native")
         self.cell = cell
 
     def perturbation(self, record: Record, unit_image: np.ndarray, eps: float) -> np.ndarray:
         """``eps`` times the code of each position's class."""
-        if self.style == "nyquist" or (self.style == "auto" and record.spatial_dims == 2):
+        if self.style is Style.NYQUIST or (self.style is Style.AUTO and record.spatial_dims == 2):
             shapes = self.grid.shapes_for(record.spatial_shape) if record.spatial_dims == 2 else []
             if not shapes:
                 return eps * nyquist_coded(record.target, record.channels, record.spatial_shape, self.cell or 1)
             cell = self.cell or GRID_CELL
-            codes = [eps * nyquist_coded(_labels_at(record.target, shape), record.channels, shape, cell) for shape in shapes]
+            codes = [eps * nyquist_coded(_labels_at(record.target, shape), record.channels, shape, cell)
+                     for shape in shapes]
             large = int(np.prod(record.spatial_shape)) > PREIMAGE_MAX_POSITIONS
             return preimage(unit_image, codes, eps, n_steps=0 if large else PREIMAGE_STEPS)
         if not self.grid.is_native and not self.auto_grid:
             raise ConfigError(f"--grid {self.grid.spec} is for 2D images; volumes take --grid native for now")
         body = body_mask(record)  # air around a medical volume is left alone
-        if self.style == "band":
-            code = mask_textured(record.target, record.channels, record.spatial_shape, self.periods,
-                                 record_seed(self.seed, record.key) % (2**32))
-        else:
-            code = mask_coded(record.target, record.channels, record.spatial_shape, self.tile, self.block, self.seed)
+        code = mask_coded(record.target, record.channels, record.spatial_shape, self.tile, self.block, self.seed)
         return eps * code if body is None else eps * code * body
 
     def params(self) -> dict[str, Any]:
         """Parameters that define the output (the grid only when it is not the native one)."""
         out = dict(super().params())
-        if self.style == "nyquist":
+        if self.style is Style.NYQUIST:
             out["style"] = "nyquist"
-        elif self.style == "band":
-            out.update(style="band", periods=list(self.periods))
         else:
-            out.update({"style": "auto"} if self.style == "auto" else {}, tile=self.tile, block=self.block)
-        if self.style in ("auto", "nyquist") and not self.grid.is_native:
+            out.update({"style": "auto"} if self.style is Style.AUTO else {}, tile=self.tile, block=self.block)
+        if self.style is not Style.BLOCKS and not self.grid.is_native:
             out.update({"grid": "auto", "grid_2d": self.grid.spec} if self.auto_grid else {"grid": self.grid.spec})
             out.update(fit=self.grid.fit.value, cell=self.cell or GRID_CELL)
         elif self.cell not in (None, 1):
