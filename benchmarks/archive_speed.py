@@ -172,12 +172,18 @@ def measure(kind: str, full: bool, rounds: int, workers: int) -> dict:
                 peaks.setdefault(name, []).append(peak)
     floor = statistics.median(walls["floor"])
     rows = {
-        name: {"wall_s": round(statistics.median(w), 3), "walls_s": [round(x, 3) for x in w],
-               "ratio_to_floor": round(statistics.median(w) / floor, 2), "peak_MB": round(max(peaks[name]), 1)}
+        name: {
+            "wall_s": round(statistics.median(w), 3),
+            "walls_s": [round(x, 3) for x in w],
+            "ratio_to_floor": round(statistics.median(w) / floor, 2),
+            "peak_MB": round(max(peaks[name]), 1),
+        }
         for name, w in walls.items()
     }
     if workers > 1:
-        rows[f"default_w{workers}"]["speedup_vs_1_worker"] = round(rows["default"]["wall_s"] / rows[f"default_w{workers}"]["wall_s"], 2)
+        rows[f"default_w{workers}"]["speedup_vs_1_worker"] = round(
+            rows["default"]["wall_s"] / rows[f"default_w{workers}"]["wall_s"], 2
+        )
     return {"kind": kind, "files": files, "rows": rows}
 
 
@@ -197,12 +203,33 @@ def main() -> None:
         (tmp / "in").mkdir()
         shutil.copy(get_testdata_file("CT_small.dcm", download=False), tmp / "in")
         for method in ("lsp", "none"):
-            walls = [timed([sys.executable, "-m", "ulmed", "-q", "protect", "-i", str(tmp / "in"), "-o",
-                            str(tmp / f"o{method}{r}"), "--method", method])[0] for r in range(args.rounds)]
+            walls = [
+                timed(
+                    [
+                        sys.executable,
+                        "-m",
+                        "ulmed",
+                        "-q",
+                        "protect",
+                        "-i",
+                        str(tmp / "in"),
+                        "-o",
+                        str(tmp / f"o{method}{r}"),
+                        "--method",
+                        method,
+                    ]
+                )[0]
+                for r in range(args.rounds)
+            ]
             one_file[method] = round(statistics.median(walls), 3)
-    result = {"benchmark": "archive_speed", "mode": "full" if args.full else "quick", "rounds": args.rounds,
-              "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-              "kinds": results, "one_file_run_s": one_file}
+    result = {
+        "benchmark": "archive_speed",
+        "mode": "full" if args.full else "quick",
+        "rounds": args.rounds,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "kinds": results,
+        "one_file_run_s": one_file,
+    }
     kinds = "" if args.kinds == parser.get_default("kinds") else "_" + args.kinds.replace(",", "-")
     out = REPO / "benchmarks/results" / f"archive_speed{'_full' if args.full else ''}{kinds}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -210,7 +237,10 @@ def main() -> None:
     print(f"{'kind':6s} {'files':>5s} {'command':>12s} {'wall s':>8s} {'x floor':>8s} {'peak MB':>8s}")
     for r in results:
         for name, row in r["rows"].items():
-            print(f"{r['kind']:6s} {r['files']:5d} {name:>12s} {row['wall_s']:8.2f} {row['ratio_to_floor']:8.2f} {row['peak_MB']:8.1f}")
+            print(
+                f"{r['kind']:6s} {r['files']:5d} {name:>12s} {row['wall_s']:8.2f} {row['ratio_to_floor']:8.2f} "
+                f"{row['peak_MB']:8.1f}"
+            )
     print(f"one-file run (CT_small): {one_file}")
     print(f"wrote {out}")
 

@@ -38,15 +38,62 @@ RUNS: dict[str, list[str]] = {
     "salm": ["protect", "-i", "sample_data", "-o", "{out}", "--method", "salm", *SMALL],
     "unseg": ["protect", "-i", "sample_data/hc18", "-o", "{out}", "--method", "unseg"],
     "release_size": ["release", "-i", "tests/data/hc18", "-o", "{out}", "--size", "64"],
-    "train_generator": ["train-generator", "--data", "tests/data/hc18/images", "--masks", "tests/data/hc18/masks",
-                        "--out", "{out}/gen.pt", "--rounds", "1", "--limit", "4", "--threads", "1"],
-    "evaluate": ["evaluate", "--clean", "tests/data/hc18", "--protected", "lsp={lsp_hc18}", "-o", "{out}",
-                 "--quick", "--defense", "none", "--defense", "augmentation", "--threads", "1"],
+    "train_generator": [
+        "train-generator",
+        "--data",
+        "tests/data/hc18/images",
+        "--masks",
+        "tests/data/hc18/masks",
+        "--out",
+        "{out}/gen.pt",
+        "--rounds",
+        "1",
+        "--limit",
+        "4",
+        "--threads",
+        "1",
+    ],
+    "evaluate": [
+        "evaluate",
+        "--clean",
+        "tests/data/hc18",
+        "--protected",
+        "lsp={lsp_hc18}",
+        "-o",
+        "{out}",
+        "--quick",
+        "--defense",
+        "none",
+        "--defense",
+        "augmentation",
+        "--threads",
+        "1",
+    ],
 }
 
 # Keys whose values are timings, versions or paths, not behaviour.
-VOLATILE = {"created", "finished", "started", "wall_s", "seconds", "elapsed_s", "versions", "version",
-            "ulmed_version", "wall_seconds", "clean", "out", "path", "time", "duration_s", "host", "command", "argv", "train_s", "wall"}
+VOLATILE = {
+    "created",
+    "finished",
+    "started",
+    "wall_s",
+    "seconds",
+    "elapsed_s",
+    "versions",
+    "version",
+    "ulmed_version",
+    "wall_seconds",
+    "clean",
+    "out",
+    "path",
+    "time",
+    "duration_s",
+    "host",
+    "command",
+    "argv",
+    "train_s",
+    "wall",
+}
 
 
 def _clean(value: object) -> object:
@@ -57,7 +104,7 @@ def _clean(value: object) -> object:
     return value
 
 
-def _hash_tree(value: object, h: "hashlib._Hash", key: str = "") -> None:
+def _hash_tree(value: object, h: hashlib._Hash, key: str = "") -> None:
     """Hash a checkpoint's nested dicts, lists and tensors by value (timings left out)."""
     if isinstance(value, dict):
         for k in sorted(value, key=str):
@@ -98,20 +145,32 @@ def run_all(names: list[str]) -> dict[str, dict]:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         lsp_hc18 = Path(tmp) / "lsp_hc18"
-        subprocess.run([sys.executable, "-m", "ulmed", "protect", "-i", "tests/data/hc18", "-o", str(lsp_hc18), "-q"],
-                       cwd=ROOT, env=env, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "ulmed", "protect", "-i", "tests/data/hc18", "-o", str(lsp_hc18), "-q"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         for name in names:
             out = Path(tmp) / name
             args = [a.format(out=out, lsp_hc18=lsp_hc18) for a in RUNS[name]]
             t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "ulmed", *args], cwd=ROOT, env=env,
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [sys.executable, "-m", "ulmed", *args], cwd=ROOT, env=env, capture_output=True, text=True
+            )
             files = digest_folder(out) if out.exists() else {}
             total = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-            results[name] = {"rc": proc.returncode, "sha256": total, "files": files,
-                             "wall_s": round(time.perf_counter() - t0, 1)}
-            print(f"{name:16s} rc={proc.returncode} {total[:16]} {len(files)} files "
-                  f"{results[name]['wall_s']} s", flush=True)
+            results[name] = {
+                "rc": proc.returncode,
+                "sha256": total,
+                "files": files,
+                "wall_s": round(time.perf_counter() - t0, 1),
+            }
+            print(
+                f"{name:16s} rc={proc.returncode} {total[:16]} {len(files)} files {results[name]['wall_s']} s",
+                flush=True,
+            )
             if proc.returncode not in (0, 3):
                 print(proc.stderr[-2000:], file=sys.stderr)
     return results
@@ -132,8 +191,11 @@ def main() -> int:
         for name, now in results.items():
             then = before.get(name)
             if then is None or then["sha256"] != now["sha256"] or then["rc"] != now["rc"]:
-                changed = sorted(k for k in set(now["files"]) | set((then or {}).get("files", {}))
-                                 if now["files"].get(k) != (then or {}).get("files", {}).get(k))
+                changed = sorted(
+                    k
+                    for k in set(now["files"]) | set((then or {}).get("files", {}))
+                    if now["files"].get(k) != (then or {}).get("files", {}).get(k)
+                )
                 differ.append(name)
                 print(f"DIFFERS {name}: {changed[:10]}")
         print("same behaviour" if not differ else f"{len(differ)} runs differ: {differ}")

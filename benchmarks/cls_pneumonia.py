@@ -10,8 +10,10 @@ Methods: random (control), lsp (one code per class: the classic LSP setting), em
 and em class-wise (one noise per class).
 
 Usage:
-    python benchmarks/cls_pneumonia.py --quick    # 400 train / 200 test, DenseNet121, 4 epochs, no em_classwise (under 5 min)
-    python benchmarks/cls_pneumonia.py            # 2428 train / 468 test, DenseNet121 + ResNet18, 5 epochs (within an hour)
+    python benchmarks/cls_pneumonia.py --quick
+        # 400 train / 200 test, DenseNet121, 4 epochs, no em_classwise (under 5 min)
+    python benchmarks/cls_pneumonia.py
+        # 2428 train / 468 test, DenseNet121 + ResNet18, 5 epochs (within an hour)
 
 Writes benchmarks/results/cls_pneumonia[_quick]/ (report.json, report.md, figures).
 """
@@ -30,10 +32,21 @@ REPO = Path(__file__).resolve().parents[1]
 NPZ = REPO.parent / "shared" / "data" / "pneumoniamnist" / "pneumoniamnist.npz"
 
 MODES = {
-    "quick": {"train": 400, "test": 200, "epochs": 4, "victims": ["densenet121"], "skip": ["em_classwise"],
-              "min_min": {"rounds": 2, "train_steps": 15, "pgd_steps": 6, "batch_size": 32}},
-    "full": {"train": None, "test": None, "epochs": 5, "victims": ["densenet121", "resnet18"],
-             "min_min": {"rounds": 6, "train_steps": 40, "pgd_steps": 10, "batch_size": 32}},
+    "quick": {
+        "train": 400,
+        "test": 200,
+        "epochs": 4,
+        "victims": ["densenet121"],
+        "skip": ["em_classwise"],
+        "min_min": {"rounds": 2, "train_steps": 15, "pgd_steps": 6, "batch_size": 32},
+    },
+    "full": {
+        "train": None,
+        "test": None,
+        "epochs": 5,
+        "victims": ["densenet121", "resnet18"],
+        "min_min": {"rounds": 6, "train_steps": 40, "pgd_steps": 10, "batch_size": 32},
+    },
 }
 DEFENSES = ["none", "augmentation", "jpeg75", "mix0.5"]
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -51,8 +64,10 @@ ROBUST: dict[str, tuple[str, dict[str, Any]]] = {
 }
 #: Protections that run only when named with ``--methods`` (lsp_nyquist: one Nyquist pattern per class;
 #: lsp_blocks: the random block patterns; ``lsp`` is the default style, Nyquist for these 2D images).
-EXTRA: dict[str, tuple[str, dict[str, Any]]] = {"lsp_nyquist": ("lsp", {"style": "nyquist"}),
-                                                "lsp_blocks": ("lsp", {"style": "blocks"})}
+EXTRA: dict[str, tuple[str, dict[str, Any]]] = {
+    "lsp_nyquist": ("lsp", {"style": "nyquist"}),
+    "lsp_blocks": ("lsp", {"style": "blocks"}),
+}
 
 
 def _subset_npz(dst: Path, train: int | None, test: int | None) -> Path:
@@ -74,8 +89,9 @@ def _subset_npz(dst: Path, train: int | None, test: int | None) -> Path:
     return dst / NPZ.name
 
 
-def _protect(clean_npz: Path, dst: Path, method: str, options: dict[str, Any], eps: str, seed: int,
-             min_min: dict[str, Any]) -> float:
+def _protect(
+    clean_npz: Path, dst: Path, method: str, options: dict[str, Any], eps: str, seed: int, min_min: dict[str, Any]
+) -> float:
     """Protect the train images in memory; write the .npz with the protected train split."""
     import numpy as np
 
@@ -86,7 +102,9 @@ def _protect(clean_npz: Path, dst: Path, method: str, options: dict[str, Any], e
     arrays = dict(np.load(clean_npz))
     images, labels = arrays["train_images"], arrays["train_labels"].reshape(-1)
     mapping = IntensityMapping(0, 255, 0, 255, quantum=1.0)
-    records = [Record(f"train/{i}", images[i][None], mapping, 2, "array", target=int(labels[i])) for i in range(len(images))]
+    records = [
+        Record(f"train/{i}", images[i][None], mapping, 2, "array", target=int(labels[i])) for i in range(len(images))
+    ]
     opts = {k: v for k, v in options.items() if k != "min_min"}
     if options.get("min_min"):
         opts.update(min_min)
@@ -130,8 +148,17 @@ def main() -> None:
         if out.exists():
             shutil.rmtree(out)
         config = TrainConfig(epochs=m["epochs"], batch_size=32, lr=1e-3, seed=args.seed, device="cpu", num_threads=2)
-        run_evaluation(clean, protected, out, dataset="pneumonia", victims=m["victims"], defenses=m.get("defenses", DEFENSES),
-                       train_config=config, seed=args.seed, progress=lambda line: print(line, flush=True))
+        run_evaluation(
+            clean,
+            protected,
+            out,
+            dataset="pneumonia",
+            victims=m["victims"],
+            defenses=m.get("defenses", DEFENSES),
+            train_config=config,
+            seed=args.seed,
+            progress=lambda line: print(line, flush=True),
+        )
     print((out / "report.md").read_text())
     print(f"wall time {time.perf_counter() - start:.0f} s -> {out}")
 

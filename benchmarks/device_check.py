@@ -54,8 +54,10 @@ DEVICES = ("cuda", "cpu")
 #: Precisions tried per device (em and salm take only fp32 on the CPU: their amp is CUDA-only).
 PRECISIONS = {"cuda": ("fp32", "bf16", "fp16"), "cpu": ("fp32", "bf16")}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-MODES = {"quick": {"images": 32, "rounds": 2, "train_steps": 10, "pgd_steps": 5},
-         "full": {"images": 96, "rounds": 10, "train_steps": 20, "pgd_steps": 10}}
+MODES = {
+    "quick": {"images": 32, "rounds": 2, "train_steps": 10, "pgd_steps": 5},
+    "full": {"images": 96, "rounds": 10, "train_steps": 20, "pgd_steps": 10},
+}
 EPS, EPS_BG = "8/255", "2/255"
 WARMUP = 2
 
@@ -70,18 +72,31 @@ def load_records(n: int, size: int) -> list[Any]:
     masks = np.concatenate([p[1] for p in parts])
     idx = np.arange(n) % len(images)
     mapping = IntensityMapping(0, 255, 0, 255, 1)
-    return [Record(f"hc18/{i:04d}.png", np.rint(images[j] * 255).astype(np.uint8), mapping, 2, "image", target=masks[j])
-            for i, j in enumerate(idx)]
+    return [
+        Record(f"hc18/{i:04d}.png", np.rint(images[j] * 255).astype(np.uint8), mapping, 2, "image", target=masks[j])
+        for i, j in enumerate(idx)
+    ]
 
 
-def build(method: str, device: str, precision: str, loop: dict[str, int], unseg_batch: int, rounds: int | None = None) -> Any:
+def build(
+    method: str, device: str, precision: str, loop: dict[str, int], unseg_batch: int, rounds: int | None = None
+) -> Any:
     """The method as a cell runs it (``rounds`` overrides the loop's, for the warm-up)."""
     from ulmed.pipeline.protect import build_method
 
     if method == "unseg":
         return build_method("unseg", EPS, 0, device, generator=str(GENERATOR), eps_bg=EPS_BG, batch_size=unseg_batch)
-    return build_method(method, EPS, 0, device, rounds=rounds or loop["rounds"], train_steps=loop["train_steps"],
-                        pgd_steps=loop["pgd_steps"], stop_threshold=2.0, amp=precision != "fp32")
+    return build_method(
+        method,
+        EPS,
+        0,
+        device,
+        rounds=rounds or loop["rounds"],
+        train_steps=loop["train_steps"],
+        pgd_steps=loop["pgd_steps"],
+        stop_threshold=2.0,
+        amp=precision != "fp32",
+    )
 
 
 def skip_reason(method: str, device: str, precision: str) -> str | None:
@@ -123,8 +138,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed_cell(method: str, device: str, precision: str, records: Sequence[Any], loop: dict[str, int],
-               unseg_batch: int) -> tuple[dict[str, Any], np.ndarray]:
+def timed_cell(
+    method: str, device: str, precision: str, records: Sequence[Any], loop: dict[str, int], unseg_batch: int
+) -> tuple[dict[str, Any], np.ndarray]:
     """Warm up, then time one cell; returns its row and the stored images ``(N, ...)``."""
     with precision_context(method, device, precision):
         if method == "unseg":
@@ -143,9 +159,13 @@ def timed_cell(method: str, device: str, precision: str, records: Sequence[Any],
         seconds = time.perf_counter() - start
     stored = np.stack([p.image for p in out])
     change = float(np.abs(stored.astype(np.float64) - np.stack([r.image for r in records])).max())
-    row = {"images": len(records), "seconds": round(seconds, 3), "images_per_s": round(len(records) / seconds, 2),
-           "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None,
-           "max_change_255": change}
+    row = {
+        "images": len(records),
+        "seconds": round(seconds, 3),
+        "images_per_s": round(len(records) / seconds, 2),
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None,
+        "max_change_255": change,
+    }
     if method != "unseg":
         row["rounds_run"] = sum(len(h) for h in protector.history.values())
     return row, stored
@@ -153,11 +173,22 @@ def timed_cell(method: str, device: str, precision: str, records: Sequence[Any],
 
 def environment() -> dict[str, Any]:
     """Versions and the hardware the figures belong to."""
-    env: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-                           "cpu_threads": torch.get_num_threads(), "cuda_available": torch.cuda.is_available()}
+    env: dict[str, Any] = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda_available": torch.cuda.is_available(),
+    }
     if torch.cuda.is_available():
-        env.update({"gpu": torch.cuda.get_device_name(0), "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-                    "bf16_supported": torch.cuda.is_bf16_supported()})
+        env.update(
+            {
+                "gpu": torch.cuda.get_device_name(0),
+                "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version(),
+                "bf16_supported": torch.cuda.is_bf16_supported(),
+            }
+        )
     return env
 
 
@@ -175,7 +206,10 @@ def agreement(rows: list[dict[str, Any]], stored: dict[tuple[str, str, str], np.
 
 def table(rows: list[dict[str, Any]]) -> str:
     """The rows as a fixed-width table."""
-    head = f"{'method':7s} {'device':6s} {'prec':5s} {'images/s':>9s} {'seconds':>8s} {'peak GPU MB':>11s} {'max chg':>7s} {'agree':>14s}"
+    head = (
+        f"{'method':7s} {'device':6s} {'prec':5s} {'images/s':>9s} {'seconds':>8s} {'peak GPU MB':>11s} "
+        f"{'max chg':>7s} {'agree':>14s}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         if "images_per_s" not in r:
@@ -183,8 +217,10 @@ def table(rows: list[dict[str, Any]]) -> str:
             continue
         peak = "" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:.1f}"
         agree = f"{r['agree']:.4f} ({r['agree_with']})" if "agree" in r else ""
-        lines.append(f"{r['method']:7s} {r['device']:6s} {r['precision']:5s} {r['images_per_s']:9.2f} {r['seconds']:8.2f} "
-                     f"{peak:>11s} {r['max_change_255']:7.1f} {agree:>14s}")
+        lines.append(
+            f"{r['method']:7s} {r['device']:6s} {r['precision']:5s} {r['images_per_s']:9.2f} {r['seconds']:8.2f} "
+            f"{peak:>11s} {r['max_change_255']:7.1f} {agree:>14s}"
+        )
     return "\n".join(lines)
 
 
@@ -195,9 +231,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     mode.add_argument("--full", action="store_true", help="96 images, the methods' default rounds and steps")
     parser.add_argument("--devices", default=",".join(DEVICES), help="comma-separated: cuda, cpu")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated: em, salm, unseg")
-    parser.add_argument("--precisions", default=None, help="comma-separated subset of fp32, bf16, fp16 (default: all per device)")
+    parser.add_argument(
+        "--precisions", default=None, help="comma-separated subset of fp32, bf16, fp16 (default: all per device)"
+    )
     parser.add_argument("--images", type=int, default=None, help="images per cell (default: the mode's)")
-    parser.add_argument("--size", type=int, default=64, help="letterboxed image side (the shipped generator's input is 64)")
+    parser.add_argument(
+        "--size", type=int, default=64, help="letterboxed image side (the shipped generator's input is 64)"
+    )
     parser.add_argument("--rounds", type=int, default=None, help="em/salm min-min rounds (default: the mode's)")
     parser.add_argument("--train-steps", type=int, default=None)
     parser.add_argument("--pgd-steps", type=int, default=None)
@@ -238,15 +278,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     row["skipped"] = why
                     continue
                 try:
-                    got, stored[(method, device, precision)] = timed_cell(method, device, precision, records, loop, args.unseg_batch)
+                    got, stored[(method, device, precision)] = timed_cell(
+                        method, device, precision, records, loop, args.unseg_batch
+                    )
                     row.update(got)
                 except Exception as exc:  # noqa: BLE001 - a device check reports what fails and goes on
                     row["error"] = f"{type(exc).__name__}: {exc}"[:300]
                 print(json.dumps(row), flush=True)
     agreement(rows, stored)
-    result = {"mode": mode, "images": n, "size": args.size, "eps": EPS, "eps_bg": EPS_BG, "loop": loop,
-              "unseg_batch": args.unseg_batch, "data": str(DATA.relative_to(REPO)), "generator": str(GENERATOR.relative_to(REPO)),
-              "environment": environment(), "notes": notes, "rows": rows}
+    result = {
+        "mode": mode,
+        "images": n,
+        "size": args.size,
+        "eps": EPS,
+        "eps_bg": EPS_BG,
+        "loop": loop,
+        "unseg_batch": args.unseg_batch,
+        "data": str(DATA.relative_to(REPO)),
+        "generator": str(GENERATOR.relative_to(REPO)),
+        "environment": environment(),
+        "notes": notes,
+        "rows": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(table(rows))

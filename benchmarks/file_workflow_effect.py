@@ -73,7 +73,9 @@ def main() -> None:
             else:
                 out = Path(tmp_name) / method
                 options = {"block": args.lsp_block, "tile": args.lsp_tile} if method == "lsp" else {}
-                manifest = protect_path(src, out, method=method, eps=args.eps, seed=0, device="cpu", method_options=options)
+                manifest = protect_path(
+                    src, out, method=method, eps=args.eps, seed=0, device="cpu", method_options=options
+                )
                 native_psnr = summarize(manifest)["psnr_min"]
                 images = load_protected_like(out, keys, {"size": size})
             protect_s = time.perf_counter() - start
@@ -82,13 +84,21 @@ def main() -> None:
             model = build_victim("unet", spatial_dims=2, in_channels=1, out_channels=2, seed=0)
             config = TrainConfig(epochs=args.epochs, batch_size=8, lr=1e-3, seed=0, device="cpu")
             train_victim(model, images, train_masks, task="segmentation", num_classes=2, config=config)
-            dice = float(evaluate_victim(model, test_images, test_masks, task="segmentation", num_classes=2, config=config)["dice"])
-            rows.append({
-                "method": method, "dice": round(dice, 4), "protect_s": round(protect_s, 1),
-                "psnr_native_min": native_psnr,
-                "linf_after_resize": round(float(max(a["linf"] for a in after)), 5),
-                "rms_after_resize": round(float(np.mean([a["rms"] for a in after])), 6),
-            })
+            dice = float(
+                evaluate_victim(model, test_images, test_masks, task="segmentation", num_classes=2, config=config)[
+                    "dice"
+                ]
+            )
+            rows.append(
+                {
+                    "method": method,
+                    "dice": round(dice, 4),
+                    "protect_s": round(protect_s, 1),
+                    "psnr_native_min": native_psnr,
+                    "linf_after_resize": round(float(max(a["linf"] for a in after)), 5),
+                    "rms_after_resize": round(float(np.mean([a["rms"] for a in after])), 6),
+                }
+            )
             print(rows[-1], flush=True)
     clean = next((r["dice"] for r in rows if r["method"] == "clean"), None)
     for r in rows:
@@ -98,9 +108,20 @@ def main() -> None:
         suffix += "_" + "-".join(m.strip() for m in args.methods.split(",") if m.strip())
     out_path = REPO / f"benchmarks/results/file_workflow_effect_hc18{suffix}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps({"benchmark": "file_workflow_effect", "dataset": "hc18", "victim_size": size,
-                                    "epochs": args.epochs, "eps": args.eps,
-                                    "lsp": {"block": args.lsp_block, "tile": args.lsp_tile}, "rows": rows}, indent=2))
+    out_path.write_text(
+        json.dumps(
+            {
+                "benchmark": "file_workflow_effect",
+                "dataset": "hc18",
+                "victim_size": size,
+                "epochs": args.epochs,
+                "eps": args.eps,
+                "lsp": {"block": args.lsp_block, "tile": args.lsp_tile},
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out_path}")
 
 

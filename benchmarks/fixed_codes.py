@@ -72,8 +72,9 @@ def _rings(mask: np.ndarray, period: float, outside_only: bool = False) -> np.nd
 CODES: dict[str, Code] = {
     "nyquist_fg": lambda m, rng: nyquist_coded(m, 1, m.shape)[0],
     "nyquist_bg": lambda m, rng: _board(m) * (m != 1),
-    "nyquist_fg_hv": lambda m, rng: np.where(m == 1, _board(m), 0.5 * (nyquist_pattern(2, 1, m.shape)[0]
-                                                                     + nyquist_pattern(3, 1, m.shape)[0])),
+    "nyquist_fg_hv": lambda m, rng: np.where(
+        m == 1, _board(m), 0.5 * (nyquist_pattern(2, 1, m.shape)[0] + nyquist_pattern(3, 1, m.shape)[0])
+    ),
     "nyquist_sign": lambda m, rng: _board(m) * (m == 1) * rng.choice([-1.0, 1.0]),
     "sign4": lambda m, rng: _board(m) * (m == 1) * _block_signs(m, rng, 4),
     "sign8": lambda m, rng: _board(m) * (m == 1) * _block_signs(m, rng, 8),
@@ -112,13 +113,34 @@ def main() -> None:
         psnr = float(np.mean([imperceptibility(images[k], protected[k])["psnr"] for k in range(len(images))]))
         for d in defenses:
             dice = _victim_dice("hc18", "quick", protected, d, args.seed)["dice"]
-            rows.append({"code": name, "defense": d, "dice": dice, "dice_ratio": round(dice / clean[d], 4),
-                         "psnr": round(psnr, 2)})
+            rows.append(
+                {
+                    "code": name,
+                    "defense": d,
+                    "dice": dice,
+                    "dice_ratio": round(dice / clean[d], 4),
+                    "psnr": round(psnr, 2),
+                }
+            )
             print(f"{name:14s} {d:14s} dice {dice:.4f}  ratio {dice / clean[d]:.3f}  psnr {psnr:.1f}", flush=True)
     out = REPO / "benchmarks/results" / f"fixed_codes_hc18{'_' + args.tag if args.tag else ''}_quick.json"
-    out.write_text(json.dumps({"benchmark": "fixed_codes", "dataset": "hc18", "mode": "quick", "eps": "8/255",
-                               "seed": args.seed, "settings": settings, "victim": "unet (small)", "defenses": defenses,
-                               "wall_s": round(time.perf_counter() - start, 1), "rows": rows}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "benchmark": "fixed_codes",
+                "dataset": "hc18",
+                "mode": "quick",
+                "eps": "8/255",
+                "seed": args.seed,
+                "settings": settings,
+                "victim": "unet (small)",
+                "defenses": defenses,
+                "wall_s": round(time.perf_counter() - start, 1),
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
     print(f"-> {out}")
 
 

@@ -40,19 +40,34 @@ def parse_mode_args(doc: str, stem: str) -> tuple[argparse.Namespace, Path]:
     parser.add_argument("--quick", action="store_true", help="the small mode: minutes on 2 cores")
     parser.add_argument("--eps", default="8/255")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--learnability", action="store_true",
-                        help="also measure SAL per layer and the Unlearnable Distance of every cell")
+    parser.add_argument(
+        "--learnability",
+        action="store_true",
+        help="also measure SAL per layer and the Unlearnable Distance of every cell",
+    )
     parser.add_argument("--victims", default="", help="comma-separated victims instead of the mode's own")
-    parser.add_argument("--robust", action="store_true",
-                        help="compare the robust options (EOT, ARMOR selection, Bayes objective) instead of the baselines")
-    parser.add_argument("--patch", default="",
-                        help="segmentation victims train on random patches of this size (e.g. 24x32x24), or 'none' "
-                             "for whole images; default: the mode's own")
-    parser.add_argument("--methods", default="",
-                        help="comma-separated protections instead of the baselines (or --robust set): any of "
-                             "the BASELINES, ROBUST and EXTRA names, e.g. unseg")
-    parser.add_argument("--defenses", default="",
-                        help="comma-separated defenses instead of the mode's own, e.g. none,flip_jitter,aug-shift")
+    parser.add_argument(
+        "--robust",
+        action="store_true",
+        help="compare the robust options (EOT, ARMOR selection, Bayes objective) instead of the baselines",
+    )
+    parser.add_argument(
+        "--patch",
+        default="",
+        help="segmentation victims train on random patches of this size (e.g. 24x32x24), or 'none' "
+        "for whole images; default: the mode's own",
+    )
+    parser.add_argument(
+        "--methods",
+        default="",
+        help="comma-separated protections instead of the baselines (or --robust set): any of "
+        "the BASELINES, ROBUST and EXTRA names, e.g. unseg",
+    )
+    parser.add_argument(
+        "--defenses",
+        default="",
+        help="comma-separated defenses instead of the mode's own, e.g. none,flip_jitter,aug-shift",
+    )
     args = parser.parse_args()
     suffix = ("_robust" if args.robust else "") + ("_quick" if args.quick else "")
     suffix += f"_{args.methods.replace(',', '-')}" if args.methods else ""
@@ -62,7 +77,8 @@ def parse_mode_args(doc: str, stem: str) -> tuple[argparse.Namespace, Path]:
 
 
 def select_mode(modes: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
-    """The settings of the chosen mode (``--quick`` or full), with ``--victims``, ``--defenses`` and ``--patch`` applied."""
+    """The settings of the chosen mode (``--quick`` or full), with ``--victims``,
+    ``--defenses`` and ``--patch`` applied."""
     mode = dict(modes["quick" if args.quick else "full"])
     if args.victims:
         mode["victims"] = [v.strip() for v in args.victims.split(",") if v.strip()]
@@ -78,7 +94,10 @@ def select_mode(modes: dict[str, dict[str, Any]], args: argparse.Namespace) -> d
 #: protection name -> (registered method, its options); the min-min methods get the mode's
 #: schedule on top.
 BASELINES: dict[str, tuple[str, dict[str, Any]]] = {
-    "random": ("random", {}), "lsp": ("lsp", {}), "em": ("em", {}), "salm": ("salm", {"rho": 0.1}),
+    "random": ("random", {}),
+    "lsp": ("lsp", {}),
+    "em": ("em", {}),
+    "salm": ("salm", {"rho": 0.1}),
 }
 #: The robust options of issue 7 beside their plain counterparts.
 ROBUST: dict[str, tuple[str, dict[str, Any]]] = {
@@ -92,8 +111,11 @@ ROBUST: dict[str, tuple[str, dict[str, Any]]] = {
 #: Protections that run only when named with ``--methods`` (UnSeg: the shipped generator,
 #: prompted by each item's mask; 8/255 inside, 2/255 outside; lsp_nyquist / lsp_blocks: lsp with
 #: one style for every record, where ``lsp`` is the default ``auto``).
-EXTRA: dict[str, tuple[str, dict[str, Any]]] = {"unseg": ("unseg", {}), "lsp_nyquist": ("lsp", {"style": "nyquist"}),
-                                                "lsp_blocks": ("lsp", {"style": "blocks"})}
+EXTRA: dict[str, tuple[str, dict[str, Any]]] = {
+    "unseg": ("unseg", {}),
+    "lsp_nyquist": ("lsp", {"style": "nyquist"}),
+    "lsp_blocks": ("lsp", {"style": "blocks"}),
+}
 MIN_MIN = ("em", "salm")
 
 
@@ -156,12 +178,16 @@ def protect_and_evaluate(
     for name, (method, extra) in (methods or BASELINES).items():
         t0 = time.perf_counter()
         opts: dict[str, Any] = {**(mode["min_min"] if method in MIN_MIN else {}), **extra}
-        manifest = protect_path(train_only, tmp / name, method=method, eps=eps, seed=seed, device="cpu",
-                                method_options=opts)
+        manifest = protect_path(
+            train_only, tmp / name, method=method, eps=eps, seed=seed, device="cpu", method_options=opts
+        )
         s = summarize(manifest)
         timings[name] = round(time.perf_counter() - t0, 1)
-        print(f"protected with {name}: {s['records']} items in {timings[name]} s, "
-              f"PSNR {s['psnr_min']:.1f}-{s['psnr_max']:.1f} dB", flush=True)
+        print(
+            f"protected with {name}: {s['records']} items in {timings[name]} s, "
+            f"PSNR {s['psnr_min']:.1f}-{s['psnr_max']:.1f} dB",
+            flush=True,
+        )
         protected[name] = tmp / name
         choice = manifest.fit.get("augment_choice")
         if choice:  # ARMOR's choice, for the record
@@ -169,11 +195,28 @@ def protect_and_evaluate(
             timings[f"{name}_augment_choice"] = choice
     if out.exists():
         shutil.rmtree(out)
-    config = TrainConfig(epochs=mode["epochs"], batch_size=batch_size, lr=1e-3, seed=seed, device="cpu", num_threads=2,
-                         patch_size=mode.get("patch"))
-    run_evaluation(clean, protected, out, dataset=dataset, victims=mode["victims"], defenses=defenses,
-                   train_config=config, seed=seed, learnability=learnability,
-                   progress=lambda line: print(line, flush=True), **loader)
+    config = TrainConfig(
+        epochs=mode["epochs"],
+        batch_size=batch_size,
+        lr=1e-3,
+        seed=seed,
+        device="cpu",
+        num_threads=2,
+        patch_size=mode.get("patch"),
+    )
+    run_evaluation(
+        clean,
+        protected,
+        out,
+        dataset=dataset,
+        victims=mode["victims"],
+        defenses=defenses,
+        train_config=config,
+        seed=seed,
+        learnability=learnability,
+        progress=lambda line: print(line, flush=True),
+        **loader,
+    )
     (out / "protect_times.json").write_text(json.dumps(timings, indent=2))
     print((out / "report.md").read_text())
     print("protection wall time (s):", timings)

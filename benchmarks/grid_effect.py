@@ -45,8 +45,9 @@ RESIZERS: dict[str, Callable[[np.ndarray, tuple[int, int]], np.ndarray]] = {
     # albumentations' Resize runs OpenCV's resize: interpolation 1 = INTER_LINEAR, 3 = INTER_AREA
     "cv2-linear": lambda a, hw: A.Resize(*hw, interpolation=1)(image=a)["image"],
     "cv2-area": lambda a, hw: A.Resize(*hw, interpolation=3)(image=a)["image"],
-    "torch-aa": lambda a, hw: F.interpolate(torch.from_numpy(a)[None, None], size=hw, mode="bilinear",
-                                            antialias=True)[0, 0].numpy(),
+    "torch-aa": lambda a, hw: F.interpolate(torch.from_numpy(a)[None, None], size=hw, mode="bilinear", antialias=True)[
+        0, 0
+    ].numpy(),
 }
 
 
@@ -60,11 +61,10 @@ def _letterbox(arr: np.ndarray, size: int, resize: Callable[..., np.ndarray], ne
     h, w = arr.shape
     scale = min(size / h, size / w)
     hw = (max(1, round(h * scale)), max(1, round(w * scale)))
-    small = (np.asarray(Image.fromarray(arr).resize(hw[::-1], Image.Resampling.NEAREST)) if nearest
-             else resize(arr, hw))
+    small = np.asarray(Image.fromarray(arr).resize(hw[::-1], Image.Resampling.NEAREST)) if nearest else resize(arr, hw)
     out = np.zeros((size, size), dtype=small.dtype)
     top, left = (size - hw[0]) // 2, (size - hw[1]) // 2
-    out[top: top + hw[0], left: left + hw[1]] = small
+    out[top : top + hw[0], left : left + hw[1]] = small
     return out
 
 
@@ -76,12 +76,20 @@ def _read(path: Path) -> np.ndarray:
 def _load(root: Path, rows: list[dict[str, str]], loader: str, size: int) -> tuple[np.ndarray, np.ndarray]:
     resize = RESIZERS[loader]
     images = np.stack([np.clip(_letterbox(_read(root / r["image"]), size, resize), 0, 1)[None] for r in rows])
-    masks = np.stack([_letterbox((np.asarray(Image.open(DATA / r["mask"]).convert("L")) > 0).astype(np.uint8),
-                                 size, resize, nearest=True) for r in rows])
+    masks = np.stack(
+        [
+            _letterbox(
+                (np.asarray(Image.open(DATA / r["mask"]).convert("L")) > 0).astype(np.uint8), size, resize, nearest=True
+            )
+            for r in rows
+        ]
+    )
     return images.astype(np.float32), masks.astype(np.int64)
 
 
-def _dice(images: np.ndarray, masks: np.ndarray, test: tuple[np.ndarray, np.ndarray], args: argparse.Namespace) -> float:
+def _dice(
+    images: np.ndarray, masks: np.ndarray, test: tuple[np.ndarray, np.ndarray], args: argparse.Namespace
+) -> float:
     from ulmed.eval.defenses import build_defense
     from ulmed.eval.train import TrainConfig, evaluate_victim, train_victim
     from ulmed.eval.victims import build_victim
@@ -100,22 +108,35 @@ def _protect(src: Path, out: Path, grid: str, args: argparse.Namespace) -> dict[
 
     start = time.perf_counter()
     if grid.startswith("release:"):
-        report = release_dataset(src, out, method="lsp", eps=args.eps, seed=args.seed, device="cpu",
-                                 size=int(grid.split(":")[1]))
-        return {"protect_s": round(time.perf_counter() - start, 1), "psnr_min": report.spread("psnr")[0],  # type: ignore[index]
-                "options": {"release_size": int(grid.split(":")[1])}}
+        report = release_dataset(
+            src, out, method="lsp", eps=args.eps, seed=args.seed, device="cpu", size=int(grid.split(":")[1])
+        )
+        return {
+            "protect_s": round(time.perf_counter() - start, 1),
+            "psnr_min": report.spread("psnr")[0],  # type: ignore[index]
+            "options": {"release_size": int(grid.split(":")[1])},
+        }
     options: dict[str, Any] = {"grid": grid} if grid in ("native", "auto") else {"grid": grid, "cell": args.cell}
     manifest = protect_path(src, out, method="lsp", eps=args.eps, seed=args.seed, device="cpu", method_options=options)
-    return {"protect_s": round(time.perf_counter() - start, 1), "psnr_min": summarize(manifest)["psnr_min"],
-            "options": options}
+    return {
+        "protect_s": round(time.perf_counter() - start, 1),
+        "psnr_min": summarize(manifest)["psnr_min"],
+        "options": options,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--protections", default="native,size:128",
-                        help="lsp grids to protect with: native, auto, size:N[,M] (protect --grid), release:N (release --size N)")
-    parser.add_argument("--victims", default="pil:64,pil:128,cv2-linear:128,cv2-area:128,torch-aa:128",
-                        help="LOADER:SIZE of each victim; loaders: " + ", ".join(RESIZERS))
+    parser.add_argument(
+        "--protections",
+        default="native,size:128",
+        help="lsp grids to protect with: native, auto, size:N[,M] (protect --grid), release:N (release --size N)",
+    )
+    parser.add_argument(
+        "--victims",
+        default="pil:64,pil:128,cv2-linear:128,cv2-area:128,torch-aa:128",
+        help="LOADER:SIZE of each victim; loaders: " + ", ".join(RESIZERS),
+    )
     parser.add_argument("--cell", type=int, default=2, help="lsp cell on the working grid (lsp's default: 2)")
     parser.add_argument("--train-limit", type=int, default=200, help="first N train images (0: all 421)")
     parser.add_argument("--epochs", type=int, default=15)
@@ -145,21 +166,48 @@ def main() -> None:
                 clean_images = images if name == "clean" else clean_images
                 rms = 0.0 if clean_images is None else float(np.sqrt(np.mean((images - clean_images) ** 2)))
                 dice = _dice(images, masks, test, args)
-                results.append({"protection": name, "loader": loader, "size": size, "dice": round(dice, 4),
-                                "rms_after_resize": round(rms, 5), "train_s": round(time.perf_counter() - start, 1), **info})
+                results.append(
+                    {
+                        "protection": name,
+                        "loader": loader,
+                        "size": size,
+                        "dice": round(dice, 4),
+                        "rms_after_resize": round(rms, 5),
+                        "train_s": round(time.perf_counter() - start, 1),
+                        **info,
+                    }
+                )
                 print(results[-1], flush=True)
     for r in results:
-        clean = next(c["dice"] for c in results
-                     if c["protection"] == "clean" and (c["loader"], c["size"]) == (r["loader"], r["size"]))
+        clean = next(
+            c["dice"]
+            for c in results
+            if c["protection"] == "clean" and (c["loader"], c["size"]) == (r["loader"], r["size"])
+        )
         r["dice_ratio"] = round(r["dice"] / clean, 3)
     out = REPO / "benchmarks/results" / f"grid_effect_hc18{'_' + args.tag if args.tag else ''}.json"
-    out.write_text(json.dumps({"benchmark": "grid_effect", "dataset": "hc18", "train_images": len(train_rows),
-                               "test_images": len(test_rows), "epochs": args.epochs, "defense": args.defense,
-                               "eps": args.eps, "cell": args.cell, "victim": "MONAI UNet (small), letterbox",
-                               "rows": results}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "benchmark": "grid_effect",
+                "dataset": "hc18",
+                "train_images": len(train_rows),
+                "test_images": len(test_rows),
+                "epochs": args.epochs,
+                "defense": args.defense,
+                "eps": args.eps,
+                "cell": args.cell,
+                "victim": "MONAI UNet (small), letterbox",
+                "rows": results,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
     for r in results:
-        print(f"{r['protection']:>10} {r['loader']:>10}:{r['size']:<4} dice {r['dice']:.3f} ratio {r['dice_ratio']:.3f}")
+        print(
+            f"{r['protection']:>10} {r['loader']:>10}:{r['size']:<4} dice {r['dice']:.3f} ratio {r['dice_ratio']:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -31,9 +31,13 @@ DATA = REPO / "tests" / "data" / "hc18"
 
 def _kept(image: np.ndarray, delta: np.ndarray, code: np.ndarray) -> dict[str, float]:
     shape = code.shape[-2:]
-    out = {k.value: float((resize(torch.from_numpy(delta)[None], shape, k)[0].numpy() * code).sum() / (code * code).sum())
-           for k in Kernel}
-    pil = [np.asarray(Image.fromarray(a[0]).resize(shape[::-1], Image.Resampling.BILINEAR)) for a in (image + delta, image)]
+    out = {
+        k.value: float((resize(torch.from_numpy(delta)[None], shape, k)[0].numpy() * code).sum() / (code * code).sum())
+        for k in Kernel
+    }
+    pil = [
+        np.asarray(Image.fromarray(a[0]).resize(shape[::-1], Image.Resampling.BILINEAR)) for a in (image + delta, image)
+    ]
     out["pillow"] = float(((pil[0] - pil[1]) * code[0]).sum() / (code * code).sum())
     return out
 
@@ -52,18 +56,37 @@ def main() -> None:
             for steps in (0, 20, 60):
                 start = time.perf_counter()
                 delta = preimage(image, [code], eps, n_steps=steps)
-                rows.append({"image": path.name, "cell": cell, "steps": steps, "seconds": time.perf_counter() - start,
-                             **_kept(image, delta, code)})
+                rows.append(
+                    {
+                        "image": path.name,
+                        "cell": cell,
+                        "steps": steps,
+                        "seconds": time.perf_counter() - start,
+                        **_kept(image, delta, code),
+                    }
+                )
     summary = {}
     for cell in (1, 2):
         for steps in (0, 20, 60):
             sel = [r for r in rows if r["cell"] == cell and r["steps"] == steps]
-            summary[f"cell{cell}_steps{steps}"] = {k: round(float(np.mean([r[k] for r in sel])), 3)
-                                                    for k in ("antialias", "area", "linear", "pillow", "seconds")}
+            summary[f"cell{cell}_steps{steps}"] = {
+                k: round(float(np.mean([r[k] for r in sel])), 3)
+                for k in ("antialias", "area", "linear", "pillow", "seconds")
+            }
             print(f"cell {cell} steps {steps:>2}: {summary[f'cell{cell}_steps{steps}']}")
     out = REPO / "benchmarks/results/grid_survival.json"
-    out.write_text(json.dumps({"benchmark": "grid_survival", "images": len(rows) // 6, "grid": "size:128",
-                               "eps": "8/255", "summary": summary}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "benchmark": "grid_survival",
+                "images": len(rows) // 6,
+                "grid": "size:128",
+                "eps": "8/255",
+                "summary": summary,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

@@ -41,7 +41,10 @@ def _dicom_export(dst: Path, copies: int) -> Path:
     from pydicom.uid import generate_uid
 
     ct_series = Path(get_testdata_file("CT_small.dcm", download=False)).parent / "dicomdirtests/77654033/CT2"
-    singles = [Path(get_testdata_file(n, download=False)) for n in ("CT_small.dcm", "MR_small.dcm", "emri_small.dcm", "693_UNCI.dcm")]
+    singles = [
+        Path(get_testdata_file(n, download=False))
+        for n in ("CT_small.dcm", "MR_small.dcm", "emri_small.dcm", "693_UNCI.dcm")
+    ]
     sources = [(f, f"ct2/{f.name}") for f in sorted(ct_series.iterdir())] + [(f, f"single/{f.name}") for f in singles]
     for i in range(copies):
         for src, rel in sources:
@@ -108,16 +111,25 @@ def main() -> None:
         proc.start()
         rows.append(queue.get())
         proc.join()
-    result = {"benchmark": "io_throughput", "mode": "quick" if args.quick else "full", "machine": {
-        "cpus": mp.cpu_count(), "python": platform.python_version()}, "rows": rows}
+    result = {
+        "benchmark": "io_throughput",
+        "mode": "quick" if args.quick else "full",
+        "machine": {"cpus": mp.cpu_count(), "python": platform.python_version()},
+        "rows": rows,
+    }
     out = REPO / "benchmarks/results" / f"io_throughput{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(f"{'kind':8s} {'records':>8s} {'files':>6s} {'MB':>7s} {'wall s':>7s} {'rec/s':>7s} {'MB/s':>6s} {'peak MB':>8s} {'PSNR dB':>12s}")
+    print(
+        f"{'kind':8s} {'records':>8s} {'files':>6s} {'MB':>7s} {'wall s':>7s} {'rec/s':>7s} {'MB/s':>6s} "
+        f"{'peak MB':>8s} {'PSNR dB':>12s}"
+    )
     for r in rows:
         psnr = f"{r['psnr_min']:.1f}-{r['psnr_max']:.1f}" if r["psnr_min"] else "-"
-        print(f"{r['kind']:8s} {r['records']:8d} {r['files_written']:6d} {r['input_MB']:7.2f} {r['wall_s']:7.2f} "
-              f"{r['records_per_s']:7.2f} {r['MB_per_s']:6.2f} {r['peak_rss_MB']:8.1f} {psnr:>12s}")
+        print(
+            f"{r['kind']:8s} {r['records']:8d} {r['files_written']:6d} {r['input_MB']:7.2f} {r['wall_s']:7.2f} "
+            f"{r['records_per_s']:7.2f} {r['MB_per_s']:6.2f} {r['peak_rss_MB']:8.1f} {psnr:>12s}"
+        )
     print(f"wrote {out}")
 
 

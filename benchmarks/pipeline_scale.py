@@ -56,10 +56,24 @@ RESUMING = re.compile(r"resuming: (\d+) unit\(s\) already done")  # the CLI's -v
 REMOVED = re.compile(r"removed (\d+) temporary file\(s\)")
 
 MODES = {
-    "quick": {"images": 40, "nifti": 40, "dicom": 10, "methods": ("random", "lsp"), "memory": (1, 10, 30),
-              "resume_images": 60, "em_images": 24},
-    "full": {"images": 712, "nifti": 189, "dicom": 100, "methods": ("random", "lsp"), "memory": (1, 10, 100),
-             "resume_images": 240, "em_images": 24},
+    "quick": {
+        "images": 40,
+        "nifti": 40,
+        "dicom": 10,
+        "methods": ("random", "lsp"),
+        "memory": (1, 10, 30),
+        "resume_images": 60,
+        "em_images": 24,
+    },
+    "full": {
+        "images": 712,
+        "nifti": 189,
+        "dicom": 100,
+        "methods": ("random", "lsp"),
+        "memory": (1, 10, 100),
+        "resume_images": 240,
+        "em_images": 24,
+    },
 }
 
 
@@ -158,8 +172,9 @@ def peak_rss_of(cmd: list[str], log: Path) -> tuple[float, int]:
         return int(Path(rss.name).read_text() or 0) / 1024, rc
 
 
-def run_cli(args: list[str], out: Path, log: Path, kill: Callable[[Watch, float], bool] | None = None,
-            verbose: bool = False) -> dict[str, Any]:
+def run_cli(
+    args: list[str], out: Path, log: Path, kill: Callable[[Watch, float], bool] | None = None, verbose: bool = False
+) -> dict[str, Any]:
     """Run ``ulmed protect ARGS -o OUT`` in a fresh process; watch its journal; maybe SIGKILL it.
 
     Returns:
@@ -183,8 +198,14 @@ def run_cli(args: list[str], out: Path, log: Path, kill: Callable[[Watch, float]
         t = time.perf_counter() - start
         watch.poll(t)
         peak = None if kill else int(Path(rss.name).read_text() or 0) / 1024
-    return {"wall_s": t, "rc": rc, "peak_rss_MB": peak, "killed": killed, "watch": watch,
-            "command": " ".join(["ulmed", *cmd[1:]])}
+    return {
+        "wall_s": t,
+        "rc": rc,
+        "peak_rss_MB": peak,
+        "killed": killed,
+        "watch": watch,
+        "command": " ".join(["ulmed", *cmd[1:]]),
+    }
 
 
 def _manifest(out: Path) -> dict[str, Any]:
@@ -199,7 +220,9 @@ def throughput(sources: dict[str, Path], methods: tuple[str, ...], work: Path, l
             reference: dict[str, str] | None = None
             for engine, workers in CONFIGS:
                 out = work / f"tp_{kind}_{method}_{engine}{workers}"
-                r = run_cli(["-i", str(src), "--method", method, "--engine", engine, "--workers", str(workers)], out, log)
+                r = run_cli(
+                    ["-i", str(src), "--method", method, "--engine", engine, "--workers", str(workers)], out, log
+                )
                 if r["rc"] != 0:
                     raise SystemExit(f"run failed (rc {r['rc']}): {r['command']}; see {log}")
                 m, w = _manifest(out), r["watch"]
@@ -209,26 +232,39 @@ def throughput(sources: dict[str, Path], methods: tuple[str, ...], work: Path, l
                 first, last = w.first(1), w.last_change(1)
                 first_copy, last_copy = w.first(2), w.last_change(2)
                 steady = (units - 1) / (last - first) if units > 1 and last and first and last > first else None
-                rows.append({
-                    "data": kind, "method": method, "engine": engine, "workers": workers,
-                    "units": units, "copies": m["run"]["copies"], "wall_s": round(r["wall_s"], 2),
-                    "loop_s": m["run"]["seconds"],
-                    "startup_s": round(first, 2) if first else None,  # launch to first committed record
-                    "records_s": round(last - first, 2) if first and last else None,
-                    "copy_gap_s": round(first_copy - last, 2) if first_copy and last else None,  # last record to first copy
-                    "copies_s": round(last_copy - first_copy, 2) if first_copy and last_copy else None,
-                    "units_per_s": round(units / r["wall_s"], 2),
-                    "steady_units_per_s": round(steady, 2) if steady else None,
-                    "images_per_s": round(units / r["wall_s"], 2) if kind == "images" else None,
-                    "series_per_min": round(60 * units / r["wall_s"], 1) if kind == "dicom" else None,
-                    "peak_rss_MB": round(r["peak_rss_MB"], 1),
-                    "identical_to_local1": compare(reference, hashes)["identical"],
-                    "command": r["command"],
-                })
+                rows.append(
+                    {
+                        "data": kind,
+                        "method": method,
+                        "engine": engine,
+                        "workers": workers,
+                        "units": units,
+                        "copies": m["run"]["copies"],
+                        "wall_s": round(r["wall_s"], 2),
+                        "loop_s": m["run"]["seconds"],
+                        "startup_s": round(first, 2) if first else None,  # launch to first committed record
+                        "records_s": round(last - first, 2) if first and last else None,
+                        "copy_gap_s": round(first_copy - last, 2)
+                        if first_copy and last
+                        else None,  # last record to first copy
+                        "copies_s": round(last_copy - first_copy, 2) if first_copy and last_copy else None,
+                        "units_per_s": round(units / r["wall_s"], 2),
+                        "steady_units_per_s": round(steady, 2) if steady else None,
+                        "images_per_s": round(units / r["wall_s"], 2) if kind == "images" else None,
+                        "series_per_min": round(60 * units / r["wall_s"], 1) if kind == "dicom" else None,
+                        "peak_rss_MB": round(r["peak_rss_MB"], 1),
+                        "identical_to_local1": compare(reference, hashes)["identical"],
+                        "command": r["command"],
+                    }
+                )
                 print(_tp_line(rows[-1]), flush=True)
                 shutil.rmtree(out)
     for r in rows:
-        base = next(b for b in rows if (b["data"], b["method"], b["engine"], b["workers"]) == (r["data"], r["method"], "local", 1))
+        base = next(
+            b
+            for b in rows
+            if (b["data"], b["method"], b["engine"], b["workers"]) == (r["data"], r["method"], "local", 1)
+        )
         r["speedup_vs_local1"] = round(base["wall_s"] / r["wall_s"], 2)
     return rows
 
@@ -236,35 +272,51 @@ def throughput(sources: dict[str, Path], methods: tuple[str, ...], work: Path, l
 def throughput_notes(rows: list[dict[str, Any]]) -> list[str]:
     """Where the time of the parallel engines goes, from the journal timelines."""
     notes = []
-    for (engine, workers) in CONFIGS[1:]:
+    for engine, workers in CONFIGS[1:]:
         mine = [r for r in rows if (r["engine"], r["workers"]) == (engine, workers)]
         base = {(r["data"], r["method"]): r for r in rows if (r["engine"], r["workers"]) == ("local", 1)}
         extra = [r["startup_s"] - base[(r["data"], r["method"])]["startup_s"] for r in mine if r["startup_s"]]
         gaps = [r["copy_gap_s"] for r in mine if r["copy_gap_s"] is not None]
-        steady = [r["steady_units_per_s"] / base[(r["data"], r["method"])]["steady_units_per_s"] for r in mine
-                  if r["steady_units_per_s"] and base[(r["data"], r["method"])]["steady_units_per_s"]]
+        steady = [
+            r["steady_units_per_s"] / base[(r["data"], r["method"])]["steady_units_per_s"]
+            for r in mine
+            if r["steady_units_per_s"] and base[(r["data"], r["method"])]["steady_units_per_s"]
+        ]
         if extra:
             notes.append(
-                f"{engine} x{workers}: the first committed unit comes {min(extra):.1f}-{max(extra):.1f} s later than with one local "
+                f"{engine} x{workers}: the first committed unit comes {min(extra):.1f}-{max(extra):.1f} s later "
+                f"than with one local "
                 f"worker (worker or Ray start); the copies (masks, label maps) start {min(gaps, default=0):.1f}-"
                 f"{max(gaps, default=0):.1f} s after the last record; rate between first and last committed record "
-                f"{min(steady, default=0):.2f}-{max(steady, default=0):.2f}x the one-worker rate (coarse on small sets: results come in batches).")
+                f"{min(steady, default=0):.2f}-{max(steady, default=0):.2f}x the one-worker rate (coarse on "
+                f"small sets: results come in batches)."
+            )
     return notes
 
 
 def _tp_line(r: dict[str, Any]) -> str:
-    rate = f"{r['images_per_s']:.1f} img/s" if r["images_per_s"] else f"{r['series_per_min']:.0f} series/min" if r["series_per_min"] else ""
+    rate = (
+        f"{r['images_per_s']:.1f} img/s"
+        if r["images_per_s"]
+        else f"{r['series_per_min']:.0f} series/min"
+        if r["series_per_min"]
+        else ""
+    )
     cg = f"{r['copy_gap_s']:.1f}" if r["copy_gap_s"] is not None else "-"
-    return (f"{r['data']:6s} {r['method']:6s} {r['engine']:5s} {r['workers']:2d} {r['units']:6d} {r['wall_s']:7.1f} "
-            f"{r['startup_s'] or 0:7.1f} {cg:>7s} {r['units_per_s']:7.2f} {r['steady_units_per_s'] or 0:8.1f} "
-            f"{rate:>16s} {r['peak_rss_MB']:8.0f} {'yes' if r['identical_to_local1'] else 'NO':>9s}")
+    return (
+        f"{r['data']:6s} {r['method']:6s} {r['engine']:5s} {r['workers']:2d} {r['units']:6d} {r['wall_s']:7.1f} "
+        f"{r['startup_s'] or 0:7.1f} {cg:>7s} {r['units_per_s']:7.2f} {r['steady_units_per_s'] or 0:8.1f} "
+        f"{rate:>16s} {r['peak_rss_MB']:8.0f} {'yes' if r['identical_to_local1'] else 'NO':>9s}"
+    )
 
 
 # --------------------------------------------------------------------------------------- memory
 def import_floor(log: Path) -> float:
     """Peak RSS (MB) of a process that imports what ``ulmed protect --method random`` imports and builds the method."""
-    code = ("import ulmed.cli, ulmed.io.discover, ulmed.pipeline.work, ulmed.pipeline.protect as p; "
-            "p.build_method('random', '8/255', 0, 'cpu')")
+    code = (
+        "import ulmed.cli, ulmed.io.discover, ulmed.pipeline.work, ulmed.pipeline.protect as p; "
+        "p.build_method('random', '8/255', 0, 'cpu')"
+    )
     peak, rc = peak_rss_of([sys.executable, "-c", code], log)
     if rc != 0:
         raise SystemExit(f"import floor probe failed; see {log}")
@@ -295,33 +347,57 @@ def memory(exports: dict[int, Path], work: Path, log: Path) -> dict[str, Any]:
         out = work / f"mem_{copies}x"
         r = run_cli(["-i", str(src), "--method", "random"], out, log)
         m = _manifest(out)
-        rows.append({"copies": copies, "series": m["run"]["units"], "files": sum(1 for p in src.rglob("*") if p.is_file()),
-                     "wall_s": round(r["wall_s"], 2), "peak_rss_MB": round(r["peak_rss_MB"], 1),
-                     "above_import_MB": round(r["peak_rss_MB"] - floor, 1), "command": r["command"]})
-        print(f"memory {copies:4d}x {rows[-1]['series']:5d} series {rows[-1]['wall_s']:7.1f} s  peak {rows[-1]['peak_rss_MB']:7.1f} MB", flush=True)
+        rows.append(
+            {
+                "copies": copies,
+                "series": m["run"]["units"],
+                "files": sum(1 for p in src.rglob("*") if p.is_file()),
+                "wall_s": round(r["wall_s"], 2),
+                "peak_rss_MB": round(r["peak_rss_MB"], 1),
+                "above_import_MB": round(r["peak_rss_MB"] - floor, 1),
+                "command": r["command"],
+            }
+        )
+        print(
+            f"memory {copies:4d}x {rows[-1]['series']:5d} series {rows[-1]['wall_s']:7.1f} s  peak "
+            f"{rows[-1]['peak_rss_MB']:7.1f} MB",
+            flush=True,
+        )
         shutil.rmtree(out)
     base, top = rows[0], rows[-1]
     ratios = {f"{r['copies']}x/1x": round(r["peak_rss_MB"] / base["peak_rss_MB"], 3) for r in rows[1:]}
     grow = top["peak_rss_MB"] - base["peak_rss_MB"]
     result = {
-        "import_floor_MB": round(floor, 1), "rows": rows, "ratios": ratios, "target": "peak RSS ratio <= 1.2",
+        "import_floor_MB": round(floor, 1),
+        "rows": rows,
+        "ratios": ratios,
+        "target": "peak RSS ratio <= 1.2",
         "met": all(v <= 1.2 for v in ratios.values()),
         "growth_MB": round(grow, 1),
         "growth_KB_per_series": round(1024 * grow / max(top["series"] - base["series"], 1), 1),
     }
     if not result["met"]:
         mid = sorted(exports)[-2]
-        result["investigation"] = {f"{c}x": trace_memory(exports[c], work / f"trace_{c}x", log) for c in (mid, max(exports))}
+        result["investigation"] = {
+            f"{c}x": trace_memory(exports[c], work / f"trace_{c}x", log) for c in (mid, max(exports))
+        }
     return result
 
 
 # --------------------------------------------------------------------------------------- resume
 def _attempt_info(r: dict[str, Any], out: Path, log_text: str) -> dict[str, Any]:
     found, removed = RESUMING.findall(log_text), REMOVED.findall(log_text)
-    return {"killed": r["killed"], "rc": r["rc"], "wall_s": round(r["wall_s"], 2),
-            "journal_records": r["watch"].records, "journal_copies": r["watch"].copies, "journal_chunks": r["watch"].chunks,
-            "resume_found_done": int(found[-1]) if found else 0, "stale_temporaries_removed": int(removed[-1]) if removed else 0,
-            "temporaries_after": temporaries(out)}
+    return {
+        "killed": r["killed"],
+        "rc": r["rc"],
+        "wall_s": round(r["wall_s"], 2),
+        "journal_records": r["watch"].records,
+        "journal_copies": r["watch"].copies,
+        "journal_chunks": r["watch"].chunks,
+        "resume_found_done": int(found[-1]) if found else 0,
+        "stale_temporaries_removed": int(removed[-1]) if removed else 0,
+        "temporaries_after": temporaries(out),
+    }
 
 
 def fresh(cond: Callable[[Watch, float], bool]) -> Callable[[Watch, float], bool]:
@@ -333,11 +409,13 @@ def fresh(cond: Callable[[Watch, float], bool]) -> Callable[[Watch, float], bool
             armed["on"] = not cond(watch, t)
             return False
         return armed["on"] and cond(watch, t)
+
     return kill
 
 
-def _kill_loop(args: list[str], out: Path, log: Path, kills: list[Callable[[Watch, float], bool] | None],
-               first: int = 1) -> list[dict[str, Any]]:
+def _kill_loop(
+    args: list[str], out: Path, log: Path, kills: list[Callable[[Watch, float], bool] | None], first: int = 1
+) -> list[dict[str, Any]]:
     """Run, kill, resume ... one attempt per entry of ``kills`` (None: let it finish)."""
     attempts = []
     for kill in kills:
@@ -349,9 +427,12 @@ def _kill_loop(args: list[str], out: Path, log: Path, kills: list[Callable[[Watc
             text = fh.read().decode(errors="replace")
         attempts.append(_attempt_info(r, out, text))
         a = attempts[-1]
-        print(f" {'killed' if a['killed'] else 'finished'} at {a['wall_s']:.1f} s; found done {a['resume_found_done']}, "
-              f"removed {a['stale_temporaries_removed']} temporaries; journal now {a['journal_records']} records + "
-              f"{a['journal_copies']} copies + {a['journal_chunks']} chunks; temporaries left: {a['temporaries_after']}", flush=True)
+        print(
+            f" {'killed' if a['killed'] else 'finished'} at {a['wall_s']:.1f} s; found done {a['resume_found_done']}, "
+            f"removed {a['stale_temporaries_removed']} temporaries; journal now {a['journal_records']} records + "
+            f"{a['journal_copies']} copies + {a['journal_chunks']} chunks; temporaries left: {a['temporaries_after']}",
+            flush=True,
+        )
         if kill is None and r["rc"] != 0:
             raise SystemExit(f"resume failed (rc {r['rc']}): {r['command']}; see {log}")
     return attempts
@@ -382,6 +463,7 @@ def resume_lsp(src: Path, n: int, work: Path, log: Path, rng: random.Random) -> 
             if "t" not in hit and getattr(watch, what) >= target:
                 hit["t"] = t
             return "t" in hit and t >= hit["t"] + delay
+
         return kill
 
     out = work / "resume_lsp"
@@ -391,11 +473,19 @@ def resume_lsp(src: Path, n: int, work: Path, log: Path, rng: random.Random) -> 
         done.update(records=attempts[-1]["journal_records"], copies=attempts[-1]["journal_copies"])
     cmp = compare(tree_hashes(work / "resume_ref"), tree_hashes(out))
     ref_entries, res_entries = (_manifest(p)["entries"] for p in (work / "resume_ref", out))
-    result = {"command": ref["command"], "units": n, "copies": n, "uninterrupted_wall_s": round(ref["wall_s"], 2),
-              "kill_rule": "a seeded 20-80 % of the records left are committed, then a seeded part of one record's time",
-              "kills": sum(a["killed"] for a in attempts), "attempts": attempts, **cmp,
-              "manifest_entries_equal": ref_entries == res_entries,
-              "temporaries_left": temporaries(out), "control_files": sorted(p.name for p in (out / ".ulmed").iterdir())}
+    result = {
+        "command": ref["command"],
+        "units": n,
+        "copies": n,
+        "uninterrupted_wall_s": round(ref["wall_s"], 2),
+        "kill_rule": "a seeded 20-80 % of the records left are committed, then a seeded part of one record's time",
+        "kills": sum(a["killed"] for a in attempts),
+        "attempts": attempts,
+        **cmp,
+        "manifest_entries_equal": ref_entries == res_entries,
+        "temporaries_left": temporaries(out),
+        "control_files": sorted(p.name for p in (out / ".ulmed").iterdir()),
+    }
     shutil.rmtree(out)
     shutil.rmtree(work / "resume_ref")
     return result
@@ -427,22 +517,37 @@ def resume_em(src: Path, n: int, work: Path, log: Path, rng: random.Random) -> d
                     if RESUMING.search(fh.read().decode(errors="replace")):
                         when["start"] = t  # the resume has read its journal; the chunk's fit comes next
             return "start" in when and t >= when["start"] + frac * fit_s
+
         return kill
 
     out = work / "resume_em"
     kills = [after_chunk(1), inside_writes(8 + 3), inside_fit(), after_chunk(2), None]
     attempts = _kill_loop(args, out, log, kills)
     cmp = compare(tree_hashes(work / "em_ref"), tree_hashes(out))
-    result = {"command": ref["command"], "units": n, "chunks": len(chunk_ends), "uninterrupted_wall_s": round(ref["wall_s"], 2),
-              "kill_points": ["as soon as chunk 0 was journaled (between chunks)", "after 3 records of chunk 1 (inside its writes)",
-                              "a seeded 20-80 % of one chunk's fit time after the resume read its journal (inside the refit of chunk 1)",
-                              "as soon as chunk 1 was journaled (between chunks)", "none: runs to completion"],
-              "attempts": attempts, "kills": sum(a["killed"] for a in attempts), **cmp,
-              "manifest_entries_equal": _manifest(work / "em_ref")["entries"] == _manifest(out)["entries"],
-              "temporaries_left": temporaries(out), "control_files": sorted(p.name for p in (out / ".ulmed").iterdir())}
+    result = {
+        "command": ref["command"],
+        "units": n,
+        "chunks": len(chunk_ends),
+        "uninterrupted_wall_s": round(ref["wall_s"], 2),
+        "kill_points": [
+            "as soon as chunk 0 was journaled (between chunks)",
+            "after 3 records of chunk 1 (inside its writes)",
+            "a seeded 20-80 % of one chunk's fit time after the resume read its journal (inside the refit of chunk 1)",
+            "as soon as chunk 1 was journaled (between chunks)",
+            "none: runs to completion",
+        ],
+        "attempts": attempts,
+        "kills": sum(a["killed"] for a in attempts),
+        **cmp,
+        "manifest_entries_equal": _manifest(work / "em_ref")["entries"] == _manifest(out)["entries"],
+        "temporaries_left": temporaries(out),
+        "control_files": sorted(p.name for p in (out / ".ulmed").iterdir()),
+    }
     if not cmp["identical"]:  # nondeterminism or a resume bug? a second uninterrupted run tells them apart
         run_cli(args, work / "em_ref2", log)
-        result["uninterrupted_runs_identical"] = compare(tree_hashes(work / "em_ref"), tree_hashes(work / "em_ref2"))["identical"]
+        result["uninterrupted_runs_identical"] = compare(tree_hashes(work / "em_ref"), tree_hashes(work / "em_ref2"))[
+            "identical"
+        ]
     return result
 
 
@@ -459,23 +564,35 @@ def _machine() -> dict[str, Any]:
 
     meminfo = Path("/proc/meminfo").read_text().splitlines() if Path("/proc/meminfo").exists() else []
     mem = next((int(line.split()[1]) // 1024 for line in meminfo if line.startswith("MemTotal")), None)
-    return {"cpus": os.cpu_count(), "memory_MB": mem, "load_average_at_start": os.getloadavg(),
-            "python": platform.python_version(), "platform": platform.platform(),
-            **{name: ver(name) for name in ("torch", "ray", "pydicom", "numpy", "ulmed")}}
+    return {
+        "cpus": os.cpu_count(),
+        "memory_MB": mem,
+        "load_average_at_start": os.getloadavg(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        **{name: ver(name) for name in ("torch", "ray", "pydicom", "numpy", "ulmed")},
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sets (40 images, 40 volumes, 50 series; memory up to 30x)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sets (40 images, 40 volumes, 50 series; memory up to 30x)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
     args = parser.parse_args()
     mode = "quick" if args.quick else "full"
     cfg = MODES[mode]
     rng = random.Random(args.seed)
     started = time.perf_counter()
-    results: dict[str, Any] = {"benchmark": "pipeline_scale", "mode": mode,
-                               "command": f"python benchmarks/pipeline_scale.py{' --quick' if args.quick else ''} --seed {args.seed}",
-                               "machine": _machine(), "config": dict(cfg), "notes": []}
+    results: dict[str, Any] = {
+        "benchmark": "pipeline_scale",
+        "mode": mode,
+        "command": f"python benchmarks/pipeline_scale.py{' --quick' if args.quick else ''} --seed {args.seed}",
+        "machine": _machine(),
+        "config": dict(cfg),
+        "notes": [],
+    }
     with tempfile.TemporaryDirectory(prefix="ulmed_scale_") as tmp_name:
         tmp = Path(tmp_name)
         log = tmp / "runs.log"
@@ -485,18 +602,27 @@ def main() -> None:
             sources["nifti"] = _dataset("nifti", cfg["nifti"], tmp / "hippocampus")
         if cfg["dicom"]:
             sources["dicom"] = exports[cfg["dicom"]]
-        print(f"{'data':6s} {'method':6s} {'eng':5s} {'w':>2s} {'units':>6s} {'wall s':>7s} {'start s':>7s} {'gap s':>7s} "
-              f"{'unit/s':>7s} {'steady/s':>8s} {'rate':>16s} {'peak MB':>8s} {'identical':>9s}")
+        print(
+            f"{'data':6s} {'method':6s} {'eng':5s} {'w':>2s} {'units':>6s} {'wall s':>7s} {'start s':>7s} "
+            f"{'gap s':>7s} "
+            f"{'unit/s':>7s} {'steady/s':>8s} {'rate':>16s} {'peak MB':>8s} {'identical':>9s}"
+        )
         results["throughput"] = throughput(sources, cfg["methods"], tmp, log)
         results["notes"] += throughput_notes(results["throughput"])
-        results["notes"].append("peak_rss_MB is wait4's ru_maxrss of a child forked from a small launcher: the largest single "
-                                "process of the run's tree (local workers included), not their sum; Ray's daemons are not children "
-                                "and are not counted.")
+        results["notes"].append(
+            "peak_rss_MB is wait4's ru_maxrss of a child forked from a small launcher: the largest single "
+            "process of the run's tree (local workers included), not their sum; Ray's daemons are not children "
+            "and are not counted."
+        )
         results["memory"] = memory(exports, tmp, log)
         print("resume lsp (SIGKILL x5):", flush=True)
-        results["resume_lsp"] = resume_lsp(_dataset("images", cfg["resume_images"], tmp / "resume_src"), cfg["resume_images"], tmp, log, rng)
+        results["resume_lsp"] = resume_lsp(
+            _dataset("images", cfg["resume_images"], tmp / "resume_src"), cfg["resume_images"], tmp, log, rng
+        )
         print("resume em in chunks of 8 (SIGKILL x4):", flush=True)
-        results["resume_em"] = resume_em(_dataset("images", cfg["em_images"], tmp / "em_src"), cfg["em_images"], tmp, log, rng)
+        results["resume_em"] = resume_em(
+            _dataset("images", cfg["em_images"], tmp / "em_src"), cfg["em_images"], tmp, log, rng
+        )
         results["log_tail"] = log.read_text(errors="replace").splitlines()[-20:]
     results["wall_s"] = round(time.perf_counter() - started, 1)
     out = REPO / "benchmarks/results" / f"pipeline_scale{'_quick' if args.quick else ''}.json"
@@ -508,15 +634,19 @@ def main() -> None:
 
 def _summary(res: dict[str, Any]) -> None:
     mem = res["memory"]
-    print("\nmemory (DICOM, random, 1 local worker): " + ", ".join(
-        f"{r['copies']}x {r['series']} series {r['peak_rss_MB']:.0f} MB" for r in mem["rows"])
+    print(
+        "\nmemory (DICOM, random, 1 local worker): "
+        + ", ".join(f"{r['copies']}x {r['series']} series {r['peak_rss_MB']:.0f} MB" for r in mem["rows"])
         + f"; ratios {mem['ratios']}; import floor {mem['import_floor_MB']:.0f} MB; "
-        f"{mem['growth_KB_per_series']} KB/series; target <= 1.2: {'met' if mem['met'] else 'MISSED'}")
+        f"{mem['growth_KB_per_series']} KB/series; target <= 1.2: {'met' if mem['met'] else 'MISSED'}"
+    )
     for name in ("resume_lsp", "resume_em"):
         r = res[name]
-        print(f"{name}: {r['kills']} kills, found done per attempt {[a['resume_found_done'] for a in r['attempts']]}, "
-              f"byte-identical: {'yes' if r['identical'] else 'NO'} ({r['files']} files), manifest entries equal: "
-              f"{r['manifest_entries_equal']}, temporaries left: {len(r['temporaries_left'])}")
+        print(
+            f"{name}: {r['kills']} kills, found done per attempt {[a['resume_found_done'] for a in r['attempts']]}, "
+            f"byte-identical: {'yes' if r['identical'] else 'NO'} ({r['files']} files), manifest entries equal: "
+            f"{r['manifest_entries_equal']}, temporaries left: {len(r['temporaries_left'])}"
+        )
 
 
 if __name__ == "__main__":

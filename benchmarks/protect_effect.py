@@ -38,17 +38,70 @@ DATA = REPO.parent / "shared" / "data"
 #: Fixed settings per data set and mode (never chosen by looking at test results).
 SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "hc18": {
-        "quick": {"size": (64, 64), "train_limit": 96, "test_limit": 64, "epochs": 12, "rounds": 4, "train_steps": 15, "pgd_steps": 8},
-        "full": {"size": (64, 64), "train_limit": None, "test_limit": None, "epochs": 20, "rounds": 6, "train_steps": 30, "pgd_steps": 10},
+        "quick": {
+            "size": (64, 64),
+            "train_limit": 96,
+            "test_limit": 64,
+            "epochs": 12,
+            "rounds": 4,
+            "train_steps": 15,
+            "pgd_steps": 8,
+        },
+        "full": {
+            "size": (64, 64),
+            "train_limit": None,
+            "test_limit": None,
+            "epochs": 20,
+            "rounds": 6,
+            "train_steps": 30,
+            "pgd_steps": 10,
+        },
     },
     "hippocampus": {
-        "quick": {"shape": (40, 56, 40), "train_limit": 40, "test_limit": 20, "epochs": 15, "rounds": 4, "train_steps": 15, "pgd_steps": 8},
-        "full": {"shape": (40, 56, 40), "train_limit": None, "test_limit": None, "epochs": 30, "rounds": 6, "train_steps": 30, "pgd_steps": 10},
+        "quick": {
+            "shape": (40, 56, 40),
+            "train_limit": 40,
+            "test_limit": 20,
+            "epochs": 15,
+            "rounds": 4,
+            "train_steps": 15,
+            "pgd_steps": 8,
+        },
+        "full": {
+            "shape": (40, 56, 40),
+            "train_limit": None,
+            "test_limit": None,
+            "epochs": 30,
+            "rounds": 6,
+            "train_steps": 30,
+            "pgd_steps": 10,
+        },
     },
 }
-METHODS = ("clean", "random", "lsp", "em", "salm", "salm_lsp", "salm_nolabel", "em_eot", "em_lsp_eot", "salm_eot", "em_bayes",
-           "em_eot_shift", "em_eot_robust", "lsp_t8b4", "lsp_t16b8", "lsp_t32b16",
-           "lsp_t2", "lsp_t4", "lsp_nyquist", "em_nyquist", "em_nyquist_eot", "lsp_blocks")
+METHODS = (
+    "clean",
+    "random",
+    "lsp",
+    "em",
+    "salm",
+    "salm_lsp",
+    "salm_nolabel",
+    "em_eot",
+    "em_lsp_eot",
+    "salm_eot",
+    "em_bayes",
+    "em_eot_shift",
+    "em_eot_robust",
+    "lsp_t8b4",
+    "lsp_t16b8",
+    "lsp_t32b16",
+    "lsp_t2",
+    "lsp_t4",
+    "lsp_nyquist",
+    "em_nyquist",
+    "em_nyquist_eot",
+    "lsp_blocks",
+)
 #: benchmark row -> (registered method, extra options, use labels)
 ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "clean": ("clean", {}, True),
@@ -119,16 +172,18 @@ def _protect(method: str, dataset: str, mode: str, eps: str, seed: int, queue: m
     wall = time.perf_counter() - start
     stats = [imperceptibility(images[i], protected[i]) for i in range(len(images))]
     finite_psnr = [x["psnr"] for x in stats if np.isfinite(x["psnr"])]
-    queue.put({
-        "protected": protected,
-        "protect_wall_s": round(wall, 1),
-        "protect_peak_rss_MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "psnr": round(float(np.mean(finite_psnr)), 2) if finite_psnr else float("inf"),
-        "ssim": round(float(np.mean([x["ssim"] for x in stats])), 4),
-        "linf": round(float(max(x["linf"] for x in stats)), 5),
-        "l0_fraction": round(float(np.mean([x["l0_fraction"] for x in stats])), 4),
-        "surrogate_history": history,
-    })
+    queue.put(
+        {
+            "protected": protected,
+            "protect_wall_s": round(wall, 1),
+            "protect_peak_rss_MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "psnr": round(float(np.mean(finite_psnr)), 2) if finite_psnr else float("inf"),
+            "ssim": round(float(np.mean([x["ssim"] for x in stats])), 4),
+            "linf": round(float(max(x["linf"] for x in stats)), 5),
+            "l0_fraction": round(float(np.mean([x["l0_fraction"] for x in stats])), 4),
+            "surrogate_history": history,
+        }
+    )
 
 
 def _victim_dice(dataset: str, mode: str, train_images: np.ndarray, defense: str, seed: int) -> dict[str, float]:
@@ -150,10 +205,17 @@ def _victim_dice(dataset: str, mode: str, train_images: np.ndarray, defense: str
     model = build_victim("unet", spatial_dims=dims, in_channels=1, out_channels=num_classes, seed=seed)
     config = TrainConfig(epochs=s["epochs"], batch_size=8, lr=1e-3, seed=seed, device="cpu")
     start = time.perf_counter()
-    train_victim(model, images, train_masks, task="segmentation", num_classes=num_classes, config=config, augment=d.augment)
-    metrics = evaluate_victim(model, test_images, test_masks, task="segmentation", num_classes=num_classes, config=config)
-    return {"dice": round(float(metrics["dice"]), 4), "iou": round(float(metrics["iou"]), 4),
-            "victim_train_s": round(time.perf_counter() - start, 1)}
+    train_victim(
+        model, images, train_masks, task="segmentation", num_classes=num_classes, config=config, augment=d.augment
+    )
+    metrics = evaluate_victim(
+        model, test_images, test_masks, task="segmentation", num_classes=num_classes, config=config
+    )
+    return {
+        "dice": round(float(metrics["dice"]), 4),
+        "iou": round(float(metrics["iou"]), 4),
+        "victim_train_s": round(time.perf_counter() - start, 1),
+    }
 
 
 def main() -> None:
@@ -161,8 +223,11 @@ def main() -> None:
     parser.add_argument("--dataset", choices=sorted(SETTINGS), default="hc18")
     parser.add_argument("--quick", action="store_true", help="a subset at low resolution: minutes on 2 cores")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
-    parser.add_argument("--defense", default="none",
-                        help="trainer's defense(s), comma-separated: none, flip_jitter, augmentation, aug-shift, jpeg75 ...")
+    parser.add_argument(
+        "--defense",
+        default="none",
+        help="trainer's defense(s), comma-separated: none, flip_jitter, augmentation, aug-shift, jpeg75 ...",
+    )
     parser.add_argument("--tag", default="", help="result file suffix for several defenses (default: 'defenses')")
     parser.add_argument("--eps", default="8/255")
     parser.add_argument("--seed", type=int, default=0)
@@ -184,25 +249,48 @@ def main() -> None:
         proc.join()
         protected = result.pop("protected")
         for defense in defenses:
-            row = {"method": method, "defense": defense, **result,
-                   **_victim_dice(args.dataset, mode, protected, defense, args.seed)}
+            row = {
+                "method": method,
+                "defense": defense,
+                **result,
+                **_victim_dice(args.dataset, mode, protected, defense, args.seed),
+            }
             rows.append(row)
-            print(f"{method:13s} {defense:14s} dice {row['dice']:.4f}  psnr {row['psnr']}  l0 {row['l0_fraction']}  "
-                  f"protect {row['protect_wall_s']} s  victim {row['victim_train_s']} s", flush=True)
+            print(
+                f"{method:13s} {defense:14s} dice {row['dice']:.4f}  psnr {row['psnr']}  l0 {row['l0_fraction']}  "
+                f"protect {row['protect_wall_s']} s  victim {row['victim_train_s']} s",
+                flush=True,
+            )
     for r in rows:
         clean = next((c["dice"] for c in rows if c["method"] == "clean" and c["defense"] == r["defense"]), None)
         r["dice_ratio"] = round(r["dice"] / clean, 4) if clean else None
     suffix = "" if defenses == ["none"] else "_" + (defenses[0] if len(defenses) == 1 else (args.tag or "defenses"))
     out = REPO / "benchmarks/results" / f"protect_effect_{args.dataset}{suffix}{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"benchmark": "protect_effect", "dataset": args.dataset, "mode": mode, "defenses": defenses,
-              "eps": args.eps, "seed": args.seed, "settings": SETTINGS[args.dataset][mode], "victim": "unet (small)",
-              "surrogate": "unet 16-32-64", "wall_s": round(time.perf_counter() - t0, 1), "rows": rows}
+    result = {
+        "benchmark": "protect_effect",
+        "dataset": args.dataset,
+        "mode": mode,
+        "defenses": defenses,
+        "eps": args.eps,
+        "seed": args.seed,
+        "settings": SETTINGS[args.dataset][mode],
+        "victim": "unet (small)",
+        "surrogate": "unet 16-32-64",
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "rows": rows,
+    }
     out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"\n{'method':13s} {'defense':14s} {'dice':>6s} {'ratio':>6s} {'PSNR':>6s} {'SSIM':>6s} {'L0':>6s} {'prot s':>7s} {'peak MB':>8s}")
+    print(
+        f"\n{'method':13s} {'defense':14s} {'dice':>6s} {'ratio':>6s} {'PSNR':>6s} {'SSIM':>6s} {'L0':>6s} "
+        f"{'prot s':>7s} {'peak MB':>8s}"
+    )
     for r in rows:
-        print(f"{r['method']:13s} {r['defense']:14s} {r['dice']:6.3f} {r['dice_ratio'] or 0:6.3f} {r['psnr']:6.1f} {r['ssim']:6.3f} "
-              f"{r['l0_fraction']:6.3f} {r['protect_wall_s']:7.1f} {r['protect_peak_rss_MB']:8.1f}")
+        print(
+            f"{r['method']:13s} {r['defense']:14s} {r['dice']:6.3f} {r['dice_ratio'] or 0:6.3f} "
+            f"{r['psnr']:6.1f} {r['ssim']:6.3f} "
+            f"{r['l0_fraction']:6.3f} {r['protect_wall_s']:7.1f} {r['protect_peak_rss_MB']:8.1f}"
+        )
     print(f"wall time {result['wall_s']} s -> {out}")
 
 

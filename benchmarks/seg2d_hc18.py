@@ -35,10 +35,22 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "hc18"
 
 MODES = {
-    "quick": {"size": 48, "train": 64, "test": 48, "epochs": 8, "victims": ["unet", "segresnet", "attention_unet"],
-              "min_min": {"rounds": 3, "train_steps": 15, "pgd_steps": 8}},
-    "full": {"size": 64, "train": None, "test": None, "epochs": 8, "victims": ["unet", "segresnet", "attention_unet"],
-             "min_min": {"rounds": 6, "train_steps": 30, "pgd_steps": 10}},
+    "quick": {
+        "size": 48,
+        "train": 64,
+        "test": 48,
+        "epochs": 8,
+        "victims": ["unet", "segresnet", "attention_unet"],
+        "min_min": {"rounds": 3, "train_steps": 15, "pgd_steps": 8},
+    },
+    "full": {
+        "size": 64,
+        "train": None,
+        "test": None,
+        "epochs": 8,
+        "victims": ["unet", "segresnet", "attention_unet"],
+        "min_min": {"rounds": 6, "train_steps": 30, "pgd_steps": 10},
+    },
 }
 DEFENSES = ["none", "augmentation", "jpeg75", "mix0.5"]
 
@@ -81,9 +93,21 @@ def main() -> None:
         tmp = Path(tmp_name)
         clean = working_copy(tmp / "hc18", m["size"], m["train"], m["test"])
         train_only = working_copy(tmp / "hc18_train", m["size"], m["train"], 0)
-        protect_and_evaluate(clean, train_only, tmp, out, mode=m, dataset="hc18", defenses=m.get("defenses", DEFENSES), eps=args.eps,
-                             seed=args.seed, batch_size=8,
-                             methods=select_methods(args), learnability=args.learnability, size=(m["size"], m["size"]))
+        protect_and_evaluate(
+            clean,
+            train_only,
+            tmp,
+            out,
+            mode=m,
+            dataset="hc18",
+            defenses=m.get("defenses", DEFENSES),
+            eps=args.eps,
+            seed=args.seed,
+            batch_size=8,
+            methods=select_methods(args),
+            learnability=args.learnability,
+            size=(m["size"], m["size"]),
+        )
     print(f"wall time {time.perf_counter() - start:.0f} s -> {out}")
 
 

@@ -6,7 +6,8 @@ maps alongside), every method protects the train-only copy with ``protect_path``
 ``run_evaluation`` trains 3D victims x defenses and tests on the clean test split.
 
 Usage:
-    python benchmarks/seg3d_hippocampus.py --quick   # 24 train / 12 test whole volumes, UNet, none + augmentation, 12 epochs
+    python benchmarks/seg3d_hippocampus.py --quick
+        # 24 train / 12 test whole volumes, UNet, none + augmentation, 12 epochs
     python benchmarks/seg3d_hippocampus.py           # 121 train / 55 test, patches, 3 victims x 4 defenses, 5 epochs
 
 Writes benchmarks/results/seg3d_hippocampus[_quick]/ (report.json, report.md, figures).
@@ -37,11 +38,23 @@ SHAPE = (40, 56, 40)
 #: defense, so the two modes answer different questions (README).
 PATCH = (24, 32, 24)
 MODES = {
-    "quick": {"train": 24, "test": 12, "epochs": 12, "victims": ["unet"], "defenses": ["none", "augmentation"],
-              "min_min": {"rounds": 3, "train_steps": 10, "pgd_steps": 6}},
-    "full": {"train": None, "test": None, "epochs": 5, "victims": ["unet", "segresnet", "attention_unet"],
-             "defenses": ["none", "augmentation", "jpeg75", "mix0.5"], "patch": PATCH,
-             "min_min": {"rounds": 6, "train_steps": 30, "pgd_steps": 10}},
+    "quick": {
+        "train": 24,
+        "test": 12,
+        "epochs": 12,
+        "victims": ["unet"],
+        "defenses": ["none", "augmentation"],
+        "min_min": {"rounds": 3, "train_steps": 10, "pgd_steps": 6},
+    },
+    "full": {
+        "train": None,
+        "test": None,
+        "epochs": 5,
+        "victims": ["unet", "segresnet", "attention_unet"],
+        "defenses": ["none", "augmentation", "jpeg75", "mix0.5"],
+        "patch": PATCH,
+        "min_min": {"rounds": 6, "train_steps": 30, "pgd_steps": 10},
+    },
 }
 
 
@@ -82,9 +95,21 @@ def main() -> None:
         tmp = Path(tmp_name)
         clean = working_copy(tmp / "hippocampus", m["train"], m["test"])
         train_only = working_copy(tmp / "hippocampus_train", m["train"], 0)
-        protect_and_evaluate(clean, train_only, tmp, out, mode=m, dataset="hippocampus", defenses=m["defenses"], eps=args.eps,
-                             seed=args.seed, batch_size=4,
-                             methods=select_methods(args), learnability=args.learnability, shape=SHAPE)
+        protect_and_evaluate(
+            clean,
+            train_only,
+            tmp,
+            out,
+            mode=m,
+            dataset="hippocampus",
+            defenses=m["defenses"],
+            eps=args.eps,
+            seed=args.seed,
+            batch_size=4,
+            methods=select_methods(args),
+            learnability=args.learnability,
+            shape=SHAPE,
+        )
     print(f"wall time {time.perf_counter() - start:.0f} s -> {out}")
 
 

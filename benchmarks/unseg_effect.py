@@ -34,11 +34,15 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
-SETTINGS = {"quick": {"train_limit": 96, "test_limit": 64, "epochs": 12},
-            "full": {"train_limit": None, "test_limit": None, "epochs": 20}}
+SETTINGS = {
+    "quick": {"train_limit": 96, "test_limit": 64, "epochs": 12},
+    "full": {"train_limit": None, "test_limit": None, "epochs": 20},
+}
 
 
-def _protect(images: np.ndarray, masks: np.ndarray, method: str, eps: str, options: dict[str, Any], seed: int) -> tuple[np.ndarray, float]:
+def _protect(
+    images: np.ndarray, masks: np.ndarray, method: str, eps: str, options: dict[str, Any], seed: int
+) -> tuple[np.ndarray, float]:
     """Protect ``(N, 1, H, W)`` [0, 1] images in memory; returns them and images per second.
 
     Records go to ``protect_many`` ``batch_hint`` at a time, as ``ulmed protect`` hands them
@@ -49,7 +53,9 @@ def _protect(images: np.ndarray, masks: np.ndarray, method: str, eps: str, optio
 
     protector = build_method(method, eps, seed, "cpu", **options)
     mapping = IntensityMapping(0.0, 1.0, 0.0, 1.0, quantum=0.0)
-    records = [Record(f"{i}", images[i].astype(np.float64), mapping, 2, "image", target=masks[i]) for i in range(len(images))]
+    records = [
+        Record(f"{i}", images[i].astype(np.float64), mapping, 2, "image", target=masks[i]) for i in range(len(images))
+    ]
     start = time.perf_counter()
     if protector.needs_fit:  # em and salm optimise over the whole set first
         protector.fit(records)
@@ -59,7 +65,9 @@ def _protect(images: np.ndarray, masks: np.ndarray, method: str, eps: str, optio
     return np.stack(out).astype(np.float32), rate
 
 
-def _victim(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, epochs: int, seed: int) -> float:
+def _victim(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, epochs: int, seed: int
+) -> float:
     from ulmed.eval.train import TrainConfig, evaluate_victim, train_victim
     from ulmed.eval.victims import build_victim
 
@@ -78,7 +86,9 @@ def main() -> None:
     parser.add_argument("--prompt", default="mask", choices=["mask", "box", "points"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--baselines", action="store_true", help="also protect with em and salm (defaults) in the same run")
+    parser.add_argument(
+        "--baselines", action="store_true", help="also protect with em and salm (defaults) in the same run"
+    )
     parser.add_argument("--speed-only", action="store_true", help="measure images/s only: train no victims")
     parser.add_argument("--tag", default="", help="suffix of the result file")
     args = parser.parse_args()
@@ -94,8 +104,11 @@ def main() -> None:
     train_x, train_y, _ = load_hc18(DATA / "hc18", "train", size=(64, 64), limit=s["train_limit"])
     test_x, test_y, _ = load_hc18(DATA / "hc18", "test", size=(64, 64), limit=s["test_limit"])
     rows: list[dict[str, Any]] = []
-    variants = {"clean": None, "random": ("random", {}),
-                "unseg": ("unseg", {"generator": args.generator, "eps_bg": args.eps_bg, "prompt": args.prompt})}
+    variants = {
+        "clean": None,
+        "random": ("random", {}),
+        "unseg": ("unseg", {"generator": args.generator, "eps_bg": args.eps_bg, "prompt": args.prompt}),
+    }
     if args.baselines:
         variants.update({"em": ("em", {}), "salm": ("salm", {})})
     for name, spec in variants.items():
@@ -107,24 +120,50 @@ def main() -> None:
         stats = [imperceptibility(train_x[i], protected[i]) for i in range(len(train_x))]
         psnr = [x["psnr"] for x in stats if np.isfinite(x["psnr"])]
         dice = float("nan") if args.speed_only else _victim(protected, train_y, test_x, test_y, s["epochs"], args.seed)
-        rows.append({"method": name, "dice": None if args.speed_only else round(dice, 4), "psnr": round(float(np.mean(psnr)), 2) if psnr else None,
-                     "ssim": round(float(np.mean([x["ssim"] for x in stats])), 4),
-                     "images_per_s": None if np.isnan(rate) else round(rate, 1), "wall_s": round(time.perf_counter() - start, 1)})
+        rows.append(
+            {
+                "method": name,
+                "dice": None if args.speed_only else round(dice, 4),
+                "psnr": round(float(np.mean(psnr)), 2) if psnr else None,
+                "ssim": round(float(np.mean([x["ssim"] for x in stats])), 4),
+                "images_per_s": None if np.isnan(rate) else round(rate, 1),
+                "wall_s": round(time.perf_counter() - start, 1),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     clean = rows[0]["dice"]
     for r in rows:
         r["dice_ratio"] = round(r["dice"] / clean, 4) if clean and r["dice"] is not None else None
     rates = {r["method"]: r["images_per_s"] for r in rows}
     speedup = {m: round(rates["unseg"] / rates[m], 1) for m in ("em", "salm") if rates.get(m)}
-    result = {"dataset": "hc18", "mode": mode, "size": [64, 64], "eps": args.eps, "eps_bg": args.eps_bg, "prompt": args.prompt,
-              "generator": str(Path(args.generator).resolve().relative_to(REPO)) if Path(args.generator).resolve().is_relative_to(REPO) else args.generator,
-              "settings": s, "victim": None if args.speed_only else "unet (small)", "train_images": len(train_x), "test_images": len(test_x), "rows": rows,
-              "unseg_speedup": speedup, "threads": args.threads}
-    suffix = ("_quick" if args.quick else "") + ("_speed" if args.speed_only else "") + (f"_{args.tag}" if args.tag else "")
+    result = {
+        "dataset": "hc18",
+        "mode": mode,
+        "size": [64, 64],
+        "eps": args.eps,
+        "eps_bg": args.eps_bg,
+        "prompt": args.prompt,
+        "generator": str(Path(args.generator).resolve().relative_to(REPO))
+        if Path(args.generator).resolve().is_relative_to(REPO)
+        else args.generator,
+        "settings": s,
+        "victim": None if args.speed_only else "unet (small)",
+        "train_images": len(train_x),
+        "test_images": len(test_x),
+        "rows": rows,
+        "unseg_speedup": speedup,
+        "threads": args.threads,
+    }
+    suffix = (
+        ("_quick" if args.quick else "") + ("_speed" if args.speed_only else "") + (f"_{args.tag}" if args.tag else "")
+    )
     out = REPO / "benchmarks" / "results" / f"unseg_effect_hc18{suffix}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     for r in rows:
-        print(f"{r['method']:8s} dice {r['dice']} ratio {r['dice_ratio']}  psnr {r['psnr']}  ssim {r['ssim']}  {r['images_per_s']} img/s")
+        print(
+            f"{r['method']:8s} dice {r['dice']} ratio {r['dice_ratio']}  psnr {r['psnr']}  ssim {r['ssim']}  "
+            f"{r['images_per_s']} img/s"
+        )
     if speedup:
         print("unseg images/s over: " + ", ".join(f"{m} {v}x" for m, v in speedup.items()))
     print(f"-> {out}")

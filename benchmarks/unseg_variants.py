@@ -32,14 +32,19 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-import protect_effect
-import unseg_effect
+import protect_effect  # noqa: E402  (after the sys.path insert)
+import unseg_effect  # noqa: E402
 
 #: variant -> overrides of configs/unseg/tiny.yaml
 VARIANTS: dict[str, dict[str, Any]] = {
     "paper": {},  # label modification, eps generalisation (1/255 -> 8/255), 3 generator : 1 surrogate epochs
     "no_lm_eps8": {"label_modification": False, "train_eps": "8/255", "train_eps_bg": "2/255"},
-    "no_lm_eps8_noprompt": {"label_modification": False, "train_eps": "8/255", "train_eps_bg": "2/255", "surrogate_prompt": "none"},
+    "no_lm_eps8_noprompt": {
+        "label_modification": False,
+        "train_eps": "8/255",
+        "train_eps_bg": "2/255",
+        "surrogate_prompt": "none",
+    },
     "paper_eot": {"augment": "standard"},
 }
 OUT = REPO / "benchmarks" / "results" / "unseg_variants_quick.json"
@@ -83,8 +88,15 @@ def main() -> None:
         psnr = float(np.mean([imperceptibility(train_x[i], protected[i])["psnr"] for i in range(len(train_x))]))
         for d in defenses:
             dice = protect_effect._victim_dice("hc18", "quick", protected, d, 0)["dice"]
-            row = {"variant": name, "defense": d, "dice": dice, "clean_dice": clean[d], "dice_ratio": round(dice / clean[d], 3),
-                   "psnr": round(psnr, 2), **extra}
+            row = {
+                "variant": name,
+                "defense": d,
+                "dice": dice,
+                "clean_dice": clean[d],
+                "dice_ratio": round(dice / clean[d], 3),
+                "psnr": round(psnr, 2),
+                **extra,
+            }
             print(json.dumps(row), flush=True)
             results["rows"].append(row)
             OUT.write_text(json.dumps(results, indent=2) + "\n")
@@ -97,8 +109,25 @@ def main() -> None:
         cfg_path, ckpt = work / f"{name}.yaml", work / f"{name}.pt"
         cfg_path.write_text(yaml.safe_dump(config))
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "ulmed.cli", "--seed", "0", "train-generator", "--data", str(unseg_effect.DATA / "hc18/images"),
-                        "--masks", str(unseg_effect.DATA / "hc18/masks"), "--config", str(cfg_path), "--out", str(ckpt)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ulmed.cli",
+                "--seed",
+                "0",
+                "train-generator",
+                "--data",
+                str(unseg_effect.DATA / "hc18/images"),
+                "--masks",
+                str(unseg_effect.DATA / "hc18/masks"),
+                "--config",
+                str(cfg_path),
+                "--out",
+                str(ckpt),
+            ],
+            check=True,
+        )
         train_s = round(time.perf_counter() - start, 1)
         options = {"generator": str(ckpt), "eps_bg": "2/255", "prompt": "mask"}
         protected, _ = unseg_effect._protect(train_x, train_y, "unseg", "8/255", options, 0)
