@@ -7,12 +7,38 @@ from pathlib import Path
 
 import numpy as np
 
+from ulmed.choices import StrEnum, look_up, names
 from ulmed.errors import ConfigError, InputError
 from ulmed.io.deidentify import DeidentifyOptions
 
-#: Lossless output encodings a DICOM writer may be asked for. Lossy ones are refused,
-#: because lossy compression would erase the perturbation.
-DICOM_ENCODINGS = ("explicit", "rle", "jpegls", "j2k")
+__all__ = ["DICOM_ENCODINGS", "DicomEncoding", "TargetKind", "WriteOptions", "check_target_shape"]
+
+
+class DicomEncoding(StrEnum):
+    """Lossless output encodings a DICOM writer may be asked for.
+
+    Lossy ones are refused, because lossy compression would erase the perturbation.
+    """
+
+    #: Explicit VR Little Endian, uncompressed.
+    EXPLICIT = "explicit"
+    #: RLE Lossless.
+    RLE = "rle"
+    #: JPEG-LS Lossless.
+    JPEGLS = "jpegls"
+    #: JPEG 2000 Lossless (colour images use the reversible colour transform, YBR_RCT).
+    J2K = "j2k"
+
+
+#: The :class:`DicomEncoding` values, in definition order.
+DICOM_ENCODINGS: tuple[str, ...] = names(DicomEncoding)
+
+
+class TargetKind(StrEnum):
+    """What a target array of an image is, as :func:`check_target_shape` names it."""
+
+    MASK = "mask"
+    LABEL_MAP = "label map"
 
 
 @dataclass(frozen=True)
@@ -24,7 +50,7 @@ class WriteOptions:
         budget: Human-readable budget, e.g. ``"Linf 8/255"``; goes into DerivationDescription.
         uid_salt: Salt mixed into new DICOM UIDs so that reruns agree and different
             protections of the same data do not collide.
-        dicom_encoding: One of :data:`DICOM_ENCODINGS`.
+        dicom_encoding: A :class:`DicomEncoding` or its value (any case); kept as the member.
         deidentify: When given, DICOM datasets are de-identified (dicognito, extra
             ``ulmed[deid]``) before they are written; see :mod:`ulmed.io.deidentify`.
     """
@@ -32,25 +58,26 @@ class WriteOptions:
     method: str = "none"
     budget: str = ""
     uid_salt: str = "ulmed"
-    dicom_encoding: str = "explicit"
+    dicom_encoding: DicomEncoding | str = DicomEncoding.EXPLICIT
     deidentify: DeidentifyOptions | None = None
 
     def __post_init__(self) -> None:
         if self.deidentify is not None and not isinstance(self.deidentify, DeidentifyOptions):
             raise ConfigError(f"deidentify must be DeidentifyOptions or None, not {type(self.deidentify).__name__}")
-        if self.dicom_encoding not in DICOM_ENCODINGS:
-            raise ConfigError(
-                f"DICOM output encoding {self.dicom_encoding!r} is not one of {', '.join(DICOM_ENCODINGS)}; "
-                "lossy encodings are refused because they would erase the perturbation"
-            )
+        try:
+            encoding = look_up(self.dicom_encoding, DicomEncoding, "DICOM output encoding")
+        except ConfigError as exc:
+            reason = f"{str(exc).rstrip('.')}; lossy encodings are refused because they would erase the perturbation"
+            raise ConfigError(reason) from None
+        object.__setattr__(self, "dicom_encoding", encoding)
 
 
 #: How each kind of target names its shape in messages.
-_TARGET_WORDS = {"mask": ("mask size (H, W) =", "size"), "label map": ("label map shape", "shape")}
+_TARGET_WORDS = {TargetKind.MASK: ("mask size (H, W) =", "size"), TargetKind.LABEL_MAP: ("label map shape", "shape")}
 
 
 def check_target_shape(
-    data: np.ndarray, expected_shape: tuple[int, ...], path: Path, image_path: Path | None, noun: str
+    data: np.ndarray, expected_shape: tuple[int, ...], path: Path, image_path: Path | None, noun: TargetKind | str
 ) -> np.ndarray:
     """Return ``data`` (contiguous) if its shape is the image's, else raise one clear error.
 
@@ -59,17 +86,20 @@ def check_target_shape(
         expected_shape: The image's spatial shape.
         path: The mask/label file (named in the error).
         image_path: The matching image, named in the error when given.
-        noun: ``"mask"`` or ``"label map"``.
+        noun: What ``data`` is: a :class:`TargetKind` or its value (``"mask"``, ``"label map"``).
 
     Raises:
         InputError: The shapes differ.
+        ConfigError: ``noun`` is not a :class:`TargetKind`.
     """
+    kind = look_up(noun, TargetKind, "target kind")
     expected = tuple(int(s) for s in expected_shape)
     if data.shape != expected:
-        lead, word = _TARGET_WORDS[noun]
+        lead, word = _TARGET_WORDS[kind]
         against = f"image {image_path}" if image_path is not None else "the image"
         raise InputError(
-            f"{lead} {data.shape} does not match {against} {word} {expected}; check that this {noun} belongs to that image",
+            f"{lead} {data.shape} does not match {against} {word} {expected}; "
+            f"check that this {kind} belongs to that image",
             path,
         )
     return np.ascontiguousarray(data)

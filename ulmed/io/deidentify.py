@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ulmed.errors import ConfigError, InputError, MissingDependencyError, OutputError, os_reason
+from ulmed.errors import ConfigError, InputError, MissingDependencyError, OutputError
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -145,9 +145,8 @@ def copy_deidentified(src: str | Path, dst: str | Path, options: DeidentifyOptio
         OutputError: ``dst`` is ``src`` or cannot be written.
     """
     import pydicom
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
-    from ulmed.io.atomic import atomic_path
+    from ulmed.io.dicom_dataset import write_dataset
 
     src, dst = Path(src), Path(dst)
     _dicognito()
@@ -167,18 +166,6 @@ def copy_deidentified(src: str | Path, dst: str | Path, options: DeidentifyOptio
             src,
         )
     deidentify_dataset(ds, options, src)
-    meta = ds.file_meta
-    if "SOPInstanceUID" in ds:
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID  # this file is written by pydicom
-    if "ImplementationVersionName" in meta:
-        del meta.ImplementationVersionName  # pydicom fills in its own
-    try:
-        with atomic_path(dst) as tmp:
-            pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
-    except (ValueError, AttributeError, TypeError) as exc:  # its text may quote a value: not chained
-        reason = f"cannot write the de-identified copy ({type(exc).__name__}); re-export the file or leave it out"
-        raise OutputError(reason, dst) from None
-    except OSError as exc:
-        raise OutputError(f"cannot write the de-identified copy ({os_reason(exc)}); check the output folder", dst) from exc
+    # pydicom's error may quote a value of the dataset: not quoted, not chained
+    write_dataset(ds, dst, "de-identified copy", "re-export the file or leave it out", quote=False)
     return dst

@@ -2,7 +2,7 @@
 
 One walk of the tree sorts every file into one of:
 
-* DICOM instances (grouped into series by :func:`ulmed.io.dicom.scan_dicom`);
+* DICOM instances (grouped into series by :func:`ulmed.io.dicom_scan.scan_dicom`);
 * NIfTI volumes and 2D images to protect;
 * targets: files under a ``masks``/``labels`` folder that sits beside an ``images``
   folder (``DATASET/images/a.png`` <-> ``DATASET/masks/a.png``), or under ``--masks``;
@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ulmed.errors import InputError, os_reason
-from ulmed.io.dicom import DicomScan, is_dicom_file, scan_dicom
+from ulmed.io.dicom_dataset import is_dicom_file
+from ulmed.io.dicom_scan import DicomScan, scan_dicom
 from ulmed.io.images import IMAGE_SUFFIXES, is_image_path, output_relpath
 from ulmed.io.nifti import is_nifti_path
 
@@ -177,7 +178,7 @@ def discover(input_path: str | Path, masks: str | Path | None = None, key_salt: 
         input_path: A DICOM file or tree, a NIfTI file or folder, an image folder, or a
             data-set folder holding ``images/`` and ``masks/`` (or ``labels/``).
         masks: Optional folder of masks matched to the images by relative path.
-        key_salt: The secret that keys DICOM series keys (:func:`ulmed.io.dicom.scan_dicom`).
+        key_salt: The secret that keys DICOM series keys (:func:`ulmed.io.dicom_scan.scan_dicom`).
 
     Raises:
         InputError: The input does not exist, or holds nothing that ulmed can protect.
@@ -203,7 +204,8 @@ def discover(input_path: str | Path, masks: str | Path | None = None, key_salt: 
             inv.targets.append(f)
             continue
         if f.name.upper() == "DICOMDIR":
-            inv.skipped.append((f, "DICOMDIR index not carried over (it lists the old UIDs); rebuild it from the output, e.g. with dcmmkdir"))
+            inv.skipped.append((f, "DICOMDIR index not carried over (it lists the old UIDs); "
+                                   "rebuild it from the output, e.g. with dcmmkdir"))
         elif is_nifti_path(f):
             inv.nifti.append(Item(f, f.relative_to(root)))
         elif is_image_path(f):

@@ -34,7 +34,7 @@ from PIL import Image, PngImagePlugin
 
 from ulmed.errors import InputError, OutputError
 from ulmed.io.atomic import atomic_path
-from ulmed.io.base import check_target_shape
+from ulmed.io.base import TargetKind, check_target_shape
 from ulmed.io.record import IntensityMapping, Record
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -306,4 +306,4 @@ def read_mask(path: Path, expected_shape: tuple[int, ...], image_path: Path | No
             msg = "colour mask with differing channels is not supported; save it as a grey label image"
             raise InputError(msg, path)
         data = data[..., 0]
-    return check_target_shape(data, expected_shape, path, image_path, "mask")
+    return check_target_shape(data, expected_shape, path, image_path, TargetKind.MASK)

@@ -32,7 +32,9 @@ def load_labels(path: str | Path) -> dict[str, int]:
     label_col = next((header[c] for c in LABEL_COLUMNS if c in header), None)
     if path_col is None or label_col is None:
         raise InputError(
-            f"labels file needs a path column ({'/'.join(PATH_COLUMNS)}) and a label column ({'/'.join(LABEL_COLUMNS)})", path
+            f"labels file needs a path column ({'/'.join(PATH_COLUMNS)}) "
+            f"and a label column ({'/'.join(LABEL_COLUMNS)})",
+            path,
         )
     labels: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):

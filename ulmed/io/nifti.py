@@ -25,7 +25,7 @@ from nibabel.spatialimages import HeaderDataError
 
 from ulmed.errors import InputError, OutputError
 from ulmed.io.atomic import atomic_path
-from ulmed.io.base import check_target_shape
+from ulmed.io.base import TargetKind, check_target_shape
 from ulmed.io.record import IntensityMapping, Record
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -270,4 +270,4 @@ def read_label_map(path: Path, expected_shape: tuple[int, ...], image_path: Path
         data = data.astype(np.int32)
     elif not np.issubdtype(data.dtype, np.integer):
         raise InputError(f"label map data type {data.dtype} is not an integer type", path)
-    return check_target_shape(data, expected_shape, path, image_path, "label map")
+    return check_target_shape(data, expected_shape, path, image_path, TargetKind.LABEL_MAP)

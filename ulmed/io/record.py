@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 
 from ulmed.errors import ConfigError, InputError
+from ulmed.io.quantise import quantise_perturbation
 
+__all__ = ["ROBUST_PERCENTILES", "IntensityMapping", "Record", "quantise_perturbation"]
 
 #: Percentiles whose range is a volume's budget range (:meth:`IntensityMapping.for_data`).
 ROBUST_PERCENTILES = (0.5, 99.5)
@@ -138,7 +140,8 @@ class IntensityMapping:
                 hi = lo + width
             else:
                 lo = hi - width
-        mapping = cls(low=lo, high=hi, valid_min=float(valid_min), valid_max=float(valid_max), quantum=float(quantum), unit=unit)
+        mapping = cls(low=lo, high=hi, valid_min=float(valid_min), valid_max=float(valid_max), quantum=float(quantum),
+                      unit=unit)
         if not robust or not finite.size:
             return mapping
         sample = finite.reshape(-1)[:: max(1, finite.size // 2**20)]
@@ -146,7 +149,8 @@ class IntensityMapping:
         width = min(max(p_hi - p_lo, quantum if quantum > 0 else 0.0), hi - lo)
         if width <= 0:
             return mapping
-        return dataclasses.replace(mapping, budget_range=width, budget_basis=f"p{ROBUST_PERCENTILES[0]:g}-p{ROBUST_PERCENTILES[1]:g}")
+        basis = f"p{ROBUST_PERCENTILES[0]:g}-p{ROBUST_PERCENTILES[1]:g}"
+        return dataclasses.replace(mapping, budget_range=width, budget_basis=basis)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-dict form for manifests."""
@@ -159,118 +163,6 @@ class IntensityMapping:
             "unit": self.unit,
             **({"budget_range": self.budget_range, "budget_basis": self.budget_basis} if self.budget_range > 0 else {}),
         }
-
-
-def whole_steps(eps: float, step: float | np.ndarray) -> np.ndarray:
-    """The most whole stored steps whose size is at most ``eps``: ``floor(eps / step)``, exactly.
-
-    The float quotient is corrected by one either way, so ``whole_steps(eps, step) * step <= eps``
-    holds in floating point (``8 / 255 * 255`` gives 8 steps of 1, not 7).
-    """
-    step = np.asarray(step, dtype=np.float64)
-    n = np.floor(float(eps) / step)
-    n = np.where((n + 1) * step <= eps, n + 1, n)
-    n = np.where(n * step > eps, n - 1, n)
-    return np.maximum(n, 0.0)
-
-
-def _fit_l2(k: np.ndarray, toward_zero: np.ndarray, step: np.ndarray, eps: float) -> np.ndarray:
-    """Truncate the fewest rounded-away changes so that ``||k * step||_2 <= eps``."""
-    limit = float(eps) ** 2 * (1 - 1e-9)
-    excess = float(np.sum((k * step) ** 2)) - limit
-    if excess <= 0:
-        return k
-    cost = ((k * step) ** 2 - (toward_zero * step) ** 2).ravel()  # >= 0: rounding away from zero only
-    order = np.argsort(-cost, kind="stable")
-    n = int(np.searchsorted(np.cumsum(cost[order]), excess)) + 1
-    out = k.copy().ravel()
-    out[order[:n]] = toward_zero.ravel()[order[:n]]
-    return out.reshape(k.shape)
-
-
-def quantise_perturbation(
-    clean: np.ndarray,
-    delta: np.ndarray,
-    step: float | np.ndarray,
-    *,
-    eps: float | None = None,
-    norm: str = "linf",
-    bounds: tuple[float, float] = (-math.inf, math.inf),
-) -> np.ndarray:
-    """The native perturbation as it will be stored, never larger than the budget.
-
-    This is the one place where a float perturbation meets the stored grid; every writer
-    then stores ``clean + result`` without further rounding. Clean values lie on the stored
-    grid (``offset + n * step``), so a change by whole steps keeps them there. Each change
-    is rounded to the nearest whole step, except where that would break a bound:
-
-    * L-inf: at most ``floor(eps / step)`` steps (:func:`whole_steps`) per value;
-    * L2: if the rounded changes have a norm above ``eps``, the changes that were rounded
-      away from zero and cost the most are rounded toward zero instead, until it fits
-      (rounding every change toward zero never increases the norm of ``delta``);
-    * values that would leave ``bounds`` are rounded toward zero (``delta`` kept them inside).
-
-    Float storage (``step`` 0): a float32 (or float16) ``clean`` is rounded to its own dtype,
-    never moving further from ``clean`` than ``delta`` does; float64 is kept as is.
-
-    Args:
-        clean: Clean native values (on the stored grid).
-        delta: Native perturbation, shaped like ``clean``; within the budget.
-        step: Size of one stored step: a number (``IntensityMapping.quantum``) or an array
-            broadcastable to ``clean`` (a DICOM series with one RescaleSlope per slice).
-        eps: Native budget the result must keep; None only rounds to the grid.
-        norm: ``"linf"`` or ``"l2"``: the norm ``eps`` bounds.
-        bounds: Native range that ``clean + result`` must stay in.
-
-    Returns:
-        The quantised perturbation (float64, shaped like ``clean``).
-
-    Raises:
-        ConfigError: ``norm`` is unknown or ``step`` mixes zero and non-zero steps.
-    """
-    if norm not in ("linf", "l2"):
-        raise ConfigError(f"budget norm must be linf or l2, got {norm!r}")
-    clean = np.asarray(clean)
-    d = np.asarray(delta, dtype=np.float64)
-    steps = np.asarray(step, dtype=np.float64)  # a number or a small array: numpy broadcasts it
-    if steps.ndim:
-        np.broadcast_shapes(steps.shape, d.shape)  # a clear error when it does not fit
-    if not (steps > 0).all():
-        if (steps > 0).any():
-            raise ConfigError("a record's stored steps must all be > 0 (integer storage) or all 0 (float storage)")
-        if eps is not None and norm == "linf":
-            d = np.clip(d, -eps, eps)
-        elif eps is not None and (size := float(np.sqrt(np.sum(d**2)))) > eps:
-            d = d * (eps / size * (1 - 1e-9))
-        return _float_stored(clean, d)
-    k = np.rint(d / steps)  # the change in whole stored steps
-    levels = whole_steps(eps, steps) if eps is not None and norm == "linf" else None
-    if levels is not None:
-        np.clip(k, -levels, levels, out=k)
-    stored = k * steps
-    stored += clean
-    outside = (stored < bounds[0]) | (stored > bounds[1])
-    del stored
-    if norm == "l2" or outside.any():  # rounding toward zero is needed somewhere: compute it
-        toward_zero = np.trunc(d / steps)
-        if levels is not None:
-            np.clip(toward_zero, -levels, levels, out=toward_zero)
-        k = np.where(outside, toward_zero, k)
-        if eps is not None and norm == "l2":
-            k = _fit_l2(k, toward_zero, steps, eps)
-    k *= steps
-    return k
-
-
-def _float_stored(clean: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """``d`` as it survives a float32/16 ``clean``'s dtype, never larger than ``d`` elementwise."""
-    if not np.issubdtype(clean.dtype, np.floating) or clean.dtype.itemsize >= 8:
-        return d
-    base = clean.astype(np.float64)
-    stored = (base + d).astype(clean.dtype)
-    over = np.abs(stored.astype(np.float64) - base) > np.abs(d)
-    stored = np.where(over, np.nextafter(stored, clean), stored)
-    return stored.astype(np.float64) - base
 
 
 @dataclass
@@ -326,7 +218,8 @@ class Record:
             except ValueError:
                 fits = False
             if not fits:
-                raise ConfigError(f"{self.key}: quantum_map of shape {q.shape} does not fit the image's {self.image.shape}")
+                shapes = f"quantum_map of shape {q.shape} does not fit the image's {self.image.shape}"
+                raise ConfigError(f"{self.key}: {shapes}")
             if not (np.isfinite(q).all() and (q > 0).all()):
                 raise ConfigError(f"{self.key}: quantum_map needs finite steps > 0")
 
@@ -354,7 +247,7 @@ class Record:
 
         The perturbed image is clipped to [0, 1] in method space (so the native result stays
         inside the mapping's range and the valid range); the effective change is quantised
-        to whole stored steps by :func:`quantise_perturbation`, within ``eps_native``, and
+        to whole stored steps by :func:`~ulmed.io.quantise.quantise_perturbation`, within ``eps_native``, and
         added to the native image in float64. So a zero perturbation returns the native
         values exactly, the writers' rounding changes nothing, and metrics taken on the
         result are those of the written file.
