@@ -5,16 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ulmed.core.augment import PRESETS, AugmentPolicy, DifferentiableAugment, build_augment
+from ulmed.core.augment import DEFINITIONS, AugmentPolicy, DifferentiableAugment, build_augment
 from ulmed.core.bilevel import MinMinConfig, min_min
 from ulmed.errors import ConfigError
 
 SINGLE_2D = {
-    "flips": {"flips": True}, "rot90": {"rot90": True}, "rotate": {"rotate": 15.0}, "scale": {"scale": 0.1}, "shift": {"shift": 3},
-    "elastic": {"elastic": 1.0}, "brightness": {"brightness": 0.2}, "contrast": {"contrast": 0.2},
+    "flips": {"flips": True}, "rot90": {"rot90": True}, "rotate": {"rotate": 15.0}, "scale": {"scale": 0.1},
+    "shift": {"shift": 3}, "elastic": {"elastic": 30.0}, "translate": {"translate": 2.0},
+    "brightness": {"brightness": 0.2}, "contrast": {"contrast": 0.2},
     "gamma": {"gamma": 0.2}, "noise": {"noise": 0.05}, "blur": {"blur": 1.0}, "jpeg": {"jpeg": 50},
 }
-SINGLE_3D = {k: v for k, v in SINGLE_2D.items() if k not in ("elastic", "jpeg")}
+SINGLE_3D = {k: v for k, v in SINGLE_2D.items() if k != "jpeg"}
 
 
 def disc_masks(n: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -45,7 +46,7 @@ def test_gradient_reaches_the_image_through_each_transformation(dims, name):
 
 @pytest.mark.parametrize("dims", [2, 3])
 def test_geometric_transformations_move_mask_and_image_together(dims):
-    policy = AugmentPolicy(flips=True, rot90=True, shift=3, rotate=15.0, scale=0.1, elastic=1.0 if dims == 2 else 0.0, p=1.0)
+    policy = AugmentPolicy(flips=True, rot90=True, shift=3, rotate=15.0, scale=0.1, translate=2.0, elastic=30.0, p=1.0)
     aug = DifferentiableAugment(policy, dims, num_classes=2)
     shape = (32, 32) if dims == 2 else (16, 16, 16)
     y = disc_masks(4, shape)
@@ -79,21 +80,23 @@ def test_augmentation_is_reproducible_for_a_torch_seed():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
-def test_policy_specs_and_validation():
-    assert AugmentPolicy.from_spec("standard") == PRESETS["standard"]
-    assert AugmentPolicy.from_spec({"preset": "flip_jitter", "noise": 0.03}).noise == 0.03
+def test_presets_and_errors_of_the_executor():
+    assert DifferentiableAugment("standard", 3).policy == DEFINITIONS[3]["standard"]  # a preset per dimension
     assert AugmentPolicy.from_spec(None).is_identity and build_augment("none", 2) is None
     assert build_augment("robust", 3).policy.jpeg == 0  # 2D-only transformations dropped for volumes
-    for bad in ("nope", {"preset": "standard", "warp": 1}, 3):
-        with pytest.raises(ConfigError):
-            AugmentPolicy.from_spec(bad)
-    for kwargs in ({"scale": 1.0}, {"noise": -1}, {"p": 0.0}, {"jpeg": 99}, {"rotate": 400}):
-        with pytest.raises(ConfigError):
-            AugmentPolicy(**kwargs)
-    with pytest.raises(ConfigError, match="2D only"):
-        DifferentiableAugment({"elastic": 1.0}, 3)
+    with pytest.raises(ConfigError, match="2D codec"):
+        DifferentiableAugment({"jpeg": 50}, 3)
     with pytest.raises(ConfigError, match="expected 2D images"):
         DifferentiableAugment("standard", 2)(torch.rand(1, 1, 4, 4, 4), torch.zeros(1, dtype=torch.long))
+
+
+def test_two_mask_channels_move_together():
+    """UnSeg passes the true mask and the loss target as two channels."""
+    aug = DifferentiableAugment(AugmentPolicy(flips=True, rotate=15.0, elastic=30.0, p=1.0), 2)
+    masks = disc_masks(3, (32, 32))
+    torch.manual_seed(2)
+    _, both = aug(torch.rand(3, 1, 32, 32), torch.cat([masks, masks], dim=1))
+    assert torch.equal(both[:, :1], both[:, 1:]) and not torch.equal(both[:, :1], masks)
 
 
 def test_min_min_sees_augmented_views_and_stays_deterministic(hc18_eight):

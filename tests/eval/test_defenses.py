@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
+from ulmed.core.augment_policy import AugmentPolicy
 from ulmed.errors import ConfigError
 from ulmed.eval.data import load_hc18
 from ulmed.eval.defenses import (
     DEFENSES,
-    Augmenter,
     blur,
     build_defense,
     grayscale,
@@ -37,19 +37,8 @@ def test_registry_holds_the_named_defenses():
         d = build_defense(name)
         assert d.name == name
         assert (d.augment is not None) == (name in ("augmentation", "flip_jitter"))
-
-
-def test_flips_move_image_and_mask_together():
-    rng = np.random.default_rng(0)
-    image, mask = _pair_2d(rng)
-    aug = Augmenter(geometric=False, noise=False, brightness_contrast=False)
-    changed = 0
-    for _ in range(8):
-        out, out_mask = aug(image, mask.copy(), rng)
-        assert out.shape == image.shape and out_mask.shape == mask.shape
-        np.testing.assert_array_equal(out_mask, (out[0] > 0.5).astype(np.int64))
-        changed += not np.array_equal(out_mask, mask)
-    assert changed > 0
+    assert build_defense("augmentation").augment.policy == AugmentPolicy.from_spec("standard")
+    assert build_defense("flip_jitter").augment.policy == AugmentPolicy.from_spec("flip_jitter")
 
 
 def test_full_augmentation_keeps_image_and_mask_aligned():
@@ -78,38 +67,6 @@ def _volume_pair() -> tuple[np.ndarray, np.ndarray]:
     mask[1:5, 2:9, 0:3] = 1
     mask[7:11, 1:4, 6:12] = 2
     return (mask / 2.0).astype(np.float32)[None], mask
-
-
-def test_3d_flips_only_along_the_first_axis():
-    image, mask = _volume_pair()
-    aug = Augmenter(geometric=False, noise=False, brightness_contrast=False)
-    rng = np.random.default_rng(3)
-    seen = set()
-    for _ in range(12):
-        out, out_mask = aug(image, mask.copy(), rng)
-        np.testing.assert_array_equal(out_mask, np.rint(out[0] * 2).astype(np.int64))  # exact on the grid
-        flipped = not np.array_equal(out_mask, mask)
-        if flipped:
-            np.testing.assert_array_equal(out_mask, mask[::-1])  # left-right only: head/body stay apart
-        seen.add(flipped)
-    assert seen == {True, False}
-
-
-def test_3d_affine_and_elastic_move_image_and_labels_together():
-    image, mask = _volume_pair()
-    aug = Augmenter(noise=False, brightness_contrast=False)
-    rng = np.random.default_rng(3)
-    changed = 0
-    for _ in range(10):
-        out, out_mask = aug(image, mask.copy(), rng)
-        assert out.shape == image.shape and out_mask.shape == mask.shape and out_mask.dtype == mask.dtype
-        assert set(np.unique(out_mask)) <= {0, 1, 2}  # nearest neighbour: no new labels
-        # the linearly interpolated image, read back as labels, agrees with the label map
-        # except along boundaries
-        agree = np.mean(np.rint(out[0] * 2).astype(np.int64) == out_mask)
-        assert agree > 0.85, agree
-        changed += not np.array_equal(out_mask, mask) and not np.array_equal(out_mask, mask[::-1])
-    assert changed >= 3  # RandAffined (p=0.5) and Rand3DElasticd (p=0.2) did act
 
 
 def test_3d_augmentation_is_reproducible_from_the_rng():
@@ -208,4 +165,5 @@ def test_augmentation_parts_do_what_their_names_say():
     with pytest.raises(ConfigError, match="unknown augmentation parts"):
         build_defense("aug-warp")
     with pytest.raises(ConfigError, match="2D only"):
-        build_defense("aug-flip").augment(rng.random((1, 4, 4, 4)).astype(np.float32), np.zeros((4, 4, 4), np.uint8), rng)
+        volume = rng.random((1, 4, 4, 4)).astype(np.float32)
+        build_defense("aug-flip").augment(volume, np.zeros((4, 4, 4), np.uint8), rng)
