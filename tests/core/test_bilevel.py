@@ -7,7 +7,7 @@ import torch
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
-from ulmed.core.bilevel import MinMinConfig, min_min
+from ulmed.core.bilevel import MinMinConfig, MinMinHooks, min_min
 from ulmed.errors import ConfigError
 
 DICE_CE = DiceCELoss(sigmoid=True)
@@ -46,7 +46,7 @@ def test_min_min_noise_makes_training_loss_fall_faster(hc18_eight):
     eps = 16 / 255  # a larger budget than the default, so three CPU rounds suffice
     config = MinMinConfig(eps=eps, step_size=eps / 4, train_steps=10, pgd_steps=10, max_rounds=3, batch_size=8, seed=0)
     seen = []
-    delta, history = run(x, y, config, progress=seen.append)
+    delta, history = run(x, y, config, hooks=MinMinHooks(progress=seen.append))
     assert delta.shape == x.shape and (delta.abs() <= eps).all()
     assert ((x + delta) >= 0).all() and ((x + delta) <= 1).all()
     assert [h["round"] for h in history] == [0, 1, 2] and seen == history
@@ -65,7 +65,8 @@ def test_min_min_is_deterministic_for_a_seed(hc18_eight):
     first, h1 = run(x, y, config)
     second, h2 = run(x, y, config)
     assert torch.equal(first, second) and h1 == h2
-    other, _ = run(x, y, MinMinConfig(train_steps=3, pgd_steps=3, max_rounds=2, batch_size=3, seed=8, random_start=True))
+    other, _ = run(x, y, MinMinConfig(train_steps=3, pgd_steps=3, max_rounds=2, batch_size=3, seed=8,
+                                      random_start=True))
     assert not torch.equal(first, other)
 
 
@@ -95,31 +96,44 @@ def test_classwise_noise_has_one_delta_per_class(hc18_eight):
     with torch.no_grad():
         clean_loss = ce(classifier(x), labels).item()
     eps = 8 / 255
-    config = MinMinConfig(eps=eps, train_steps=0, pgd_steps=5, max_rounds=1, batch_size=3)  # PGD only: fixed surrogate
-    delta, history = min_min(classifier, None, x, labels, None, ce, accuracy, config, classwise=True)
+    # PGD only (a fixed surrogate), one noise per class
+    config = MinMinConfig(eps=eps, train_steps=0, pgd_steps=5, max_rounds=1, batch_size=3, classwise=True)
+    delta, history = min_min(classifier, None, x, labels, None, ce, accuracy, config)
     assert delta.shape == (3, 1, 32, 32)
     assert (delta.abs() <= eps).all() and not torch.equal(delta[0], delta[1])
     assert history[0]["loss"] < clean_loss  # the averaged class gradients minimise the loss
     with torch.no_grad():
-        assert history[0]["loss"] == pytest.approx(ce(classifier((x + delta[labels]).clamp(0, 1)), labels).item(), rel=1e-5)
+        after = ce(classifier((x + delta[labels]).clamp(0, 1)), labels).item()
+    assert history[0]["loss"] == pytest.approx(after, rel=1e-5)
 
 
 def test_classwise_refuses_missing_class_rows(hc18_eight):
     x, y = hc18_eight
     with pytest.raises(ConfigError, match="class"):
-        run(x, y, MinMinConfig(max_rounds=1), classwise=True)  # targets are masks, not class ids
+        run(x, y, MinMinConfig(max_rounds=1, classwise=True))  # targets are masks, not class ids
     with pytest.raises(ConfigError, match="rows"):
         labels = torch.arange(8) % 3
-        min_min(unet(0), None, x, y, torch.zeros(2, 1, 32, 32), DICE_CE, dice, MinMinConfig(max_rounds=1),
-                classwise=True, class_ids=labels)
+        min_min(unet(0), None, x, y, torch.zeros(2, 1, 32, 32), DICE_CE, dice,
+                MinMinConfig(max_rounds=1, classwise=True), hooks=MinMinHooks(class_ids=labels))
 
 
 @pytest.mark.parametrize(
     "kwargs",
     [{"eps": 0}, {"eps": 2.0}, {"pgd_steps": 0}, {"max_rounds": 0}, {"batch_size": 0}, {"train_steps": -1},
-     {"norm": "l1"}, {"seed": -1}, {"step_size": 0.0}, {"lr": 0}],
+     {"norm": "l1"}, {"seed": -1}, {"step_size": 0.0}, {"lr": 0}, {"step_schedule": "cyclic"}, {"device": "tpu"}],
 )
 def test_config_validates(kwargs):
     with pytest.raises(ConfigError):
         MinMinConfig(**kwargs)
     assert MinMinConfig(eps=2.0, norm="l2").eps == 2.0
+    assert MinMinConfig(norm="L2", eps=2.0).norm == "l2"  # looked up in any case
+
+
+def test_an_eps_map_bounds_each_position(hc18_eight):
+    x, y = hc18_eight
+    emap = torch.where(y > 0, torch.tensor(16 / 255), torch.tensor(2 / 255))  # one row per image
+    config = MinMinConfig(eps=16 / 255, step_size=4 / 255, train_steps=1, pgd_steps=3, max_rounds=1, batch_size=4)
+    delta, _ = run(x, y, config, hooks=MinMinHooks(eps_map=emap))
+    assert (delta.abs() <= emap + 1e-7).all()
+    assert delta[(y == 0).expand_as(delta)].abs().max() <= 2 / 255 + 1e-7
+    assert delta.abs().max() > 8 / 255  # the larger budget was used inside the head

@@ -11,8 +11,8 @@ import torch
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
-from ulmed.core.budget import eps_map
-from ulmed.core.pgd import WindowedGrad, autograd_grad, perturb, topk_selector, windowed_grad
+from ulmed.core.pgd import PGDConfig, WindowedGrad, autograd_grad, perturb, windowed_grad
+from ulmed.core.projection import l0_mask_topk
 from ulmed.errors import ConfigError
 
 EPS = 8 / 255
@@ -40,7 +40,7 @@ def _check_budget(x: torch.Tensor, delta: torch.Tensor, eps: float | torch.Tenso
 @pytest.mark.parametrize("minimize", [True, False])
 def test_pgd_moves_the_loss_the_asked_way(case, minimize):
     x, _, loss = case
-    delta = perturb(x, torch.zeros_like(x), loss, eps=EPS, step_size=EPS / 4, n_steps=10, minimize=minimize)
+    delta = perturb(x, torch.zeros_like(x), loss, PGDConfig(EPS, EPS / 4, 10, minimize=minimize))
     assert not delta.requires_grad
     _check_budget(x, delta, EPS)
     clean, adv = loss(x).item(), loss(x + delta).item()
@@ -50,15 +50,15 @@ def test_pgd_moves_the_loss_the_asked_way(case, minimize):
 
 def test_pgd_l2_stays_in_ball_and_minimises(case):
     x, _, loss = case
-    delta = perturb(x, torch.zeros_like(x), loss, eps=0.5, step_size=0.1, n_steps=10, norm="l2")
+    delta = perturb(x, torch.zeros_like(x), loss, PGDConfig(0.5, 0.1, 10, norm="l2"))
     assert (delta.flatten(1).norm(dim=1) <= 0.5).all()
     assert loss(x + delta).item() < loss(x).item() - 1e-3
 
 
 def test_pgd_per_position_eps_map(case):
     x, y, loss = case
-    emap = eps_map(tuple(x.shape), 16 / 255, 2 / 255, y)
-    delta = perturb(x, torch.zeros_like(x), loss, eps=emap, step_size=2 / 255, n_steps=10)
+    emap = torch.where(y > 0, torch.tensor(16 / 255), torch.tensor(2 / 255))  # a larger budget inside the head
+    delta = perturb(x, torch.zeros_like(x), loss, PGDConfig(emap, 2 / 255, 10))
     _check_budget(x, delta, emap)
     assert delta[y > 0].abs().max() > 8 / 255  # the foreground used its larger budget
 
@@ -68,8 +68,8 @@ def test_position_mask_freezes_positions(case):
     allowed = torch.zeros(1, 1, 32, 32, dtype=torch.bool)
     allowed[..., 8:24, 8:24] = True
     start = torch.full_like(x, 1 / 255)
-    delta = perturb(x, start, loss, eps=EPS, step_size=EPS / 4, n_steps=5, position_mask=allowed,
-                    random_start=True, generator=torch.Generator().manual_seed(0))
+    delta = perturb(x, start, loss, PGDConfig(EPS, EPS / 4, 5, random_start=True), position_mask=allowed,
+                    generator=torch.Generator().manual_seed(0))
     outside = ~allowed.expand_as(x)
     assert torch.equal(delta[outside], start[outside])
     assert (delta[~outside] != start[~outside]).float().mean() > 0.9
@@ -81,7 +81,7 @@ def test_float_position_mask_scales_the_step(case):
     weight[..., :16, :] = 1.0
     weight[..., 16:, :16] = 0.5
     step = 2 / 255
-    delta = perturb(x, torch.zeros_like(x), loss, eps=EPS, step_size=step, n_steps=1, position_mask=weight)
+    delta = perturb(x, torch.zeros_like(x), loss, PGDConfig(EPS, step, 1), position_mask=weight)
     full, half, frozen = (weight == 1).expand_as(x), (weight == 0.5).expand_as(x), (weight == 0).expand_as(x)
     assert not delta[frozen].any()
     assert delta[full].abs().max() == pytest.approx(step) and delta[half].abs().max() == pytest.approx(step / 2)
@@ -89,16 +89,15 @@ def test_float_position_mask_scales_the_step(case):
 
 def test_select_positions_bounds_l0_by_last_mask(case):
     x, _, loss = case
-    policy = topk_selector(0.1, every=3)
     calls: list[tuple[int, torch.Tensor | None]] = []
 
-    def select(step, grad, delta):
-        mask = policy(step, grad, delta)
+    def select(step, grad, delta):  # the top 10% by |grad|, re-chosen every third step
+        mask = None if step % 3 else l0_mask_topk(grad.abs(), 0.1)
         calls.append((step, mask))
         return mask
 
-    delta = perturb(x, torch.zeros_like(x), loss, eps=EPS, step_size=EPS / 4, n_steps=7, select_positions=select,
-                    random_start=True, generator=torch.Generator().manual_seed(0))
+    delta = perturb(x, torch.zeros_like(x), loss, PGDConfig(EPS, EPS / 4, 7, random_start=True),
+                    select_positions=select, generator=torch.Generator().manual_seed(0))
     assert [s for s, _ in calls] == list(range(7))
     chosen = [m for s, m in calls if m is not None]
     assert len(chosen) == 3  # steps 0, 3, 6
@@ -112,8 +111,8 @@ def test_random_start_is_reproducible_with_a_generator(case):
     x, _, loss = case
 
     def run(seed):
-        return perturb(x, torch.zeros_like(x), loss, eps=EPS, step_size=EPS / 4, n_steps=2,
-                       random_start=True, generator=torch.Generator().manual_seed(seed))
+        return perturb(x, torch.zeros_like(x), loss, PGDConfig(EPS, EPS / 4, 2, random_start=True),
+                       generator=torch.Generator().manual_seed(seed))
 
     assert torch.equal(run(1), run(1))
     assert not torch.equal(run(1), run(2))
@@ -121,12 +120,16 @@ def test_random_start_is_reproducible_with_a_generator(case):
 
 def test_perturb_refuses_bad_arguments(case):
     x, _, loss = case
-    with pytest.raises(ConfigError):
-        perturb(x, torch.zeros_like(x), loss, eps=EPS, step_size=EPS, n_steps=1, norm="l1")
-    with pytest.raises(ConfigError):
-        perturb(x, torch.zeros_like(x), None, eps=EPS, step_size=EPS, n_steps=1)
-    with pytest.raises(ConfigError):
-        perturb(x, torch.zeros(1, 1, 32, 32), loss, eps=EPS, step_size=EPS, n_steps=1)
+    with pytest.raises(ConfigError, match="norm"):
+        PGDConfig(EPS, EPS, 1, norm="l1")
+    with pytest.raises(ConfigError, match="step_size"):
+        PGDConfig(EPS, 0.0, 1)
+    with pytest.raises(ConfigError, match="n_steps"):
+        PGDConfig(EPS, EPS, -1)
+    with pytest.raises(ConfigError, match="loss_fn or a grad_fn"):
+        perturb(x, torch.zeros_like(x), None, PGDConfig(EPS, EPS, 1))
+    with pytest.raises(ConfigError, match="does not match"):
+        perturb(x, torch.zeros(1, 1, 32, 32), loss, PGDConfig(EPS, EPS, 1))
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +164,7 @@ def test_windowed_gradient_drives_pgd_on_a_volume(volume):
     net = UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(4, 8), strides=(2,)).eval()
     ce = torch.nn.CrossEntropyLoss(reduction="sum")
     grad_fn = WindowedGrad(lambda xa, w: ce(net(xa), y[(slice(None), *w)]), roi_size=(16, 16, 16), overlap=0.25)
-    delta = perturb(x, torch.zeros_like(x), None, eps=EPS, step_size=EPS / 4, n_steps=3, grad_fn=grad_fn)
+    delta = perturb(x, torch.zeros_like(x), None, PGDConfig(EPS, EPS / 4, 3), grad_fn=grad_fn)
     _check_budget(x, delta, EPS)
     with torch.no_grad():
         assert ce(net(x + delta), y).item() < ce(net(x), y).item()
@@ -179,5 +182,13 @@ def test_step_schedules():
         step_schedule("cyclic", 0.1, 5)
     # perturb takes the schedule: one L-inf step from zero moves every free position by size(0).
     x = torch.full((1, 1, 4, 4), 0.5)
-    delta = perturb(x, torch.zeros_like(x), lambda z: (z * 1.0).sum(), eps=1.0, step_size=dynamic, n_steps=1)
+    delta = perturb(x, torch.zeros_like(x), lambda z: (z * 1.0).sum(), PGDConfig(1.0, dynamic, 1))
     assert torch.allclose(delta, torch.full_like(x, -0.2))
+
+
+def test_default_steps_divide_the_budget_in_one_place():
+    from ulmed.core.pgd import LOOP_STEP_DIVISOR, METHOD_STEP_DIVISOR, default_step
+
+    assert (LOOP_STEP_DIVISOR, METHOD_STEP_DIVISOR) == (10, 5)
+    assert default_step(0.5) == 0.05 and default_step(0.5, METHOD_STEP_DIVISOR) == 0.1
+    assert default_step(8 / 255) == (8 / 255) / 10  # the exact float the loops always used

@@ -11,6 +11,7 @@ from ulmed.core.augment import AugmentPolicy, DifferentiableAugment
 from ulmed.core.selection import (
     ALL,
     ClasswiseAugment,
+    SelectionConfig,
     gradient_alignment,
     select_policies,
 )
@@ -44,13 +45,16 @@ def test_selection_picks_the_best_aligned_candidate_per_class():
     x = torch.rand(8, 1, 8, 8)
     y = torch.tensor([0, 1] * 4)
     candidates = {"mild": AugmentPolicy(brightness=0.01, p=1.0), "wild": AugmentPolicy(noise=0.8, flips=True, p=1.0)}
-    choice, scores = select_policies(model, torch.nn.CrossEntropyLoss(), x, y, 2, 2, class_ids=y, candidates=candidates)
+    config = SelectionConfig(candidates=candidates)
+    choice, scores = select_policies(model, torch.nn.CrossEntropyLoss(), x, y, 2, 2, class_ids=y, config=config)
     assert set(choice) == {0, 1} and all(v == "mild" for v in choice.values())
     assert all(scores[c]["mild"] > scores[c]["wild"] for c in (0, 1))
-    one, _ = select_policies(model, torch.nn.CrossEntropyLoss(), x, y, 2, 2, candidates=candidates)
+    one, _ = select_policies(model, torch.nn.CrossEntropyLoss(), x, y, 2, 2, config=config)
     assert set(one) == {ALL}
-    with pytest.raises(ConfigError):
-        select_policies(model, torch.nn.CrossEntropyLoss(), x, y, 2, 2, candidates={})
+    with pytest.raises(ConfigError, match="candidate"):
+        SelectionConfig(candidates={})
+    with pytest.raises(ConfigError, match="per_class"):
+        SelectionConfig(per_class=0)
 
 
 def test_classwise_augment_applies_each_class_its_own_policy():

@@ -25,8 +25,20 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from ulmed.choices import look_up
+from ulmed.core.checks import check_count
 from ulmed.core.device import resolve_device
-from ulmed.core.pgd import NORMS, SCHEDULES, GradFn, SelectFn, perturb, step_schedule
+from ulmed.core.pgd import (
+    LOOP_STEP_DIVISOR,
+    GradFn,
+    PGDConfig,
+    Schedule,
+    SelectFn,
+    default_step,
+    perturb,
+    step_schedule,
+)
+from ulmed.core.tasks import Norm
 from ulmed.errors import ConfigError
 
 #: ``loss_fn(output, target) -> scalar`` (mean over the batch), e.g. a MONAI ``DiceCELoss``.
@@ -48,16 +60,19 @@ class PositionPolicy(Protocol):
     either may be None.
     """
 
-    def __call__(self, indices: torch.Tensor, x: torch.Tensor | None) -> tuple[torch.Tensor | None, SelectFn | None]: ...
+    def __call__(
+        self, indices: torch.Tensor, x: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, SelectFn | None]: ...
 
 
-@dataclass
+@dataclass(frozen=True)
 class MinMinConfig:
-    """Settings of the min-min loop.
+    """Settings of the min-min loop, validated when built.
 
     Args:
         eps: Budget in [0, 1] units (L-inf radius, or L2 radius per sample).
-        step_size: PGD step; default ``eps / 10`` (of the largest budget in an eps map).
+        step_size: PGD step; default ``eps / LOOP_STEP_DIVISOR`` (of the largest budget in an
+            eps map; :data:`ulmed.core.pgd.LOOP_STEP_DIVISOR`).
         train_steps: Surrogate training steps (M) per round.
         pgd_steps: PGD steps (N) per round.
         max_rounds: Most rounds before giving up on the threshold.
@@ -65,10 +80,16 @@ class MinMinConfig:
         batch_size: Mini-batch size of training, PGD and evaluation (bounds memory).
         lr: Learning rate of the SGD optimiser built when none is given.
         seed: Seed of batch sampling, random starts and the surrogate's own randomness.
-        norm: ``"linf"`` or ``"l2"``.
+        norm: ``"linf"`` or ``"l2"`` (a :class:`~ulmed.core.tasks.Norm`).
         random_start: Start each PGD run from random noise in the ball.
         eot_samples: Random augmentations averaged per PGD step (with ``augment``).
         step_schedule: ``"constant"`` or ``"dynamic"`` (see :func:`ulmed.core.pgd.step_schedule`).
+        classwise: One noise per class id instead of one per image.
+        device: Where the surrogate runs (``"auto"``, ``"cuda"``, a :class:`torch.device`).
+        amp: Mixed precision (bfloat16, or float16 with loss scaling); only on CUDA.
+
+    Raises:
+        ConfigError: A setting out of its range, an unknown norm, schedule or device.
     """
 
     eps: float = 8 / 255
@@ -80,31 +101,58 @@ class MinMinConfig:
     batch_size: int = 16
     lr: float = 0.1
     seed: int = 0
-    norm: str = "linf"
+    norm: Norm | str = Norm.LINF
     random_start: bool = False
     eot_samples: int = 1
-    step_schedule: str = "constant"
+    step_schedule: Schedule | str = Schedule.CONSTANT
+    classwise: bool = False
+    device: str | torch.device = "cpu"
+    amp: bool = False
 
     def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
-        if not (math.isfinite(self.eps) and self.eps > 0) or (self.norm == "linf" and self.eps > 1):
+        object.__setattr__(self, "norm", look_up(self.norm, Norm, "norm"))
+        object.__setattr__(self, "step_schedule", look_up(self.step_schedule, Schedule, "step_schedule"))
+        if not (math.isfinite(self.eps) and self.eps > 0) or (self.norm is Norm.LINF and self.eps > 1):
             raise ConfigError(f"eps must be > 0 (and <= 1 for L-inf, in [0, 1] units), got {self.eps}")
         if self.step_size is not None and not (math.isfinite(self.step_size) and self.step_size > 0):
             raise ConfigError(f"step_size must be > 0, got {self.step_size}")
-        if self.step_schedule not in SCHEDULES:
-            raise ConfigError(f"step_schedule must be one of {', '.join(SCHEDULES)}, got {self.step_schedule!r}")
         for name in ("pgd_steps", "max_rounds", "batch_size", "eot_samples"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        if not isinstance(self.train_steps, int) or self.train_steps < 0:
-            raise ConfigError(f"train_steps must be an integer >= 0, got {self.train_steps!r}")
+            check_count(name, getattr(self, name), 1)
+        check_count("train_steps", self.train_steps, 0)
+        check_count("seed", self.seed, 0)
         if not math.isfinite(self.stop_threshold):
             raise ConfigError(f"stop_threshold must be a finite number, got {self.stop_threshold}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if isinstance(self.device, str):
+            resolve_device(self.device)  # an unknown or absent device fails here, not mid-run
+
+    def torch_device(self) -> torch.device:
+        """:attr:`device` as a :class:`torch.device`."""
+        return resolve_device(self.device) if isinstance(self.device, str) else self.device
+
+
+@dataclass(frozen=True)
+class MinMinHooks:
+    """What a method plugs into the min-min loop beyond its settings (all optional).
+
+    Args:
+        eps_map: Per-position L-inf budget replacing ``config.eps``: broadcastable to one
+            item's noise, or one row per item (``N`` rows; ``K`` class-wise); for L2 one
+            radius per row.
+        position_policy: Positions allowed to move per PGD batch (see :class:`PositionPolicy`).
+        class_ids: ``(N,)`` class id per image for class-wise noise; default the targets.
+        objective: ``(model, x_adv, target) -> scalar`` that PGD minimises instead of the
+            training loss (e.g. minus a Bayes-error estimate, :mod:`ulmed.core.objectives`);
+            the surrogate still trains on the training loss.
+        progress: Called with each round's history entry.
+    """
+
+    eps_map: torch.Tensor | None = None
+    position_policy: PositionPolicy | None = None
+    class_ids: torch.Tensor | None = None
+    objective: Objective | None = None
+    progress: Callable[[dict[str, float]], None] | None = None
 
 
 def _batches(generator: torch.Generator, n: int, size: int) -> Iterator[torch.Tensor]:
@@ -256,12 +304,10 @@ def _pgd_round(
     ) -> torch.Tensor:
         mask, select = policy(idx, x) if policy is not None else (None, None)
         e = e.to(s.device) if isinstance(e, torch.Tensor) else e
-        return perturb(
-            x, d, loss, eps=e, step_size=step_schedule(config.step_schedule, step, config.pgd_steps),
-            n_steps=config.pgd_steps, minimize=True, norm=config.norm, position_mask=mask,
-            select_positions=select, random_start=config.random_start,
-            generator=generator, grad_fn=grad_fn,
-        )
+        pgd = PGDConfig(e, step_schedule(config.step_schedule, step, config.pgd_steps), config.pgd_steps,
+                        minimize=True, norm=config.norm, random_start=config.random_start)
+        return perturb(x, d, loss, pgd, position_mask=mask, select_positions=select, generator=generator,
+                       grad_fn=grad_fn)
 
     if s.classes is not None:
         grad_fn = _classwise_grad(s, loss_fn, config.batch_size)
@@ -281,6 +327,64 @@ def _pgd_round(
     return delta
 
 
+def _start_noise(
+    images: torch.Tensor, targets: torch.Tensor, delta: torch.Tensor | None, classwise: bool,
+    class_ids: torch.Tensor | None,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The class id per image (class-wise noise; else None) and a checked copy of the initial noise."""
+    n = images.shape[0]
+    if targets.shape[0] != n:
+        raise ConfigError(f"{n} images but {targets.shape[0]} targets")
+    classes = None
+    rows = n
+    if classwise:
+        classes = (targets if class_ids is None else class_ids).to("cpu")
+        if classes.shape != (n,) or classes.dtype.is_floating_point or (n and int(classes.min()) < 0):
+            raise ConfigError("class-wise noise needs one non-negative integer class id per image (class_ids)")
+        rows = int(classes.max()) + 1 if delta is None else delta.shape[0]
+        if int(classes.max()) >= rows:
+            raise ConfigError(f"class id {int(classes.max())} has no noise row; delta has {rows} rows")
+    if delta is None:
+        delta = torch.zeros((rows, *images.shape[1:]), dtype=images.dtype, device=images.device)
+    if tuple(delta.shape) != (rows, *images.shape[1:]):
+        raise ConfigError(f"delta must have shape {(rows, *images.shape[1:])}, got {tuple(delta.shape)}")
+    return classes, delta.detach().clone()
+
+
+def _amp_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of mixed precision (bfloat16 where supported, else float16), or None."""
+    if not amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _rounds(
+    s: _Setup, optimizer: torch.optim.Optimizer, delta: torch.Tensor, loss_fn: TrainLoss, metric_fn: MetricFn,
+    config: MinMinConfig, hooks: MinMinHooks,
+) -> tuple[torch.Tensor, list[dict[str, float]]]:
+    """The rounds of the loop (train M steps, N PGD steps, measure) until the metric reaches the threshold."""
+    eps: float | torch.Tensor = config.eps if hooks.eps_map is None else hooks.eps_map
+    largest = float(eps.max()) if isinstance(eps, torch.Tensor) else float(eps)
+    step = config.step_size or default_step(largest, LOOP_STEP_DIVISOR)
+    scaler = torch.amp.GradScaler("cuda", enabled=s.amp_dtype == torch.float16)
+    stream = _batches(torch.Generator().manual_seed(config.seed), s.images.shape[0], config.batch_size)
+    start_gen = torch.Generator(device=s.device).manual_seed(config.seed + 1)
+    history: list[dict[str, float]] = []
+    for r in range(config.max_rounds):
+        train_loss = _train(s, optimizer, scaler, stream, delta, loss_fn, config.train_steps)
+        s.surrogate.eval()
+        delta = _pgd_round(s, delta, loss_fn, config, step, eps, hooks.position_policy, start_gen)
+        loss, metric = _evaluate(s, delta, loss_fn, metric_fn, config.batch_size)
+        entry = {"round": r, "train_loss": train_loss, "loss": loss, "metric": metric,
+                 "mean_abs_delta": float(delta.abs().mean())}
+        history.append(entry)
+        if hooks.progress is not None:
+            hooks.progress(entry)
+        if metric >= config.stop_threshold:
+            break
+    return delta, history
+
+
 def min_min(
     surrogate: nn.Module,
     optimizer: torch.optim.Optimizer | None,
@@ -291,44 +395,28 @@ def min_min(
     metric_fn: MetricFn,
     config: MinMinConfig,
     *,
-    eps_map: torch.Tensor | None = None,
-    position_policy: PositionPolicy | None = None,
-    classwise: bool = False,
-    class_ids: torch.Tensor | None = None,
-    device: torch.device | str = "cpu",
-    amp: bool = False,
+    hooks: MinMinHooks | None = None,
     augment: AugmentFn | None = None,
-    pgd_objective: Objective | None = None,
-    progress: Callable[[dict[str, float]], None] | None = None,
 ) -> tuple[torch.Tensor, list[dict[str, float]]]:
     """Optimise error-minimising noise against a surrogate trained alongside it.
 
     Args:
-        surrogate: The model; moved to ``device`` and trained in place.
+        surrogate: The model; moved to ``config.device`` and trained in place.
         optimizer: Optimiser over the surrogate's parameters; None builds SGD with
             ``config.lr`` and momentum 0.9.
         images: Clean data ``(N, C, *spatial)`` in [0, 1]; stays where it is (e.g. on the
-            CPU) and moves to ``device`` one batch at a time.
+            CPU) and moves to the device one batch at a time.
         targets: ``(N,)`` class labels or ``(N, ...)`` masks, whatever ``loss_fn`` takes.
         delta: Initial noise, ``(N, C, *spatial)`` sample-wise or ``(K, C, *spatial)``
-            class-wise; None starts from zeros.
+            class-wise (``config.classwise``); None starts from zeros.
         loss_fn: ``(output, target) -> scalar`` batch-mean loss, for training and PGD.
         metric_fn: ``(output, target) -> float`` batch-mean metric, higher is better.
-        config: Loop settings.
-        eps_map: Per-position L-inf budget replacing ``config.eps``: broadcastable to one
-            item's noise, or one row per item (``N`` rows; ``K`` class-wise).
-        position_policy: Positions allowed to move per PGD batch (see :class:`PositionPolicy`).
-        classwise: One noise per class id instead of one per image.
-        class_ids: ``(N,)`` class id per image for class-wise noise; default ``targets``.
-        device: Where the surrogate runs (``"auto"``, ``"cuda"``, a :class:`torch.device`).
-        amp: Mixed precision (bfloat16, or float16 with loss scaling); only on CUDA.
+        config: Loop settings (:class:`MinMinConfig`).
+        hooks: Budget map, position policy, class ids, PGD objective, progress callback
+            (:class:`MinMinHooks`).
         augment: The trainer's expected augmentation (e.g. a
             :class:`ulmed.core.augment.DifferentiableAugment`): training, PGD and evaluation
             all see augmented views (expectation over transformations).
-        pgd_objective: ``(model, x_adv, target) -> scalar`` that PGD minimises instead of
-            ``loss_fn`` (e.g. minus a Bayes-error estimate, :mod:`ulmed.core.objectives`);
-            the surrogate still trains on ``loss_fn``.
-        progress: Called with each round's history entry.
 
     Returns:
         The final noise (detached, on ``images``' device) and the history: one dict per
@@ -338,57 +426,17 @@ def min_min(
     Raises:
         ConfigError: Shapes or class ids do not fit.
     """
-    dev = resolve_device(device) if isinstance(device, str) else device
-    n = images.shape[0]
-    if targets.shape[0] != n:
-        raise ConfigError(f"{n} images but {targets.shape[0]} targets")
-    classes = None
-    if classwise:
-        classes = (targets if class_ids is None else class_ids).to("cpu")
-        if classes.shape != (n,) or classes.dtype.is_floating_point or (n and int(classes.min()) < 0):
-            raise ConfigError("class-wise noise needs one non-negative integer class id per image (class_ids)")
-        rows = int(classes.max()) + 1 if delta is None else delta.shape[0]
-        if int(classes.max()) >= rows:
-            raise ConfigError(f"class id {int(classes.max())} has no noise row; delta has {rows} rows")
-    else:
-        rows = n
-    if delta is None:
-        delta = torch.zeros((rows, *images.shape[1:]), dtype=images.dtype, device=images.device)
-    if tuple(delta.shape) != (rows, *images.shape[1:]):
-        raise ConfigError(f"delta must have shape {(rows, *images.shape[1:])}, got {tuple(delta.shape)}")
-    delta = delta.detach().clone()
-    eps: float | torch.Tensor = config.eps if eps_map is None else eps_map
-    step = config.step_size or float(eps if isinstance(eps, float) else eps.max()) / 10
-    amp_dtype = None
-    if amp and dev.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    hooks = MinMinHooks() if hooks is None else hooks
+    dev = config.torch_device()
+    classes, delta = _start_noise(images, targets, delta, config.classwise, hooks.class_ids)
     surrogate.to(dev)
     if optimizer is None:
         optimizer = torch.optim.SGD(surrogate.parameters(), lr=config.lr, momentum=0.9)
-    s = _Setup(surrogate, images, targets, classes, dev, amp_dtype, augment, pgd_objective, config.eot_samples)
+    s = _Setup(surrogate, images, targets, classes, dev, _amp_dtype(config.amp, dev), augment, hooks.objective,
+               config.eot_samples)
     was_training = surrogate.training
-    history: list[dict[str, float]] = []
     with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
         torch.manual_seed(config.seed)
-        stream = _batches(torch.Generator().manual_seed(config.seed), n, config.batch_size)
-        start_gen = torch.Generator(device=dev).manual_seed(config.seed + 1)
-        for r in range(config.max_rounds):
-            train_loss = _train(s, optimizer, scaler, stream, delta, loss_fn, config.train_steps)
-            surrogate.eval()
-            delta = _pgd_round(s, delta, loss_fn, config, step, eps, position_policy, start_gen)
-            loss, metric = _evaluate(s, delta, loss_fn, metric_fn, config.batch_size)
-            entry = {
-                "round": r,
-                "train_loss": train_loss,
-                "loss": loss,
-                "metric": metric,
-                "mean_abs_delta": float(delta.abs().mean()),
-            }
-            history.append(entry)
-            if progress is not None:
-                progress(entry)
-            if metric >= config.stop_threshold:
-                break
+        delta, history = _rounds(s, optimizer, delta, loss_fn, metric_fn, config, hooks)
     surrogate.train(was_training)
     return delta, history

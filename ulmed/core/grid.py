@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ulmed.choices import StrEnum, look_up
-from ulmed.core.pgd import perturb, step_schedule
+from ulmed.core.pgd import LOOP_STEP_DIVISOR, PGDConfig, Schedule, default_step, perturb, step_schedule
 from ulmed.errors import ConfigError
 
 
@@ -83,7 +83,9 @@ class WorkingGrid:
             return cls((), fit)  # type: ignore[arg-type]
         kind, _, values = text.partition(":")
         if kind != "size" or not values:
-            raise ConfigError(f"grid must be 'auto', 'native' or 'size:N[,M...]' (the trainer's working sizes), got {spec!r}")
+            raise ConfigError(
+                f"grid must be 'auto', 'native' or 'size:N[,M...]' (the trainer's working sizes), got {spec!r}"
+            )
         try:
             sizes = tuple(sorted({int(v) for v in values.split(",") if v.strip()}))
         except ValueError:
@@ -130,7 +132,8 @@ def nearest_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         if arr.size and (arr.min() < np.iinfo(np.int32).min or arr.max() > np.iinfo(np.int32).max):
             raise ConfigError("label values must fit in 32-bit integers to be resized")
         arr = arr.astype(np.int32)
-    out = np.asarray(Image.fromarray(np.ascontiguousarray(arr)).resize((int(shape[1]), int(shape[0])), Image.Resampling.NEAREST))
+    image = Image.fromarray(np.ascontiguousarray(arr))
+    out = np.asarray(image.resize((int(shape[1]), int(shape[0])), Image.Resampling.NEAREST))
     return out.astype(labels.dtype, copy=False)
 
 
@@ -193,6 +196,6 @@ def preimage(
     reach = max(math.ceil(image.shape[1 + a] / t.shape[-2 + a]) for t in targets for a in (0, 1))
     coded = sum(F.interpolate(t.abs(), size=tuple(image.shape[1:]), mode="nearest") for t in targets)
     support = F.max_pool2d(coded.amax(dim=1, keepdim=True), 2 * reach + 1, stride=1, padding=reach) > 0
-    delta = perturb(x, start, loss_fn, eps=eps, step_size=step_schedule("dynamic", eps / 10, max(n_steps, 1)),
-                    n_steps=n_steps, minimize=True, position_mask=support)
+    steps = step_schedule(Schedule.DYNAMIC, default_step(eps, LOOP_STEP_DIVISOR), max(n_steps, 1))
+    delta = perturb(x, start, loss_fn, PGDConfig(eps, steps, n_steps, minimize=True), position_mask=support)
     return delta[0].numpy()

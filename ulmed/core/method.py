@@ -9,9 +9,12 @@ optimise over a whole data set (EM, SALM) override :meth:`ProtectionMethod.fit`.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import hashlib
-from collections.abc import Sequence
-from typing import Any, ClassVar
+import inspect
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -27,6 +30,35 @@ DEFAULT_METHOD = "lsp"
 
 #: Every protection method, by name (``ulmed protect --method NAME``).
 METHODS: Registry[type[ProtectionMethod]] = Registry("method")
+
+
+M = TypeVar("M", bound=type)
+
+
+def takes_options(options: type) -> Callable[[M], M]:
+    """Class decorator: ``__init__(self, budget, seed, device, **options)`` shows the fields of ``options``.
+
+    A method whose settings are a dataclass takes them as ``**options`` and builds the
+    dataclass (which validates them). This decorator gives that ``__init__`` the signature
+    and annotations it would have if it spelled every field out as a keyword parameter, so
+    :func:`inspect.signature`, ``help()`` and the ``--set KEY=VALUE`` checks of the pipeline
+    (:mod:`ulmed.pipeline.method_options`) list each option with its type and default.
+
+    Args:
+        options: A dataclass whose fields are the method's keyword options.
+    """
+    hints = typing.get_type_hints(options)
+    fields = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
+              for f in dataclasses.fields(options)]
+
+    def decorate(cls: M) -> M:
+        init = cls.__dict__["__init__"]
+        own = [p for p in inspect.signature(init).parameters.values() if p.kind is not p.VAR_KEYWORD]
+        init.__signature__ = inspect.Signature([*own, *fields], return_annotation=None)
+        init.__annotations__ = {**typing.get_type_hints(init), **{f.name: f.annotation for f in fields}}
+        return cls
+
+    return decorate
 
 
 def record_seed(seed: int, key: str) -> int:
@@ -125,7 +157,8 @@ class ProtectionMethod(abc.ABC):
         """
         delta = np.array(delta, dtype=np.float64)  # our own copy: projected in place, the method's array untouched
         if delta.shape != record.image.shape:
-            raise ConfigError(f"{self.name} returned a perturbation of shape {delta.shape} for an image of shape {record.image.shape}")
+            raise ConfigError(f"{self.name} returned a perturbation of shape {delta.shape} "
+                              f"for an image of shape {record.image.shape}")
         norm = self.budget.norm
         if norm == "linf":
             np.clip(delta, -eps, eps, out=delta)

@@ -2,10 +2,11 @@
 
 :func:`perturb` is a pure function in the style of advertorch's ``perturb_iterative``:
 the loss is injected, ``minimize=True`` gives error-minimising noise and
-``minimize=False`` adversarial noise. Methods differ only in the policies they pass:
-which positions may move (``position_mask``, ``select_positions``), which budget
-(``eps`` as a float or a per-position map) and how the gradient is computed (``grad_fn``,
-e.g. :class:`WindowedGrad` for volumes that do not fit in memory at once).
+``minimize=False`` adversarial noise. Its options live in a frozen :class:`PGDConfig`
+(the budget, the steps, the norm); what differs between methods is passed as policies:
+which positions may move (``position_mask``, ``select_positions``) and how the gradient
+is computed (``grad_fn``, e.g. :class:`WindowedGrad` for volumes that do not fit in
+memory at once). The projections are :mod:`ulmed.core.projection`'s.
 
 Layout: images and perturbations are ``(B, C, *spatial)``; position masks are
 ``(B or 1, 1, *spatial)`` and broadcast over channels.
@@ -15,18 +16,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from monai.data.utils import dense_patch_slices
 
-from ulmed.core.projection import (
-    clamp_l2,
-    clamp_linf,
-    clamp_valid,
-    l0_mask_topk,
-    l2_norms,
-)
-from ulmed.core.tasks import NORMS
+from ulmed.choices import StrEnum, look_up
+from ulmed.core.projection import clamp_l2, clamp_linf, clamp_valid, l2_norms
+from ulmed.core.tasks import Norm
 from ulmed.errors import ConfigError
 
 #: ``loss_fn(x_adv) -> scalar loss`` (a closure over the model and the target).
@@ -38,13 +35,40 @@ GradFn = Callable[[torch.Tensor | None, torch.Tensor], torch.Tensor]
 SelectFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None]
 #: ``loss_fn_window(x_adv_window, window) -> scalar``; ``window`` holds the spatial slices.
 WindowLossFn = Callable[[torch.Tensor, tuple[slice, ...]], torch.Tensor]
-
-SCHEDULES = ("constant", "dynamic")
 #: ``step_size(step) -> size`` of PGD step ``step`` (0-based).
 StepSchedule = Callable[[int], float]
 
+#: The default PGD step is the budget divided by one of these two numbers. The min-min loop
+#: (:class:`ulmed.core.bilevel.MinMinConfig`, 20 steps a round) and the working-grid pre-image
+#: (:func:`ulmed.core.grid.preimage`, 20 steps) take ``eps / LOOP_STEP_DIVISOR``; em and salm
+#: (:class:`ulmed.core.optimised.OptimisedMethod`, 10 steps a round) take
+#: ``eps / METHOD_STEP_DIVISOR``. Both let the steps of one round at their default step count
+#: cross the ball once (2 eps); they differ because their default step counts differ, and
+#: each is kept so that the outputs stay as they were.
+LOOP_STEP_DIVISOR = 10
+#: See :data:`LOOP_STEP_DIVISOR`.
+METHOD_STEP_DIVISOR = 5
 
-def step_schedule(kind: str, base: float, n_steps: int) -> float | StepSchedule:
+
+def default_step(eps: float, divisor: int = LOOP_STEP_DIVISOR) -> float:
+    """The default PGD step for a budget ``eps``: ``eps / divisor`` (see :data:`LOOP_STEP_DIVISOR`)."""
+    return eps / divisor
+
+
+class Schedule(StrEnum):
+    """How the PGD step size changes over the steps of a run."""
+
+    #: The same size every step.
+    CONSTANT = "constant"
+    #: ARMOR's dynamic step size: large first, then small (see :func:`step_schedule`).
+    DYNAMIC = "dynamic"
+
+
+#: The schedule values, in definition order.
+SCHEDULES: tuple[str, ...] = tuple(s.value for s in Schedule)
+
+
+def step_schedule(kind: str | Schedule, base: float, n_steps: int) -> float | StepSchedule:
     """The step size of each PGD step.
 
     ``"constant"`` returns ``base``. ``"dynamic"`` (after ARMOR's dynamic step size) starts
@@ -55,11 +79,10 @@ def step_schedule(kind: str, base: float, n_steps: int) -> float | StepSchedule:
     Raises:
         ConfigError: Unknown kind, ``base <= 0`` or ``n_steps < 1``.
     """
-    if kind not in SCHEDULES:
-        raise ConfigError(f"step schedule must be one of {', '.join(SCHEDULES)}, got {kind!r}")
+    kind = look_up(kind, Schedule, "step schedule")
     if not base > 0 or n_steps < 1:
         raise ConfigError(f"a step schedule needs base > 0 and n_steps >= 1, got {base} and {n_steps}")
-    if kind == "constant":
+    if kind is Schedule.CONSTANT:
         return base
     high, low = 2.0 * base, base / 5.0
 
@@ -68,6 +91,50 @@ def step_schedule(kind: str, base: float, n_steps: int) -> float | StepSchedule:
         return low + (high - low) * 0.5 * (1.0 + math.cos(math.pi * t))
 
     return size
+
+
+@dataclass(frozen=True)
+class PGDConfig:
+    """The options of one PGD run (advertorch's ``perturb_iterative`` arguments), validated.
+
+    Args:
+        eps: Budget: a float, or for L-inf a tensor map broadcastable to ``delta``, for L2
+            one radius per sample.
+        step_size: Size of each step (L-inf: per element; L2: of the whole sample), or a
+            schedule ``step -> size`` (:func:`step_schedule`).
+        n_steps: Number of steps (0 only projects the initial ``delta``).
+        minimize: Descend the loss (error-minimising noise) or ascend it.
+        norm: ``"linf"`` or ``"l2"`` (a :class:`~ulmed.core.tasks.Norm`).
+        random_start: Start from uniform noise in the ball (inside the position mask).
+        lo: Lower end of the valid range of ``x + delta``.
+        hi: Upper end of the valid range.
+
+    Raises:
+        ConfigError: Unknown norm, ``n_steps < 0`` or a step size that is not > 0.
+    """
+
+    eps: float | torch.Tensor
+    step_size: float | StepSchedule
+    n_steps: int
+    minimize: bool = True
+    norm: Norm | str = Norm.LINF
+    random_start: bool = False
+    lo: float = 0.0
+    hi: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "norm", look_up(self.norm, Norm, "norm"))
+        if self.n_steps < 0 or not (callable(self.step_size) or self.step_size > 0):
+            raise ConfigError(f"PGD needs n_steps >= 0 and step_size > 0, got {self.n_steps} and {self.step_size}")
+
+    def size_of(self, step: int) -> float:
+        """The step size of step ``step``."""
+        return self.step_size(step) if callable(self.step_size) else float(self.step_size)
+
+    def project(self, x: torch.Tensor | None, delta: torch.Tensor) -> torch.Tensor:
+        """``delta`` in the ``eps`` ball and, when ``x`` is given, with ``x + delta`` in ``[lo, hi]``."""
+        delta = clamp_linf(delta, self.eps) if self.norm is Norm.LINF else clamp_l2(delta, self.eps)
+        return delta if x is None else clamp_valid(x, delta, self.lo, self.hi)
 
 
 def autograd_grad(loss_fn: LossFn) -> GradFn:
@@ -87,154 +154,131 @@ def autograd_grad(loss_fn: LossFn) -> GradFn:
     return grad
 
 
-def _step_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
-    if norm == "linf":
+def step_direction(grad: torch.Tensor, norm: Norm | str) -> torch.Tensor:
+    """The steepest-ascent direction of unit size: ``sign(grad)`` (L-inf) or ``grad / ||grad||`` (L2)."""
+    if norm == Norm.LINF:
         return grad.sign()
     return grad / l2_norms(grad).clamp_min(1e-12)
 
 
-def _project(
-    x: torch.Tensor | None, delta: torch.Tensor, eps: float | torch.Tensor, norm: str, lo: float, hi: float
-) -> torch.Tensor:
-    delta = clamp_linf(delta, eps) if norm == "linf" else clamp_l2(delta, eps)
-    return delta if x is None else clamp_valid(x, delta, lo, hi)
-
-
-def _random_start(delta: torch.Tensor, eps: float | torch.Tensor, norm: str, generator: torch.Generator | None) -> torch.Tensor:
-    if norm == "linf":
+def random_start(delta: torch.Tensor, eps: float | torch.Tensor, norm: Norm | str,
+                 generator: torch.Generator | None) -> torch.Tensor:
+    """Uniform noise in the L-inf cube, or a uniformly scaled random direction in the L2 ball."""
+    if norm == Norm.LINF:
         u = torch.rand(delta.shape, generator=generator, device=delta.device, dtype=delta.dtype)
         return (2 * u - 1) * eps
     g = torch.randn(delta.shape, generator=generator, device=delta.device, dtype=delta.dtype)
-    r = torch.rand((delta.shape[0],) + (1,) * (delta.dim() - 1), generator=generator, device=delta.device, dtype=delta.dtype)
-    return g / l2_norms(g).clamp_min(1e-12) * r * (eps if not isinstance(eps, torch.Tensor) else eps.reshape(-1, *r.shape[1:]))
+    shape = (delta.shape[0],) + (1,) * (delta.dim() - 1)
+    r = torch.rand(shape, generator=generator, device=delta.device, dtype=delta.dtype)
+    radius = eps if not isinstance(eps, torch.Tensor) else eps.reshape(-1, *r.shape[1:])
+    return g / l2_norms(g).clamp_min(1e-12) * r * radius
+
+
+@dataclass(frozen=True)
+class _Positions:
+    """The fixed position mask of a run: ``weight`` scales steps, frozen positions keep ``start``."""
+
+    start: torch.Tensor
+    weight: torch.Tensor | None
+    movable: torch.Tensor | None
+
+    @classmethod
+    def of(cls, start: torch.Tensor, position_mask: torch.Tensor | None) -> _Positions:
+        if position_mask is None:
+            return cls(start, None, None)
+        weight = position_mask.to(device=start.device, dtype=start.dtype)
+        return cls(start, weight, torch.broadcast_to(weight != 0, start.shape))
+
+    def keep_frozen(self, d: torch.Tensor) -> torch.Tensor:
+        return d if self.movable is None else torch.where(self.movable, d, self.start)
+
+
+def _reselect(select: SelectFn | None, step: int, grad: torch.Tensor, d: torch.Tensor,
+              selected: torch.Tensor | None) -> torch.Tensor | None:
+    """The positions that may be non-zero after this step's call of ``select`` (None: no selector)."""
+    if select is None:
+        return None
+    new = select(step, grad, d)
+    if new is not None:
+        selected = new.to(device=d.device, dtype=torch.bool)
+    if selected is None:
+        raise ConfigError("select_positions returned None before it chose any positions")
+    return selected
+
+
+def _step(d: torch.Tensor, grad: torch.Tensor, size: float, config: PGDConfig, positions: _Positions,
+          selected: torch.Tensor | None) -> torch.Tensor:
+    """One step of ``size`` against (``minimize``) or along the gradient, before projection."""
+    # Only positions that may move shape the step (this matters to the L2 normalisation).
+    if positions.movable is not None:
+        grad = grad * positions.movable
+    if selected is not None:
+        grad = grad * selected
+    direction = step_direction(grad, config.norm)
+    if positions.weight is not None:
+        direction = direction * positions.weight
+    d = d + (-1.0 if config.minimize else 1.0) * size * direction
+    return d if selected is None else d * selected
 
 
 def perturb(
     x: torch.Tensor | None,
     delta: torch.Tensor,
     loss_fn: LossFn | None,
+    config: PGDConfig,
     *,
-    eps: float | torch.Tensor,
-    step_size: float | StepSchedule,
-    n_steps: int,
-    minimize: bool = True,
-    norm: str = "linf",
     position_mask: torch.Tensor | None = None,
     select_positions: SelectFn | None = None,
-    random_start: bool = False,
     generator: torch.Generator | None = None,
     grad_fn: GradFn | None = None,
-    lo: float = 0.0,
-    hi: float = 1.0,
 ) -> torch.Tensor:
-    """Run ``n_steps`` of projected gradient descent (or ascent) on ``delta``.
+    """Run ``config.n_steps`` of projected gradient descent (or ascent) on ``delta``.
 
-    Each step: gradient of the loss at ``x + delta``; optional re-selection of the
-    positions that may move; a sign step (L-inf) or normalised-gradient step (L2) of size
-    ``step_size`` against the gradient when ``minimize`` (along it otherwise); projection
-    onto the ``eps`` ball and onto the valid range ``[lo, hi]`` of ``x + delta``.
+    Each step: gradient of the loss at ``x + delta``; optional re-selection of the positions
+    that may move; a sign step (L-inf) or normalised-gradient step (L2) against the gradient
+    when ``config.minimize`` (along it otherwise); projection onto the ``eps`` ball and the
+    valid range.
 
     Args:
-        x: Clean images ``(B, C, *spatial)`` in ``[lo, hi]``. May be ``None`` when
-            ``grad_fn`` is given and ``delta`` is not tied to one image (class-wise noise);
-            the valid-range projection is then skipped.
+        x: Clean images ``(B, C, *spatial)`` in ``[lo, hi]``, or ``None`` when ``grad_fn`` is
+            given and ``delta`` is not tied to one image (class-wise noise; no range projection).
         delta: Initial perturbation, shaped like ``x`` (``(K, C, *spatial)`` when ``x`` is None).
         loss_fn: ``loss_fn(x_adv) -> scalar``; unused when ``grad_fn`` is given.
-        eps: Budget: a float, or for L-inf a tensor map broadcastable to ``delta``, for
-            L2 one radius per sample.
-        step_size: Size of each step (L-inf: per element; L2: of the whole sample), or
-            a schedule ``step -> size`` (:func:`step_schedule`).
-        n_steps: Number of steps (0 only projects the initial ``delta``).
-        minimize: Descend the loss (error-minimising noise) or ascend it.
-        norm: ``"linf"`` or ``"l2"``.
-        position_mask: Fixed mask of positions allowed to move, ``(B or 1, 1, *spatial)``
-            or broadcastable to ``delta``; boolean, or float where 0 freezes a position
-            and a positive value scales its step. Frozen positions keep their initial value.
-        select_positions: ``(step, grad, delta) -> mask`` called every step (before the
-            update) with the current gradient; positions outside the returned mask (and
-            inside ``position_mask``) are reset to zero, so the L0 size of ``delta`` is
-            bounded by the mask. Returning ``None`` keeps the previous mask, which lets
-            a policy re-select only every K steps.
-        random_start: Start from uniform noise in the ball (inside ``position_mask``).
-        generator: Random generator for ``random_start`` (on ``delta``'s device).
+        config: Budget, steps, norm and range (:class:`PGDConfig`).
+        position_mask: Fixed mask of positions allowed to move, broadcastable to ``delta``;
+            boolean, or float where 0 freezes a position and a positive value scales its
+            step. Frozen positions keep their initial value.
+        select_positions: ``(step, grad, delta) -> mask`` called every step before the update;
+            positions outside the returned mask are reset to zero, so the L0 size of ``delta``
+            is bounded by it. ``None`` keeps the previous mask (re-select every K steps).
+        generator: Random generator for ``config.random_start`` (on ``delta``'s device).
         grad_fn: ``grad_fn(x, delta) -> grad``; default: autograd through ``loss_fn``.
-        lo: Lower end of the valid range.
-        hi: Upper end of the valid range.
 
     Returns:
         The final perturbation, detached, shaped like ``delta``.
 
     Raises:
-        ConfigError: Invalid norm, step size, step count or missing loss.
+        ConfigError: A missing loss, ``delta`` not shaped like ``x``, or a selector that
+            returned None before choosing.
     """
-    if norm not in NORMS:
-        raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
-    size_of: StepSchedule = step_size if callable(step_size) else (lambda _step: float(step_size))  # type: ignore[arg-type]
-    if n_steps < 0 or not (callable(step_size) or step_size > 0):
-        raise ConfigError(f"PGD needs n_steps >= 0 and step_size > 0, got {n_steps} and {step_size}")
     if grad_fn is None:
         if loss_fn is None:
             raise ConfigError("perturb needs a loss_fn or a grad_fn")
         grad_fn = autograd_grad(loss_fn)
     if x is not None and x.shape != delta.shape:
         raise ConfigError(f"delta of shape {tuple(delta.shape)} does not match images of shape {tuple(x.shape)}")
-
-    start = delta.detach().clone()
-    weight = None if position_mask is None else position_mask.to(device=delta.device, dtype=delta.dtype)
-    movable = None if weight is None else torch.broadcast_to(weight != 0, delta.shape)
-
-    def keep_frozen(d: torch.Tensor) -> torch.Tensor:
-        return d if movable is None else torch.where(movable, d, start)
-
-    d = start
-    if random_start:
-        d = keep_frozen(start + _random_start(start, eps, norm, generator))
-    d = keep_frozen(_project(x, d, eps, norm, lo, hi))
+    positions = _Positions.of(delta.detach().clone(), position_mask)
+    d = positions.start
+    if config.random_start:
+        d = positions.keep_frozen(d + random_start(d, config.eps, config.norm, generator))
+    d = positions.keep_frozen(config.project(x, d))
     selected: torch.Tensor | None = None
-    sign = -1.0 if minimize else 1.0
-    for step in range(n_steps):
+    for step in range(config.n_steps):
         grad = grad_fn(x, d).detach()
-        if select_positions is not None:
-            new = select_positions(step, grad, d)
-            if new is not None:
-                selected = new.to(device=d.device, dtype=torch.bool)
-            if selected is None:
-                raise ConfigError("select_positions returned None before it chose any positions")
-        # Only positions that may move shape the step (this matters to the L2 normalisation).
-        if movable is not None:
-            grad = grad * movable
-        if selected is not None:
-            grad = grad * selected
-        direction = _step_direction(grad, norm)
-        if weight is not None:
-            direction = direction * weight
-        d = d + sign * size_of(step) * direction
-        if selected is not None:
-            d = d * selected
-        d = keep_frozen(_project(x, d, eps, norm, lo, hi))
+        selected = _reselect(select_positions, step, grad, d, selected)
+        d = _step(d, grad, config.size_of(step), config, positions, selected)
+        d = positions.keep_frozen(config.project(x, d))
     return d.detach()
-
-
-def topk_selector(fraction: float, every: int = 1, allowed: torch.Tensor | None = None) -> SelectFn:
-    """A ``select_positions`` policy: the top ``fraction`` of positions by ``|grad|``.
-
-    The positions are re-chosen at steps ``0, every, 2 * every, ...`` and kept in between.
-    SALM plugs in the same way with a smoothed saliency instead of the raw gradient.
-
-    Args:
-        fraction: Share of the (allowed) positions that may move, in ``[0, 1]``.
-        every: Re-select every this many steps.
-        allowed: Optional boolean mask ``(B or 1, 1, *spatial)`` of candidate positions.
-    """
-    if every < 1:
-        raise ConfigError(f"every must be >= 1, got {every}")
-
-    def select(step: int, grad: torch.Tensor, delta: torch.Tensor) -> torch.Tensor | None:
-        if step % every:
-            return None
-        return l0_mask_topk(grad.abs(), fraction, allowed)
-
-    return select
 
 
 class WindowedGrad:
@@ -268,10 +312,13 @@ class WindowedGrad:
     def windows(self, spatial_shape: Sequence[int]) -> list[tuple[slice, ...]]:
         """The window grid for an image of ``spatial_shape``."""
         if len(spatial_shape) != len(self.roi_size):
-            raise ConfigError(f"roi_size {self.roi_size} has {len(self.roi_size)} axes but the image has {len(spatial_shape)}")
+            raise ConfigError(
+                f"roi_size {self.roi_size} has {len(self.roi_size)} axes but the image has {len(spatial_shape)}"
+            )
         roi = [min(r, s) for r, s in zip(self.roi_size, spatial_shape, strict=True)]
         interval = [max(int(r * (1 - self.overlap)), 1) for r in roi]
-        return [tuple(slice(int(s.start), int(s.stop)) for s in w) for w in dense_patch_slices(spatial_shape, roi, interval)]
+        grid = dense_patch_slices(spatial_shape, roi, interval)
+        return [tuple(slice(int(s.start), int(s.stop)) for s in w) for w in grid]
 
     def __call__(self, x: torch.Tensor | None, delta: torch.Tensor) -> torch.Tensor:
         """Gradient of the windowed loss with respect to ``delta`` (shaped like it)."""

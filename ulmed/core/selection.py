@@ -18,11 +18,14 @@ docs/methods/robust.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from ulmed.core.augment import PRESETS, AugmentPolicy, DifferentiableAugment, for_dims
+from ulmed.core.checks import check_count
 from ulmed.errors import ConfigError
 
 #: Candidate policies of the selection (names of :data:`ulmed.core.augment.PRESETS` or extra ones).
@@ -41,7 +44,8 @@ TrainLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def _flat_grad(model: nn.Module, loss: torch.Tensor) -> torch.Tensor:
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params, strict=True)])
+    flat = [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params, strict=True)]
+    return torch.cat(flat)
 
 
 def gradient_alignment(
@@ -76,10 +80,46 @@ def gradient_alignment(
     return float(torch.nn.functional.cosine_similarity(original, augmented / draws, dim=0))
 
 
+@dataclass(frozen=True)
+class SelectionConfig:
+    """How :func:`select_policies` scores the candidates.
+
+    Args:
+        candidates: Name -> policy; default :data:`CANDIDATES`.
+        per_class: Samples scored per class (the first ones of each class).
+        draws: Augmented draws per score.
+        seed: Seed of the augmentation draws.
+
+    Raises:
+        ConfigError: No candidates, or ``per_class`` or ``draws`` below 1.
+    """
+
+    candidates: Mapping[str, AugmentPolicy] | None = None
+    per_class: int = 16
+    draws: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.candidates is not None and not self.candidates:
+            raise ConfigError("select_policies needs at least one candidate policy")
+        check_count("per_class", self.per_class, 1)
+        check_count("draws", self.draws, 1)
+
+    def table(self) -> dict[str, AugmentPolicy]:
+        """The candidates by name."""
+        return dict(CANDIDATES if self.candidates is None else self.candidates)
+
+
+def _scored_samples(class_ids: torch.Tensor | None, n: int, per_class: int) -> dict[int, torch.Tensor]:
+    """The indices scored per class (the first ``per_class`` of each), or for the data set (key -1)."""
+    if class_ids is None:
+        return {ALL: torch.arange(min(per_class, n))}
+    return {int(c): torch.nonzero(class_ids == c).flatten()[:per_class] for c in torch.unique(class_ids).tolist()}
+
+
 def select_policies(
     model: nn.Module, loss_fn: TrainLoss, images: torch.Tensor, targets: torch.Tensor, spatial_dims: int,
-    num_classes: int, *, class_ids: torch.Tensor | None = None, candidates: Mapping[str, AugmentPolicy] | None = None,
-    per_class: int = 16, draws: int = 2, seed: int = 0,
+    num_classes: int, *, class_ids: torch.Tensor | None = None, config: SelectionConfig | None = None,
 ) -> tuple[dict[int, str], dict[int, dict[str, float]]]:
     """Choose, per class (or for the data set), the candidate with the highest gradient alignment.
 
@@ -91,39 +131,56 @@ def select_policies(
         spatial_dims: 2 or 3 (candidates with 2D-only transformations lose them in 3D).
         num_classes: Label values of the targets.
         class_ids: ``(N,)`` class per sample for a per-class choice; None: one choice (key -1).
-        candidates: Name -> policy; default :data:`CANDIDATES`.
-        per_class: Samples scored per class (the first ones of each class).
-        draws: Augmented draws per score.
-        seed: Seed of the augmentation draws.
+        config: Candidates, samples per class, draws and seed (:class:`SelectionConfig`).
 
     Returns:
         ``(choice, scores)``: class (or -1) -> chosen candidate name, and class -> name -> alignment.
     """
-    candidates = dict(CANDIDATES if candidates is None else candidates)
-    if not candidates:
-        raise ConfigError("select_policies needs at least one candidate policy")
-    if per_class < 1:
-        raise ConfigError(f"per_class must be >= 1, got {per_class}")
-    groups: dict[int, torch.Tensor] = {}
-    if class_ids is None:
-        groups[ALL] = torch.arange(min(per_class, images.shape[0]))
-    else:
-        for c in torch.unique(class_ids).tolist():
-            groups[int(c)] = torch.nonzero(class_ids == c).flatten()[:per_class]
+    config = SelectionConfig() if config is None else config
+    groups = _scored_samples(class_ids, images.shape[0], config.per_class)
     augments = {
         name: DifferentiableAugment(for_dims(policy, spatial_dims), spatial_dims, num_classes)
-        for name, policy in candidates.items()
+        for name, policy in config.table().items()
     }
     choice: dict[int, str] = {}
     scores: dict[int, dict[str, float]] = {}
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(config.seed)
         for c, idx in groups.items():
             x, y = images[idx].to(device), targets[idx].to(device)
-            scores[c] = {name: gradient_alignment(model, loss_fn, x, y, aug, draws) for name, aug in augments.items()}
+            scores[c] = {name: gradient_alignment(model, loss_fn, x, y, aug, config.draws)
+                         for name, aug in augments.items()}
             choice[c] = max(scores[c], key=lambda n: scores[c][n])
     return choice, scores
+
+
+def armor_augment(
+    model: nn.Module, loss_fn: TrainLoss, images: torch.Tensor, targets: torch.Tensor, spatial_dims: int,
+    num_classes: int, *, class_ids: torch.Tensor | None, seed: int,
+) -> tuple[ClasswiseAugment, dict[str, dict[str, Any]]]:
+    """ARMOR's choice for a data set: the augmentation to optimise under, and the record of the choice.
+
+    Args:
+        model: The surrogate after one plain round.
+        loss_fn: The training loss.
+        images: The data set's images.
+        targets: Its targets.
+        spatial_dims: 2 or 3.
+        num_classes: Classes of the targets (at least 2 are used).
+        class_ids: Class per image for a per-class choice (classification); None: one choice.
+        seed: Seed of the augmentation draws.
+
+    Returns:
+        The :class:`ClasswiseAugment` of the choice, and ``{"choice": ..., "alignment": ...}``
+        keyed by class as text (for a manifest).
+    """
+    classes = max(num_classes, 2)
+    choice, scores = select_policies(model, loss_fn, images, targets, spatial_dims, classes, class_ids=class_ids,
+                                     config=SelectionConfig(seed=seed))
+    record = {"choice": {str(k): v for k, v in choice.items()},
+              "alignment": {str(k): v for k, v in scores.items()}}
+    return chosen_augment(choice, spatial_dims, classes), record
 
 
 def chosen_augment(choice: Mapping[int, str], spatial_dims: int, num_classes: int,

@@ -27,14 +27,30 @@ import torch.nn.functional as F
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
+from ulmed.choices import StrEnum, look_up
 from ulmed.core.bilevel import PositionPolicy
+from ulmed.core.groups import Group
 from ulmed.core.method import METHODS
-from ulmed.core.optimised import Group, OptimisedMethod
+from ulmed.core.optimised import OptimisedMethod
 from ulmed.core.pgd import SelectFn
 from ulmed.core.projection import l0_mask_topk
+from ulmed.core.tasks import Task
 from ulmed.errors import ConfigError
 
-REGIONS = ("all", "body", "target")
+
+class Region(StrEnum):
+    """Where SALM's candidate positions lie."""
+
+    #: Every real (not padded) position.
+    ALL = "all"
+    #: The body found by Otsu thresholding (:func:`body_mask`).
+    BODY = "body"
+    #: The target's foreground, dilated by ``margin``.
+    TARGET = "target"
+
+
+#: The region values, in definition order.
+REGIONS: tuple[str, ...] = tuple(r.value for r in Region)
 
 
 def body_mask(unit_image: np.ndarray) -> np.ndarray:
@@ -123,22 +139,21 @@ class SALM(OptimisedMethod):
         super().__init__(*args, **kwargs)
         if not 0.0 < rho <= 1.0:
             raise ConfigError(f"rho must lie in (0, 1], got {rho}")
-        if region not in REGIONS:
-            raise ConfigError(f"region must be one of {', '.join(REGIONS)}, got {region!r}")
         if every < 1 or smooth < 1 or smooth % 2 == 0 or margin < 0:
             raise ConfigError(f"need every >= 1, an odd smooth >= 1 and margin >= 0; got {every}, {smooth}, {margin}")
         if self.classwise:
             raise ConfigError("SALM chooses positions per image; class-wise noise is not supported")
-        self.rho, self.every, self.region, self.margin, self.smooth = rho, every, region, margin, smooth
+        self.rho, self.every, self.margin, self.smooth = rho, every, margin, smooth
+        self.region = look_up(region, Region, "region")
 
     def candidates(self, group: Group) -> torch.Tensor:
         """Candidate positions of every row of the group, ``(N, 1, *spatial)`` bool."""
         allowed = group.valid.clone()
-        if self.region == "body":
+        if self.region is Region.BODY:
             body = np.stack([body_mask(img) for img in group.images.numpy()])
             allowed &= torch.as_tensor(body)
-        elif self.region == "target":
-            if group.targets_info.task != "segmentation":
+        elif self.region is Region.TARGET:
+            if group.targets_info.task != Task.SEGMENTATION:
                 raise ConfigError("region='target' needs masks or label maps")
             allowed &= _dilate(group.targets > 0, self.margin)
         return allowed
