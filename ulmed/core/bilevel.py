@@ -17,6 +17,7 @@ transformations, ``eot_samples`` draws averaged per PGD step; see :mod:`ulmed.co
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from ulmed.core.pgd import (
     step_schedule,
 )
 from ulmed.core.tasks import Norm
+from ulmed.core.training import train_steps
 from ulmed.errors import ConfigError
 
 #: ``loss_fn(output, target) -> scalar`` (mean over the batch), e.g. a MONAI ``DiceCELoss``.
@@ -228,16 +230,15 @@ def _train(
     loss_fn: TrainLoss,
     steps: int,
 ) -> float:
+    """M surrogate steps (:func:`ulmed.core.training.train_steps`) on the perturbed batches of ``stream``."""
+
+    def perturbed_loss(idx: torch.Tensor) -> torch.Tensor:
+        x, y, d = s.batch(idx, delta)
+        return s.loss((x + d).clamp(0.0, 1.0), y, loss_fn)
+
     s.surrogate.train()
-    losses = []
-    for _ in range(steps):
-        x, y, d = s.batch(next(stream), delta)
-        loss = s.loss((x + d).clamp(0.0, 1.0), y, loss_fn)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        losses.append(loss.item())
+    steps_run = train_steps(optimizer, itertools.islice(stream, steps), perturbed_loss, scaler=scaler)
+    losses = [loss for _, loss in steps_run]
     return sum(losses) / len(losses) if losses else math.nan
 
 

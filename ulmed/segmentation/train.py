@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ulmed.choices import StrEnum, look_up, names
 from ulmed.core.augment import build_augment
 from ulmed.core.device import resolve_device
+from ulmed.core.training import train_steps
 from ulmed.segmentation.builders import build_named_sam, spec_for
 from ulmed.segmentation.checkpoint import save_generator
 from ulmed.segmentation.config import UnsegConfig
@@ -41,7 +43,22 @@ from ulmed.segmentation.prompts import NO_PROMPT, Prompt, make_prompt, no_prompt
 from ulmed.segmentation.sam_parts import SamSegmenter, seg_loss
 
 log = logging.getLogger("ulmed")
-STAGES = ("backbone", "surrogate", "generator")
+
+
+class Stage(StrEnum):
+    """The three kinds of training step, in the order :meth:`BilevelTrainer.fit` runs them."""
+
+    #: Warm-up of a random-init generator backbone as a promptable segmenter on clean data.
+    BACKBONE = "backbone"
+    #: The surrogate learns the true mask from ``image + noise`` (noise detached).
+    SURROGATE = "surrogate"
+    #: The noise head minimises the frozen surrogate's loss.
+    GENERATOR = "generator"
+
+
+STAGES = names(Stage)
+#: One training batch: images, masks and their prompt.
+Batch = tuple[torch.Tensor, torch.Tensor, Prompt]
 
 
 def _wrap(model: nn.Module, distributed: bool) -> nn.Module:
@@ -123,61 +140,74 @@ class BilevelTrainer:
             return xa, both[:, 1:], prompt
         return xa, both[:, 1:], self.prompt_for(both[:, :1].cpu()).to(x_adv.device)
 
-    def surrogate_loss(self, images: torch.Tensor, masks: torch.Tensor, prompt: Prompt, model: nn.Module | None = None) -> torch.Tensor:
+    def surrogate_loss(self, images: torch.Tensor, masks: torch.Tensor, prompt: Prompt,
+                       model: nn.Module | None = None) -> torch.Tensor:
         """The surrogate's loss on ``image + noise`` (noise detached) against the true mask."""
         with torch.no_grad():
             noise = self._noise(self.generator, images, masks, prompt)
         x, target, seen = self._view((images + noise).clamp(0, 1), masks, masks, prompt)
         return seg_loss((model or self.surrogate)(x, seen), target)
 
-    def generator_loss(self, images: torch.Tensor, masks: torch.Tensor, prompt: Prompt, model: nn.Module | None = None) -> torch.Tensor:
+    def generator_loss(self, images: torch.Tensor, masks: torch.Tensor, prompt: Prompt,
+                       model: nn.Module | None = None) -> torch.Tensor:
         """The frozen surrogate's loss on ``image + noise`` against the generator's target."""
         noise = self._noise(model or self.generator, images, masks, prompt)
         target = torch.ones_like(masks) if self.config.label_modification else masks
         x, target, seen = self._view((images + noise).clamp(0, 1), masks, target, prompt)
         return seg_loss(self.surrogate(x, seen), target)
 
-    def backbone_loss(self, images: torch.Tensor, masks: torch.Tensor, prompt: Prompt, model: nn.Module | None = None) -> torch.Tensor:
+    def backbone_loss(self, images: torch.Tensor, masks: torch.Tensor, prompt: Prompt,
+                      model: nn.Module | None = None) -> torch.Tensor:
         """The generator backbone's segmentation loss on clean images (warm-up)."""
         return seg_loss((model or SamSegmenter(self.generator.sam))(images, prompt), masks)
 
     # -- steps --------------------------------------------------------------------------
+    def _stage(self, stage: Stage) -> tuple[torch.optim.Optimizer, Callable[[Batch], torch.Tensor]]:
+        """Set the train/eval modes and frozen flags of ``stage``; its optimiser and the loss of one batch."""
+        if stage is Stage.SURROGATE:
+            self.surrogate.train()
+            for p in self.surrogate.parameters():
+                p.requires_grad_(True)
+            sur = self._sur
+            return self.opt_surrogate, lambda b: self.surrogate_loss(*b, sur)
+        if stage is Stage.GENERATOR:
+            gen = self._gen_model
+            self.surrogate.eval()
+            for p in self.surrogate.parameters():
+                p.requires_grad_(False)
+            self.generator.train()
+            return self.opt_generator, lambda b: self.generator_loss(*b, gen)
+        backbone, opt = self._backbone_model()
+        backbone.train()
+        return opt, lambda b: self.backbone_loss(*b, backbone)
+
+    def steps_of(self, stage: str | Stage, batches: Iterable[Batch]) -> list[float]:
+        """One optimiser step of ``stage`` per ``(images, masks, prompt)`` batch; the losses before each step.
+
+        The steps are those of the shared loop, :func:`ulmed.core.training.train_steps`.
+
+        Raises:
+            ConfigError: ``stage`` is not a :class:`Stage`.
+        """
+        member = look_up(stage, Stage, "stage")
+        optimizer, loss_of = self._stage(member)
+        losses = []
+        for _, loss in train_steps(optimizer, batches, loss_of):
+            self.steps[member.value] += 1
+            losses.append(loss)
+        return losses
+
     def surrogate_step(self, images: torch.Tensor, masks: torch.Tensor, prompt: Prompt) -> float:
         """One optimiser step of the surrogate; returns the loss before the step."""
-        self.surrogate.train()
-        for p in self.surrogate.parameters():
-            p.requires_grad_(True)
-        self.opt_surrogate.zero_grad(set_to_none=True)
-        loss = self.surrogate_loss(images, masks, prompt, self._sur)
-        loss.backward()
-        self.opt_surrogate.step()
-        self.steps["surrogate"] += 1
-        return float(loss.detach())
+        return self.steps_of("surrogate", [(images, masks, prompt)])[0]
 
     def generator_step(self, images: torch.Tensor, masks: torch.Tensor, prompt: Prompt) -> float:
         """One optimiser step of the noise head against the frozen surrogate; returns the loss before."""
-        model = self._gen_model
-        self.surrogate.eval()
-        for p in self.surrogate.parameters():
-            p.requires_grad_(False)
-        self.generator.train()
-        self.opt_generator.zero_grad(set_to_none=True)
-        loss = self.generator_loss(images, masks, prompt, model)
-        loss.backward()
-        self.opt_generator.step()
-        self.steps["generator"] += 1
-        return float(loss.detach())
+        return self.steps_of("generator", [(images, masks, prompt)])[0]
 
     def backbone_step(self, images: torch.Tensor, masks: torch.Tensor, prompt: Prompt) -> float:
         """One warm-up step of the (not yet frozen) generator backbone; returns the loss before."""
-        model, opt = self._backbone_model()
-        model.train()
-        opt.zero_grad(set_to_none=True)
-        loss = self.backbone_loss(images, masks, prompt, model)
-        loss.backward()
-        opt.step()
-        self.steps["backbone"] += 1
-        return float(loss.detach())
+        return self.steps_of("backbone", [(images, masks, prompt)])[0]
 
     # -- epochs -------------------------------------------------------------------------
     def prompt_for(self, masks: torch.Tensor) -> Prompt:
@@ -196,23 +226,26 @@ class BilevelTrainer:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
-    def epoch(self, stage: str, images: torch.Tensor, masks: torch.Tensor) -> float | None:
-        """One pass of ``stage`` steps over this process's share of the data; mean loss (None if out of time)."""
-        step = {"backbone": self.backbone_step, "surrogate": self.surrogate_step, "generator": self.generator_step}[stage]
+    def batches(self, images: torch.Tensor, masks: torch.Tensor) -> Iterator[Batch]:
+        """One epoch of this process's share of the data, a new order and prompt per batch, until out of time."""
         order = torch.randperm(images.shape[0], generator=self.rng)
         share = max(1, images.shape[0] // self.world)
         mine = order[self.rank * share : (self.rank + 1) * share] if images.shape[0] >= self.world else order
         dev = next(self.generator.parameters()).device
-        losses = []
         for start in range(0, len(mine), self.config.batch_size):
             if self.out_of_time():
-                break
+                return
             idx = mine[start : start + self.config.batch_size]
             x, m = images[idx].to(dev), masks[idx].to(dev)
-            losses.append(step(x, m, self.prompt_for(m.cpu()).to(dev)))
+            yield x, m, self.prompt_for(m.cpu()).to(dev)
+
+    def epoch(self, stage: str, images: torch.Tensor, masks: torch.Tensor) -> float | None:
+        """One pass of ``stage`` steps over this process's share of the data; mean loss (None if out of time)."""
+        losses = self.steps_of(stage, self.batches(images, masks))
         return sum(losses) / len(losses) if losses else None
 
-    def fit(self, images: torch.Tensor, masks: torch.Tensor, say: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    def fit(self, images: torch.Tensor, masks: torch.Tensor,
+            say: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
         """Warm-up (if configured), then bilevel rounds until done or out of time; per-epoch history."""
         history: list[dict[str, Any]] = []
 
@@ -292,8 +325,9 @@ def train_generator(images_dir: str | Path, masks_dir: str | Path, config: Unseg
         trainer.deadline = start + 60 * config.max_minutes
     history = trainer.fit(images, masks, say)
     wall = time.monotonic() - start
-    record = {**config.to_dict(), "data": {"images": Path(images_dir).name, "masks": Path(masks_dir).name, "count": len(keys)},
-              "seed": seed, "steps": dict(trainer.steps), "wall_seconds": round(wall, 1), "world_size": trainer.world}
+    data = {"images": Path(images_dir).name, "masks": Path(masks_dir).name, "count": len(keys)}
+    record = {**config.to_dict(), "data": data, "seed": seed, "steps": dict(trainer.steps),
+              "wall_seconds": round(wall, 1), "world_size": trainer.world}
     if trainer.rank == 0:
         save_generator(generator, out, builder=config.builder, config=record, history=history)
     if distributed:
