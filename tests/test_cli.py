@@ -144,7 +144,7 @@ def test_release_checks_set_keys_too(sample_data, tmp_path, capsys):
     assert main(args + ["--set", "seed=5"]) == 2
     assert "use --seed 5" in capsys.readouterr().err
     assert main(args + ["--set", "tiles=4"]) == 2
-    assert "valid --set keys: block, cell, fit, grid, periods, style, tile" in capsys.readouterr().err
+    assert "valid --set keys: block, cell, fit, grid, style, tile" in capsys.readouterr().err
 
 
 def _single_error_line(err: str) -> str:
@@ -228,7 +228,7 @@ def test_an_os_error_outside_ulmed_is_one_line_too(tmp_path, monkeypatch, capsys
     def boom(*a, **k):
         raise OSError(28, None, str(tmp_path / "o/.ulmed/state.chunk-0.pt"))
 
-    monkeypatch.setattr(protect, "protect_path", boom)
+    monkeypatch.setattr(protect, "run_protection", boom)
     assert main(["protect", "-i", str(tmp_path), "-o", str(tmp_path / "o")]) == 2
     line = _single_error_line(capsys.readouterr().err)
     assert "state.chunk-0.pt" in line and "No space left on device" in line

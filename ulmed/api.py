@@ -11,7 +11,9 @@ from ulmed.core.method import DEFAULT_METHOD
 from ulmed.errors import ConfigError
 from ulmed.io.record import IntensityMapping, Record
 from ulmed.pipeline.manifest import Manifest
-from ulmed.pipeline.protect import build_method, protect_path
+from ulmed.pipeline.methods import build_method
+from ulmed.pipeline.protect import run_protection
+from ulmed.pipeline.request import ProtectRequest
 
 
 def protect_array(
@@ -68,7 +70,9 @@ def protect(input: Any, output: str | Path | None = None, **kwargs: Any) -> np.n
         input: A numpy array, or a path to a DICOM export, NIfTI file/folder, image folder
             or data set.
         output: Output folder; required for paths.
-        **kwargs: Passed to :func:`protect_array` or :func:`ulmed.pipeline.protect.protect_path`.
+        **kwargs: Passed to :func:`protect_array`, or for paths the options of
+            :class:`~ulmed.pipeline.request.ProtectRequest` (``method``, ``eps``, ``masks`` ...)
+            and ``progress`` (a wrapper for the main loop).
     """
     if isinstance(input, np.ndarray):
         if output is not None:
@@ -76,4 +80,6 @@ def protect(input: Any, output: str | Path | None = None, **kwargs: Any) -> np.n
         return protect_array(input, **kwargs)
     if output is None:
         raise ConfigError("protecting files needs an output folder: ulmed.protect(input, output)")
-    return protect_path(input, output, **kwargs)
+    progress = kwargs.pop("progress", None)
+    request = ProtectRequest(Path(input), Path(output), **kwargs)
+    return run_protection(request) if progress is None else run_protection(request, progress)
