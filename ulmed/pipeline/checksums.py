@@ -88,7 +88,8 @@ def write_sums(root: Path) -> tuple[Path, int]:
     for rel in release_files(root):
         path = root / rel
         if path.is_symlink() or not path.is_file():
-            raise OutputError("is a link or not a plain file; a release holds plain files only: remove it and rerun", path)
+            raise OutputError("is a link or not a plain file; a release holds plain files only: "
+                              "remove it and rerun", path)
         prefix, name = _escape(rel)
         lines.append(f"{prefix}{sha256_of(path)}  {name}\n")
     target = root / SUMS_NAME

@@ -129,7 +129,8 @@ def _content_lines(manifest: Manifest, copies: CopyCheck, foreign: list[str]) ->
     lines = [
         "| files | count |", "|---|---|",
         f"| protected (perturbed) | {counts['written']} ({records} record(s)) |",
-        f"| copied unchanged | {counts['copied'] - copies.deidentified} ({copies.targets} mask/label, {copies.others} other) |",
+        f"| copied unchanged | {counts['copied'] - copies.deidentified} "
+        f"({copies.targets} mask/label, {copies.others} other) |",
         *([f"| copied de-identified (non-image DICOM) | {copies.deidentified} |"] if copies.deidentified else []),
         f"| skipped on purpose | {counts['skipped']} |",
         f"| failed (not in this release) | {counts['failed']} |",

@@ -22,12 +22,23 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any
 
+from ulmed.choices import StrEnum, look_up, names
 from ulmed.errors import ConfigError, MissingDependencyError, UlmedError
 from ulmed.pipeline.units import Unit
 from ulmed.pipeline.work import UnitResult, WorkContext, process_batch
 
 log = logging.getLogger("ulmed")
-ENGINES = ("local", "ray")
+
+
+class Engine(StrEnum):
+    """Where the units run (``--engine``)."""
+
+    LOCAL = "local"
+    RAY = "ray"
+
+
+#: The engine names, in order (help texts).
+ENGINES = names(Engine)
 RAY_HINT = 'the Ray engine needs Ray: pip install "ulmed[ray]"'
 
 
@@ -36,25 +47,24 @@ class EngineConfig:
     """How to run the units.
 
     Args:
-        name: ``local`` or ``ray``.
+        name: ``local`` or ``ray`` (an :class:`Engine`; text is looked up).
         workers: Worker processes (local) or concurrent tasks (Ray).
         batch_size: Units per task.
         ray_address: Address of an existing Ray cluster (None: start a local one).
     """
 
-    name: str = "local"
+    name: Engine | str = Engine.LOCAL
     workers: int = 1
     batch_size: int = 4
     ray_address: str | None = None
 
     def __post_init__(self) -> None:
-        if self.name not in ENGINES:
-            raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.name!r}")
+        object.__setattr__(self, "name", look_up(self.name, Engine, "--engine"))
         if self.workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
         if self.batch_size < 1:
             raise ConfigError(f"engine batch size must be >= 1, got {self.batch_size}")
-        if self.ray_address is not None and self.name != "ray":
+        if self.ray_address is not None and self.name is not Engine.RAY:
             raise ConfigError("--ray-address needs --engine ray")
 
 
@@ -138,7 +148,8 @@ def run_ray(units: Sequence[Unit], ctx: WorkContext, config: EngineConfig) -> It
     if not ray.is_initialized():
         try:
             if config.ray_address is None:
-                ray.init(num_cpus=config.workers, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+                ray.init(num_cpus=config.workers, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.WARNING)
             else:
                 ray.init(address=config.ray_address, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -159,9 +170,9 @@ def run_units(units: Sequence[Unit], ctx: WorkContext, config: EngineConfig) -> 
     """Run ``units`` with the configured engine; results come in the order of ``units``."""
     if not units:
         return iter(())
-    if config.name == "ray":
+    if config.name is Engine.RAY:
         return run_ray(units, ctx, config)
     return run_local(units, ctx, config)
 
 
-__all__ = ["ENGINES", "EngineConfig", "run_units"]
+__all__ = ["ENGINES", "Engine", "EngineConfig", "run_units"]

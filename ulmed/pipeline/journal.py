@@ -154,7 +154,8 @@ class Journal:
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError as exc:
-            raise OutputError(f"cannot append to the run journal ({os_reason(exc)}); free space or check the output folder, then rerun", self.path) from exc
+            raise OutputError(f"cannot append to the run journal ({os_reason(exc)}); "
+                              "free space or check the output folder, then rerun", self.path) from exc
 
     def unit_done(self, key: str, entries: list[Entry], stamps: dict[str, list[Any]] | None = None) -> None:
         """Record that a unit's outputs are committed, with the inputs they were made from."""

@@ -37,14 +37,17 @@ def _load_parts(folder: Path) -> dict[int, dict[str, Any]]:
         found[int(match.group(1))] = data
         counts.add(int(match.group(2)))
     if not found:
-        raise InputError("holds no part manifests (manifest.part-K-of-N.json); run ulmed protect with --num-parts/--part-id first", folder)
+        raise InputError("holds no part manifests (manifest.part-K-of-N.json); "
+                         "run ulmed protect with --num-parts/--part-id first", folder)
     if len(counts) > 1:
-        raise InputError(f"holds parts of runs split in different ways ({sorted(counts)} parts); keep one split", folder)
+        raise InputError(f"holds parts of runs split in different ways ({sorted(counts)} parts); keep one split",
+                         folder)
     total = counts.pop()
     missing = sorted(set(range(total)) - set(found))
     if missing:
         names = ", ".join(f"manifest.part-{k}-of-{total}.json" for k in missing)
-        raise InputError(f"part(s) {missing} of {total} are missing ({names}); run them with --part-id and merge again", folder)
+        raise InputError(f"part(s) {missing} of {total} are missing ({names}); "
+                         "run them with --part-id and merge again", folder)
     return found
 
 
@@ -73,16 +76,20 @@ def merge_manifests(folder: str | Path) -> Manifest:
         params = {k: v for k, v in data["params"].items() if k not in _PER_PART}
         if params != common:
             changed = sorted(k for k in set(params) | set(common) if params.get(k) != common.get(k))
-            raise InputError(f"was run with other parameters than part 0 ({', '.join(changed)}); rerun it with the same ones", root / name)
+            raise InputError(f"was run with other parameters than part 0 ({', '.join(changed)}); "
+                             "rerun it with the same ones", root / name)
         info = data.get("part", {})
         if info.get("inventory_sha256") != first["part"]["inventory_sha256"]:
-            raise InputError("saw a different input inventory than part 0 (files added or removed in between); rerun every part", root / name)
+            raise InputError("saw a different input inventory than part 0 (files added or removed in between); "
+                             "rerun every part", root / name)
         for key in info.get("units", []):
             if key in owner:
-                raise InputError(f"unit {key!r} was done by parts {owner[key]} and {index}; rerun the parts with one --num-parts", root)
+                raise InputError(f"unit {key!r} was done by parts {owner[key]} and {index}; "
+                                 "rerun the parts with one --num-parts", root)
             owner[key] = index
             if not _unit_has_entries(key, data["entries"]):
-                raise InputError(f"part {index} owned {key!r} but has no entry for it; rerun part {index} to finish it", root / name)
+                raise InputError(f"part {index} owned {key!r} but has no entry for it; "
+                                 f"rerun part {index} to finish it", root / name)
         for e in data["entries"]:
             out = e.get("output")
             if out is not None and out in outputs and e["status"] in ("written", "copied"):
@@ -92,10 +99,12 @@ def merge_manifests(folder: str | Path) -> Manifest:
         entries += data["entries"]
     expected = first["part"]["inventory_units"]
     if len(owner) != expected or keys_digest(owner) != first["part"]["inventory_sha256"]:
-        raise InputError(f"the parts cover {len(owner)} of {expected} units of the inventory; rerun the parts that are short", root)
+        raise InputError(f"the parts cover {len(owner)} of {expected} units of the inventory; "
+                         "rerun the parts that are short", root)
     manifest = Manifest(params={**common, "output": "."}, versions=first["versions"],
                         entries=[Entry(**e) for e in sorted(entries, key=lambda e: e["input"])])
-    manifest.fit = {"parts": {str(k): v.get("fit", {}) for k, v in sorted(parts.items()) if v.get("fit")}} if any(v.get("fit") for v in parts.values()) else {}
+    fits = {str(k): v.get("fit", {}) for k, v in sorted(parts.items()) if v.get("fit")}
+    manifest.fit = {"parts": fits} if fits else {}
     manifest.run = {
         "parts": len(parts),
         "units": sum(v.get("run", {}).get("units", 0) + v.get("run", {}).get("copies", 0) for v in parts.values()),

@@ -78,7 +78,7 @@ def check_method_options(method: str, options: Mapping[str, Any]) -> dict[str, A
         ConfigError: The method is unknown, a key is set elsewhere (seed, device, budget),
             is not a parameter of the method, or its value has the wrong type.
     """
-    from ulmed.pipeline.protect import method_class
+    from ulmed.pipeline.methods import method_class
 
     params = constructor_parameters(method_class(method))
     valid = [k for k in params if k not in ELSEWHERE]
@@ -187,7 +187,8 @@ def describe_type(annotation: Any) -> str:
         elif isinstance(origin, type) and issubclass(origin, Sequence):
             args = typing.get_args(member)
             plural = _NAMES.get(args[0], (None, "values"))[1] if args else "values"
-            words.append(f"a list of {plural} such as [1, 2]" if plural in ("integers", "numbers") else f"a list of {plural}")
+            numbers = plural in ("integers", "numbers")
+            words.append(f"a list of {plural} such as [1, 2]" if numbers else f"a list of {plural}")
         elif isinstance(member, type):
             words.append(f"a {member.__name__}")
         else:

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 from ulmed.errors import InputError, MissingDependencyError, OutputError
 from ulmed.io.atomic import atomic_file
-from ulmed.pipeline.engines import EngineConfig, run_units
 from ulmed.pipeline.cleanup import remove_outputs
+from ulmed.pipeline.engines import EngineConfig, run_units
 from ulmed.pipeline.journal import CONTROL_DIR, Journal, JournalState
 from ulmed.pipeline.manifest import Entry
 from ulmed.pipeline.shard import Part, chunks
@@ -92,7 +92,30 @@ class RunState:
         return self.out / CONTROL_DIR / f"state{self.part.suffix}.chunk-{chunk}.pt"
 
 
-def fit_in_chunks(run: RunState, units: list[Unit], ctx: WorkContext, chunk_size: int | None, progress: Progress) -> dict[str, Any]:
+def _last_finished_chunk(run: RunState, parts: list[list[Unit]]) -> int:
+    """The last chunk an earlier run finished (-1: none), after checking its chunks can be taken over.
+
+    Raises:
+        OutputError: The journal lists chunks out of order, or a finished chunk's outputs are
+            missing or its inputs changed (its surrogate state is gone, so it cannot be refitted).
+    """
+    finished = [i for i in range(len(parts)) if i in run.done.chunks]
+    last = max(finished, default=-1)
+    if finished != list(range(last + 1)):
+        raise OutputError(f"the run journal lists chunks {finished} as finished, out of order; "
+                          "rerun with --overwrite", run.journal.path)
+    for i in range(last + 1):
+        if any(u.key not in run.done.units for u in parts[i]):
+            raise OutputError(f"outputs of finished chunk {i} are missing, and its surrogate state is gone; "
+                              "rerun with --overwrite", run.out)
+        if not all(run.is_current(u) for u in parts[i]):
+            raise OutputError(f"inputs of finished chunk {i} changed since it was fitted, "
+                              "and its surrogate state is gone; rerun with --overwrite", run.out)
+    return last
+
+
+def fit_in_chunks(run: RunState, units: list[Unit], ctx: WorkContext, chunk_size: int | None,
+                  progress: Progress) -> dict[str, Any]:
     """Fit and protect chunk by chunk in this process, saving the method's state after each.
 
     A resumed run skips the chunks its journal lists as finished, loads the state saved after
@@ -108,20 +131,12 @@ def fit_in_chunks(run: RunState, units: list[Unit], ctx: WorkContext, chunk_size
     method = ctx.method
     reports: list[dict[str, Any]] = []
     parts = chunks(units, chunk_size)
-    finished = [i for i in range(len(parts)) if i in run.done.chunks]
-    last = max(finished, default=-1)
-    if finished != list(range(last + 1)):
-        raise OutputError(f"the run journal lists chunks {finished} as finished, out of order; rerun with --overwrite", run.journal.path)
-    for i in range(last + 1):
-        if any(u.key not in run.done.units for u in parts[i]):
-            raise OutputError(f"outputs of finished chunk {i} are missing, and its surrogate state is gone; rerun with --overwrite", run.out)
-        if not all(run.is_current(u) for u in parts[i]):
-            raise OutputError(f"inputs of finished chunk {i} changed since it was fitted, and its surrogate state is gone; "
-                              "rerun with --overwrite", run.out)
+    last = _last_finished_chunk(run, parts)
     if last >= 0 and last + 1 < len(parts):
         state = run.state_path(last)
         if not state.is_file():
-            raise OutputError("the saved surrogate of the last finished chunk is missing; rerun with --overwrite", state)
+            raise OutputError("the saved surrogate of the last finished chunk is missing; rerun with --overwrite",
+                              state)
         method.load_state_dict(torch.load(state, map_location="cpu", weights_only=True))
     for i, chunk in enumerate(parts):
         if i <= last:

@@ -40,7 +40,8 @@ def derive_salt(deid_key: str | None, key_salt: str | None) -> str | None:
         return hashlib.sha256(f"ulmed-key-salt:{deid_key}".encode()).hexdigest()
     salt = key_salt or os.environ.get(KEY_SALT_ENV)
     if salt is not None and len(salt) < 16:
-        raise ConfigError(f"the key salt (${KEY_SALT_ENV} or key_salt=) needs at least 16 characters, e.g. $(openssl rand -hex 16)")
+        raise ConfigError(f"the key salt (${KEY_SALT_ENV} or key_salt=) needs at least 16 characters, "
+                          "e.g. $(openssl rand -hex 16)")
     return salt or None
 
 
@@ -51,7 +52,8 @@ def stored_salt(control: Path) -> str | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise OutputError(f"cannot read the run's key salt ({os_reason(exc)}); check the output folder", control / SECRET_FILE) from exc
+        raise OutputError(f"cannot read the run's key salt ({os_reason(exc)}); check the output folder",
+                          control / SECRET_FILE) from exc
 
 
 def keep_salt(control: Path, salt: str) -> str:

@@ -33,7 +33,8 @@ class Part:
         if not isinstance(self.count, int) or self.count < 1:
             raise ConfigError(f"--num-parts must be a positive integer, got {self.count!r}")
         if not isinstance(self.index, int) or not 0 <= self.index < self.count:
-            raise ConfigError(f"--part-id must lie in 0..{self.count - 1} for --num-parts {self.count}, got {self.index!r}")
+            raise ConfigError(f"--part-id must lie in 0..{self.count - 1} for --num-parts {self.count}, "
+                              f"got {self.index!r}")
 
     @property
     def suffix(self) -> str:

@@ -69,7 +69,7 @@ def copies_of(inv: Inventory, masks_root: Path | None, skip_non_image: bool) -> 
     items: list[Copy] = []
     for path in inv.targets:
         inside = masks_root is not None and masks_root in path.parents
-        dst = Path("masks") / path.relative_to(masks_root) if inside and masks_root is not None else path.relative_to(root)
+        dst = Path("masks") / path.relative_to(masks_root) if inside and masks_root else path.relative_to(root)
         items.append(Copy(path, dst, "target"))
     items += [Copy(p, p.relative_to(root), "other") for p in inv.others]
     if not skip_non_image:
