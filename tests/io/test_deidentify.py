@@ -51,7 +51,8 @@ def identifying_values(ds: pydicom.Dataset) -> list[tuple[str, bytes]]:
     """
     found = [(kw, str(ds.get(kw, "")).encode()) for kw in IDENTITY]
     for elem in [*ds.file_meta.iterall(), *ds.iterall()]:
-        if elem.VR == "UI" and elem.value and not elem.keyword.endswith("ClassUID") and elem.keyword != "TransferSyntaxUID":
+        if elem.VR == "UI" and elem.value and not elem.keyword.endswith("ClassUID") \
+                and elem.keyword != "TransferSyntaxUID":
             for uid in elem.value if elem.VM > 1 else [elem.value]:
                 if not PYDICOM_IMPLEMENTATION_UID.startswith(str(uid)):
                     found.append((elem.keyword, str(uid).encode()))
@@ -69,7 +70,8 @@ def dataset_json(path: Path, seed: str) -> str:
 
     ds = pydicom.dcmread(path)
     Anonymizer(seed=seed).anonymize(ds)
-    return json.dumps(ds.to_json_dict(bulk_data_threshold=1, bulk_data_element_handler=lambda e: "bulk"), sort_keys=True)
+    as_json = ds.to_json_dict(bulk_data_threshold=1, bulk_data_element_handler=lambda e: "bulk")
+    return json.dumps(as_json, sort_keys=True)
 
 
 def test_options_validate_hide_the_seed_and_pickle() -> None:
@@ -122,7 +124,8 @@ def test_write_removes_identity_keeps_our_pixels_and_stays_valid(tmp_path: Path,
     seen = pydicom.dcmread(src)
     deidentify_dataset(seen, DeidentifyOptions(SEED))
     assert b.SOPInstanceUID == new_uid(seen.SOPInstanceUID, "salt") != a.SOPInstanceUID
-    assert b.SeriesInstanceUID == new_uid(seen.SeriesInstanceUID, "salt") and b.StudyInstanceUID == seen.StudyInstanceUID
+    assert b.SeriesInstanceUID == new_uid(seen.SeriesInstanceUID, "salt")
+    assert b.StudyInstanceUID == seen.StudyInstanceUID
     assert b.DerivationDescription == "ulmed none 0" and b.ImageType[0] == "DERIVED"
 
 
@@ -174,7 +177,8 @@ def test_same_seed_same_bytes_in_any_process_other_seed_other_ids(tmp_path: Path
     root = tmp_path / "in"
     copy_in(["CT_small.dcm", "MR_small.dcm"], root)
     runs = {"a": SEED, "b": SEED, "c": "another seed"}
-    outs = {run: {dst.name: dst.read_bytes() for _, dst in write(root, tmp_path / run, seed)} for run, seed in runs.items()}
+    outs = {run: {dst.name: dst.read_bytes() for _, dst in write(root, tmp_path / run, seed)}
+            for run, seed in runs.items()}
     subprocess.run([sys.executable, "-c", WRITE_IN_CHILD, str(REPO), str(root), str(tmp_path / "child"), SEED],
                    check=True, cwd=REPO, timeout=120, capture_output=True)
     child = {p.name: p.read_bytes() for p in (tmp_path / "child").iterdir()}
@@ -224,7 +228,8 @@ def test_bad_value_error_names_the_tag_never_the_value(tmp_path: Path, caplog: p
     message = str(err.value)
     assert "(0008,0020)" in message and "study.dcm" in message
     assert "2004XX19" not in message and "CompressedSamples" not in message and err.value.__cause__ is None
-    ours = " ".join(r.getMessage() for r in caplog.records if r.name.startswith("ulmed"))  # pydicom logs bad values itself
+    # pydicom logs bad values itself
+    ours = " ".join(r.getMessage() for r in caplog.records if r.name.startswith("ulmed"))
     assert "2004XX19" not in ours and SEED not in ours
 
 

@@ -6,8 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-
-from tests.io.test_dicom import data
+from tests.io.dicom_files import data
 from ulmed.io.discover import discover
 from ulmed.pipeline.protect import protect_path
 
@@ -46,7 +45,8 @@ def test_a_link_to_a_folder_is_skipped_and_said_so(tmp_path: Path) -> None:
     shutil.copy(data("MR_small.dcm"), tmp_path / "elsewhere" / "MR_small.dcm")
     os.symlink(tmp_path / "elsewhere", root / "linked")
     inv = discover(root)
-    assert [(p.name, r.split(";")[0]) for p, r in inv.skipped] == [("linked", "symbolic link to a folder, not followed")]
+    skipped = [(p.name, r.split(";")[0]) for p, r in inv.skipped]
+    assert skipped == [("linked", "symbolic link to a folder, not followed")]
     assert len(inv.dicom.series) == 1 and not inv.bad
 
 

@@ -21,7 +21,7 @@ def no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_warnings_and_library_logs_are_collected_masked_and_kept_off_the_terminal(capsys, caplog, recwarn) -> None:
     caplog.set_level(logging.DEBUG)
     with library_messages() as messages:
-        warnings.warn("Invalid value for VR PN: 'Doe^John'.", UserWarning)
+        warnings.warn("Invalid value for VR PN: 'Doe^John'.", UserWarning, stacklevel=1)
         logging.getLogger("pydicom").warning("Invalid value for VR PN: 'Doe^John'.")  # warn_and_log does both
         try:
             raise OSError("broken data stream")
@@ -29,7 +29,7 @@ def test_warnings_and_library_logs_are_collected_masked_and_kept_off_the_termina
             logging.getLogger("pydicom.pixels.decoders.base").exception("pillow failed")
         logging.getLogger("PIL.PngImagePlugin").debug("STREAM b'IHDR'")  # below WARNING: not kept
         logging.getLogger("ulmed").warning("ours")  # ulmed's own messages are not touched
-        warnings.warn("old API", DeprecationWarning)  # not about a file
+        warnings.warn("old API", DeprecationWarning, stacklevel=1)  # not about a file
     assert messages == ["Invalid value for VR PN: '...'.", "pillow failed (OSError: broken data stream)"]
     assert [r.name for r in caplog.records if r.levelno >= logging.WARNING] == ["ulmed"]
     assert not capsys.readouterr().err and not [w for w in recwarn if "VR PN" in str(w.message)]
@@ -39,9 +39,9 @@ def test_warnings_and_library_logs_are_collected_masked_and_kept_off_the_termina
 def test_blocks_nest_and_a_probe_keeps_its_messages_to_itself() -> None:
     with library_messages() as outer:
         with library_messages() as inner:
-            warnings.warn("inner")
+            warnings.warn("inner", stacklevel=1)
         with library_messages(forward=False):
-            warnings.warn("probe")
+            warnings.warn("probe", stacklevel=1)
         for i in range(MAX_MESSAGES + 5):
             logging.getLogger("pydicom").warning("message %d", i)
     assert inner == ["inner"]
@@ -53,7 +53,7 @@ def test_with_debug_the_messages_go_through_as_well(monkeypatch, caplog, recwarn
     monkeypatch.setenv(DEBUG_ENV, "1")
     caplog.set_level(logging.WARNING)
     with library_messages() as messages:
-        warnings.warn("seen twice")
+        warnings.warn("seen twice", stacklevel=1)
         logging.getLogger("pydicom").error("logged twice")
     assert messages == ["logged twice", "seen twice"]
     assert [r.getMessage() for r in caplog.records] == ["logged twice"]

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from ulmed.errors import ConfigError, InputError
-from ulmed.io.record import IntensityMapping, Record
+from ulmed.io import quantise
+from ulmed.io.record import IntensityMapping, Record, quantise_perturbation
 
 
 def test_mapping_round_trip_and_clip():
@@ -44,34 +45,6 @@ def test_zero_perturbation_is_exact_for_floats():
     assert np.all(step <= 0.01 * m.scale + 1e-6) and step.max() > 0.009 * m.scale
 
 
-@pytest.mark.parametrize("step", [1.0, 0.5, 0.3])
-def test_quantised_linf_perturbation_never_exceeds_the_budget(step):
-    """Round-to-nearest alone would write floor(eps / step) + 1 steps where eps has a large remainder."""
-    from ulmed.io.record import quantise_perturbation
-
-    rng = np.random.default_rng(0)
-    clean = rng.integers(0, 200, size=(1, 64, 64)) * step
-    eps = 7.7 * step
-    delta = rng.uniform(-eps, eps, size=clean.shape)
-    q = quantise_perturbation(clean, delta, step, eps=eps, norm="linf")
-    assert np.abs(q).max() <= eps and np.abs(q).max() == pytest.approx(7 * step)
-    np.testing.assert_allclose(q / step, np.rint(q / step), atol=1e-9)  # whole stored steps
-    inside = np.abs(delta) <= 7 * step
-    assert np.abs(q - delta)[inside].max() <= step / 2 + 1e-12  # nearest step where the budget allows
-
-
-def test_quantised_l2_perturbation_keeps_the_norm_and_most_of_it():
-    from ulmed.io.record import quantise_perturbation
-
-    rng = np.random.default_rng(1)
-    clean = rng.integers(0, 255, size=(1, 50, 60)).astype(np.float64)
-    delta = rng.normal(size=clean.shape)
-    eps = float(np.linalg.norm(delta))  # on the sphere: plain rounding exceeds it about half the time
-    q = quantise_perturbation(clean, delta, 1.0, eps=eps, norm="l2")
-    assert np.linalg.norm(q) <= eps and np.linalg.norm(q) > 0.9 * eps
-    assert np.array_equal(q, np.rint(q))
-
-
 def test_with_perturbation_holds_the_budget_on_stored_steps_per_slice():
     """A series whose slices have their own step (RescaleSlope) moves each slice by whole steps of its own."""
     rng = np.random.default_rng(2)
@@ -102,3 +75,7 @@ def test_a_robust_budget_range_ignores_a_few_bright_values():
     assert robust.as_dict()["budget_basis"] == "p0.5-p99.5" and "budget_range" not in plain.as_dict()
     with pytest.raises(ConfigError, match="budget_range"):
         IntensityMapping(0, 10, 0, 10, budget_range=20)
+
+
+def test_record_keeps_quantise_perturbation_where_callers_found_it():
+    assert quantise_perturbation is quantise.quantise_perturbation  # moved to ulmed/io/quantise.py
