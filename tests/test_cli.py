@@ -54,7 +54,8 @@ def test_protect_then_summary(sample_data, tmp_path, capsys):
 def test_train_generator_needs_its_folders(tmp_path, capsys):
     assert main(["train-generator"]) == 2
     assert "--data" in capsys.readouterr().err
-    args = ["train-generator", "--data", str(tmp_path / "none"), "--masks", str(tmp_path), "--out", str(tmp_path / "g.pt")]
+    args = ["train-generator", "--data", str(tmp_path / "none"), "--masks", str(tmp_path), "--out",
+            str(tmp_path / "g.pt")]
     assert main(args + ["--config", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
 
@@ -73,22 +74,30 @@ def test_config_file_fills_unset_options_and_flags_win(sample_data, tmp_path):
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("method: none\neps: 2/255\n")
-    assert main(["-q", "protect", "-i", str(sample_data / "hc18"), "-o", str(tmp_path / "a"), "--config", str(cfg)]) == 0
+    def protect(out, *more):
+        return main(["-q", "protect", "-i", str(sample_data / "hc18"), "-o", str(tmp_path / out), "--config", str(cfg),
+                     *more])
+
+    assert protect("a") == 0
     params = json.loads((tmp_path / "a/manifest.json").read_text())["params"]
     assert params["method"] == "none" and params["budget"] == "2/255"
-    assert main(["-q", "protect", "-i", str(sample_data / "hc18"), "-o", str(tmp_path / "b"), "--config", str(cfg), "--method", "random"]) == 0
+    assert protect("b", "--method", "random") == 0
     assert json.loads((tmp_path / "b/manifest.json").read_text())["params"]["method"] == "random"
     cfg.write_text("colour: blue\n")
-    assert main(["-q", "protect", "-i", str(sample_data / "hc18"), "-o", str(tmp_path / "c"), "--config", str(cfg)]) == 2
+    assert protect("c") == 2
 
 
 def test_lossy_dicom_output_refused_and_lossless_accepted(sample_data, tmp_path, capsys):
     import pydicom
 
-    assert main(["protect", "-i", str(sample_data / "dicom"), "-o", str(tmp_path / "a"), "--dicom-encoding", "jpeg"]) == 2
+    def protect(out, encoding, *flags):
+        return main([*flags, "protect", "-i", str(sample_data / "dicom"), "-o", str(tmp_path / out),
+                     "--dicom-encoding", encoding])
+
+    assert protect("a", "jpeg") == 2
     assert "lossy" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
-    assert main(["-q", "protect", "-i", str(sample_data / "dicom"), "-o", str(tmp_path / "b"), "--dicom-encoding", "jpegls"]) == 0
+    assert protect("b", "jpegls", "-q") == 0
     ds = pydicom.dcmread(tmp_path / "b/single/CT_small.dcm")
     assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGLSLossless
     assert "ulmed lsp" in ds.DerivationDescription and list(ds.ImageType[:2]) == ["DERIVED", "SECONDARY"]
@@ -98,8 +107,8 @@ def test_robust_flags_reach_the_method_and_the_manifest(sample_data, tmp_path, c
     import json
 
     out = tmp_path / "eot"
-    args = ["-q", "protect", "-i", str(sample_data / "hc18"), "-o", str(out), "--method", "em", "--augment", "flip_jitter",
-            "--objective", "loss", "--set", "rounds=1", "--set", "train_steps=1", "--set", "pgd_steps=1"]
+    args = ["-q", "protect", "-i", str(sample_data / "hc18"), "-o", str(out), "--method", "em", "--augment",
+            "flip_jitter", "--objective", "loss", "--set", "rounds=1", "--set", "train_steps=1", "--set", "pgd_steps=1"]
     assert main(args) == 0
     params = json.loads((out / "manifest.json").read_text())["params"]
     assert params["augment"]["flips"] is True and params["augment"]["brightness"] == 0.2
@@ -264,7 +273,8 @@ def test_info_exit_codes_make_it_a_preflight_check(sample_data, tmp_path, capsys
     mixed, broken = _info_folders(sample_data, tmp_path)
     assert main(["info", str(mixed)]) == 3
     out = capsys.readouterr().out
-    assert "good.png" in out and any(line.startswith("bad: bad.png: ") and "re-export" in line for line in out.splitlines())
+    assert "good.png" in out
+    assert any(line.startswith("bad: bad.png: ") and "re-export" in line for line in out.splitlines())
     assert main(["info", str(broken)]) == 2
     assert main(["info", str(sample_data / "hc18")]) == 0
     capsys.readouterr()
@@ -279,7 +289,8 @@ def test_info_piped_prints_whole_keys_as_tsv(sample_data, tmp_path):
     mixed, _ = _info_folders(sample_data, tmp_path)
     long = "a_series_exported_with_a_very_long_name_" + "0123456789" * 8 + ".png"
     shutil.copy(sample_data / "hc18/images/012_HC.png", mixed / long)
-    proc = subprocess.run([sys.executable, "-m", "ulmed.cli", "info", str(mixed)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "ulmed.cli", "info", str(mixed)], capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 3
     rows = [line.split("\t") for line in proc.stdout.splitlines() if "\t" in line]
     assert rows[0][:3] == ["key", "kind", "modality"] and len({len(r) for r in rows}) == 1
@@ -332,7 +343,8 @@ def test_version(capsys):
 @pytest.mark.parametrize("args, message, hint", [
     (["protect", "--bogus"], "No such option: --bogus", "try 'ulmed protect --help'"),
     (["protect", "-i", "x"], "Missing option '--output'", "try 'ulmed protect --help'"),
-    (["protect", "-i", "x", "-o", "y", "--workers", "many"], "Invalid value for '--workers'", "try 'ulmed protect --help'"),
+    (["protect", "-i", "x", "-o", "y", "--workers", "many"], "Invalid value for '--workers'",
+     "try 'ulmed protect --help'"),
     (["frobnicate"], "No such command 'frobnicate'", "try 'ulmed --help'"),
     (["--bogus", "info", "."], "No such option: --bogus", "try 'ulmed --help'"),
 ])
@@ -357,6 +369,7 @@ def test_python_dash_m_ulmed(tmp_path):
 
     proc = subprocess.run([sys.executable, "-m", "ulmed", "--version"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == f"ulmed {ulmed.__version__}"
-    proc = subprocess.run([sys.executable, "-m", "ulmed", "info", str(tmp_path), "--nope"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "ulmed", "info", str(tmp_path), "--nope"], capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "ulmed: error: No such option: --nope (try 'ulmed info --help')"]

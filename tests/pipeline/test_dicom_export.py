@@ -69,7 +69,8 @@ def output_hashes(out: Path) -> dict[str, str]:
     found = {}
     for p in sorted(out.rglob("*")):
         rel = p.relative_to(out)
-        if p.is_file() and rel.parts[0] != ".ulmed" and not re.fullmatch(r"manifest(\.part-\d+-of-\d+)?\.json", rel.name):
+        manifest = re.fullmatch(r"manifest(\.part-\d+-of-\d+)?\.json", rel.name)
+        if p.is_file() and rel.parts[0] != ".ulmed" and not manifest:
             found[str(rel)] = sha256(p)
     return found
 
@@ -102,7 +103,8 @@ def original_uids(export: Path) -> set[str]:
             continue
         ds = read(export / rel)
         for elem in [*ds.file_meta.iterall(), *ds.iterall()]:
-            if elem.VR == "UI" and elem.value and not elem.keyword.endswith("ClassUID") and elem.keyword != "TransferSyntaxUID":
+            instance_uid = not elem.keyword.endswith("ClassUID") and elem.keyword != "TransferSyntaxUID"
+            if elem.VR == "UI" and elem.value and instance_uid:
                 uids |= {str(u) for u in (elem.value if elem.VM > 1 else [elem.value])}
     return {u for u in uids if not PYDICOM_IMPLEMENTATION_UID.startswith(u)}
 
@@ -353,7 +355,8 @@ def test_rerun_with_another_key_is_refused(export, deid_runs, monkeypatch):
     before = files()
     monkeypatch.setenv(DEID_KEY_ENV, KEY)
     again = protect_path(export, out, method="random", deidentify=True)  # same key: the finished run is resumed
-    assert again.run["resumed"] == N_RECORDS and again.run["done_now"] == 0 and files() == before  # records; the copy too is skipped
+    # records; the copy too is skipped
+    assert again.run["resumed"] == N_RECORDS and again.run["done_now"] == 0 and files() == before
     monkeypatch.setenv(DEID_KEY_ENV, OTHER_KEY)
     with pytest.raises(OutputError, match="--overwrite") as err:
         protect_path(export, out, method="random", deidentify=True)
@@ -393,7 +396,8 @@ def test_deidentify_bad_date_fails_that_series_only(sample_data, tmp_path, monke
     assert "cannot be de-identified at tag (0008,0020)" in culprit and "fix the value or leave the file out" in culprit
     for rel in set(series) - {BAD_SERIES_FILE}:  # the good slices say which file took their series out
         assert entries[rel]["reason"] == f"left out with its series because {BAD_SERIES_FILE}: {culprit}"
-    assert [entries[r]["status"] for r in ("CT_small.dcm", "MR_small.dcm", "rtstruct.dcm")] == ["written", "written", "copied"]
+    statuses = [entries[r]["status"] for r in ("CT_small.dcm", "MR_small.dcm", "rtstruct.dcm")]
+    assert statuses == ["written", "written", "copied"]
     assert manifest.run["failed_units"] == 1 and manifest.counts()["failed"] == 4
     assert not (out / "ct_series").exists() or not any((out / "ct_series").iterdir())  # no partial series left
     assert "DICOGNITO" in read(out / "CT_small.dcm").DeidentificationMethod
@@ -402,7 +406,8 @@ def test_deidentify_bad_date_fails_that_series_only(sample_data, tmp_path, monke
         protect_path(src, tmp_path / "strict", method="random", deidentify=True, strict=True)
 
 
-def test_deidentify_bad_date_in_a_non_image_file_fails_that_file(sample_data, tmp_path, monkeypatch, capsys, restore_logging):
+def test_deidentify_bad_date_in_a_non_image_file_fails_that_file(sample_data, tmp_path, monkeypatch, capsys,
+                                                                   restore_logging):
     pytest.importorskip("dicognito")
     monkeypatch.setenv(DEID_KEY_ENV, KEY)
     src = bad_date_export(tmp_path / "in", sample_data, "rtstruct.dcm")
@@ -422,7 +427,8 @@ def test_deidentify_bad_date_in_a_non_image_file_fails_that_file(sample_data, tm
 
 
 @pytest.mark.parametrize("deidentify", [False, True], ids=["plain", "deidentify"])
-def test_verbose_cli_never_logs_patient_names_or_ids(export, tmp_path, capsys, caplog, monkeypatch, restore_logging, deidentify):
+def test_verbose_cli_never_logs_patient_names_or_ids(export, tmp_path, capsys, caplog, monkeypatch, restore_logging,
+                                                     deidentify):
     if deidentify:
         pytest.importorskip("dicognito")
         monkeypatch.setenv(DEID_KEY_ENV, PRIVACY_KEY)  # a key used only here: its de-identifier is built and logged
@@ -524,7 +530,7 @@ def test_duplicates_are_written_once_and_a_split_series_says_why(sample_data, tm
 
 
 def broken_j2k(dst: Path) -> Path:
-    """MR_small_jp2klossless.dcm with its codestream cut short: every J2K plugin fails and pydicom logs each traceback."""
+    """MR_small_jp2klossless.dcm with its codestream cut short: every J2K plugin fails, pydicom logs each traceback."""
     from pydicom.encaps import encapsulate, generate_frames
 
     ds = read(data("MR_small_jp2klossless.dcm"))
@@ -535,7 +541,8 @@ def broken_j2k(dst: Path) -> Path:
     return dst
 
 
-def test_library_warnings_go_to_the_manifest_not_the_terminal(sample_data, tmp_path, capsys, recwarn, monkeypatch, restore_logging):
+def test_library_warnings_go_to_the_manifest_not_the_terminal(sample_data, tmp_path, capsys, recwarn, monkeypatch,
+                                                              restore_logging):
     from ulmed.io.notices import DEBUG_ENV
 
     monkeypatch.setenv(DEBUG_ENV, "0")  # restored after the --debug run below
@@ -555,7 +562,8 @@ def test_library_warnings_go_to_the_manifest_not_the_terminal(sample_data, tmp_p
     assert code == 3, err  # records written, the J2K file failed
     assert "Traceback" not in err and "Invalid value" not in err, err
     lines = err.splitlines()  # ulmed's own warnings name the file they skip; nothing else is logged
-    assert not [line for line in lines if line.startswith(("WARNING", "ERROR")) and not line.startswith("WARNING skipped")]
+    shown = [line for line in lines if line.startswith(("WARNING", "ERROR"))]
+    assert not [line for line in shown if not line.startswith("WARNING skipped")]
     assert not [w for w in recwarn if "pydicom" in w.filename or "VR" in str(w.message)]
     text = (tmp_path / "out" / "manifest.json").read_text()
     entries = by_input(json.loads(text)["entries"])
@@ -569,4 +577,5 @@ def test_library_warnings_go_to_the_manifest_not_the_terminal(sample_data, tmp_p
     code = main(["--debug", "protect", "-i", str(src), "-o", str(tmp_path / "debug"), "--method", "random"])
     err = capsys.readouterr().err
     assert code == 3 and "Invalid value for VR UI" in err and "Traceback" in err  # let through as well
-    assert by_input(json.loads((tmp_path / "debug" / "manifest.json").read_text())["entries"])["MR_small.dcm"]["warnings"]
+    debug_entries = json.loads((tmp_path / "debug" / "manifest.json").read_text())["entries"]
+    assert by_input(debug_entries)["MR_small.dcm"]["warnings"]

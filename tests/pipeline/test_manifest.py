@@ -8,13 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from ulmed.pipeline.manifest import STATUSES, Entry, Manifest, library_versions, sha256_of
+from ulmed.errors import ConfigError
+from ulmed.pipeline.manifest import STATUSES, Entry, Manifest, Status, library_versions, sha256_of
 
 
 def test_an_entry_has_one_of_the_statuses():
     assert STATUSES == ("written", "copied", "skipped", "failed")
-    with pytest.raises(ValueError, match="status must be one of"):
+    with pytest.raises(ConfigError, match="manifest entry status: Unsupported option 'done'"):
         Entry("a.png", "done")
+    entry = Entry("a.png", Status.COPIED)
+    assert entry.status == "copied" and type(entry.status) is str  # written to JSON as plain text
 
 
 def test_sha256_of_reads_a_file_in_chunks(tmp_path):

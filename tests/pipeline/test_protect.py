@@ -45,7 +45,9 @@ def test_sample_run_protects_every_kind(sample_run, sample_data):
 def test_masks_labels_and_other_files_copied_byte_identical(sample_run, sample_data):
     out, manifest = sample_run
     copied = {e.input for e in manifest.entries if e.status == "copied"}
-    for rel in ["hc18/masks/012_HC.png", "msd_hippocampus/labels/hippocampus_003.nii.gz", "hc18/index.csv", "dicom/rtstruct.dcm"]:
+    copies = ["hc18/masks/012_HC.png", "msd_hippocampus/labels/hippocampus_003.nii.gz", "hc18/index.csv",
+              "dicom/rtstruct.dcm"]
+    for rel in copies:
         assert rel in copied
         assert (out / rel).read_bytes() == (sample_data / rel).read_bytes()
 
@@ -334,7 +336,8 @@ def test_series_keys_are_not_derivable_from_the_uids_without_the_salt(sample_dat
     monkeypatch.delenv("ULMED_KEY_SALT")  # the default: a random salt kept beside the journal
     out = tmp_path / "out"
     first = protect_path(sample_data / "dicom", out, method="random")
-    uids = {pydicom.dcmread(p, stop_before_pixels=True, force=True).get("SeriesInstanceUID", "") for p in (sample_data / "dicom").rglob("*") if p.is_file()}
+    files = [p for p in (sample_data / "dicom").rglob("*") if p.is_file()]
+    uids = {pydicom.dcmread(p, stop_before_pixels=True, force=True).get("SeriesInstanceUID", "") for p in files}
     keys = {e.record for e in first.entries if e.kind == "dicom"}
     assert len(keys) == 3
     unsalted = {hashlib.sha256(u.encode()).hexdigest()[:n] for u in uids for n in (8, 12, 16)}

@@ -1,4 +1,5 @@
-"""ML-ready releases (``ulmed release --size N``) of real HC18 images: one grid, masks kept as labels, geometry, resume."""
+"""ML-ready releases (``ulmed release --size N``) of real HC18 images: one grid, masks kept as labels, geometry,
+resume."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from ulmed.pipeline.protect import protect_path
 
 def outputs(root: Path) -> dict[str, str]:
     """Hashes of the output files proper (no manifest, no run control folder)."""
-    return {k: v for k, v in tree_hashes(root).items() if not k.startswith(CONTROL_DIR) and not k.startswith("manifest")}
+    return {k: v for k, v in tree_hashes(root).items() if not k.startswith((CONTROL_DIR, "manifest"))}
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,8 @@ def test_a_slice_added_to_a_finished_series_is_protected_on_rerun(sample_data, t
     err = capsys.readouterr().err
     assert "1 changed since the earlier run, redone" in err and "resumed" not in err
     again = json.loads((out / "manifest.json").read_text())
-    assert sorted(e["output"] for e in again["entries"] if e["status"] == "written") == [f"ct/{n}" for n in ("17106", "17136", "17166", "17196")]
+    written = sorted(e["output"] for e in again["entries"] if e["status"] == "written")
+    assert written == [f"ct/{n}" for n in ("17106", "17136", "17166", "17196")]
     fresh = protect_path(src, tmp_path / "fresh", method="random")
     assert outputs(out) == outputs(tmp_path / "fresh")  # the whole series redone as one: as a fresh run
     assert _written(fresh) == sorted(e["output"] for e in again["entries"] if e["status"] == "written")

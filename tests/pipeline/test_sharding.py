@@ -38,13 +38,15 @@ def test_merged_parts_equal_the_unsharded_run(sharded):
     assert {e.input: e.sha256 for e in merged.entries} == {e.input: e.sha256 for e in whole.entries}
     assert outputs(root / "parts") == outputs(root / "whole")
     saved = json.loads((root / "parts/manifest.json").read_text())
-    assert saved["run"]["parts"] == 3 and saved["counts"] == json.loads((root / "whole/manifest.json").read_text())["counts"]
+    whole = json.loads((root / "whole/manifest.json").read_text())
+    assert saved["run"]["parts"] == 3 and saved["counts"] == whole["counts"]
 
 
 def test_merge_catches_a_missing_part(sharded, tmp_path, capsys):
     root, _, _ = sharded
     for k in (0, 2):
-        (tmp_path / f"manifest.part-{k}-of-3.json").write_bytes((root / f"parts/manifest.part-{k}-of-3.json").read_bytes())
+        name = f"manifest.part-{k}-of-3.json"
+        (tmp_path / name).write_bytes((root / "parts" / name).read_bytes())
     with pytest.raises(InputError, match=r"\[1\] of 3 .*manifest.part-1-of-3.json.*--part-id"):
         merge_manifests(tmp_path)
     assert main(["merge-manifests", str(tmp_path)]) == 2
@@ -62,7 +64,8 @@ def test_merge_catches_a_unit_done_twice_and_an_unfinished_part(sharded, tmp_pat
         merge_manifests(tmp_path)
     short = json.loads(json.dumps(data))
     key = short[2]["part"]["units"][0]
-    short[2]["entries"] = [e for e in short[2]["entries"] if e.get("record") != key and e.get("output") != key.removeprefix("copy:")]
+    output = key.removeprefix("copy:")
+    short[2]["entries"] = [e for e in short[2]["entries"] if e.get("record") != key and e.get("output") != output]
     for k, d in enumerate(short):
         (tmp_path / f"manifest.part-{k}-of-3.json").write_text(json.dumps(d))
     with pytest.raises(InputError, match="part 2 owned .* no entry"):

@@ -15,7 +15,8 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "protect").g
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_shipped_protect_config_builds_its_method(path):
-    data = load_config(path, allowed={"method", "eps", "options", "dicom_encoding", "skip_non_image", "masks", "labels"})
+    allowed = {"method", "eps", "options", "dicom_encoding", "skip_non_image", "masks", "labels"}
+    data = load_config(path, allowed=allowed)
     method = build_method(data["method"], data.get("eps", "8/255"), 0, "cpu", **(data.get("options") or {}))
     params = method.params()
     for key, value in (data.get("options") or {}).items():

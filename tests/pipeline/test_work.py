@@ -25,7 +25,8 @@ def dataset(tmp_path_factory, real_data) -> Path:
     (root / "masks").mkdir()
     for path in sorted((real_data / "hc18/images").glob("*.png"))[:IMAGES]:
         Image.open(path).resize((80, 54), Image.BILINEAR).save(root / "images" / path.name)
-        Image.open(real_data / "hc18/masks" / path.name).resize((80, 54), Image.NEAREST).save(root / "masks" / path.name)
+        mask = Image.open(real_data / "hc18/masks" / path.name).resize((80, 54), Image.NEAREST)
+        mask.save(root / "masks" / path.name)
     good = (root / "images" / path.name).read_bytes()
     (root / "images/010_bad.png").write_bytes(good[: len(good) // 3])
     return root
@@ -54,7 +55,7 @@ def test_a_run_batches_images_through_the_generator_and_a_bad_file_fails_alone(d
 
     def warning_read(unit, ctx):
         if unit.key.endswith("006_HC.png"):
-            warnings.warn(said, UserWarning)
+            warnings.warn(said, UserWarning, stacklevel=1)
         return real_read(unit, ctx)
 
     monkeypatch.setattr(work, "read_record", warning_read)
@@ -73,7 +74,10 @@ def test_a_run_batches_images_through_the_generator_and_a_bad_file_fails_alone(d
     alone = protect_path(dataset, tmp_path / "alone", method="unseg")
     assert sizes == [16] * IMAGES
     assert _images(tmp_path / "batched") == _images(tmp_path / "alone")  # byte for byte
-    assert [(e.input, e.status, e.sha256) for e in alone.entries] == [(e.input, e.status, e.sha256) for e in batched.entries]
+    def seen(m):
+        return [(e.input, e.status, e.sha256) for e in m.entries]
+
+    assert seen(alone) == seen(batched)
 
 
 def test_groups_join_consecutive_images_only():

@@ -18,10 +18,23 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ulmed.choices import StrEnum, look_up, names
 from ulmed.io.atomic import atomic_write_json
 
 MANIFEST_NAME = "manifest.json"
-STATUSES = ("written", "copied", "skipped", "failed")
+
+
+class Status(StrEnum):
+    """What happened to an input file."""
+
+    WRITTEN = "written"  # protected
+    COPIED = "copied"  # unchanged: masks, labels, non-image DICOM, other files
+    SKIPPED = "skipped"  # left out on purpose
+    FAILED = "failed"  # a bad input, with the reason
+
+
+#: The statuses, in the order the manifest counts them.
+STATUSES = names(Status)
 _LIBRARIES = ("torch", "numpy", "pydicom", "nibabel", "monai", "scikit-image", "pillow", "tifffile", "segment-anything")
 
 
@@ -51,7 +64,7 @@ class Entry:
 
     Args:
         input: Input path relative to the input root.
-        status: One of :data:`STATUSES`.
+        status: A :class:`Status` value (kept as text, as the manifest writes it).
         output: Output path relative to the output root (None when skipped/failed).
         kind: ``dicom``, ``nifti``, ``image``, ``target``, ``dicom-non-image`` or ``other``.
         record: Key of the record the file belongs to (a DICOM series has many files).
@@ -76,8 +89,7 @@ class Entry:
     warnings: list[str] | None = None
 
     def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+        self.status = look_up(self.status, Status, "manifest entry status").value
 
 
 @dataclass
