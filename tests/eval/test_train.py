@@ -81,16 +81,6 @@ def test_classification_with_early_stopping(real_data):
     assert predict(model, images, task="classification", config=config).shape == labels.shape
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [{"optimizer": "rmsprop"}, {"epochs": 0}, {"patience": 2}, {"lr": 0}, {"device": "gpu"},
-     {"val_fraction": 1.0}, {"patch_size": (8,)}],
-)
-def test_bad_configs_are_refused(kwargs):
-    with pytest.raises(ConfigError):
-        TrainConfig(**kwargs)
-
-
 def test_bad_data_is_refused(hc18):
     images, masks = hc18
     model = build_victim("unet", spatial_dims=2, in_channels=1, out_channels=2)
@@ -104,3 +94,24 @@ def test_bad_data_is_refused(hc18):
     with pytest.raises(ConfigError, match="patch_size"):
         train_victim(model, images, masks, task="segmentation", num_classes=2,
                      config=TrainConfig(epochs=1, device="cpu", patch_size=(96, 96)))
+
+
+def test_a_lone_last_sample_is_skipped_and_the_loss_is_a_per_sample_mean():
+    torch.manual_seed(0)
+    images = np.random.default_rng(0).random((5, 1, 4, 4), dtype=np.float32)
+    labels = np.array([0, 1, 0, 1, 1])
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    seen = []
+    model.register_forward_hook(lambda _m, inp, _out: seen.append(inp[0].shape[0]))
+    config = TrainConfig(epochs=1, batch_size=2, lr=0.1, device="cpu", optimizer="SGD")
+    history = train_victim(model, images, labels, task="classification", num_classes=2, config=config)
+    assert seen == [2, 2]  # 5 samples: two batches of 2, the last one alone is skipped
+    assert len(history) == 1 and np.isfinite(history[0]["loss"]) and not model.training
+
+
+def test_a_model_of_the_wrong_width_is_refused():
+    images = np.zeros((4, 1, 4, 4), dtype=np.float32)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    with pytest.raises(ConfigError, match="3 channels"):
+        train_victim(model, images, np.array([0, 1, 0, 1]), task="classification", num_classes=2,
+                     config=TrainConfig(epochs=1, batch_size=2, device="cpu"))
