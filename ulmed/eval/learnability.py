@@ -15,8 +15,9 @@ exact definitions implemented here, and how to read them, are in
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,8 @@ def weight_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 
 def _mean_loss(forward: Callable[[torch.Tensor], torch.Tensor], loss_fn: Callable[..., torch.Tensor],
-               batches: Sequence[Batch], device: torch.device, grad_of: nn.Parameter | None) -> tuple[float, torch.Tensor | None]:
+               batches: Sequence[Batch], device: torch.device,
+               grad_of: nn.Parameter | None) -> tuple[float, torch.Tensor | None]:
     """Mean of the batch losses and, when ``grad_of`` is given, its gradient with respect to it."""
     total, grad = 0.0, None
     for x, y in batches:
@@ -98,62 +100,89 @@ def sal_per_layer(
     Raises:
         ConfigError: Bad ``gamma``/``steps``, no batches, or a model without weight layers.
     """
+    _check_arguments(gamma, steps, batches)
+    layers = weight_layers(model)
+    if not layers:
+        raise ConfigError("sal_per_layer: the model has no layer with a weight of more than one dimension")
+    run = forward or model
+    device = layers[0][1].device
+    out: list[dict[str, Any]] = []
+    with _frozen_in_eval(model):
+        base, _ = _mean_loss(run, loss_fn, batches, device, None)
+        for name, w in layers:
+            sal = _layer_sal(lambda grad_of: _mean_loss(run, loss_fn, batches, device, grad_of), w, base, gamma, steps)
+            out.append({"layer": name, "sal": sal, "loss": base})
+    return out
+
+
+def _check_arguments(gamma: float, steps: int, batches: Sequence[Batch]) -> None:
     if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma > 0):
         raise ConfigError(f"sal_per_layer: gamma must be a finite number > 0, got {gamma!r}")
     if not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"sal_per_layer: steps must be an integer >= 1, got {steps!r}")
     if len(batches) == 0:
         raise ConfigError("sal_per_layer: no batches given; pass at least one (x, y) pair")
-    layers = weight_layers(model)
-    if not layers:
-        raise ConfigError("sal_per_layer: the model has no layer with a weight of more than one dimension")
-    run = forward or model
-    device = layers[0][1].device
+
+
+@contextlib.contextmanager
+def _frozen_in_eval(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode with every parameter frozen; flags and mode restored after."""
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
     was_training = model.training
-    out: list[dict[str, Any]] = []
     try:
         model.eval()
         for p in params:
             p.requires_grad_(False)
-        base, _ = _mean_loss(run, loss_fn, batches, device, None)
-        for name, w in layers:
-            w0 = w.detach().clone()
-            radius = gamma * float(torch.linalg.vector_norm(w0))
-            w.requires_grad_(True)
-            e = torch.zeros_like(w0)
-            best, moved = base, False
-            try:
-                for k in range(steps):
-                    loss, g = _mean_loss(run, loss_fn, batches, device, w)
-                    if k > 0:  # the loss at e_k; e_0 = 0 gives ``base``
-                        best = max(best, loss)
-                    assert g is not None
-                    g_norm = float(torch.linalg.vector_norm(g))
-                    if radius == 0 or g_norm == 0 or not math.isfinite(g_norm):
-                        moved = False
-                        break
-                    e = e + g * (radius / g_norm)
-                    e_norm = float(torch.linalg.vector_norm(e))
-                    if e_norm > radius:
-                        e = e * (radius / e_norm)
-                    with torch.no_grad():
-                        w.copy_(w0 + e)
-                    moved = True
-                if moved:
-                    loss, _ = _mean_loss(run, loss_fn, batches, device, None)
-                    best = max(best, loss)
-            finally:
-                with torch.no_grad():
-                    w.copy_(w0)
-                w.requires_grad_(False)
-            out.append({"layer": name, "sal": best - base, "loss": base})
+        yield
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
         model.train(was_training)
-    return out
+
+
+#: ``loss_at(grad_of) -> (mean loss, its gradient with respect to grad_of or None)``.
+LossAt = Callable[[nn.Parameter | None], tuple[float, torch.Tensor | None]]
+
+
+def _layer_sal(loss_at: LossAt, w: nn.Parameter, base: float, gamma: float, steps: int) -> float:
+    """SAL of one weight: the normalised, projected ascent of :func:`sal_per_layer`; ``w`` restored bit for bit."""
+    w0 = w.detach().clone()
+    radius = gamma * float(torch.linalg.vector_norm(w0))
+    w.requires_grad_(True)
+    e = torch.zeros_like(w0)
+    best, moved = base, False
+    try:
+        for k in range(steps):
+            loss, g = loss_at(w)
+            if k > 0:  # the loss at e_k; e_0 = 0 gives ``base``
+                best = max(best, loss)
+            assert g is not None
+            g_norm = float(torch.linalg.vector_norm(g))
+            if radius == 0 or g_norm == 0 or not math.isfinite(g_norm):
+                moved = False
+                break
+            e = _ascend(e, g, radius, g_norm)
+            with torch.no_grad():
+                w.copy_(w0 + e)
+            moved = True
+        if moved:
+            loss, _ = loss_at(None)
+            best = max(best, loss)
+    finally:
+        with torch.no_grad():
+            w.copy_(w0)
+        w.requires_grad_(False)
+    return best - base
+
+
+def _ascend(e: torch.Tensor, g: torch.Tensor, radius: float, g_norm: float) -> torch.Tensor:
+    """One normalised gradient step of length ``radius``, projected back on the ball of that radius."""
+    e = e + g * (radius / g_norm)
+    e_norm = float(torch.linalg.vector_norm(e))
+    if e_norm > radius:
+        e = e * (radius / e_norm)
+    return e
 
 
 def _check_sal(name: str, sal: Sequence[dict[str, Any]]) -> tuple[list[str], np.ndarray]:
