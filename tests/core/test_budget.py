@@ -60,25 +60,6 @@ def test_l2_budget_may_exceed_one_but_linf_may_not():
         Budget.parse("l3:0.5")
 
 
-def test_eps_map_fills_foreground_and_background():
-    import numpy as np
-    import torch
-
-    from ulmed.core.budget import eps_map
-
-    mask = np.zeros((4, 5), dtype=np.uint8)
-    mask[1:3, 2:4] = 1
-    m = eps_map((3, 4, 5), 16 / 255, 2 / 255, mask)
-    assert m.shape == (3, 4, 5) and m.dtype == torch.float32
-    assert torch.all(m[:, 1:3, 2:4] == torch.tensor(16 / 255)) and int((m == torch.tensor(2 / 255)).sum()) == 3 * 16
-    batch = eps_map((2, 1, 4, 5), 0.1, 0.0, torch.from_numpy(np.stack([mask, 1 - mask]))[:, None])
-    assert torch.equal(batch[0, 0] > 0, torch.from_numpy(mask > 0)) and torch.equal(batch[1, 0] > 0, torch.from_numpy(mask == 0))
-    with pytest.raises(ConfigError):
-        eps_map((3, 4, 6), 0.1, 0.0, mask)
-    with pytest.raises(ConfigError):
-        eps_map((3, 4, 5), 1.5, 0.0, mask)
-
-
 def test_native_size_is_exact_and_a_whole_number_of_steps_when_it_is_one():
     assert Budget.parse("8/255").in_native(PNG) == 8.0  # not 7.999...: 8 levels may be used
     assert Budget.parse("20HU").describe(CT)["eps_native"] == 20.0  # as given, not 20 / 4095 * 4095

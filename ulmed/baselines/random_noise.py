@@ -10,6 +10,7 @@ import numpy as np
 
 from ulmed.core.body import body_mask
 from ulmed.core.method import METHODS, ProtectionMethod, record_seed
+from ulmed.core.tasks import NORMS
 from ulmed.io.record import Record
 
 
@@ -22,7 +23,7 @@ class RandomNoise(ProtectionMethod):
 
     name = "random"
     citation = ""  # a control: no paper
-    norms = ("linf", "l2")
+    norms = NORMS
 
     def perturbation(self, record: Record, unit_image: np.ndarray, eps: float) -> np.ndarray:
         """Draw the noise for one record (deterministic for a seed and key)."""
@@ -41,7 +42,7 @@ class NoPerturbation(ProtectionMethod):
 
     name = "none"
     citation = ""  # conversion only: no paper
-    norms = ("linf", "l2")
+    norms = NORMS
 
     def perturbation(self, record: Record, unit_image: np.ndarray, eps: float) -> np.ndarray:
         """Return zeros."""

@@ -6,9 +6,9 @@ held fixed), then measures the surrogate on the perturbed data. The loop stops w
 metric (accuracy, Dice) reaches a threshold or after ``max_rounds``. Noise is sample-wise
 (one perturbation per image) or class-wise (one per class id, added by indexing).
 
-Everything that differs between methods is injected: the loss, the metric, the budget
-(``eps`` or a per-position map), the positions allowed to move (``position_policy``), the
-objective of the PGD steps (``pgd_objective``, default the training loss) and the
+Everything that differs between methods is injected: the loss, the metric, the settings
+(:class:`MinMinConfig`), the hooks (:class:`MinMinHooks`: a per-position budget map, the
+positions allowed to move, the objective of the PGD steps, default the training loss) and the
 trainer's expected augmentation (``augment``): with it, every training step, PGD step and
 evaluation sees ``T(x + delta)`` for a fresh random ``T`` (expectation over
 transformations, ``eot_samples`` draws averaged per PGD step; see :mod:`ulmed.core.augment`).

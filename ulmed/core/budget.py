@@ -3,24 +3,21 @@
 A budget is parsed once from the user's text and converted per record, because the
 native size of one [0, 1] unit differs between records (an 8-bit PNG, a CT series).
 An L2 budget carries the prefix ``l2:`` (``l2:0.5``, ``l2:40HU``); without a prefix (or
-with ``linf:``) a budget is L-inf. :func:`eps_map` builds a per-position L-inf budget
-(one size inside a foreground mask, another outside) for the PGD loop.
+with ``linf:``) a budget is L-inf.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from ulmed.core.tasks import NORMS
+from ulmed.choices import look_up
+from ulmed.core.tasks import Norm
 from ulmed.errors import ConfigError
 from ulmed.io.record import IntensityMapping, Record
-
-if TYPE_CHECKING:
-    import torch
 
 _NATIVE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z]+)\s*$")
 _FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*/\s*([0-9]*\.?[0-9]+)\s*$")
@@ -43,15 +40,15 @@ class Budget:
     value: float
     native_unit: str | None = None
     spec: str = ""
-    norm: str = "linf"
+    norm: str = Norm.LINF.value
 
     def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise ConfigError(f"budget norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        object.__setattr__(self, "norm", look_up(self.norm, Norm, "budget norm").value)  # kept as plain text
         if not self.value > 0:
             raise ConfigError(f"budget must be > 0, got {self.spec or self.value!r}")
-        if self.norm == "linf" and self.native_unit is None and self.value > 1:
-            raise ConfigError(f"budget {self.spec or self.value!r} exceeds the [0, 1] range; write it as N/255 or with a unit such as 20HU")
+        if self.norm == Norm.LINF and self.native_unit is None and self.value > 1:
+            raise ConfigError(f"budget {self.spec or self.value!r} exceeds the [0, 1] range; "
+                              "write it as N/255 or with a unit such as 20HU")
 
     @classmethod
     def parse(cls, spec: str | float) -> Budget:
@@ -66,7 +63,7 @@ class Budget:
         if isinstance(spec, (int, float)):
             return cls(float(spec), None, str(spec))
         text = str(spec)
-        norm = "linf"
+        norm = Norm.LINF.value
         body = text
         if m := _NORM.match(text):
             norm, body = m.group(1).lower(), m.group(2)
@@ -89,7 +86,7 @@ class Budget:
         """The norm and the size as given, e.g. ``"Linf 8/255"`` or ``"L2 0.5"`` (DICOM DerivationDescription)."""
         m = _NORM.match(self.spec)
         size = (m.group(2) if m else self.spec).strip() or f"{self.value:g}"
-        return f"{'L2' if self.norm == 'l2' else 'Linf'} {size}"
+        return f"{'L2' if self.norm == Norm.L2 else 'Linf'} {size}"
 
     def in_unit(self, mapping: IntensityMapping) -> float:
         """The budget in [0, 1] units for a record with ``mapping``.
@@ -129,8 +126,10 @@ class Budget:
     def describe(self, mapping: IntensityMapping) -> dict[str, Any]:
         """Both forms of the budget for one record, for the manifest."""
         eps = self.in_unit(mapping)
-        scale = {"scale": mapping.budget_basis, "scale_native": mapping.budget_scale} if mapping.budget_range > 0 else {}
-        return {"eps_unit": eps, "eps_native": self.in_native(mapping), "native_unit": mapping.unit, "norm": self.norm, **scale}
+        has_range = mapping.budget_range > 0
+        scale = {"scale": mapping.budget_basis, "scale_native": mapping.budget_scale} if has_range else {}
+        native = self.in_native(mapping)
+        return {"eps_unit": eps, "eps_native": native, "native_unit": mapping.unit, "norm": self.norm, **scale}
 
     def too_small(self, record: Record) -> str | None:
         """A warning when this budget cannot change any stored value of ``record``, else None.
@@ -146,48 +145,3 @@ class Budget:
         unit = record.mapping.unit
         return (f"budget {self.spec or self.value} ({eps:g} {unit}) is smaller than one stored step ({step:g} {unit}): "
                 "no stored value can change, the written file equals the input; raise the budget")
-
-
-def eps_map(
-    shape: tuple[int, ...],
-    eps_fg: float,
-    eps_bg: float,
-    foreground_mask: np.ndarray | torch.Tensor,
-    *,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """A per-position L-inf budget: ``eps_fg`` inside the foreground, ``eps_bg`` outside.
-
-    Args:
-        shape: Shape of the perturbation the map is for, e.g. ``(C, *spatial)`` or
-            ``(B, C, *spatial)``.
-        eps_fg: Budget in [0, 1] units where the mask is non-zero.
-        eps_bg: Budget in [0, 1] units elsewhere (0 freezes the background).
-        foreground_mask: Mask broadcastable to ``shape`` under the usual trailing-axes
-            rule: a spatial mask (a record's target) is shared by all channels and
-            samples; a batch of masks must carry its channel axis, ``(B, 1, *spatial)``.
-        device: Device of the returned map (default: the mask's, or the CPU).
-
-    Returns:
-        A float32 tensor of ``shape`` for :func:`ulmed.core.pgd.perturb`'s ``eps``.
-
-    Raises:
-        ConfigError: A budget is outside ``[0, 1]`` or the mask does not fit ``shape``.
-    """
-    import torch
-
-    for name, value in (("eps_fg", eps_fg), ("eps_bg", eps_bg)):
-        if not 0.0 <= float(value) <= 1.0:
-            raise ConfigError(f"{name} must lie in [0, 1] (in [0, 1] units), got {value}")
-    mask = torch.as_tensor(np.asarray(foreground_mask) if not isinstance(foreground_mask, torch.Tensor) else foreground_mask)
-    mask = mask.to(device=device if device is not None else mask.device) != 0
-    try:
-        mask = torch.broadcast_to(mask, tuple(shape))
-    except RuntimeError:
-        raise ConfigError(
-            f"foreground mask of shape {tuple(mask.shape)} does not fit a perturbation of shape {tuple(shape)}; "
-            "give a spatial mask or one shaped (B, 1, *spatial)"
-        ) from None
-    fg = torch.tensor(float(eps_fg), dtype=torch.float32, device=mask.device)
-    bg = torch.tensor(float(eps_bg), dtype=torch.float32, device=mask.device)
-    return torch.where(mask, fg, bg)

@@ -95,7 +95,8 @@ def untile(tiles: np.ndarray, layout: TileLayout) -> np.ndarray:
     """Inverse of :func:`tile`: put tiles ``(count, C, *tile)`` back into ``(C, *shape)``."""
     if tiles.shape[0] != layout.count:
         raise ConfigError(f"expected {layout.count} tiles, got {tiles.shape[0]}")
-    full = np.zeros((tiles.shape[1], *(g * t for g, t in zip(layout.grid, layout.tile, strict=True))), dtype=tiles.dtype)
+    padded = tuple(g * t for g, t in zip(layout.grid, layout.tile, strict=True))
+    full = np.zeros((tiles.shape[1], *padded), dtype=tiles.dtype)
     for k, index in enumerate(np.ndindex(*layout.grid)):
         window = tuple(slice(i * t, (i + 1) * t) for i, t in zip(index, layout.tile, strict=True))
         full[(slice(None), *window)] = tiles[k]

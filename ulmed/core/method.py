@@ -21,6 +21,7 @@ import numpy as np
 from ulmed.core.budget import Budget
 from ulmed.core.projection import project
 from ulmed.core.registry import Registry
+from ulmed.core.tasks import Norm
 from ulmed.errors import ConfigError
 from ulmed.io.record import Record
 
@@ -88,7 +89,7 @@ class ProtectionMethod(abc.ABC):
     #: controls that follow no paper.
     citation: ClassVar[str] = ""
     #: Budget norms the method honours; a budget in another norm is refused by the constructor.
-    norms: ClassVar[tuple[str, ...]] = ("linf",)
+    norms: ClassVar[tuple[str, ...]] = (Norm.LINF,)
     #: Why the method honours only these norms (ends the refusal message); empty: no reason given.
     norm_reason: ClassVar[str] = ""
     #: How many records the pipeline hands to :meth:`protect_many` at once (1: one at a time);
@@ -160,7 +161,7 @@ class ProtectionMethod(abc.ABC):
             raise ConfigError(f"{self.name} returned a perturbation of shape {delta.shape} "
                               f"for an image of shape {record.image.shape}")
         norm = self.budget.norm
-        if norm == "linf":
+        if norm == Norm.LINF:
             np.clip(delta, -eps, eps, out=delta)
         else:
             delta = project(delta, eps, norm)

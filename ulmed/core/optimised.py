@@ -39,7 +39,7 @@ from ulmed.core.pgd import METHOD_STEP_DIVISOR, default_step
 from ulmed.core.selection import armor_augment
 from ulmed.core.surrogates import DEFAULT_SURROGATE, SURROGATE_TASK, TASK_METRIC, SurrogateState
 from ulmed.core.targets import TargetSet
-from ulmed.core.tasks import Norm, Task, task_loss
+from ulmed.core.tasks import NORMS, Norm, Task, task_loss
 from ulmed.errors import ConfigError
 from ulmed.io.record import Record
 
@@ -66,7 +66,7 @@ class OptimisedMethod(ProtectionMethod):
     """
 
     needs_fit: ClassVar[bool] = True
-    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
+    norms: ClassVar[tuple[str, ...]] = NORMS
 
     def __init__(self, budget: Budget | str | float = "8/255", seed: int = 0, device: str = "auto",
                  **options: Any) -> None:

@@ -3,7 +3,7 @@
 Each class gets a random ``+-1`` pattern (blocks of ``block`` positions, period ``tile``),
 drawn from the seed alone so that a whole data set shares one code. :func:`mask_coded`
 gives every position the pattern of its own class, so a mask is drawn as a texture.
-Used by the ``lsp`` baseline and as the optional warm start of the min-min methods.
+Used by the ``lsp`` baseline.
 
 :func:`nyquist_coded` is the other family: each foreground class is drawn with a pattern at
 the highest frequency the grid holds (the checkerboard ``(-1)^(i+j)`` and its relatives, one
@@ -123,7 +123,9 @@ def nyquist_pattern(index: int, channels: int, spatial: tuple[int, ...], cell: i
     return np.broadcast_to(np.broadcast_to(code, spatial)[None], (channels, *spatial)).copy()
 
 
-def nyquist_coded(target: np.ndarray | int | None, channels: int, spatial: tuple[int, ...], cell: int = 1) -> np.ndarray:
+def nyquist_coded(
+    target: np.ndarray | int | None, channels: int, spatial: tuple[int, ...], cell: int = 1
+) -> np.ndarray:
     """``(channels, *spatial)`` code: each foreground position its class's Nyquist pattern.
 
     In a mask/label map, value 0 (background) gets no code and value ``v`` gets pattern

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ulmed.choices import look_up
+from ulmed.core.tasks import Norm
 from ulmed.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -42,19 +44,12 @@ def project(delta: np.ndarray, eps: float, norm: str = "linf") -> np.ndarray:
     Raises:
         ConfigError: Unknown norm.
     """
-    if norm == "linf":
+    if look_up(norm, Norm, "budget norm") is Norm.LINF:
         return project_linf(delta, eps)
-    if norm != "l2":
-        raise ConfigError(f"budget norm must be linf or l2, got {norm!r}")
     import torch
 
     sample = torch.from_numpy(np.asarray(delta, dtype=np.float64).copy())[None]
     return clamp_l2(sample, float(eps))[0].numpy()
-
-
-def clip_to_unit(x: np.ndarray) -> np.ndarray:
-    """Clamp an image in [0, 1] space to the valid range."""
-    return np.clip(x, 0.0, 1.0)
 
 
 def clamp_linf(delta: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
@@ -99,7 +94,8 @@ def clamp_l2(delta: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
     if isinstance(eps, torch.Tensor):
         if eps.numel() not in (1, delta.shape[0]):
             raise ConfigError(
-                f"an L2 budget needs one radius per sample ({delta.shape[0]}) or one in all, got shape {tuple(eps.shape)}"
+                f"an L2 budget needs one radius per sample ({delta.shape[0]}) or one in all, "
+                f"got shape {tuple(eps.shape)}"
             )
         radius = eps.to(device=delta.device, dtype=delta.dtype).reshape(-1, *([1] * (delta.dim() - 1)))
     norms = l2_norms(delta)
@@ -178,6 +174,7 @@ def l0_mask_topk(score: torch.Tensor, fraction: float, allowed: torch.Tensor | N
     ok_in_order = torch.gather(ok, 1, order)
     order = torch.gather(order, 1, torch.sort(ok_in_order.to(torch.uint8), dim=1, descending=True, stable=True).indices)
     counts = [topk_count(fraction, int(n)) for n in ok.sum(dim=1).tolist()]
-    keep_in_order = torch.arange(flat.shape[1], device=score.device)[None, :] < torch.tensor(counts, device=score.device)[:, None]
+    rank = torch.arange(flat.shape[1], device=score.device)[None, :]
+    keep_in_order = rank < torch.tensor(counts, device=score.device)[:, None]
     mask = torch.zeros_like(ok).scatter(1, order, keep_in_order)
     return mask.view(out_shape)

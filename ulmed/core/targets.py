@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from skimage.filters import threshold_multiotsu
 
+from ulmed.core.tasks import Task
 from ulmed.errors import ConfigError
 
 MAX_CLASSES = 32
@@ -38,7 +39,7 @@ class TargetSet:
         pseudo: Which records got label-free pseudo-targets.
     """
 
-    task: str
+    task: Task
     targets: list[np.ndarray] | np.ndarray
     num_classes: int
     values: tuple[int, ...]
@@ -57,7 +58,9 @@ def pseudo_label_map(unit_image: np.ndarray, classes: int = 3) -> np.ndarray:
     return np.digitize(grey, thresholds).astype(np.int64)
 
 
-def prepare_targets(targets: Sequence[np.ndarray | int | None], unit_images: Sequence[np.ndarray], pseudo_classes: int = 3) -> TargetSet:
+def prepare_targets(
+    targets: Sequence[np.ndarray | int | None], unit_images: Sequence[np.ndarray], pseudo_classes: int = 3
+) -> TargetSet:
     """Turn record targets into surrogate class indices.
 
     All int targets: classification. Otherwise segmentation: masks are mapped to indices by
@@ -74,16 +77,19 @@ def prepare_targets(targets: Sequence[np.ndarray | int | None], unit_images: Seq
         labels = np.asarray(targets, dtype=np.int64)
         values = tuple(int(v) for v in np.unique(labels))
         index = {v: i for i, v in enumerate(values)}
-        return TargetSet("classification", np.array([index[int(v)] for v in labels]), max(len(values), 2), values, (False,) * len(targets))
+        index_of = np.array([index[int(v)] for v in labels])
+        return TargetSet(Task.CLASSIFICATION, index_of, max(len(values), 2), values, (False,) * len(targets))
     if any(isinstance(t, (int, np.integer)) for t in targets):
-        raise ConfigError(f"a group mixes class labels with masks or missing targets ({sorted(kinds)}); protect them separately")
+        raise ConfigError(f"a group mixes class labels with masks or missing targets ({sorted(kinds)}); "
+                          "protect them separately")
     masks = [t for t in targets if isinstance(t, np.ndarray)]
     if not masks:
         maps = [pseudo_label_map(u, pseudo_classes) for u in unit_images]
-        return TargetSet("segmentation", maps, pseudo_classes, tuple(range(pseudo_classes)), (True,) * len(targets))
+        return TargetSet(Task.SEGMENTATION, maps, pseudo_classes, tuple(range(pseudo_classes)), (True,) * len(targets))
     values = tuple(int(v) for v in np.unique(np.concatenate([np.unique(m) for m in masks])))
     if len(values) > MAX_CLASSES:
-        raise ConfigError(f"masks hold {len(values)} distinct values (> {MAX_CLASSES}); they do not look like label maps")
+        raise ConfigError(f"masks hold {len(values)} distinct values (> {MAX_CLASSES}); "
+                          "they do not look like label maps")
     lut = {v: i for i, v in enumerate(values)}
     out: list[np.ndarray] = []
     pseudo: list[bool] = []
@@ -97,4 +103,4 @@ def prepare_targets(targets: Sequence[np.ndarray | int | None], unit_images: Seq
         else:  # no mask for this record: pseudo-target, clipped to the class count
             out.append(np.minimum(pseudo_label_map(u, max(len(values), 2)), max(len(values), 2) - 1))
             pseudo.append(True)
-    return TargetSet("segmentation", out, max(len(values), 2), values, tuple(pseudo))
+    return TargetSet(Task.SEGMENTATION, out, max(len(values), 2), values, tuple(pseudo))

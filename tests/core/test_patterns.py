@@ -1,0 +1,63 @@
+"""Class-coded patterns: +-1 codes per class, mask-coded images, band textures, Nyquist patterns."""
+
+import numpy as np
+import pytest
+
+from ulmed.core.patterns import (
+    band_texture,
+    class_pattern,
+    mask_coded,
+    mask_textured,
+    nyquist_coded,
+    nyquist_corners,
+    nyquist_pattern,
+)
+from ulmed.errors import ConfigError
+
+
+def test_class_pattern_is_a_seeded_tiled_sign_code():
+    p = class_pattern(1, 2, (10, 12), tile=4, block=2, seed=0)
+    assert p.shape == (2, 10, 12) and set(np.unique(p)) <= {-1.0, 1.0}
+    assert np.array_equal(p[:, :4, :4], p[:, 4:8, 4:8])  # period 4
+    assert np.array_equal(p[:, 0, 0], p[:, 1, 1])  # blocks of 2
+    assert np.array_equal(p, class_pattern(1, 2, (10, 12), 4, 2, 0))
+    assert not np.array_equal(p, class_pattern(2, 2, (10, 12), 4, 2, 0))
+
+
+def test_mask_coded_gives_each_position_its_class_pattern():
+    target = np.zeros((8, 8), dtype=int)
+    target[:, 4:] = 3
+    code = mask_coded(target, 1, (8, 8), 4, 1, seed=5)
+    assert np.array_equal(code[:, :, :4], class_pattern(0, 1, (8, 8), 4, 1, 5)[:, :, :4])
+    assert np.array_equal(code[:, :, 4:], class_pattern(3, 1, (8, 8), 4, 1, 5)[:, :, 4:])
+    assert np.array_equal(mask_coded(2, 1, (8, 8), 4, 1, 5), class_pattern(2, 1, (8, 8), 4, 1, 5))
+
+
+def test_band_texture_and_mask_textured():
+    t = band_texture(1, (32, 32), period=4, seed=0)
+    assert t.shape == (1, 32, 32) and set(np.unique(t)) == {-1.0, 1.0}
+    with pytest.raises(ValueError, match="period"):
+        band_texture(1, (8, 8), period=1, seed=0)
+    target = np.zeros((16, 16), dtype=int)
+    target[4:12, 4:12] = 1
+    code = mask_textured(target, 1, (16, 16), (0, 4), seed=0)
+    assert not code[0][target == 0].any() and np.all(np.abs(code[0][target == 1]) == 1)
+
+
+def test_nyquist_patterns_start_at_the_checkerboard_and_negate_after_the_corners():
+    assert nyquist_corners(2) == [(0, 1), (0,), (1,)]
+    board = nyquist_pattern(1, 1, (4, 4))[0]
+    assert np.array_equal(board, np.where(np.add.outer(range(4), range(4)) % 2 == 0, 1.0, -1.0))
+    assert np.array_equal(nyquist_pattern(4, 1, (4, 4)), -nyquist_pattern(1, 1, (4, 4)))
+    assert np.array_equal(nyquist_pattern(1, 1, (4, 4), cell=2)[0, :2, :2], np.ones((2, 2)))
+
+
+def test_nyquist_coded_leaves_the_background_and_refuses_negative_classes():
+    target = np.zeros((4, 4), dtype=int)
+    target[1:3, 1:3] = 255
+    code = nyquist_coded(target, 1, (4, 4))
+    assert not code[0][target == 0].any()
+    assert np.array_equal(code[0][target == 255], nyquist_pattern(1, 1, (4, 4))[0][target == 255])
+    assert np.array_equal(nyquist_coded(1, 1, (4, 4)), nyquist_pattern(2, 1, (4, 4)))
+    with pytest.raises(ConfigError, match=">= 0"):
+        nyquist_coded(np.full((4, 4), -1), 1, (4, 4))
