@@ -114,9 +114,11 @@ def test_auto_style_codes_images_with_nyquist_and_volumes_with_blocks(real_data)
     image = _record(real_data)
     assert np.array_equal(m.perturbation(image, None, 1.0), nyquist_coded(image.target, 1, image.spatial_shape))
     default = MaskCodedPatterns("4/255", seed=2)  # the default grid: the code made for a trainer at 128
-    assert default.params()["grid"] == "auto" and default.params()["grid_2d"] == "size:128" and default.params()["cell"] == 2
+    params = default.params()
+    assert params["grid"] == "auto" and params["grid_2d"] == "size:128" and params["cell"] == 2
+    explicit = MaskCodedPatterns("4/255", seed=2, grid="size:128")
     assert np.allclose(default.perturbation(image, image.unit_image(), 4 / 255),
-                       MaskCodedPatterns("4/255", seed=2, grid="size:128").perturbation(image, image.unit_image(), 4 / 255))
+                       explicit.perturbation(image, image.unit_image(), 4 / 255))
     labels = np.zeros((6, 8, 8), dtype=np.int64)
     labels[2:4, 2:6, 2:6] = 1
     volume = Record("v", np.zeros((1, 6, 8, 8)), IntensityMapping(0, 1, 0, 1, 0), 3, "nifti", target=labels)
@@ -142,7 +144,8 @@ def test_a_working_grid_code_survives_the_trainers_resize_where_the_native_code_
     assert np.abs(delta).max() <= 8 + 1e-6
     with pytest.raises(ConfigError, match="native"):
         MaskCodedPatterns("8/255", grid="size:128", style="blocks")
-    volume = Record("v", np.zeros((1, 6, 8, 8)), IntensityMapping(0, 1, 0, 1, 0), 3, "nifti", target=np.zeros((6, 8, 8), np.int64))
+    volume = Record("v", np.zeros((1, 6, 8, 8)), IntensityMapping(0, 1, 0, 1, 0), 3, "nifti",
+                    target=np.zeros((6, 8, 8), np.int64))
     with pytest.raises(ConfigError, match="2D"):
         MaskCodedPatterns("8/255", grid="size:4").perturbation(volume, volume.image, 0.1)
 
@@ -152,7 +155,8 @@ def test_a_large_image_gets_the_nearest_neighbour_copy_of_the_grid_code(monkeypa
 
     mask = np.zeros((300, 400), np.uint8)
     mask[100:200, 100:300] = 255
-    rec = Record("big", np.full((1, 300, 400), 128, np.uint8), IntensityMapping(0, 255, 0, 255, 1), 2, "image", target=mask)
+    rec = Record("big", np.full((1, 300, 400), 128, np.uint8), IntensityMapping(0, 255, 0, 255, 1), 2, "image",
+                 target=mask)
     method = MaskCodedPatterns("8/255", grid="size:100")
     optimised = method.perturbation(rec, rec.unit_image(), 8 / 255)
     monkeypatch.setattr(lsp, "PREIMAGE_MAX_POSITIONS", 1000)

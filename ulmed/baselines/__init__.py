@@ -7,7 +7,12 @@ numpy) does not load torch and MONAI for ``em``.
 from importlib import import_module
 from typing import Any
 
-_EXPORTS = {"ErrorMinimising": "em", "MaskCodedPatterns": "lsp", "NoPerturbation": "random_noise", "RandomNoise": "random_noise"}
+_EXPORTS = {
+    "ErrorMinimising": "em",
+    "MaskCodedPatterns": "lsp",
+    "NoPerturbation": "random_noise",
+    "RandomNoise": "random_noise",
+}
 
 
 def __getattr__(name: str) -> Any:
