@@ -34,18 +34,30 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
+from ulmed.choices import StrEnum, look_up, names
 from ulmed.errors import ConfigError, InputError
 from ulmed.io.images import output_relpath
 
-SPLITS = ("train", "val", "test")
+
+class Split(StrEnum):
+    """The fixed splits of a data set's ``index.csv`` (column ``split``)."""
+
+    TRAIN = "train"
+    VAL = "val"
+    TEST = "test"
+
+
+#: The split values, in definition order.
+SPLITS: tuple[str, ...] = names(Split)
 PNEUMONIA_FILE = "pneumoniamnist.npz"
 
 
-def _check_common(split: str, limit: int | None) -> None:
-    if split not in SPLITS:
-        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+def _check_common(split: str, limit: int | None) -> str:
+    """The split's value (a ConfigError naming the splits when unknown); checks ``limit`` too."""
+    value = look_up(split, Split, "split").value
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer or None, got {limit!r}")
+    return value
 
 
 def _index(root: Path, split: str, limit: int | None) -> list[dict[str, str]]:
@@ -118,7 +130,7 @@ def load_hc18(
         Images ``(N, 1, H, W)`` float32 in [0, 1], masks ``(N, H, W)`` int64 in {0, 1}, keys
         (image paths relative to ``root``).
     """
-    _check_common(split, limit)
+    split = _check_common(split, limit)
     root, hw = Path(root), _size(size)
     images, masks, keys = [], [], []
     for row in _index(root, split, limit):
@@ -186,7 +198,7 @@ def load_hippocampus(
         Images ``(N, 1, D, H, W)`` float32 in [0, 1] (per-volume min/max), labels
         ``(N, D, H, W)`` int64 in {0, 1, 2}, keys (image paths relative to ``root``).
     """
-    _check_common(split, limit)
+    split = _check_common(split, limit)
     if len(shape) != 3 or min(shape) < 1:
         raise ConfigError(f"shape must be three positive sizes, got {tuple(shape)}")
     root, dhw = Path(root), (int(shape[0]), int(shape[1]), int(shape[2]))
@@ -221,7 +233,7 @@ def load_pneumonia(
         Images ``(N, 1, 28, 28)`` float32 in [0, 1], labels ``(N,)`` int64 (0 normal,
         1 pneumonia), keys ``"<split>_images/<index>"``.
     """
-    _check_common(split, limit)
+    split = _check_common(split, limit)
     path = _npz_path(Path(root))
     with np.load(path) as data:
         if f"{split}_images" not in data:

@@ -26,7 +26,8 @@ def _pyplot() -> Any:
         matplotlib.use("Agg", force=True)
         import matplotlib.pyplot as plt
     except ImportError:
-        raise MissingDependencyError("the evaluation figures need matplotlib; install it with: pip install matplotlib") from None
+        raise MissingDependencyError("the evaluation figures need matplotlib; "
+                                     "install it with: pip install matplotlib") from None
     return plt
 
 
@@ -52,8 +53,8 @@ def metric_bars(report: dict[str, Any], path: Path) -> Path:
     plt = _pyplot()
     victims, defenses, cells = report["victims"], report["defenses"], report["cells"]
     protections = list(dict.fromkeys(c["protection"] for c in cells))
-    fig, axes = plt.subplots(1, len(victims), figsize=(max(4.0, 1.2 * len(defenses) * max(1, len(protections) / 2)) * len(victims), 3.6),
-                             squeeze=False)
+    panel_width = max(4.0, 1.2 * len(defenses) * max(1, len(protections) / 2))
+    fig, axes = plt.subplots(1, len(victims), figsize=(panel_width * len(victims), 3.6), squeeze=False)
     width = 0.8 / max(1, len(protections))
     colors = plt.get_cmap("tab10")
     for ax, victim in zip(axes[0], victims):

@@ -7,6 +7,11 @@ clean metric``. A mixing defense ``mix<p>`` (a share p protected, 1 - p clean) a
 ``clean_part`` cell per victim: the same victim trained on the clean share only, so one
 sees whether the protected share still adds anything.
 
+The run, step by step: :class:`EvalOptions` validates the settings; :func:`prepare` loads
+the clean splits and the protected copies; :func:`plan_cells` lists the cells;
+:func:`run_cell` resumes or trains each one; :func:`write_report` (:mod:`ulmed.eval.report`)
+writes the report. :func:`run_evaluation` does all of it.
+
 Resume: each finished cell is written to ``out/cells/<victim>__<defense>__<protection>.json``
 with a fingerprint of everything that shapes it (settings, training configuration, and a
 hash of the exact training and test arrays). A rerun reuses a cell whose fingerprint
@@ -29,17 +34,19 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ulmed.choices import look_up
+from ulmed.core.tasks import Task
 from ulmed.errors import ConfigError, InputError, OutputError
 from ulmed.eval.data import load_protected_like
 from ulmed.eval.defenses import build_defense, mix_mask
 from ulmed.eval.sources import (
-    DATASETS,
+    Dataset,
     EvalData,
     Protection,
     check_name,
@@ -54,7 +61,7 @@ from ulmed.io.atomic import atomic_write_json, jsonable
 log = logging.getLogger("ulmed")
 CLEAN = "clean"
 CLEAN_PART = "clean_part"
-MAIN_METRIC = {"segmentation": "dice", "classification": "accuracy"}
+MAIN_METRIC = {Task.SEGMENTATION: "dice", Task.CLASSIFICATION: "accuracy"}
 _MIX = re.compile(r"^mix(.+)$")
 #: TrainConfig fields that do not change a cell's result (on the same device kind).
 _NOT_FINGERPRINTED = ("num_threads",)
@@ -62,14 +69,91 @@ _NOT_FINGERPRINTED = ("num_threads",)
 SAL_SETTINGS: dict[str, Any] = {"n_batches": 4, "batch_size": 8, "gamma": 0.05, "steps": 1}
 
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """What the grid trains and how (validated on construction).
+
+    Args:
+        dataset: :class:`~ulmed.eval.sources.Dataset`: ``auto``, ``hc18`` (2D images +
+            masks), ``hippocampus`` (NIfTI + labels) or ``pneumonia``.
+        victims: Victim names (:data:`ulmed.eval.victims.VICTIMS`) of the data set's task.
+        defenses: Defense names (:func:`ulmed.eval.defenses.build_defense`).
+        train_config: How victims are trained; default ``TrainConfig()``. Its seed is
+            replaced by ``seed``.
+        victim_size: ``small`` (CPU) or ``base``.
+        size: (height, width) of 2D images for the victims.
+        shape: Volume shape for 3D data.
+        train_limit: At most this many train items (the first ones of the split).
+        test_limit: At most this many test items.
+        seed: Seed of the victims' weights, the defenses and training.
+        figures: Write the PNG figures (needs matplotlib).
+        learnability: Also measure each victim's sharpness-aware learnability per layer on
+            the clean test split (:data:`SAL_SETTINGS`) into its cell's ``sal``, and give every
+            cell the Unlearnable Distance ``ud`` to the clean cell (part of the fingerprint).
+    """
+
+    dataset: str = Dataset.AUTO
+    victims: Sequence[str] = ("unet",)
+    defenses: Sequence[str] = ("none",)
+    train_config: TrainConfig = field(default_factory=TrainConfig)
+    victim_size: str = "small"
+    size: Sequence[int] = (64, 64)
+    shape: Sequence[int] = (40, 56, 40)
+    train_limit: int | None = None
+    test_limit: int | None = None
+    seed: int = 0
+    figures: bool = True
+    learnability: bool = False
+
+    def __post_init__(self) -> None:
+        if self.victim_size not in SIZES:
+            raise ConfigError(f"victim size must be one of {', '.join(SIZES)}, got {self.victim_size!r}")
+        normal = {"dataset": look_up(self.dataset, Dataset, "dataset").value, "victims": tuple(self.victims),
+                  "defenses": tuple(self.defenses),
+                  "train_config": replace(self.train_config or TrainConfig(), seed=self.seed)}
+        for name, value in normal.items():
+            object.__setattr__(self, name, value)  # frozen: normalised once, here
+        if not self.victims:
+            raise ConfigError("no victim given; pass at least one, e.g. --victim unet")
+        if not self.defenses:
+            raise ConfigError("no defense given; pass at least one, e.g. --defense none")
+        for name in (*self.victims, *self.defenses):
+            if "__" in name:
+                raise ConfigError(f"name {name!r} may not contain '__' (it separates the parts of a cell file name)")
+        for d in self.defenses:
+            build_defense(d)  # validates the name early
+        if len(set(self.victims)) != len(self.victims) or len(set(self.defenses)) != len(self.defenses):
+            raise ConfigError("victims and defenses must not repeat")
+
+
+@dataclass
+class GridRun:
+    """A prepared run: the clean data, the train sets, and what every cell's fingerprint holds.
+
+    Args:
+        options: The validated options.
+        data: The clean splits.
+        protections: Protection name -> root of its protected copy.
+        train_sets: ``clean`` and each protection -> its train images.
+        settings: The settings recorded in the report and fingerprints; ``base_fingerprint``
+            adds the hash of the test split.
+    """
+
+    options: EvalOptions
+    data: EvalData
+    protections: dict[str, Path]
+    train_sets: dict[str, np.ndarray]
+    settings: dict[str, Any]
+    base_fingerprint: dict[str, Any]
+
+
 def cell_key(victim: str, defense: str, protection: str) -> str:
     """File stem of a cell: ``<victim>__<defense>__<protection>``."""
     return f"{victim}__{defense}__{protection}"
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON (NaN/inf as null) atomically."""
-    atomic_write_json(path, data)
+#: Write JSON (NaN/inf as null) atomically.
+write_json = atomic_write_json
 
 
 def _digest(*arrays: np.ndarray) -> str:
@@ -87,8 +171,7 @@ def clean_part(n: int, defense: str, seed: int) -> np.ndarray | None:
     It is the complement of the mask that :meth:`Defense.apply_data` draws with
     ``numpy.random.default_rng(seed)``; None for other defenses or fewer than 2 clean samples.
     """
-    match = _MIX.match(defense)
-    if match is None:
+    if (match := _MIX.match(defense)) is None:
         return None
     keep = ~mix_mask(n, float(match.group(1)), np.random.default_rng(seed))
     return keep if keep.sum() >= 2 else None
@@ -102,29 +185,74 @@ def _check_out(out: Path, inputs: Sequence[Path]) -> None:
         src = src.resolve()
         src_dir = src if src.is_dir() else src.parent
         if dst == src_dir or src_dir in dst.parents or dst in src_dir.parents:
-            raise OutputError(f"output folder overlaps the input {src_dir}; choose an -o outside it (inputs are never written)", dst)
+            raise OutputError(f"output folder overlaps the input {src_dir}; choose an -o outside it "
+                              "(inputs are never written)", dst)
 
 
-def _check_grid(data: EvalData, victims: Sequence[str], defenses: Sequence[str]) -> None:
-    if not victims:
-        raise ConfigError("no victim given; pass at least one, e.g. --victim unet")
-    if not defenses:
-        raise ConfigError("no defense given; pass at least one, e.g. --defense none")
-    for name in (*victims, *defenses):
-        if "__" in name:
-            raise ConfigError(f"name {name!r} may not contain '__' (it separates the parts of a cell file name)")
+def _check_victims(data: EvalData, victims: Sequence[str]) -> None:
     for v in victims:
         if task_of(v) != data.task:
             names = [n for n in VICTIMS.names() if task_of(n) == data.task]
             raise ConfigError(f"victim {v!r} does {task_of(v)}, but {data.dataset} needs {data.task}; "
                               f"choose one of: {', '.join(names)}")
-    for d in defenses:
-        build_defense(d)  # validates the name early
-    if len(set(victims)) != len(victims) or len(set(defenses)) != len(defenses):
-        raise ConfigError("victims and defenses must not repeat")
 
 
-def _train_cell(
+def _settings(data: EvalData, options: EvalOptions) -> dict[str, Any]:
+    cfg = {k: v for k, v in asdict(options.train_config).items() if k not in _NOT_FINGERPRINTED}
+    settings = {"dataset": data.dataset, "task": data.task, "num_classes": data.num_classes,
+                "loader": data.loader_kwargs, "train_limit": options.train_limit, "test_limit": options.test_limit,
+                "victim_size": options.victim_size, "train_config": cfg}
+    if options.learnability:  # absent when off, so cells cached without it keep their fingerprints
+        settings["learnability"] = dict(SAL_SETTINGS)
+    return settings
+
+
+def prepare(clean: Path, protected: Mapping[str, Path], out: Path, options: EvalOptions) -> GridRun:
+    """Check the paths, load the clean splits and the protected train sets.
+
+    Raises:
+        InputError: Missing clean data or protected copies.
+        OutputError: ``out`` overlaps an input.
+    """
+    if not clean.exists():
+        raise InputError("clean data set not found; check the --clean path", clean)
+    for name in protected:
+        check_name(name, reserved=(CLEAN, CLEAN_PART))
+    _check_out(out, [clean, *protected.values()])
+    data = load_eval_data(clean, options.dataset, size=options.size, shape=options.shape,
+                          train_limit=options.train_limit, test_limit=options.test_limit)
+    _check_victims(data, options.victims)
+    train_sets = {CLEAN: data.train_images}
+    for name, root in protected.items():
+        train_sets[name] = load_protected_like(root, data.train_keys, data.loader_kwargs)
+    settings = _settings(data, options)
+    base = {**settings, "test": _digest(data.test_images, data.test_targets)}
+    return GridRun(options, data, dict(protected), train_sets, settings, base)
+
+
+def plan_cells(run: GridRun) -> list[tuple[str, str, str]]:
+    """Every (victim, defense, protection) cell, the clean share of a mixing defense last per defense."""
+    plan: list[tuple[str, str, str]] = []
+    n, seed = len(run.data.train_keys), run.options.seed
+    for v in run.options.victims:
+        for d in run.options.defenses:
+            plan += [(v, d, p) for p in run.train_sets]
+            if clean_part(n, d, seed) is not None:
+                plan.append((v, d, CLEAN_PART))
+    return plan
+
+
+def _cell_data(run: GridRun, defense: str, protection: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Train images, targets, clean images and the defense the cell trains with."""
+    data = run.data
+    if protection != CLEAN_PART:
+        return run.train_sets[protection], data.train_targets, data.train_images, defense
+    keep = clean_part(len(data.train_keys), defense, run.options.seed)  # the clean share alone, without mixing
+    assert keep is not None  # planned only when there is one
+    return data.train_images[keep], data.train_targets[keep], data.train_images[keep], "none"
+
+
+def train_cell(
     victim: str, defense: str, images: np.ndarray, targets: np.ndarray, clean: np.ndarray | None,
     data: EvalData, config: TrainConfig, victim_size: str, learnability: bool = False,
 ) -> dict[str, Any]:
@@ -152,11 +280,69 @@ def _train_cell(
     return cell
 
 
-def _settings(data: EvalData, config: TrainConfig, victim_size: str, limits: tuple[int | None, int | None]) -> dict[str, Any]:
-    cfg = {k: v for k, v in asdict(config).items() if k not in _NOT_FINGERPRINTED}
-    return {"dataset": data.dataset, "task": data.task, "num_classes": data.num_classes,
-            "loader": data.loader_kwargs, "train_limit": limits[0], "test_limit": limits[1],
-            "victim_size": victim_size, "train_config": cfg}
+def run_cell(run: GridRun, out: Path, victim: str, defense: str, protection: str) -> dict[str, Any]:
+    """One cell: reused from ``out/cells`` when its fingerprint matches, else trained and written."""
+    images, targets, clean, trained_with = _cell_data(run, defense, protection)
+    fp = hashlib.sha256(json.dumps(jsonable({**run.base_fingerprint, "victim": victim, "defense": trained_with,
+                                             "protection": protection, "train": _digest(images, targets)}),
+                                   sort_keys=True).encode()).hexdigest()[:20]
+    path = out / "cells" / f"{cell_key(victim, defense, protection)}.json"
+    cell = load_cell(path, fp)
+    if cell is None:
+        opts = run.options
+        cell = {"victim": victim, "defense": defense, "protection": protection, "trained_with_defense": trained_with,
+                "fingerprint": fp, "reused": False,
+                **train_cell(victim, trained_with, images, targets, clean, run.data, opts.train_config,
+                             opts.victim_size, opts.learnability)}
+        write_json(path, cell)
+    cell["main_metric"] = MAIN_METRIC[run.data.task]
+    cell["value"] = cell["metrics"].get(cell["main_metric"])
+    return cell
+
+
+def _progress_line(i: int, n: int, cell: dict[str, Any]) -> str:
+    state = "reused" if cell["reused"] else f"{cell['wall_s']:.1f} s"
+    value = cell["value"]
+    shown = f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
+    return (f"[{i}/{n}] {cell['victim']} / {cell['defense']} / {cell['protection']}: "
+            f"{cell['main_metric']} {shown} ({state})")
+
+
+def raw_report(run: GridRun, clean: Path, out: Path, cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """The grid's report before :func:`~ulmed.eval.report.write_report` completes it."""
+    data, opts = run.data, run.options
+    infos: dict[str, Protection] = {n: read_protection(n, p, data.task) for n, p in run.protections.items()}
+    imperc = {name: imperceptibility_summary(data, root) for name, root in run.protections.items()}
+    trained = sum(not c["reused"] for c in cells)
+    return {
+        "ulmed_evaluation": 1, "clean": str(clean.resolve()), "out": str(out.resolve()),
+        "settings": {**run.settings, "seed": opts.seed, "n_train": len(data.train_keys),
+                     "n_test": int(data.test_images.shape[0])},
+        "victims": list(opts.victims), "defenses": list(opts.defenses), "main_metric": MAIN_METRIC[data.task],
+        "protections": [{**infos[n].to_dict(), "imperceptibility": imperc[n]} for n in run.protections],
+        "cells": cells, "trained": trained, "reused": len(cells) - trained,
+    }
+
+
+def evaluate_grid(
+    clean: str | Path, protected: Mapping[str, str | Path], out: str | Path, options: EvalOptions,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the evaluation grid with validated ``options``; see :func:`run_evaluation`."""
+    from ulmed.eval.report import write_report
+
+    start = time.perf_counter()
+    clean_root, out = Path(clean).expanduser(), Path(out).expanduser()
+    roots = {name: Path(p).expanduser() for name, p in protected.items()}
+    say = progress or (lambda line: log.info("%s", line))
+    run = prepare(clean_root, roots, out, options)
+    plan = plan_cells(run)
+    cells = []
+    for i, (v, d, p) in enumerate(plan, 1):
+        cells.append(run_cell(run, out, v, d, p))
+        say(_progress_line(i, len(plan), cells[-1]))
+    report = raw_report(run, clean_root, out, cells)
+    return write_report(report, out, data=run.data, protections=roots, figures=options.figures, started=start)
 
 
 def run_evaluation(
@@ -164,19 +350,8 @@ def run_evaluation(
     protected: Mapping[str, str | Path],
     out: str | Path,
     *,
-    dataset: str = "auto",
-    victims: Sequence[str] = ("unet",),
-    defenses: Sequence[str] = ("none",),
-    train_config: TrainConfig | None = None,
-    victim_size: str = "small",
-    size: Sequence[int] = (64, 64),
-    shape: Sequence[int] = (40, 56, 40),
-    train_limit: int | None = None,
-    test_limit: int | None = None,
-    seed: int = 0,
-    figures: bool = True,
-    learnability: bool = False,
     progress: Callable[[str], None] | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Run the evaluation grid and write ``report.json``, ``report.md`` and PNG figures.
 
@@ -187,110 +362,28 @@ def run_evaluation(
             as written by ``ulmed protect`` (same relative paths; its ``manifest.json`` says
             which method and surrogate made it). May be empty (baseline only).
         out: Output folder (created; rerunning into it resumes).
-        dataset: ``auto``, ``hc18`` (2D images + masks), ``hippocampus`` (NIfTI + labels) or
-            ``pneumonia``.
-        victims: Victim names (:data:`ulmed.eval.victims.VICTIMS`) of the data set's task.
-        defenses: Defense names (:func:`ulmed.eval.defenses.build_defense`).
-        train_config: How victims are trained; default ``TrainConfig()``. Its seed is
-            replaced by ``seed``.
-        victim_size: ``small`` (CPU) or ``base``.
-        size: (height, width) of 2D images for the victims.
-        shape: Volume shape for 3D data.
-        train_limit: At most this many train items (the first ones of the split).
-        test_limit: At most this many test items.
-        seed: Seed of the victims' weights, the defenses and training.
-        figures: Write the PNG figures (needs matplotlib).
-        learnability: Also measure every trained victim's sharpness-aware learnability per
-            layer on the clean test split (:data:`SAL_SETTINGS`; one forward and backward per
-            layer and batch) into the cell's ``sal``, and give every cell the Unlearnable
-            Distance ``ud`` to the clean cell of the same victim and defense
-            (docs/metrics/unlearnable_distance.md). Part of the cell fingerprint.
         progress: Called with one line per cell (e.g. the CLI prints it).
+        **options: The fields of :class:`EvalOptions` (``dataset``, ``victims``,
+            ``defenses``, ``train_config``, ``victim_size``, ``size``, ``shape``,
+            ``train_limit``, ``test_limit``, ``seed``, ``figures``, ``learnability``).
 
     Returns:
         The report (also written to ``out/report.json``), with ``files`` naming what was written.
 
     Raises:
-        ConfigError: Unknown victim/defense/dataset, a victim of the wrong task, bad names.
+        ConfigError: Unknown option, victim/defense/dataset, a victim of the wrong task, bad names.
         InputError: Missing or unreadable clean data or protected copies.
         OutputError: ``out`` overlaps an input or cannot be written.
     """
-    from ulmed.eval.report import write_report
-
-    start = time.perf_counter()
-    if victim_size not in SIZES:
-        raise ConfigError(f"victim size must be one of {', '.join(SIZES)}, got {victim_size!r}")
-    if dataset not in DATASETS:
-        raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
-    clean_root, out = Path(clean).expanduser(), Path(out).expanduser()
-    if not clean_root.exists():
-        raise InputError("clean data set not found; check the --clean path", clean_root)
-    for name in protected:
-        check_name(name, reserved=(CLEAN, CLEAN_PART))
-    prot_roots = {name: Path(p).expanduser() for name, p in protected.items()}
-    _check_out(out, [clean_root, *prot_roots.values()])
-    config = replace(train_config or TrainConfig(), seed=seed)
-    say = progress or (lambda line: log.info("%s", line))
-
-    data = load_eval_data(clean_root, dataset, size=size, shape=shape, train_limit=train_limit, test_limit=test_limit)
-    _check_grid(data, list(victims), list(defenses))
-    infos: dict[str, Protection] = {n: read_protection(n, p, data.task) for n, p in prot_roots.items()}
-    train_sets = {CLEAN: data.train_images}
-    for name, root in prot_roots.items():
-        train_sets[name] = load_protected_like(root, data.train_keys, data.loader_kwargs)
-    settings = _settings(data, config, victim_size, (train_limit, test_limit))
-    if learnability:  # absent when off, so cells cached without it keep their fingerprints
-        settings["learnability"] = dict(SAL_SETTINGS)
-    base_fp = {**settings, "test": _digest(data.test_images, data.test_targets)}
-
-    plan: list[tuple[str, str, str]] = []
-    for v in victims:
-        for d in defenses:
-            plan += [(v, d, p) for p in train_sets]
-            if clean_part(len(data.train_keys), d, seed) is not None:
-                plan.append((v, d, CLEAN_PART))
-
-    cells: list[dict[str, Any]] = []
-    trained = 0
-    for i, (v, d, p) in enumerate(plan, 1):
-        if p == CLEAN_PART:  # the clean share of a mixing defense alone, without mixing
-            keep = clean_part(len(data.train_keys), d, seed)
-            assert keep is not None  # planned only when there is one
-            images, targets, d_train = data.train_images[keep], data.train_targets[keep], "none"
-            clean_imgs = images
-        else:
-            images, targets, clean_imgs, d_train = train_sets[p], data.train_targets, data.train_images, d
-        fp = hashlib.sha256(json.dumps(jsonable({**base_fp, "victim": v, "defense": d_train, "protection": p,
-                                                  "train": _digest(images, targets)}), sort_keys=True).encode()).hexdigest()[:20]
-        path = out / "cells" / f"{cell_key(v, d, p)}.json"
-        cell = _load_cell(path, fp)
-        if cell is None:
-            cell = {"victim": v, "defense": d, "protection": p, "trained_with_defense": d_train,
-                    "fingerprint": fp, "reused": False,
-                    **_train_cell(v, d_train, images, targets, clean_imgs, data, config, victim_size, learnability)}
-            write_json(path, cell)
-            trained += 1
-        cell["main_metric"] = MAIN_METRIC[data.task]
-        cell["value"] = cell["metrics"].get(cell["main_metric"])
-        cells.append(cell)
-        state = "reused" if cell["reused"] else f"{cell['wall_s']:.1f} s"
-        value = cell["value"]
-        shown = f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
-        say(f"[{i}/{len(plan)}] {v} / {d} / {p}: {cell['main_metric']} {shown} ({state})")
-
-    imperc = {name: imperceptibility_summary(data, root) for name, root in prot_roots.items()}
-    report = {
-        "ulmed_evaluation": 1, "clean": str(clean_root.resolve()), "out": str(out.resolve()),
-        "settings": {**settings, "seed": seed, "n_train": len(data.train_keys), "n_test": int(data.test_images.shape[0])},
-        "victims": list(victims), "defenses": list(defenses), "main_metric": MAIN_METRIC[data.task],
-        "protections": [{**infos[n].to_dict(), "imperceptibility": imperc[n]} for n in prot_roots],
-        "cells": cells, "trained": trained, "reused": len(cells) - trained,
-    }
-    return write_report(report, out, data=data, protections=prot_roots, figures=figures,
-                        started=start)
+    unknown = sorted(set(options) - set(EvalOptions.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"unknown evaluation options {unknown}; known: {', '.join(EvalOptions.__dataclass_fields__)}")
+    if options.get("train_config") is None:
+        options.pop("train_config", None)
+    return evaluate_grid(clean, protected, out, EvalOptions(**options), progress)
 
 
-def _load_cell(path: Path, fingerprint: str) -> dict[str, Any] | None:
+def load_cell(path: Path, fingerprint: str) -> dict[str, Any] | None:
     """A finished cell with this fingerprint, marked ``reused``, or None (absent, stale, unreadable)."""
     if not path.is_file():
         return None

@@ -39,7 +39,8 @@ def _num(value: Any, digits: int = 3) -> str:
 
 def add_ratios(cells: list[dict[str, Any]]) -> None:
     """Set ``ratio`` (value / clean value of the same victim and defense) on every cell, in place."""
-    base: dict[tuple[str, str], Any] = {(c["victim"], c["defense"]): c.get("value") for c in cells if c["protection"] == CLEAN}
+    base: dict[tuple[str, str], Any] = {(c["victim"], c["defense"]): c.get("value")
+                                        for c in cells if c["protection"] == CLEAN}
     for c in cells:
         ref: Any = base.get((c["victim"], c["defense"]))
         value: Any = c.get("value")
@@ -81,7 +82,8 @@ def transfer_notes(report: dict[str, Any]) -> list[dict[str, Any]]:
             else:
                 how = f"made with {p['method']} on surrogate {sur}"
             transfer = None if sur is None else sur != v
-            kind = {True: f" (transfer: surrogate {sur} is not victim {v})", False: " (same network family as the surrogate)", None: ""}[transfer]
+            kind = {True: f" (transfer: surrogate {sur} is not victim {v})",
+                    False: " (same network family as the surrogate)", None: ""}[transfer]
             notes.append({"protection": p["name"], "method": p.get("method"), "surrogate": sur, "victim": v,
                           "transfer": transfer, "note": f"{p['name']}: {how}, evaluated on victim {v}{kind}"})
     return notes
@@ -104,7 +106,8 @@ def _markdown(report: dict[str, Any]) -> str:
     if has_ud:
         lines += [("UD = Unlearnable Distance: layers of the victim whose sharpness-aware learnability (on the clean "
                    "test split) exceeds the median of the clean-trained victim's, divided by that count for the "
-                   "clean-trained victim (1 = as many sharp layers as the clean victim; docs/metrics/unlearnable_distance.md)."), ""]
+                   "clean-trained victim (1 = as many sharp layers as the clean victim; "
+                   "docs/metrics/unlearnable_distance.md)."), ""]
     for v in report["victims"]:
         lines += [f"## Victim {v} ({s['victim_size']})", "",
                   f"| defense | protection | {label} | ratio to clean |{ud_head} PSNR (dB) | SSIM | train s |",
@@ -114,7 +117,8 @@ def _markdown(report: dict[str, Any]) -> str:
                 continue
             i = imp.get(c["protection"], {})
             ud = f" {_num(c.get('ud'))} |" if has_ud else ""
-            lines.append(f"| {c['defense']} | {c['protection']} | {_num(c.get('value'))} | {_num(c.get('ratio'))} |{ud} "
+            lines.append(f"| {c['defense']} | {c['protection']} | {_num(c.get('value'))} | "
+                         f"{_num(c.get('ratio'))} |{ud} "
                          f"{_num(i.get('psnr'), 1)} | {_num(i.get('ssim'))} | {_num(c.get('train_s'), 1)} |")
         lines.append("")
     if report["protections"]:
@@ -123,7 +127,8 @@ def _markdown(report: dict[str, Any]) -> str:
                   "|---|---|---|---|---|---|---|---|---|"]
         for p in report["protections"]:
             i = p["imperceptibility"]
-            lines.append(f"| {p['name']} | {p.get('method') or '?'} | {p.get('budget') or '?'} | {_num(i['psnr'], 1)} | "
+            lines.append(f"| {p['name']} | {p.get('method') or '?'} | {p.get('budget') or '?'} | "
+                         f"{_num(i['psnr'], 1)} | "
                          f"{_num(i['ssim'])} | {_num(i['linf'], 4)} | {_num(i['linf_native'], 2)} | "
                          f"{_num(i['l0_fraction'])} | {i['n']} |")
         lines += ["", "## Transfer", ""]

@@ -24,12 +24,36 @@ from typing import Any
 
 import numpy as np
 
+from ulmed.choices import StrEnum, look_up, names
 from ulmed.errors import ConfigError, InputError
-from ulmed.eval.data import PNEUMONIA_FILE, _npz_path, _read_2d, _read_nifti, load_hc18, load_hippocampus, load_pneumonia
+from ulmed.eval.data import (
+    PNEUMONIA_FILE,
+    _npz_path,
+    _read_2d,
+    _read_nifti,
+    load_hc18,
+    load_hippocampus,
+    load_pneumonia,
+)
 from ulmed.eval.imperceptibility import imperceptibility
 from ulmed.io.images import output_relpath
 
-DATASETS = ("auto", "hc18", "hippocampus", "pneumonia")
+
+class Dataset(StrEnum):
+    """The kinds of clean data set an evaluation reads."""
+
+    #: Tell the kind from the files (:func:`detect_dataset`).
+    AUTO = "auto"
+    #: Any 2D image + mask index (HC18 fetal head ultrasound).
+    HC18 = "hc18"
+    #: NIfTI volumes + label maps (MSD Task04 hippocampus).
+    HIPPOCAMPUS = "hippocampus"
+    #: PneumoniaMNIST ``.npz`` (classification).
+    PNEUMONIA = "pneumonia"
+
+
+#: The dataset values, in definition order.
+DATASETS: tuple[str, ...] = names(Dataset)
 MANIFEST_NAME = "manifest.json"
 #: Default surrogate of the optimised methods when the manifest says ``auto``.
 AUTO_SURROGATE = {"segmentation": "unet", "classification": "resnet18"}
@@ -111,7 +135,8 @@ def detect_dataset(root: str | Path) -> str:
         return "pneumonia"
     index = root / "index.csv"
     if not index.is_file():
-        raise InputError("no index.csv (with a split column) or pneumoniamnist.npz here; point --clean at the data set folder", root)
+        raise InputError("no index.csv (with a split column) or pneumoniamnist.npz here; "
+                         "point --clean at the data set folder", root)
     with open(index, newline="") as fh:
         reader = csv.DictReader(fh)
         first = next(reader, None)
@@ -122,7 +147,8 @@ def detect_dataset(root: str | Path) -> str:
         return "hippocampus"
     if "mask" in columns:
         return "hc18"
-    raise InputError("index.csv has neither a mask column (2D images) nor a label column (NIfTI); pass --dataset", index)
+    raise InputError("index.csv has neither a mask column (2D images) nor a label column (NIfTI); "
+                     "pass --dataset", index)
 
 
 def load_eval_data(
@@ -148,9 +174,8 @@ def load_eval_data(
         The :class:`EvalData`.
     """
     root = Path(root).expanduser()
-    if dataset not in DATASETS:
-        raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
-    kind = detect_dataset(root) if dataset == "auto" else dataset
+    chosen = look_up(dataset, Dataset, "dataset")
+    kind = detect_dataset(root) if chosen is Dataset.AUTO else chosen.value
     if not root.exists():
         raise InputError("clean data set not found; check the --clean path", root)
     kwargs: dict[str, Any]
