@@ -84,10 +84,8 @@ METHODS = (
     "lsp",
     "em",
     "salm",
-    "salm_lsp",
     "salm_nolabel",
     "em_eot",
-    "em_lsp_eot",
     "salm_eot",
     "em_bayes",
     "em_eot_shift",
@@ -98,8 +96,6 @@ METHODS = (
     "lsp_t2",
     "lsp_t4",
     "lsp_nyquist",
-    "em_nyquist",
-    "em_nyquist_eot",
     "lsp_blocks",
 )
 #: benchmark row -> (registered method, extra options, use labels)
@@ -109,10 +105,8 @@ ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "lsp": ("lsp", {}, True),
     "em": ("em", {}, True),
     "salm": ("salm", {"rho": 0.1}, True),
-    "salm_lsp": ("salm", {"rho": 0.1, "init": "lsp"}, True),
     "salm_nolabel": ("salm", {"rho": 0.1}, False),
     "em_eot": ("em", {"augment": "standard"}, True),
-    "em_lsp_eot": ("em", {"augment": "standard", "init": "lsp", "step_schedule": "dynamic"}, True),
     "salm_eot": ("salm", {"rho": 0.1, "augment": "standard"}, True),
     "em_bayes": ("em", {"objective": "bayes"}, True),
     "em_eot_shift": ("em", {"augment": {"shift": 3}}, True),
@@ -124,8 +118,6 @@ ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "lsp_t4": ("lsp", {"tile": 4}, True),
     "lsp_nyquist": ("lsp", {"style": "nyquist"}, True),
     "lsp_blocks": ("lsp", {"style": "blocks"}, True),
-    "em_nyquist": ("em", {"init": "nyquist"}, True),
-    "em_nyquist_eot": ("em", {"init": "nyquist", "augment": "standard", "step_schedule": "dynamic"}, True),
 }
 
 

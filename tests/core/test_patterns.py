@@ -1,13 +1,11 @@
-"""Class-coded patterns: +-1 codes per class, mask-coded images, band textures, Nyquist patterns."""
+"""Class-coded patterns: +-1 codes per class, mask-coded images, Nyquist patterns."""
 
 import numpy as np
 import pytest
 
 from ulmed.core.patterns import (
-    band_texture,
     class_pattern,
     mask_coded,
-    mask_textured,
     nyquist_coded,
     nyquist_corners,
     nyquist_pattern,
@@ -31,17 +29,6 @@ def test_mask_coded_gives_each_position_its_class_pattern():
     assert np.array_equal(code[:, :, :4], class_pattern(0, 1, (8, 8), 4, 1, 5)[:, :, :4])
     assert np.array_equal(code[:, :, 4:], class_pattern(3, 1, (8, 8), 4, 1, 5)[:, :, 4:])
     assert np.array_equal(mask_coded(2, 1, (8, 8), 4, 1, 5), class_pattern(2, 1, (8, 8), 4, 1, 5))
-
-
-def test_band_texture_and_mask_textured():
-    t = band_texture(1, (32, 32), period=4, seed=0)
-    assert t.shape == (1, 32, 32) and set(np.unique(t)) == {-1.0, 1.0}
-    with pytest.raises(ValueError, match="period"):
-        band_texture(1, (8, 8), period=1, seed=0)
-    target = np.zeros((16, 16), dtype=int)
-    target[4:12, 4:12] = 1
-    code = mask_textured(target, 1, (16, 16), (0, 4), seed=0)
-    assert not code[0][target == 0].any() and np.all(np.abs(code[0][target == 1]) == 1)
 
 
 def test_nyquist_patterns_start_at_the_checkerboard_and_negate_after_the_corners():

@@ -51,51 +51,6 @@ def mask_coded(
     return code
 
 
-def band_texture(channels: int, spatial: tuple[int, ...], period: float, seed: int, width: float = 0.25) -> np.ndarray:
-    """A ``+-1`` isotropic texture whose energy lies near one spatial period.
-
-    White noise is band-passed to the spatial frequencies within ``width`` (relative) of
-    ``1 / period`` and binarised by its sign. Unlike :func:`class_pattern`, the texture has
-    no fixed phase or orientation, so shifts, flips, rotations and small rescaling leave it
-    the same kind of texture (the same period), which is what a trainer's augmentation does.
-
-    Args:
-        channels: Channels of the output.
-        spatial: Spatial shape.
-        period: Dominant period in positions (>= 2).
-        seed: Seed of the white noise.
-        width: Relative half-width of the frequency band.
-    """
-    if period < 2:
-        raise ValueError(f"period must be >= 2 positions, got {period}")
-    rng = np.random.default_rng(seed)
-    noise = rng.standard_normal((channels, *spatial))
-    freqs = np.meshgrid(*(np.fft.fftfreq(n) for n in spatial), indexing="ij")
-    radius = np.sqrt(sum(f**2 for f in freqs))
-    keep = np.abs(radius - 1.0 / period) <= width / period
-    axes = tuple(range(1, noise.ndim))
-    band = np.real(np.fft.ifftn(np.fft.fftn(noise, axes=axes) * keep, axes=axes))
-    return np.where(band >= 0, 1.0, -1.0).astype(np.float32)
-
-
-def mask_textured(target: np.ndarray | int | None, channels: int, spatial: tuple[int, ...],
-                  periods: tuple[float, float], seed: int) -> np.ndarray:
-    """``(channels, *spatial)`` code: background (target 0) and foreground (any other value)
-    positions carry band textures of period ``periods[0]`` and ``periods[1]`` (0: no texture).
-
-    ``target`` is as in :func:`mask_coded`; a class label or None codes the whole image as
-    foreground or background.
-    """
-    if target is None or isinstance(target, (int, np.integer)):
-        target = np.full(spatial, 0 if target is None else int(target))
-    code = np.zeros((channels, *spatial), dtype=np.float32)
-    for index, where in enumerate((target == 0, target != 0)):
-        if periods[index] and where.any():
-            mask = np.broadcast_to(where, code.shape)
-            code[mask] = band_texture(channels, spatial, periods[index], seed + 7919 * index)[mask]
-    return code
-
-
 def nyquist_corners(spatial_dims: int) -> list[tuple[int, ...]]:
     """The axis sets of the Nyquist patterns, all axes first (the checkerboard), then fewer."""
     axes = range(spatial_dims)
