@@ -74,8 +74,8 @@ def test_report_has_one_cell_per_victim_defense_protection(first_run):
         if c["protection"] == CLEAN:
             assert c["ratio"] == 1.0
         else:
-            assert c["ratio"] == pytest.approx(c["value"] / next(
-                b["value"] for b in saved["cells"] if b["protection"] == CLEAN and b["defense"] == c["defense"]), abs=1e-5)
+            base = next(b["value"] for b in saved["cells"] if b["protection"] == CLEAN and b["defense"] == c["defense"])
+            assert c["ratio"] == pytest.approx(c["value"] / base, abs=1e-5)
     assert saved["settings"]["n_train"] == 6 and saved["settings"]["n_test"] == 3
 
 
