@@ -1,8 +1,10 @@
 """String choices: one ``StrEnum`` per option and one lookup that names the valid values.
 
 Every string option of ulmed (a norm, a task, a resize kernel, a DICOM encoding, ...) is a
-:class:`monai.utils.StrEnum`; :func:`look_up` turns user input into a member through MONAI's
-``look_up_option`` and raises a :class:`~ulmed.errors.ConfigError` that lists the choices.
+:class:`StrEnum` (members are their values, as in MONAI's); :func:`look_up` turns user input into
+a member through MONAI's ``look_up_option`` and raises a :class:`~ulmed.errors.ConfigError` that
+lists the choices. MONAI is imported only when a value is looked up, so that importing the io layer
+stays cheap for the training-free methods.
 """
 
 from __future__ import annotations
@@ -10,13 +12,21 @@ from __future__ import annotations
 from enum import Enum
 from typing import TypeVar
 
-from monai.utils import StrEnum, look_up_option
-
 from ulmed.errors import ConfigError
 
 __all__ = ["StrEnum", "look_up", "names"]
 
 E = TypeVar("E", bound=Enum)
+
+
+class StrEnum(str, Enum):
+    """A string enum whose members print and compare as their values (``Norm.L2 == "l2"``)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __repr__(self) -> str:
+        return str(self.value)
 
 
 def look_up(value: object, options: type[E], what: str) -> E:
@@ -33,6 +43,8 @@ def look_up(value: object, options: type[E], what: str) -> E:
     Raises:
         ConfigError: ``value`` is not one of the members' values.
     """
+    from monai.utils import look_up_option
+
     try:
         return options(look_up_option(str(getattr(value, "value", value)).lower(), [o.value for o in options]))
     except ValueError as exc:

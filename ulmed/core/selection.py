@@ -31,7 +31,7 @@ from ulmed.errors import ConfigError
 #: Candidate policies of the selection (names of :data:`ulmed.core.augment.PRESETS` or extra ones).
 CANDIDATES: dict[str, AugmentPolicy] = {
     "flip_jitter": PRESETS["flip_jitter"],
-    "geometric": AugmentPolicy(flips=True, rot90=True, rotate=15.0, scale=0.1, elastic=1.0),
+    "geometric": AugmentPolicy(flips=True, rot90=True, rotate=15.0, scale=0.1, elastic=30.0),  # the trainer's alpha
     "photometric": AugmentPolicy(brightness=0.2, contrast=0.2, gamma=0.2, noise=0.05, blur=1.0),
     "standard": PRESETS["standard"],
     "robust": PRESETS["robust"],
