@@ -59,3 +59,16 @@ def test_unetr_needs_an_img_size_in_multiples_of_16():
         build_victim("unetr", spatial_dims=3, in_channels=1, out_channels=2)
     with pytest.raises(ConfigError, match="multiple of 16"):
         build_victim("unetr", spatial_dims=3, in_channels=1, out_channels=2, img_size=(20, 20, 20))
+
+
+def test_size_is_a_choice_in_any_case_and_the_task_a_task():
+    from ulmed.core.tasks import Task
+    from ulmed.eval.victims import SIZES, VictimSize
+
+    assert SIZES == ("small", "base")
+    small = build_victim("unet", spatial_dims=2, in_channels=1, out_channels=2, size="SMALL", seed=0)
+    same = build_victim("unet", spatial_dims=2, in_channels=1, out_channels=2, size=VictimSize.SMALL, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(small.state_dict().values(), same.state_dict().values()))
+    with pytest.raises(ConfigError, match="small"):  # the message names the choices
+        build_victim("unet", spatial_dims=2, in_channels=1, out_channels=2, size="tiny")
+    assert task_of("unet") is Task.SEGMENTATION and task_of("resnet18") == "classification"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -22,23 +23,46 @@ from ulmed.errors import ConfigError
 
 #: SSIM constants (scikit-image's, after Wang et al. 2004).
 K1, K2 = 0.01, 0.03
-#: How a protection run measures each record (``--metrics``): ``sampled`` visits about
-#: :data:`SSIM_SAMPLE` SSIM window positions per record (all of them for 2D images up to about
-#: 512 x 512 and for small volumes; evenly spaced slabs of a series) and states the share it
-#: visited; ``full`` visits every one; ``none`` leaves SSIM out. PSNR and norms are always exact.
-METRICS = ("sampled", "full", "none")
+
+
+class Metrics(str, Enum):
+    """How a protection run measures each record (``--metrics``); PSNR and norms are always exact.
+
+    A plain ``(str, Enum)``, not :class:`ulmed.choices.StrEnum`: that one imports MONAI (and
+    with it ``scipy.stats``), which this module keeps out; :func:`metrics_options` still
+    checks a choice with :func:`ulmed.choices.look_up`.
+    """
+
+    #: About :data:`SSIM_SAMPLE` SSIM window positions per record (all of them for 2D images up
+    #: to about 512 x 512 and for small volumes; evenly spaced slabs of a series), stating the
+    #: share it visited.
+    SAMPLED = "sampled"
+    #: Every SSIM window position.
+    FULL = "full"
+    #: No SSIM.
+    NONE = "none"
+
+
+#: The ``--metrics`` values, in definition order.
+METRICS = tuple(m.value for m in Metrics)
+#: SSIM window positions visited per record under ``--metrics sampled``.
 SSIM_SAMPLE = 1 << 18
 
 
-def metrics_options(metrics: str) -> dict[str, Any]:
+def metrics_options(metrics: str | Metrics) -> dict[str, Any]:
     """The :func:`imperceptibility` keyword arguments of a ``--metrics`` choice.
 
     Raises:
-        ConfigError: ``metrics`` is not one of :data:`METRICS`.
+        ConfigError: ``metrics`` is not a :class:`Metrics` value.
     """
-    if metrics not in METRICS:
-        raise ConfigError(f"--metrics must be one of {', '.join(METRICS)}, got {metrics!r}")
-    return {"with_ssim": metrics != "none", "ssim_positions": SSIM_SAMPLE if metrics == "sampled" else None}
+    from ulmed.choices import look_up
+
+    try:
+        choice = look_up(metrics, Metrics, "--metrics")
+    except ConfigError:  # the message the CLI and the request checks have always given
+        raise ConfigError(f"--metrics must be one of {', '.join(METRICS)}, got {metrics!r}") from None
+    positions = SSIM_SAMPLE if choice is Metrics.SAMPLED else None
+    return {"with_ssim": choice is not Metrics.NONE, "ssim_positions": positions}
 
 
 def ssim_window(spatial: tuple[int, ...], largest: int = 7) -> int:
@@ -195,7 +219,9 @@ def imperceptibility(clean: np.ndarray, protected: np.ndarray, scale: float = 1.
             value_ssim, visited = ssim(clean, protected, win, to_unit=to_unit, max_positions=ssim_positions)
         elif with_ssim:
             value_ssim = float("nan")
-    sampling = {"ssim_positions": visited, "ssim_fraction": visited / every if every else 1.0} if visited is not None else {}
+    sampling = {}
+    if visited is not None:
+        sampling = {"ssim_positions": visited, "ssim_fraction": visited / every if every else 1.0}
     return {
         **sampling,
         "psnr": value_psnr,

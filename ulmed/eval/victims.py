@@ -24,18 +24,29 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from monai.networks import nets
 from torch import nn
 
+from ulmed.choices import StrEnum, look_up, names
 from ulmed.core.registry import Registry
+from ulmed.core.tasks import Task
 from ulmed.errors import ConfigError
 
-Task = Literal["segmentation", "classification"]
-SIZES = ("small", "base")
+
+class VictimSize(StrEnum):
+    """How big a victim network is."""
+
+    #: Trains on a laptop CPU in minutes.
+    SMALL = "small"
+    #: Close to the MONAI tutorials' defaults, meant for a GPU.
+    BASE = "base"
+
+
+#: The size values, in definition order.
+SIZES = names(VictimSize)
 
 
 @dataclass(frozen=True)
@@ -44,7 +55,7 @@ class VictimSpec:
 
     Args:
         name: Registry name.
-        task: ``"segmentation"`` or ``"classification"``.
+        task: What the victim learns (a :class:`~ulmed.core.tasks.Task`).
         dims: Spatial dimensions the network supports.
         build: ``build(spatial_dims, in_channels, out_channels, size, img_size) -> nn.Module``.
     """
@@ -52,17 +63,17 @@ class VictimSpec:
     name: str
     task: Task
     dims: tuple[int, ...]
-    build: Callable[[int, int, int, str, tuple[int, ...] | None], nn.Module]
+    build: Callable[[int, int, int, VictimSize, tuple[int, ...] | None], nn.Module]
 
 
 VICTIMS: Registry[VictimSpec] = Registry("victim")
 
 
-def _victim(name: str, task: Task, dims: tuple[int, ...] = (2, 3)) -> Callable:
+def _victim(name: str, task: str, dims: tuple[int, ...] = (2, 3)) -> Callable:
     """Decorator: register a builder function as a :class:`VictimSpec`."""
 
     def deco(fn: Callable) -> Callable:
-        VICTIMS.register(name)(VictimSpec(name, task, dims, fn))
+        VICTIMS.register(name)(VictimSpec(name, look_up(task, Task, "task"), dims, fn))
         return fn
 
     return deco
@@ -106,10 +117,10 @@ class FitShape(nn.Module):
 
 
 @_victim("unet", "segmentation")
-def _unet(dims: int, cin: int, cout: int, size: str, img_size: tuple[int, ...] | None) -> nn.Module:
+def _unet(dims: int, cin: int, cout: int, size: VictimSize, img_size: tuple[int, ...] | None) -> nn.Module:
     channels: tuple[int, ...]
     strides: tuple[int, ...]
-    if size == "small":
+    if size is VictimSize.SMALL:
         channels, strides, res = (16, 32, 64, 128), (2, 2, 2), 1
     else:
         channels, strides, res = (32, 64, 128, 256, 512), (2, 2, 2, 2), 2
@@ -118,8 +129,8 @@ def _unet(dims: int, cin: int, cout: int, size: str, img_size: tuple[int, ...] |
 
 
 @_victim("segresnet", "segmentation")
-def _segresnet(dims: int, cin: int, cout: int, size: str, img_size: tuple[int, ...] | None) -> nn.Module:
-    if size == "small":
+def _segresnet(dims: int, cin: int, cout: int, size: VictimSize, img_size: tuple[int, ...] | None) -> nn.Module:
+    if size is VictimSize.SMALL:
         net = nets.SegResNet(dims, init_filters=8, in_channels=cin, out_channels=cout, blocks_down=(1, 2, 2, 2))
     else:
         net = nets.SegResNet(dims, init_filters=16, in_channels=cin, out_channels=cout, blocks_down=(1, 2, 2, 4))
@@ -127,10 +138,10 @@ def _segresnet(dims: int, cin: int, cout: int, size: str, img_size: tuple[int, .
 
 
 @_victim("attention_unet", "segmentation")
-def _attention_unet(dims: int, cin: int, cout: int, size: str, img_size: tuple[int, ...] | None) -> nn.Module:
+def _attention_unet(dims: int, cin: int, cout: int, size: VictimSize, img_size: tuple[int, ...] | None) -> nn.Module:
     channels: tuple[int, ...]
     strides: tuple[int, ...]
-    if size == "small":
+    if size is VictimSize.SMALL:
         channels, strides = (16, 32, 64, 128), (2, 2, 2)
     else:
         channels, strides = (32, 64, 128, 256, 512), (2, 2, 2, 2)
@@ -139,27 +150,27 @@ def _attention_unet(dims: int, cin: int, cout: int, size: str, img_size: tuple[i
 
 
 @_victim("unetpp", "segmentation")
-def _unetpp(dims: int, cin: int, cout: int, size: str, img_size: tuple[int, ...] | None) -> nn.Module:
-    features = (16, 16, 32, 64, 128, 16) if size == "small" else (32, 32, 64, 128, 256, 32)
+def _unetpp(dims: int, cin: int, cout: int, size: VictimSize, img_size: tuple[int, ...] | None) -> nn.Module:
+    features = (16, 16, 32, 64, 128, 16) if size is VictimSize.SMALL else (32, 32, 64, 128, 256, 32)
     net = nets.BasicUNetPlusPlus(dims, cin, cout, features=features, deep_supervision=False)
     return FitShape(net, multiple=16)
 
 
 @_victim("unetr", "segmentation")
-def _unetr(dims: int, cin: int, cout: int, size: str, img_size: tuple[int, ...] | None) -> nn.Module:
+def _unetr(dims: int, cin: int, cout: int, size: VictimSize, img_size: tuple[int, ...] | None) -> nn.Module:
     if img_size is None:
         raise ConfigError("victim 'unetr' needs img_size (the exact input shape, each axis a multiple of 16)")
     if len(img_size) != dims or any(s < 16 or s % 16 for s in img_size):
         raise ConfigError(f"victim 'unetr': img_size {tuple(img_size)} must have {dims} axes, each a multiple of 16")
-    feature, hidden, mlp, heads = (8, 192, 384, 4) if size == "small" else (16, 768, 3072, 12)
+    feature, hidden, mlp, heads = (8, 192, 384, 4) if size is VictimSize.SMALL else (16, 768, 3072, 12)
     return nets.UNETR(cin, cout, img_size=tuple(img_size), feature_size=feature, hidden_size=hidden, mlp_dim=mlp,
                       num_heads=heads, spatial_dims=dims)
 
 
 @_victim("densenet121", "classification")
-def _densenet121(dims: int, cin: int, cout: int, size: str, img_size: tuple[int, ...] | None) -> nn.Module:
+def _densenet121(dims: int, cin: int, cout: int, size: VictimSize, img_size: tuple[int, ...] | None) -> nn.Module:
     # DenseNet-121 topology (6, 12, 24, 16); "small" halves the width (init 32, growth 16).
-    if size == "small":
+    if size is VictimSize.SMALL:
         net = nets.DenseNet(dims, cin, cout, init_features=32, growth_rate=16, block_config=(6, 12, 24, 16))
     else:
         net = nets.DenseNet121(spatial_dims=dims, in_channels=cin, out_channels=cout)
@@ -167,14 +178,14 @@ def _densenet121(dims: int, cin: int, cout: int, size: str, img_size: tuple[int,
 
 
 @_victim("resnet18", "classification")
-def _resnet18(dims: int, cin: int, cout: int, size: str, img_size: tuple[int, ...] | None) -> nn.Module:
-    planes = [16, 32, 64, 128] if size == "small" else [64, 128, 256, 512]
+def _resnet18(dims: int, cin: int, cout: int, size: VictimSize, img_size: tuple[int, ...] | None) -> nn.Module:
+    planes = [16, 32, 64, 128] if size is VictimSize.SMALL else [64, 128, 256, 512]
     net = nets.ResNet("basic", [2, 2, 2, 2], planes, spatial_dims=dims, n_input_channels=cin, num_classes=cout)
     return FitShape(net, min_size=16, crop=False)
 
 
 def task_of(name: str) -> Task:
-    """Task of the victim called ``name``: ``"segmentation"`` or ``"classification"``."""
+    """Task of the victim called ``name`` (:class:`~ulmed.core.tasks.Task`)."""
     return VICTIMS.get(name).task
 
 
@@ -184,7 +195,7 @@ def build_victim(
     spatial_dims: int,
     in_channels: int,
     out_channels: int,
-    size: str = "small",
+    size: str | VictimSize = VictimSize.SMALL,
     img_size: Sequence[int] | None = None,
     seed: int | None = None,
 ) -> nn.Module:
@@ -208,8 +219,7 @@ def build_victim(
         ConfigError: Unknown name or size, unsupported dimension, bad channel counts.
     """
     spec = VICTIMS.get(name)
-    if size not in SIZES:
-        raise ConfigError(f"victim size must be one of {', '.join(SIZES)}, got {size!r}")
+    size = look_up(size, VictimSize, "victim size")
     if spatial_dims not in spec.dims:
         raise ConfigError(f"victim {name!r} supports spatial_dims {spec.dims}, got {spatial_dims}")
     if in_channels < 1:
