@@ -1,9 +1,8 @@
 import pytest
 import torch
 
-from ulmed.segmentation.data import letterbox, unletterbox
 from ulmed.segmentation.generator import match_channels, scale_noise
-from ulmed.segmentation.prompts import PROMPT_KINDS, make_prompt, whole_image_prompt
+from ulmed.segmentation.prompts import PROMPT_KINDS, make_prompt
 
 
 @pytest.mark.parametrize("kind", PROMPT_KINDS)
@@ -22,20 +21,6 @@ def test_noise_shape_and_bounds_for_each_prompt(trainer, batch, kind):
     # a larger image: the map follows the input's resolution
     with torch.no_grad():
         assert gen(torch.nn.functional.interpolate(images, size=(48, 40)), prompt).shape == (3, 3, 48, 40)
-
-
-def test_prompts_from_masks(batch):
-    _, masks = batch
-    box = make_prompt(masks, "box").boxes
-    assert box.shape == (3, 4) and (box[:, 2] > box[:, 0]).all() and box.min() >= 0 and box.max() <= 1
-    pts = make_prompt(masks, "points", num_points=5, generator=torch.Generator().manual_seed(1))
-    assert pts.points.shape == (3, 5, 2) and (pts.labels == 1).all()
-    h, w = masks.shape[-2:]
-    cols, rows = (pts.points[..., 0] * w).long(), (pts.points[..., 1] * h).long()
-    assert all(masks[i, 0, rows[i], cols[i]].all() for i in range(3))  # points lie on the foreground
-    empty = make_prompt(torch.zeros(2, 1, 8, 8), "points")
-    assert (empty.labels == -1).all()
-    assert torch.equal(make_prompt(torch.zeros(1, 1, 8, 8), "box").boxes, whole_image_prompt(1).boxes)
 
 
 def test_frozen_sam_parts_stay_frozen(trainer, batch):
@@ -58,21 +43,12 @@ def test_grey_images_train_with_the_grey_noise_that_protect_applies(trainer, bat
         raw = trainer.generator(images, prompt)
         noise = trainer._noise(trainer.generator, images, masks, prompt)
     assert not torch.allclose(raw[:, 0], raw[:, 1])  # the generator itself makes colour noise ...
-    assert torch.allclose(noise[:, 0], noise[:, 1]) and torch.allclose(noise[:, 1], noise[:, 2])  # ... training sees its mean
-    expected = scale_noise(raw.mean(1, keepdim=True).expand_as(images), masks, trainer.config.train_eps, trainer.config.train_eps_bg)
+    # ... training sees its mean
+    assert torch.allclose(noise[:, 0], noise[:, 1]) and torch.allclose(noise[:, 1], noise[:, 2])
+    cfg = trainer.config
+    expected = scale_noise(raw.mean(1, keepdim=True).expand_as(images), masks, cfg.train_eps, cfg.train_eps_bg)
     assert torch.allclose(noise, expected)
     colour = images.clone()
     colour[0, 0] = colour[0, 0] * 0.5  # image 0 is now RGB: its noise keeps its channels
-    assert torch.equal(match_channels(raw, colour)[0], raw[0]) and torch.allclose(match_channels(raw, colour)[1, 0], raw[1].mean(0))
-
-
-def test_letterbox_pads_small_images_without_scaling_when_asked():
-    x = torch.rand(2, 3, 20, 30)
-    _, box = letterbox(x, 64)
-    assert (box.inner_h, box.inner_w) == (43, 64)  # scaled up to fit
-    padded, box = letterbox(x, 64, upscale=False)
-    assert (box.inner_h, box.inner_w, box.top, box.left) == (20, 30, 22, 17)
-    assert torch.equal(padded[..., 22:42, 17:47], x) and torch.isclose(padded.sum(), x.sum())  # the pixels, untouched
-    assert torch.allclose(unletterbox(padded, box), x)  # and back, exactly
-    _, box = letterbox(torch.rand(1, 1, 128, 96), 64, upscale=False)
-    assert (box.inner_h, box.inner_w) == (64, 48)  # larger images are still scaled down
+    assert torch.equal(match_channels(raw, colour)[0], raw[0])
+    assert torch.allclose(match_channels(raw, colour)[1, 0], raw[1].mean(0))

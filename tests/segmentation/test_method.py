@@ -9,7 +9,8 @@ from ulmed.errors import ConfigError
 from ulmed.io.record import IntensityMapping, Record
 from ulmed.pipeline.protect import available_methods, build_method, protect_path
 from ulmed.segmentation import method as unseg_method
-from ulmed.segmentation.method import UnSeg
+from ulmed.segmentation.method import Fallback, UnSeg
+from ulmed.segmentation.prompts import PromptKind
 
 
 def _diff(a, b):
@@ -41,7 +42,8 @@ def test_without_masks_the_fallback_is_recorded(sample_data, checkpoint, tmp_pat
     assert m.fit["fallback"] == {"mode": "box", "records": ["012_HC.png", "015_HC.png", "017_HC.png"]}
     assert all("fallback box" in e.reason for e in m.entries if e.status == "written")
     assert np.abs(_diff(tmp_path / "box/012_HC.png", images / "012_HC.png")).max() > 2.5  # full budget everywhere
-    m = protect_path(images, tmp_path / "skip", method="unseg", method_options={"generator": checkpoint, "fallback": "skip"})
+    m = protect_path(images, tmp_path / "skip", method="unseg",
+                     method_options={"generator": checkpoint, "fallback": "skip"})
     assert m.params["fallback"] == "skip" and len(m.fit["fallback"]["records"]) == 3
     assert not np.any(_diff(tmp_path / "skip/012_HC.png", images / "012_HC.png"))
 
@@ -64,7 +66,8 @@ def test_any_size_grey_rgb_and_volume_slices(checkpoint, channels, shape):
     fg = np.broadcast_to(rec.target > 0, delta.shape)
     assert np.abs(delta[fg]).max() <= 8 / 255 + 1e-6 and np.abs(delta[~fg]).max() <= 2 / 255 + 1e-6
     assert np.abs(delta).max() > 0
-    again = UnSeg("8/255", generator=checkpoint, eps_bg="2/255", prompt="points").perturbation(rec, rec.unit_image(), 8 / 255)
+    fresh = UnSeg("8/255", generator=checkpoint, eps_bg="2/255", prompt="points")
+    again = fresh.perturbation(rec, rec.unit_image(), 8 / 255)
     assert np.array_equal(delta, again)  # seeded per record
 
 
@@ -75,6 +78,9 @@ def test_options_are_validated(checkpoint, monkeypatch, tmp_path):
         UnSeg(generator=checkpoint, fallback="ignore")
     with pytest.raises(ConfigError, match="prompt"):
         UnSeg(generator=checkpoint, prompt="scribble")
+    upper = UnSeg(generator=checkpoint, prompt="BOX", fallback="Skip")  # choices in any case
+    assert upper.prompt is PromptKind.BOX and upper.fallback is Fallback.SKIP
+    assert upper.params()["prompt"] == "box" and json.dumps(upper.params()["fallback"]) == '"skip"'
     monkeypatch.setattr(unseg_method, "SHIPPED_GENERATOR", tmp_path / "none.pt")
     with pytest.raises(ConfigError, match="ulmed train-generator"):
         UnSeg()
@@ -104,8 +110,8 @@ def _mixed_records(hc18_train_records) -> list[Record]:
     rounding of the generator that depends on how images share a forward pass would show.
     """
     recs = hc18_train_records(24, 3) + hc18_train_records(40, 2)
-    recs = [Record(r.key, r.image / 255.0, IntensityMapping(0.0, 1.0, 0.0, 1.0, quantum=0.0), 2, "image", target=r.target)
-            for r in recs]
+    unit = IntensityMapping(0.0, 1.0, 0.0, 1.0, quantum=0.0)
+    recs = [Record(r.key, r.image / 255.0, unit, 2, "image", target=r.target) for r in recs]
     recs[1] = Record("no-mask.png", recs[1].image, recs[1].mapping, 2, "image")
     for rec in recs[3:]:
         rec.key = f"40px/{rec.key}"

@@ -3,10 +3,8 @@ import torch
 
 from ulmed.errors import ConfigError
 from ulmed.segmentation.config import UnsegConfig
-from ulmed.segmentation.prompts import make_prompt, no_prompt
+from ulmed.segmentation.prompts import make_prompt
 from ulmed.segmentation.train import BilevelTrainer, build_models
-
-REPO_CONFIG = __import__("pathlib").Path(__file__).resolve().parents[2] / "configs/unseg/tiny.yaml"
 
 
 def _loss(fn, images, masks, prompt):
@@ -19,7 +17,8 @@ def test_one_step_of_each_kind_lowers_its_own_loss(config, batch, kind):
     images, masks = batch
     torch.manual_seed(0)
     gen, sur = build_models(UnsegConfig(**{**config.to_dict(), "backbone_epochs": 1}))
-    t = BilevelTrainer(gen, sur, UnsegConfig(**{**config.to_dict(), "backbone_epochs": 1, "train_eps": "8/255", "train_eps_bg": "2/255"}))
+    options = {**config.to_dict(), "backbone_epochs": 1, "train_eps": "8/255", "train_eps_bg": "2/255"}
+    t = BilevelTrainer(gen, sur, UnsegConfig(**options))
     prompt = make_prompt(masks, kind, generator=torch.Generator().manual_seed(0))
     before = _loss(t.backbone_loss, images, masks, prompt)
     t.backbone_step(images, masks, prompt)
@@ -49,23 +48,6 @@ def test_fit_runs_the_schedule_and_stops_at_the_deadline(config, batch):
     assert t.steps == {"backbone": 1, "surrogate": 2, "generator": 2} and t.generator.frozen
     t.deadline = 0.0
     assert t.fit(images, masks) == []
-
-
-def test_config_reads_the_shipped_yaml_and_validates(tmp_path):
-    cfg = UnsegConfig.from_yaml(REPO_CONFIG)
-    assert cfg.builder == "tiny" and cfg.train_eps == pytest.approx(1 / 255) and cfg.train_eps_bg == pytest.approx(0.25 / 255)
-    assert cfg.label_modification and cfg.prompts == ["mask", "box", "points"]
-    assert UnsegConfig.from_yaml(REPO_CONFIG, rounds=3, limit=None).rounds == 3
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("builder: tiny\nepsilon: 3\n")
-    with pytest.raises(ConfigError, match="unknown option"):
-        UnsegConfig.from_yaml(bad)
-    with pytest.raises(ConfigError, match="eps_bg <= eps"):
-        UnsegConfig(eps="2/255", eps_bg="4/255")
-    with pytest.raises(ConfigError, match="prompts"):
-        UnsegConfig(prompts=["scribble"])
-    with pytest.raises(ConfigError, match="SAM builder"):
-        UnsegConfig(builder="vit_q")
 
 
 def test_the_shared_augmentation_policy_reaches_both_stages(config, batch):
@@ -98,7 +80,8 @@ def test_a_surrogate_without_prompt_ignores_the_prompt_and_still_trains(config, 
         _, target, seen = t._view(images, masks, masks, prompt)
         assert seen.kind == "none" and seen.count == images.shape[0] and torch.equal(target, masks)
     # ... while the generator still reads its prompt (the noise differs, so its loss does)
-    assert _loss(t.generator_loss, images, masks, box) != pytest.approx(_loss(t.generator_loss, images, masks, full), rel=1e-6)
+    full_loss = _loss(t.generator_loss, images, masks, full)
+    assert _loss(t.generator_loss, images, masks, box) != pytest.approx(full_loss, rel=1e-6)
     for loss_fn, step in ((t.surrogate_loss, t.surrogate_step), (t.generator_loss, t.generator_step)):
         before = _loss(loss_fn, images, masks, box)
         step(images, masks, box)
@@ -107,10 +90,30 @@ def test_a_surrogate_without_prompt_ignores_the_prompt_and_still_trains(config, 
         UnsegConfig(surrogate_prompt="box")
 
 
-def test_no_prompt_encodes_to_sams_empty_prompt(trainer):
-    sam = trainer.surrogate.sam
-    sparse, dense = no_prompt(3).encode(sam)
-    assert sparse.shape[:2] == (3, 0)
-    assert torch.equal(dense[1], sam.prompt_encoder.no_mask_embed.weight.reshape(-1, 1, 1).expand_as(dense[1]))
-    with pytest.raises(ConfigError):
-        no_prompt(0)
+def test_stages_are_a_choice_and_each_step_is_counted(trainer, batch):
+    from ulmed.segmentation.train import STAGES, Stage
+
+    images, masks = batch
+    assert STAGES == ("backbone", "surrogate", "generator") and trainer.steps == dict.fromkeys(STAGES, 0)
+    prompt = make_prompt(masks, "box")
+    losses = trainer.steps_of(Stage.SURROGATE, [(images, masks, prompt)] * 2)
+    assert len(losses) == 2 and losses[1] < losses[0]  # the same batch twice: the second step starts lower
+    trainer.steps_of("GENERATOR", [(images, masks, prompt)])
+    assert trainer.steps == {"backbone": 0, "surrogate": 2, "generator": 1}
+    assert not trainer.surrogate.training and all(not p.requires_grad for p in trainer.surrogate.parameters())
+    with pytest.raises(ConfigError, match="stage"):
+        trainer.steps_of("critic", [])
+
+
+def test_an_epoch_sees_every_image_once_in_batches_and_stops_at_the_deadline(trainer, batch):
+    images, masks = batch
+    seen = [x.shape[0] for x, _, _ in trainer.batches(images, masks)]
+    assert seen == [3]  # batch_size 4: one batch of the three images
+    trainer.config.batch_size = 2
+    batches = list(trainer.batches(images, masks))
+    assert [x.shape[0] for x, _, _ in batches] == [2, 1]
+    got = sorted(float(x.sum()) for b, _, _ in batches for x in b)
+    assert got == pytest.approx(sorted(float(x.sum()) for x in images))  # each image once, in a shuffled order
+    assert all(p.kind in ("mask", "box", "points") for _, _, p in batches)
+    trainer.deadline = 0.0
+    assert list(trainer.batches(images, masks)) == [] and trainer.epoch("surrogate", images, masks) is None

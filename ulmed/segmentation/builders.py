@@ -30,7 +30,9 @@ from ulmed.errors import ConfigError, InputError
 #: Where the official SAM checkpoints are published (the user downloads them; ulmed never does).
 SAM_CHECKPOINT_URL = "https://github.com/facebookresearch/segment-anything#model-checkpoints"
 #: Official file names, for the error message that says what to fetch.
-SAM_CHECKPOINT_FILES = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_h": "sam_vit_h_4b8939.pth"}
+SAM_CHECKPOINT_FILES = {
+    "vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_h": "sam_vit_h_4b8939.pth"
+}
 
 
 @dataclass(frozen=True)
@@ -72,11 +74,13 @@ class SamSpec:
 
     def __post_init__(self) -> None:
         if self.img_size < 1 or self.patch_size < 1 or self.img_size % self.patch_size:
-            raise ConfigError(f"img_size must be a positive multiple of patch_size, got {self.img_size} and {self.patch_size}")
+            raise ConfigError(f"img_size must be a positive multiple of patch_size, "
+                              f"got {self.img_size} and {self.patch_size}")
         if self.embed_dim % self.num_heads or self.prompt_dim % self.decoder_heads:
             raise ConfigError("embed_dim and prompt_dim must be divisible by their numbers of heads")
         if self.prompt_dim % 8 or self.mask_in_chans % 4:
-            raise ConfigError(f"prompt_dim must be a multiple of 8 and mask_in_chans of 4, got {self.prompt_dim}, {self.mask_in_chans}")
+            raise ConfigError(f"prompt_dim must be a multiple of 8 and mask_in_chans of 4, "
+                              f"got {self.prompt_dim}, {self.mask_in_chans}")
         if not 0 <= self.early_block < self.depth:
             raise ConfigError(f"early_block must lie in [0, {self.depth}), got {self.early_block}")
 
@@ -151,13 +155,15 @@ def load_sam_weights(sam: Sam, checkpoint: str | Path, name: str) -> Sam:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle/zip errors of many kinds
-        raise InputError(f"cannot read as a SAM checkpoint ({exc.__class__.__name__}); use an official sam_vit_*.pth file", path) from None
+        raise InputError(f"cannot read as a SAM checkpoint ({exc.__class__.__name__}); "
+                         "use an official sam_vit_*.pth file", path) from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     try:
         sam.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:
-        raise InputError(f"does not fit the {name} architecture ({str(exc).splitlines()[0]}); pass the matching builder", path) from None
+        raise InputError(f"does not fit the {name} architecture ({str(exc).splitlines()[0]}); "
+                         "pass the matching builder", path) from None
     return sam
 
 
@@ -178,9 +184,11 @@ def build_named_sam(name: str, img_size: int | None = None, checkpoint: str | Pa
     spec = spec_for(name, img_size)
     if checkpoint is None and require_checkpoint and name != "tiny":
         fname = SAM_CHECKPOINT_FILES[name]
-        raise ConfigError(f"builder {name!r} needs SAM's pretrained weights: download {fname} from {SAM_CHECKPOINT_URL}, "
-                          f"put it on this machine and pass --sam-checkpoint PATH (nothing is downloaded at run time)")
+        raise ConfigError(f"builder {name!r} needs SAM's pretrained weights: download {fname} from "
+                          f"{SAM_CHECKPOINT_URL}, put it on this machine and pass --sam-checkpoint PATH "
+                          "(nothing is downloaded at run time)")
     if checkpoint is not None and spec != SAM_SPECS.get(name):
-        raise ConfigError(f"a SAM checkpoint fixes the input size of {name!r} to {SAM_SPECS.get(name).img_size}; drop img_size")
+        raise ConfigError(f"a SAM checkpoint fixes the input size of {name!r} to {SAM_SPECS.get(name).img_size}; "
+                          "drop img_size")
     sam = build_sam(spec)
     return load_sam_weights(sam, checkpoint, name) if checkpoint is not None else sam

@@ -71,7 +71,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ConfigError("generator checkpoint not found; train one with `ulmed train-generator` or pass generator=PATH", path)
+        raise ConfigError("generator checkpoint not found; train one with `ulmed train-generator` "
+                          "or pass generator=PATH", path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - zip/pickle errors of many kinds
@@ -98,7 +99,8 @@ def load_generator(path: str | Path, sam_checkpoint: str | Path | None = None) -
         sam.load_state_dict(state["sam"])
     else:
         if sam_checkpoint is None:
-            raise ConfigError(f"this generator needs SAM's weights ({state.get('sam_checkpoint')}); pass sam_checkpoint=PATH", path)
+            raise ConfigError(f"this generator needs SAM's weights ({state.get('sam_checkpoint')}); "
+                              "pass sam_checkpoint=PATH", path)
         sam = build_named_sam(state["builder"], checkpoint=sam_checkpoint)
     generator = UnsegGenerator(spec, int(state["channels"]), sam)
     generator.head.load_state_dict(state["head"])

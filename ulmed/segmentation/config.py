@@ -8,14 +8,25 @@ from typing import Any
 
 import yaml
 
+from ulmed.choices import StrEnum, look_up, names
 from ulmed.core.augment import AugmentPolicy
 from ulmed.core.budget import Budget
 from ulmed.errors import ConfigError
 from ulmed.segmentation.builders import SAM_SPECS, spec_for
-from ulmed.segmentation.prompts import NO_PROMPT, PROMPT_KINDS
+from ulmed.segmentation.prompts import NO_PROMPT, PROMPT_KINDS, PromptKind
 
-#: What the surrogate sees besides ``image + noise``: the training prompt, or nothing.
-SURROGATE_PROMPTS = ("same", NO_PROMPT)
+
+class SurrogatePrompt(StrEnum):
+    """What the surrogate sees besides ``image + noise``."""
+
+    #: The generator's training prompt (UnSeg's public code).
+    SAME = "same"
+    #: No prompt: it segments from the image alone, like a victim model.
+    NONE = NO_PROMPT
+
+
+#: The surrogate prompt values, in definition order.
+SURROGATE_PROMPTS = names(SurrogatePrompt)
 
 
 def _eps(value: Any, name: str, allow_zero: bool = False) -> float:
@@ -112,10 +123,11 @@ class UnsegConfig:
             raise ConfigError("epoch counts must be >= 0")
         if min(self.lr_generator, self.lr_surrogate) <= 0:
             raise ConfigError("learning rates must be > 0")
-        if not self.prompts or any(p not in PROMPT_KINDS for p in self.prompts):
+        if not self.prompts or isinstance(self.prompts, str):
             raise ConfigError(f"prompts must be a non-empty list of {', '.join(PROMPT_KINDS)}, got {self.prompts!r}")
-        if self.surrogate_prompt not in SURROGATE_PROMPTS:
-            raise ConfigError(f"surrogate_prompt must be one of {', '.join(SURROGATE_PROMPTS)}, got {self.surrogate_prompt!r}")
+        # plain strings, not members: the configuration is stored in checkpoints
+        self.prompts = [look_up(p, PromptKind, "prompts").value for p in self.prompts]
+        self.surrogate_prompt = look_up(self.surrogate_prompt, SurrogatePrompt, "surrogate_prompt").value
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f"max_minutes must be > 0, got {self.max_minutes}")
 

@@ -33,7 +33,9 @@ from ulmed.segmentation.sam_parts import encode_image, preprocess, run_decoder
 
 def _upscale(cin: int, mid: int, cout: int) -> nn.Sequential:
     """Two stride-2 transposed convolutions: x4 in resolution."""
-    return nn.Sequential(nn.ConvTranspose2d(cin, mid, 2, 2), LayerNorm2d(mid), nn.GELU(), nn.ConvTranspose2d(mid, cout, 2, 2))
+    return nn.Sequential(
+        nn.ConvTranspose2d(cin, mid, 2, 2), LayerNorm2d(mid), nn.GELU(), nn.ConvTranspose2d(mid, cout, 2, 2)
+    )
 
 
 class NoiseHead(nn.Module):
@@ -71,7 +73,8 @@ class UnsegGenerator(nn.Module):
         self.spec, self.channels = spec, channels
         self.sam = sam if sam is not None else build_sam(spec)
         if self.sam.image_encoder.img_size != spec.img_size:
-            raise ConfigError(f"the SAM model takes {self.sam.image_encoder.img_size} pixels but the spec says {spec.img_size}")
+            raise ConfigError(f"the SAM model takes {self.sam.image_encoder.img_size} pixels "
+                              f"but the spec says {spec.img_size}")
         self.head = NoiseHead(spec, channels)
         self.frozen = False
 
@@ -128,7 +131,8 @@ def match_channels(raw: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return torch.where(grey, mean, raw)
 
 
-def scale_noise(raw: torch.Tensor, region: torch.Tensor, eps: float | torch.Tensor, eps_bg: float | torch.Tensor) -> torch.Tensor:
+def scale_noise(raw: torch.Tensor, region: torch.Tensor, eps: float | torch.Tensor,
+                eps_bg: float | torch.Tensor) -> torch.Tensor:
     """``raw`` (in [-1, 1]) scaled to ``eps`` inside ``region`` (``(B, 1, H, W)`` in [0, 1]) and ``eps_bg`` outside."""
     eps_t = torch.as_tensor(eps, dtype=raw.dtype, device=raw.device).reshape(-1, 1, 1, 1)
     bg_t = torch.as_tensor(eps_bg, dtype=raw.dtype, device=raw.device).reshape(-1, 1, 1, 1)

@@ -9,8 +9,9 @@ foreground > 0), and run through the generator (under ``torch.inference_mode``) 
 ``batch_size``, which :meth:`UnSeg.protect_many` fills with the images of several records (the
 pipeline hands it ``batch_size`` images at a time). Every pass holds ``batch_size`` images (a
 short one is padded), so the result does not depend on how records are grouped: it is the same
-byte for byte as one record at a time, in a resumed or sharded run as in a whole one. The tanh map is scaled back to the image's own size and multiplied by ``eps`` inside
-the mask and ``eps_bg`` outside; a grey image (also one stored as RGB with equal channels)
+byte for byte as one record at a time, in a resumed or sharded run as in a whole one. The tanh
+map is scaled back to the image's own size and multiplied by ``eps`` inside the mask and
+``eps_bg`` outside; a grey image (also one stored as RGB with equal channels)
 takes the mean of the noise channels, as in training
 (:func:`ulmed.segmentation.generator.match_channels`).
 
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ulmed.choices import StrEnum, look_up, names
 from ulmed.core.budget import Budget
 from ulmed.core.device import resolve_device
 from ulmed.core.method import METHODS, ProtectionMethod, record_seed
@@ -38,17 +40,23 @@ from ulmed.io.record import Record
 from ulmed.segmentation.checkpoint import load_generator
 from ulmed.segmentation.data import Box, letterbox, to_rgb, unletterbox
 from ulmed.segmentation.generator import match_channels
-from ulmed.segmentation.prompts import (
-    PROMPT_KINDS,
-    Prompt,
-    cat_prompts,
-    make_prompt,
-    whole_image_prompt,
-)
+from ulmed.segmentation.prompts import Prompt, PromptKind, cat_prompts, make_prompt, whole_image_prompt
 
 #: The generator shipped with the repository (see models/README.md).
 SHIPPED_GENERATOR = Path(__file__).resolve().parents[2] / "models" / "unseg_tiny_hc18.pt"
-FALLBACKS = ("box", "skip")
+
+
+class Fallback(StrEnum):
+    """What happens to a record without a mask."""
+
+    #: A whole-image box prompt; the whole image counts as inside and gets ``eps``.
+    BOX = "box"
+    #: Left untouched.
+    SKIP = "skip"
+
+
+#: The fallback values, in definition order.
+FALLBACKS = names(Fallback)
 
 
 @dataclass
@@ -90,33 +98,34 @@ class UnSeg(ProtectionMethod):
     """
 
     name = "unseg"
-    citation = 'Sun et al., "One Universal Unlearnable Example Generator is Enough against All Image Segmentation", NeurIPS 2024'
+    citation = ('Sun et al., "One Universal Unlearnable Example Generator is Enough against All Image '
+                'Segmentation", NeurIPS 2024')
     norm_reason = "its generator was trained to emit per-position noise scaled to an L-inf budget"
 
     def __init__(self, *args: Any, generator: str | Path | None = None, eps_bg: str | float = "2/255",
                  prompt: str = "mask", fallback: str = "box", batch_size: int = 16, num_points: int = 3,
                  sam_checkpoint: str | Path | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if prompt not in PROMPT_KINDS:
-            raise ConfigError(f"prompt must be one of {', '.join(PROMPT_KINDS)}, got {prompt!r}")
-        if fallback not in FALLBACKS:
-            raise ConfigError(f"fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
+        prompt_kind, fallback_kind = look_up(prompt, PromptKind, "prompt"), look_up(fallback, Fallback, "fallback")
         if batch_size < 1 or num_points < 1:
             raise ConfigError(f"batch_size and num_points must be >= 1, got {batch_size}, {num_points}")
         self.eps_bg = None if eps_bg == 0 or str(eps_bg).strip() in ("0", "0.0") else Budget.parse(eps_bg)
-        if self.eps_bg is not None and self.eps_bg.native_unit == self.budget.native_unit and self.eps_bg.value > self.budget.value:
-            raise ConfigError(f"eps_bg {self.eps_bg.spec!r} exceeds the budget {self.budget.spec!r}; the noise is projected onto the budget, so use eps_bg <= eps")
+        bg = self.eps_bg
+        if bg is not None and bg.native_unit == self.budget.native_unit and bg.value > self.budget.value:
+            raise ConfigError(f"eps_bg {bg.spec!r} exceeds the budget {self.budget.spec!r}; the noise is projected "
+                              "onto the budget, so use eps_bg <= eps")
         if generator is None:
             if not SHIPPED_GENERATOR.is_file():
-                raise ConfigError(f"no generator given and the shipped one ({SHIPPED_GENERATOR}) is missing; train one with "
-                                  "`ulmed train-generator --data IMAGES --masks MASKS --config configs/unseg/tiny.yaml --out models/unseg.pt` "
-                                  "and pass --set generator=PATH")
+                raise ConfigError(f"no generator given and the shipped one ({SHIPPED_GENERATOR}) is missing; train one "
+                                  "with `ulmed train-generator --data IMAGES --masks MASKS --config "
+                                  "configs/unseg/tiny.yaml --out models/unseg.pt` and pass --set generator=PATH")
             generator = SHIPPED_GENERATOR
         self.generator_path = Path(generator).expanduser()
         self.generator, state = load_generator(self.generator_path, sam_checkpoint)
         self.generator_sha = hashlib.sha256(self.generator_path.read_bytes()).hexdigest()[:16]
         self.builder = state["builder"]
-        self.prompt, self.fallback, self.batch_size, self.num_points = prompt, fallback, batch_size, num_points
+        self.prompt, self.fallback = prompt_kind, fallback_kind
+        self.batch_size, self.num_points = batch_size, num_points
         self.batch_hint = batch_size  # the pipeline hands protect_many this many images at once
         self.fallback_records: list[str] = []
         self._device: torch.device | None = None
@@ -185,7 +194,8 @@ class UnSeg(ProtectionMethod):
         if n < self.batch_size:
             index = torch.arange(self.batch_size).clamp(max=n - 1)
             x, prompt = x[index], prompt.select(index)
-        raw = self.generator(x.to(self._device), prompt.to(self._device))[:n].float().cpu()  # float32 also under autocast
+        # float32 also under autocast
+        raw = self.generator(x.to(self._device), prompt.to(self._device))[:n].float().cpu()
         for (j, piece), r in zip(queue, raw.split([len(p.x) for _, p in queue])):
             out[j].append(unletterbox(r, piece.box).clamp(-1, 1))
 
@@ -193,7 +203,9 @@ class UnSeg(ProtectionMethod):
         """Names the fallback when the record had no mask (the manifest entry's note)."""
         if isinstance(record.target, np.ndarray):
             return None
-        return "no mask: left untouched (fallback skip)" if self.fallback == "skip" else "no mask: whole-image box prompt (fallback box)"
+        if self.fallback is Fallback.SKIP:
+            return "no mask: left untouched (fallback skip)"
+        return "no mask: whole-image box prompt (fallback box)"
 
     def perturbation(self, record: Record, unit_image: np.ndarray, eps: float) -> np.ndarray:
         """``eps`` x the generator's map inside the mask, ``eps_bg`` x outside (see the module docstring)."""
@@ -210,7 +222,8 @@ class UnSeg(ProtectionMethod):
         deltas = self._perturbations(records, [r.unit_image() for r in records], eps)
         return [self.apply(r, d, e) for r, d, e in zip(records, deltas, eps)]
 
-    def _perturbations(self, records: Sequence[Record], units: Sequence[np.ndarray], eps: Sequence[float]) -> list[np.ndarray]:
+    def _perturbations(self, records: Sequence[Record], units: Sequence[np.ndarray],
+                       eps: Sequence[float]) -> list[np.ndarray]:
         """:meth:`perturbation` of each record, with one :meth:`_raw` call for all of them."""
         plans = [self._plan(r, u, e) for r, u, e in zip(records, units, eps)]
         jobs = [job for plan in plans if plan is not None for job in plan.jobs]
@@ -234,7 +247,7 @@ class UnSeg(ProtectionMethod):
         target = record.target if isinstance(record.target, np.ndarray) else None
         if target is None:
             self.fallback_records.append(record.key)
-            if self.fallback == "skip":
+            if self.fallback is Fallback.SKIP:
                 return None
         unit = unit_image if record.spatial_dims == 3 else unit_image[:, None]  # (C, D, H, W)
         fg = None if target is None else (target if record.spatial_dims == 3 else target[None]) > 0  # (D, H, W)

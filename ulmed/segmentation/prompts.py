@@ -15,9 +15,23 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
+from ulmed.choices import StrEnum, look_up, names
 from ulmed.errors import ConfigError
 
-PROMPT_KINDS = ("mask", "box", "points")
+
+class PromptKind(StrEnum):
+    """The prompts :func:`make_prompt` derives from a mask."""
+
+    #: The (optionally dilated or eroded) mask itself.
+    MASK = "mask"
+    #: The mask's bounding box (optionally jittered).
+    BOX = "box"
+    #: Foreground points drawn from the mask.
+    POINTS = "points"
+
+
+#: The prompt kind values, in definition order.
+PROMPT_KINDS = names(PromptKind)
 #: The kind of :func:`no_prompt`: SAM's "no prompt" embeddings (a plain segmenter's input).
 NO_PROMPT = "none"
 #: SAM reads a mask prompt as low-resolution logits; a binary mask becomes +-MASK_LOGIT.
@@ -66,12 +80,16 @@ class Prompt:
 
     def to(self, device: torch.device) -> Prompt:
         """The same prompt on ``device``."""
-        move = lambda t: None if t is None else t.to(device)
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
         return Prompt(self.kind, move(self.boxes), move(self.points), move(self.labels), move(self.masks), self.count)
 
     def select(self, index: torch.Tensor) -> Prompt:
         """The prompts of the images ``index`` of the batch, in that order (a box, point or mask prompt)."""
-        pick = lambda t: None if t is None else t[index.to(t.device)]
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[index.to(t.device)]
+
         return Prompt(self.kind, pick(self.boxes), pick(self.points), pick(self.labels), pick(self.masks))
 
 
@@ -84,7 +102,9 @@ def cat_prompts(prompts: list[Prompt]) -> Prompt:
     kinds = {p.kind for p in prompts}
     if len(kinds) != 1 or NO_PROMPT in kinds:
         raise ConfigError(f"can only join box, point or mask prompts of one kind, got {sorted(kinds) or 'none'}")
-    join = lambda name: None if getattr(prompts[0], name) is None else torch.cat([getattr(p, name) for p in prompts])
+    def join(name: str) -> torch.Tensor | None:
+        return None if getattr(prompts[0], name) is None else torch.cat([getattr(p, name) for p in prompts])
+
     return Prompt(prompts[0].kind, join("boxes"), join("points"), join("labels"), join("masks"))
 
 
@@ -117,13 +137,13 @@ def whole_image_prompt(batch: int, device: torch.device | str = "cpu") -> Prompt
     return Prompt("box", boxes=torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=device).repeat(batch, 1))
 
 
-def make_prompt(masks: torch.Tensor, kind: str, *, num_points: int = 3, noisy: bool = False,
+def make_prompt(masks: torch.Tensor, kind: str | PromptKind, *, num_points: int = 3, noisy: bool = False,
                 jitter: float = 0.1, generator: torch.Generator | None = None) -> Prompt:
     """Derive a prompt of ``kind`` from binary masks.
 
     Args:
         masks: ``(B, 1, H, W)`` binary masks (any dtype).
-        kind: ``mask``, ``box`` or ``points``.
+        kind: ``mask``, ``box`` or ``points`` (a :class:`PromptKind`, any case).
         num_points: Foreground points per image (point prompts).
         noisy: Training noise: box corners moved by up to ``jitter`` of the box side, masks
             randomly dilated or eroded by one or two pixels.
@@ -133,27 +153,27 @@ def make_prompt(masks: torch.Tensor, kind: str, *, num_points: int = 3, noisy: b
     Raises:
         ConfigError: Unknown kind or a bad ``num_points``/``jitter``.
     """
-    if kind not in PROMPT_KINDS:
-        raise ConfigError(f"prompt kind must be one of {', '.join(PROMPT_KINDS)}, got {kind!r}")
+    choice = look_up(kind, PromptKind, "prompt kind")
     if num_points < 1 or not 0 <= jitter < 1:
         raise ConfigError(f"need num_points >= 1 and 0 <= jitter < 1, got {num_points}, {jitter}")
     masks = (masks > 0.5).float()
     dev = masks.device
     b, _, h, w = masks.shape
-    if kind == "box":
+    if choice is PromptKind.BOX:
         boxes = _boxes(masks)
         if noisy and jitter > 0:
             side = torch.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]] * 2, 1)
             shift = (torch.rand(boxes.shape, generator=generator, device="cpu").to(dev) * 2 - 1) * jitter * side
             boxes = (boxes + shift).clamp(0, 1)
         return Prompt("box", boxes=boxes)
-    if kind == "points":
+    if choice is PromptKind.POINTS:
         flat = masks.flatten(1)
         empty = flat.sum(1) == 0
         weights = torch.where(empty[:, None], torch.ones_like(flat), flat)
         idx = torch.multinomial(weights.cpu(), num_points, replacement=True, generator=generator).to(dev)
         pts = torch.stack([(idx % w).float() / w, (idx // w).float() / h], -1)
-        labels = torch.where(empty[:, None], -torch.ones(b, num_points, device=dev), torch.ones(b, num_points, device=dev))
+        ones = torch.ones(b, num_points, device=dev)
+        labels = torch.where(empty[:, None], -ones, ones)
         return Prompt("points", points=pts, labels=labels)
     if noisy:
         k = int(torch.randint(1, 3, (1,), generator=generator)) * 2 + 1
