@@ -14,24 +14,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from enum import Enum
 from typing import Any
 
 import numpy as np
 
+from ulmed.choices import StrEnum, look_up, names
 from ulmed.errors import ConfigError
 
 #: SSIM constants (scikit-image's, after Wang et al. 2004).
 K1, K2 = 0.01, 0.03
 
 
-class Metrics(str, Enum):
-    """How a protection run measures each record (``--metrics``); PSNR and norms are always exact.
-
-    A plain ``(str, Enum)``, not :class:`ulmed.choices.StrEnum`: that one imports MONAI (and
-    with it ``scipy.stats``), which this module keeps out; :func:`metrics_options` still
-    checks a choice with :func:`ulmed.choices.look_up`.
-    """
+class Metrics(StrEnum):
+    """How a protection run measures each record (``--metrics``); PSNR and norms are always exact."""
 
     #: About :data:`SSIM_SAMPLE` SSIM window positions per record (all of them for 2D images up
     #: to about 512 x 512 and for small volumes; evenly spaced slabs of a series), stating the
@@ -44,7 +39,7 @@ class Metrics(str, Enum):
 
 
 #: The ``--metrics`` values, in definition order.
-METRICS = tuple(m.value for m in Metrics)
+METRICS = names(Metrics)
 #: SSIM window positions visited per record under ``--metrics sampled``.
 SSIM_SAMPLE = 1 << 18
 
@@ -55,8 +50,6 @@ def metrics_options(metrics: str | Metrics) -> dict[str, Any]:
     Raises:
         ConfigError: ``metrics`` is not a :class:`Metrics` value.
     """
-    from ulmed.choices import look_up
-
     try:
         choice = look_up(metrics, Metrics, "--metrics")
     except ConfigError:  # the message the CLI and the request checks have always given
