@@ -9,7 +9,8 @@ Run it before and after a change and compare::
     python benchmarks/behaviour_digest.py --out benchmarks/results/behaviour_digest.json
     python benchmarks/behaviour_digest.py --compare benchmarks/results/behaviour_digest.json
 
-DICOM outputs depend on the key salt, so the runs set ``ULMED_KEY_SALT``.
+DICOM outputs depend on the key salt, so the runs set ``ULMED_KEY_SALT``. Torch's results depend on its
+thread count: make both runs with the same ``OMP_NUM_THREADS`` (the reference: unset, 2 cores).
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ def _clean(value: object) -> object:
         return {k: _clean(v) for k, v in sorted(value.items()) if k not in VOLATILE and not k.endswith("_s")}
     if isinstance(value, list):
         return [_clean(v) for v in value]
+    if isinstance(value, str):
+        return value.replace(str(ROOT), "<repo>")  # e.g. the UnSeg checkpoint's absolute path
     return value
 
 
