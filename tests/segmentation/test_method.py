@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +26,8 @@ def test_protect_sample_hc18_through_protect_path(sample_data, checkpoint, tmp_p
     data = json.loads((out / "manifest.json").read_text())
     params = data["params"]
     assert params["method"] == "unseg" and params["fallback"] == "box" and params["eps_bg"] == "2/255"
-    assert params["generator"] == checkpoint and len(params["generator_sha256"]) == 16
+    assert params["generator"] == Path(checkpoint).name and len(params["generator_sha256"]) == 16
+    assert str(tmp_path) not in json.dumps(data) and "/" not in params["generator"]  # no local paths
     assert manifest.fit == {}  # every image had a mask
     for name in ("012_HC.png", "015_HC.png", "017_HC.png"):
         d = _diff(out / name, src / "images" / name)

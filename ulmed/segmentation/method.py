@@ -260,8 +260,8 @@ class UnSeg(ProtectionMethod):
         return _Plan(unit.shape, groups, jobs, scale)
 
     def params(self) -> dict[str, Any]:
-        """Parameters that define the output (the generator by path and content hash)."""
-        return {**super().params(), "generator": str(self.generator_path), "generator_sha256": self.generator_sha,
+        """Parameters that define the output (the generator by file name and content hash, never a local path)."""
+        return {**super().params(), "generator": self.generator_path.name, "generator_sha256": self.generator_sha,
                 "builder": self.builder, "eps_bg": self.eps_bg.spec if self.eps_bg is not None else "0",
                 "prompt": self.prompt, "fallback": self.fallback, "num_points": self.num_points,
                 "batch_size": self.batch_size}  # it sets the generator's float rounding (see _forward)
