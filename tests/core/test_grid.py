@@ -47,7 +47,8 @@ def test_the_preimage_keeps_more_of_the_code_than_an_upsampled_copy_and_the_budg
     delta = preimage(image, [code], eps)
     assert np.abs(delta).max() <= eps + 1e-7
     assert (image + delta).min() >= -1e-7 and (image + delta).max() <= 1 + 1e-7
-    upsampled = torch.nn.functional.interpolate(torch.from_numpy(code)[None], size=image.shape[1:], mode="nearest")[0].numpy()
+    upsampled = torch.nn.functional.interpolate(torch.from_numpy(code)[None], size=image.shape[1:], mode="nearest")
+    upsampled = upsampled[0].numpy()
     for kernel in Kernel:
         assert _kept(delta, code, kernel) > _kept(upsampled, code, kernel) - 0.01, kernel
     assert _kept(delta, code, "antialias") > _kept(upsampled, code, "antialias") + 0.01
