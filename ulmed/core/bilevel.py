@@ -36,7 +36,7 @@ from ulmed.core.bilevel_config import (
     TrainLoss,
 )
 from ulmed.core.pgd import LOOP_STEP_DIVISOR, GradFn, PGDConfig, default_step, perturb, step_schedule
-from ulmed.core.training import train_steps
+from ulmed.core.training import Precision, train_steps
 from ulmed.errors import ConfigError
 
 __all__ = ["AugmentFn", "MetricFn", "MinMinConfig", "MinMinHooks", "Objective", "PositionPolicy", "TrainLoss",
@@ -64,15 +64,13 @@ class _Setup:
     targets: torch.Tensor
     classes: torch.Tensor | None
     device: torch.device
-    amp_dtype: torch.dtype | None
+    precision: Precision
     augment: AugmentFn | None = None
     objective: Objective | None = None
     eot_samples: int = 1
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return self.precision.autocast()
 
     def batch(self, idx: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Clean images, targets and the noise of the items ``idx``, on the device."""
@@ -239,13 +237,6 @@ def _start_noise(
     return classes, delta.detach().clone()
 
 
-def _amp_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of mixed precision (bfloat16 where supported, else float16), or None."""
-    if not amp or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def _rounds(
     s: _Setup, optimizer: torch.optim.Optimizer, delta: torch.Tensor, loss_fn: TrainLoss, metric_fn: MetricFn,
     config: MinMinConfig, hooks: MinMinHooks,
@@ -254,7 +245,7 @@ def _rounds(
     eps: float | torch.Tensor = config.eps if hooks.eps_map is None else hooks.eps_map
     largest = float(eps.max()) if isinstance(eps, torch.Tensor) else float(eps)
     step = config.step_size or default_step(largest, LOOP_STEP_DIVISOR)
-    scaler = torch.amp.GradScaler("cuda", enabled=s.amp_dtype == torch.float16)
+    scaler = s.precision.scaler()
     stream = _batches(torch.Generator().manual_seed(config.seed), s.images.shape[0], config.batch_size)
     start_gen = torch.Generator(device=s.device).manual_seed(config.seed + 1)
     history: list[dict[str, float]] = []
@@ -320,7 +311,7 @@ def min_min(
     surrogate.to(dev)
     if optimizer is None:
         optimizer = torch.optim.SGD(surrogate.parameters(), lr=config.lr, momentum=0.9)
-    s = _Setup(surrogate, images, targets, classes, dev, _amp_dtype(config.amp, dev), augment, hooks.objective,
+    s = _Setup(surrogate, images, targets, classes, dev, Precision.cuda_only(dev, config.amp), augment, hooks.objective,
                config.eot_samples)
     was_training = surrogate.training
     with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
