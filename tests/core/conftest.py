@@ -10,6 +10,16 @@ import torch
 from PIL import Image
 
 
+def t64(values) -> torch.Tensor:
+    """A float64 tensor (the Bayes-error estimator's tests compare in double precision)."""
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def gen(seed: int) -> torch.Generator:
+    """A seeded CPU generator."""
+    return torch.Generator().manual_seed(seed)
+
+
 def load_hc18(real_data: Path, n: int, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` HC18 ultrasound images and head masks, resized to ``size`` x ``size``.
 

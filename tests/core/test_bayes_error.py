@@ -8,19 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.core.conftest import t64
 from ulmed.core.bayes_error import bayes_error, loo_kernel_posterior
 from ulmed.errors import ConfigError
 
 torch.set_num_threads(1)
 E = math.exp
-
-
-def t64(values) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float64)
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 # ----------------------------------------------------------------------------- (a) separable

@@ -9,20 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.core.conftest import gen
 from ulmed.core.bayes_error import bayes_error
 from ulmed.core.features import FeatureTap, patch_features, pixel_features
 from ulmed.errors import ConfigError
 
 torch.set_num_threads(1)
 E = math.exp
-
-
-def t64(values) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float64)
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 # ----------------------------------------------------------------------------- ascent through patches

@@ -9,6 +9,7 @@ import torch
 from monai.networks.nets import UNet
 from torch import nn
 
+from tests.core.conftest import gen
 from ulmed.core.bayes_error import bayes_error
 from ulmed.core.features import patch_features
 from ulmed.core.objectives import BayesErrorObjective, Objective, pgd_objective
@@ -16,14 +17,6 @@ from ulmed.errors import ConfigError
 
 torch.set_num_threads(1)
 E = math.exp
-
-
-def t64(values) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float64)
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def test_bayes_error_gradient_reaches_the_input_via_a_monai_unet_layer() -> None:
