@@ -1,4 +1,4 @@
-"""What a protection or a victim learns, and the budget norms: one place for each constant.
+"""What a protection or a victim learns (and the budget norms, defined in io/base.py): one place for each.
 
 ``Task`` is what the targets are (label maps or class indices) and :func:`task_loss` is the
 one training loss per task, used by the surrogates, the victims and the PGD objective.
@@ -9,6 +9,9 @@ from __future__ import annotations
 from torch import nn
 
 from ulmed.choices import StrEnum, look_up
+from ulmed.io.base import NORMS, Norm  # the budget norms live below io, for quantisation
+
+__all__ = ["NORMS", "TASKS", "Norm", "Task", "task_loss"]
 
 
 class Task(StrEnum):
@@ -20,17 +23,8 @@ class Task(StrEnum):
     CLASSIFICATION = "classification"
 
 
-class Norm(StrEnum):
-    """The norm of a perturbation budget."""
-
-    LINF = "linf"
-    L2 = "l2"
-
-
 #: The task values, in definition order.
 TASKS: tuple[str, ...] = tuple(t.value for t in Task)
-#: The norm values, in definition order.
-NORMS: tuple[str, ...] = tuple(n.value for n in Norm)
 
 
 def task_loss(task: str | Task) -> nn.Module:

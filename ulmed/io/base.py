@@ -14,6 +14,17 @@ from ulmed.io.deidentify import DeidentifyOptions
 __all__ = ["DICOM_ENCODINGS", "DicomEncoding", "TargetKind", "WriteOptions", "check_target_shape"]
 
 
+class Norm(StrEnum):
+    """The norm of a perturbation budget (used by quantisation here and by the core's budgets)."""
+
+    LINF = "linf"
+    L2 = "l2"
+
+
+#: The norm values, in definition order.
+NORMS: tuple[str, ...] = names(Norm)
+
+
 class DicomEncoding(StrEnum):
     """Lossless output encodings a DICOM writer may be asked for.
 

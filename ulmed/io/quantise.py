@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from ulmed.errors import ConfigError
+from ulmed.io.base import NORMS
 
 __all__ = ["quantise_perturbation", "whole_steps"]
 
@@ -84,7 +85,7 @@ def quantise_perturbation(
     Raises:
         ConfigError: ``norm`` is unknown or ``step`` mixes zero and non-zero steps.
     """
-    if norm not in ("linf", "l2"):
+    if norm not in NORMS:
         raise ConfigError(f"budget norm must be linf or l2, got {norm!r}")
     clean = np.asarray(clean)
     d = np.asarray(delta, dtype=np.float64)
