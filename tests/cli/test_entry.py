@@ -37,9 +37,10 @@ def test_an_os_error_is_one_line_naming_the_file(sample_data, tmp_path, monkeypa
     assert err.startswith("error: /o/x.png: No space left on device") and len(err.splitlines()) == 1
 
 
-def test_an_interrupted_command_exits_130(sample_data, tmp_path, monkeypatch):
+def test_an_interrupted_command_exits_130_with_the_resume_hint(sample_data, tmp_path, monkeypatch, capsys):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(protect, "run_protection", interrupted)
     assert main(["protect", "-i", str(sample_data / "hc18"), "-o", str(tmp_path / "o")]) == 130
+    assert capsys.readouterr().err.strip().endswith("rerun the same command to resume")

@@ -20,6 +20,12 @@ for _module in COMMAND_MODULES:
     importlib.import_module(_module)
 
 
+#: Exit code of an interrupted command (typer turns Ctrl-C into ``Exit(130)`` itself).
+INTERRUPTED = 130
+#: What an interrupted run tells the user.
+RESUME_HINT = "interrupted; finished outputs are complete and journalled: rerun the same command to resume"
+
+
 def _error_line(exc: UlmedError | OSError) -> int:
     """Print an ulmed error or an operating-system error as one line; return the exit code 2."""
     if isinstance(exc, UlmedError):
@@ -49,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     click_errors = click_exceptions()
     try:
         code = group.main(args=hoist_global_options(args, group), prog_name="ulmed", standalone_mode=False)
+        if code == INTERRUPTED:
+            say(RESUME_HINT)
         return code if isinstance(code, int) else 0
     except click_errors.UsageError as exc:
         if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:  # a bare `ulmed`: the help
@@ -66,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         if state.debug or "--debug" in args:
             raise
         return _error_line(exc)
-    except KeyboardInterrupt:
-        say("interrupted; finished outputs are complete and journalled: rerun the same command to resume")
-        return 130
+    except KeyboardInterrupt:  # outside a command (while parsing, say)
+        say(RESUME_HINT)
+        return INTERRUPTED
 
 
 __all__ = ["COMMAND_MODULES", "main"]
