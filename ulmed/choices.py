@@ -3,8 +3,8 @@
 Every string option of ulmed (a norm, a task, a resize kernel, a DICOM encoding, ...) is a
 :class:`StrEnum` (members are their values, as in MONAI's); :func:`look_up` turns user input into
 a member through MONAI's ``look_up_option`` and raises a :class:`~ulmed.errors.ConfigError` that
-lists the choices. MONAI is imported only when a value is looked up, so that importing the io layer
-stays cheap for the training-free methods.
+lists the choices. MONAI is imported only for a value that is not a choice (for its message with
+suggestions), so that the io layer and the training-free methods never load torch.
 """
 
 from __future__ import annotations
@@ -43,10 +43,14 @@ def look_up(value: object, options: type[E], what: str) -> E:
     Raises:
         ConfigError: ``value`` is not one of the members' values.
     """
+    text = str(getattr(value, "value", value)).lower()
+    members = {str(o.value): o for o in options}
+    if text in members:  # the common case needs no MONAI (and so no torch) import
+        return members[text]
     from monai.utils import look_up_option
 
     try:
-        return options(look_up_option(str(getattr(value, "value", value)).lower(), [o.value for o in options]))
+        return options(look_up_option(text, list(members)))
     except ValueError as exc:
         raise ConfigError(f"{what}: {' '.join(str(exc).split())}") from None
 

@@ -16,15 +16,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ulmed.choices import StrEnum, look_up
-from ulmed.core.pgd import LOOP_STEP_DIVISOR, PGDConfig, Schedule, default_step, perturb, step_schedule
 from ulmed.errors import ConfigError
+
+if TYPE_CHECKING:  # torch and the PGD loop load with resize/preimage only: a native grid needs neither
+    import torch
 
 
 class Fit(StrEnum):
@@ -139,6 +140,8 @@ def nearest_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
 def resize(x: torch.Tensor, shape: Sequence[int], kernel: Kernel | str) -> torch.Tensor:
     """Resize ``(B, C, H, W)`` to ``shape`` with one of the trainers' kernels (differentiable)."""
+    import torch.nn.functional as F
+
     kind = look_up(kernel, Kernel, "resize kernel")
     size = (int(shape[0]), int(shape[1]))
     if kind is Kernel.AREA:
@@ -173,6 +176,11 @@ def preimage(
     Raises:
         ConfigError: Shapes that do not match, no codes or no kernels, ``eps <= 0``.
     """
+    import torch
+    import torch.nn.functional as F
+
+    from ulmed.core.pgd import LOOP_STEP_DIVISOR, PGDConfig, Schedule, default_step, perturb, step_schedule
+
     if image.ndim != 3 or not codes or not kernels:
         raise ConfigError(f"preimage needs a (C, H, W) image, at least one code and one kernel; got {image.shape}")
     if not eps > 0:

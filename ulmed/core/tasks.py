@@ -6,12 +6,15 @@ one training loss per task, used by the surrogates, the victims and the PGD obje
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ulmed.choices import StrEnum, look_up
 from ulmed.io.base import NORMS, Norm  # the budget norms live below io, for quantisation
 
 __all__ = ["NORMS", "TASKS", "Norm", "Task", "task_loss"]
+
+if TYPE_CHECKING:  # torch is imported by task_loss only: budgets and tasks stay cheap to import
+    from torch import nn
 
 
 class Task(StrEnum):
@@ -34,6 +37,7 @@ def task_loss(task: str | Task) -> nn.Module:
         ConfigError: ``task`` is not a :class:`Task`.
     """
     from monai.losses import DiceCELoss
+    from torch import nn
 
     if look_up(task, Task, "task") is Task.SEGMENTATION:
         return DiceCELoss(to_onehot_y=True, softmax=True)
