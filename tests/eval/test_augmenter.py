@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import albumentations as A
 import numpy as np
 import pytest
 import torch
@@ -89,15 +90,52 @@ def test_both_executors_flip_the_same_axes(dims):
     image = (np.arange(np.prod(shape)).reshape(1, *shape) / np.prod(shape)).astype(np.float32)
     spec = {"preset": "flip_jitter", "brightness": 0.0, "contrast": 0.0}  # the definition's flips alone
     rng = np.random.default_rng(0)
-    evaluation = [_flipped_axes(Augmenter(spec)(image, 0, rng)[0], image, dims) for _ in range(40)]
+    evaluation = [_flipped_axes(Augmenter(spec)(image, 0, rng)[0], image, dims) for _ in range(80)]
     torch.manual_seed(0)
-    out = DifferentiableAugment(spec, dims)(torch.from_numpy(image)[None].repeat(40, *[1] * (dims + 1)),
-                                            torch.zeros(40, dtype=torch.long))[0].numpy()
+    out = DifferentiableAugment(spec, dims)(torch.from_numpy(image)[None].repeat(80, *[1] * (dims + 1)),
+                                            torch.zeros(80, dtype=torch.long))[0].numpy()
     optimisation = [_flipped_axes(o, image, dims) for o in out]
-    # albumentations seeds every transform of a pipeline alike, so its 2D flips come both or none;
-    # the axes flipped at all are what the definition says, in both executors.
-    for seen in (evaluation, optimisation):
-        assert set(itertools.chain(*seen)) == set(FLIP_AXES[dims]) and () in seen
+    axes = FLIP_AXES[dims]
+    combinations = {c for k in range(len(axes) + 1) for c in itertools.combinations(axes, k)}
+    for seen in (evaluation, optimisation):  # every combination of the definition's axes, each axis on its own
+        assert set(seen) == combinations
+
+
+def _joint_rate(fired: list[tuple[bool, bool]]) -> tuple[float, float, float]:
+    a, b = np.array(fired).T
+    return float(a.mean()), float(b.mean()), float((a & b).mean())
+
+
+def test_albumentations_seeds_every_step_of_a_pipeline_alike():
+    """The library behaviour that the 2D executor works around: one seed per pipeline couples its steps."""
+    image = np.arange(48, dtype=np.float32).reshape(6, 8, 1)
+    compose = A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)])
+    fired = []
+    for seed in range(200):
+        compose.set_random_seed(seed)
+        out = compose(image=image)["image"]
+        fired.append((bool(out[0, 0, 0] in (image[0, -1, 0], image[-1, -1, 0])),
+                      bool(out[0, 0, 0] in (image[-1, 0, 0], image[-1, -1, 0]))))
+    assert _joint_rate(fired)[2] > 0.4  # independent steps would fire together a quarter of the time
+
+
+def test_2d_steps_of_equal_probability_fire_independently():
+    rng = np.random.default_rng(0)
+    mask = np.zeros((6, 8), dtype=np.int64)
+    mask[0, 0] = 1
+    image = (np.arange(48).reshape(1, 6, 8) / 96 + 0.25).astype(np.float32)
+    flips = Augmenter(AugmentPolicy(flips=True))
+    fired = [_flipped_axes(flips(image, 0, rng)[0], image, 2) for _ in range(400)]
+    h, v, both = _joint_rate([(1 in axes, 0 in axes) for axes in fired])
+    assert 0.43 < h < 0.57 and 0.43 < v < 0.57 and 0.18 < both < 0.32, (h, v, both)
+    flip_bc = Augmenter(AugmentPolicy(flips=True, brightness=0.2, contrast=0.2, p=0.5))  # jitter with p 0.5
+    pairs = []
+    for _ in range(400):
+        out, out_mask = flip_bc(image, mask, rng)
+        axes = _flipped_axes(out_mask[None], mask[None], 2)  # the mask tells the flip, the image the jitter
+        pairs.append((1 in axes, not np.allclose(out, np.flip(image, [a + 1 for a in axes]), atol=1e-6)))
+    h, bc, both = _joint_rate(pairs)
+    assert 0.43 < h < 0.57 and 0.43 < bc < 0.57 and 0.18 < both < 0.32, (h, bc, both)
 
 
 def _displacement_rms(out: np.ndarray, ramps: np.ndarray, shape: tuple[int, ...]) -> float:

@@ -11,12 +11,18 @@ only) MONAI's dictionary transforms move image and label map together (RandFlipd
 brightness/contrast ``x * a + b`` and Gaussian noise in numpy. The kornia executor of the
 same definitions is :class:`ulmed.core.augment.DifferentiableAugment`.
 
-All randomness comes from the ``rng`` the training loop passes (albumentations and MONAI
-are re-seeded from it per sample), so a seeded run is reproducible. Images are clipped to [0, 1].
+All randomness comes from the ``rng`` the training loop passes, so a seeded run is
+reproducible. Per sample, albumentations gets one numpy and one Python generator drawn from
+``rng`` and shared by all its steps, so each step draws its own numbers from one stream:
+``Compose.set_random_seed`` would give every step a generator of the same seed, and steps of
+equal probability would then fire together (albumentations 2.0; horizontal and vertical flip
+came both or neither). MONAI's ``Compose.set_random_state`` already derives a different seed
+per step. Images are clipped to [0, 1].
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from typing import Any
 
@@ -128,7 +134,8 @@ class Augmenter:
 
     def _augment_2d(self, image: np.ndarray, target: Any, rng: np.random.Generator) -> tuple[np.ndarray, Any]:
         compose = self._pipeline(image.shape[1] == image.shape[2])
-        compose.set_random_seed(int(rng.integers(2**31)))
+        seed = int(rng.integers(2**63))
+        compose.set_random_state(np.random.default_rng(seed), random.Random(seed))  # one stream for all steps
         hwc = np.ascontiguousarray(np.moveaxis(image, 0, -1), dtype=np.float32)
         if _is_mask(image, target):
             if target.min() < 0 or target.max() > 255:
