@@ -12,7 +12,7 @@ from ulmed.cli.entry import COMMAND_MODULES
 def test_every_command_is_registered_in_help_order():
     names = list(typer.main.get_command(app).commands)
     assert names == ["protect", "merge-manifests", "info", "methods", "evaluate", "train-generator", "release",
-                     "verify"]
+                     "audit", "verify"]
     assert len(COMMAND_MODULES) == 4
 
 

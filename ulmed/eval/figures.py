@@ -3,7 +3,10 @@
 * :func:`metric_bars`: the main test metric per defense (groups) and protection (bars),
   one panel per victim;
 * :func:`picture_strip`: a few train items as rows of clean / protected / amplified
-  difference at native resolution (volumes: the middle slice of the first axis).
+  difference at native resolution (volumes: the middle slice of the first axis);
+* :func:`glance`: what a data owner reads at a glance: per defense, the protected
+  victims' metric beside the clean one, and the first victim's predictions of a few clean
+  test items when trained on clean and on protected data.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ulmed.errors import MissingDependencyError
+from ulmed.eval.cells import load_examples
 from ulmed.eval.sources import EvalData, native_pairs
 from ulmed.io.atomic import atomic_write_bytes
 
@@ -110,5 +114,70 @@ def picture_strip(data: EvalData, protected_root: Path, path: Path, name: str, i
         row[1].set_title(f"protected ({name})", fontsize=8)
         row[2].set_title(f"difference x{amp:.0f} (max {peak * 255:.1f}/255)", fontsize=8)
         for ax in row:
+            ax.set_axis_off()
+    return _save(fig, path)
+
+
+def _bars(ax: Any, report: dict[str, Any], victim: str, colors: Any) -> None:
+    """The first panel of :func:`glance`: the main metric per defense, clean and each protection."""
+    cells = [c for c in report["cells"] if c["victim"] == victim and c["protection"] != "clean_part"]
+    protections = list(dict.fromkeys(c["protection"] for c in cells))
+    values = {(c["defense"], c["protection"]): c.get("value") for c in cells}
+    width = 0.8 / max(1, len(protections))
+    for j, prot in enumerate(protections):
+        ys = [values.get((d, prot)) for d in report["defenses"]]
+        ys = [float(y) if isinstance(y, (int, float)) and np.isfinite(y) else 0.0 for y in ys]
+        xs = np.arange(len(report["defenses"])) + (j - (len(protections) - 1) / 2) * width
+        ax.bar(xs, ys, width=width, label=prot, color=colors(j % 10))
+    ax.set_xticks(np.arange(len(report["defenses"])), report["defenses"], rotation=20, fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(f"{report['main_metric']} on clean test")
+    ax.set_title(f"victim {victim}: trained on", fontsize=9)
+    ax.legend(fontsize=7)
+
+
+def _example_panels(report: dict[str, Any], data: EvalData, cells_dir: Path) -> list[tuple[str, np.ndarray]]:
+    """(title, label maps) of the first victim and defense: the clean-trained victim first."""
+    victim, defense = report["victims"][0], report["defenses"][0]
+    names = ["clean", *[p["name"] for p in report["protections"]]]
+    panels = []
+    for name in names:
+        labels = load_examples(cells_dir, victim, defense, name)
+        if labels is not None:
+            panels.append((f"{victim} trained on {name}", labels))
+    return panels
+
+
+def glance(report: dict[str, Any], data: EvalData, cells_dir: Path, path: Path) -> Path:
+    """One picture for a data owner: metric per defense, and example predictions of clean test items.
+
+    Args:
+        report: The evaluation report (victims, defenses, cells, protections).
+        data: The clean data (its test images and targets, as the victims saw them).
+        cells_dir: The grid's ``cells`` folder (example predictions beside each cell).
+        path: PNG to write.
+
+    Returns:
+        ``path``.
+    """
+    plt = _pyplot()
+    panels = _example_panels(report, data, cells_dir) if data.task == "segmentation" else []
+    n_ex = min((len(p[1]) for p in panels), default=0)
+    cols = 1 + len(panels) + (1 if n_ex else 0)
+    rows = max(1, n_ex)
+    fig = plt.figure(figsize=(3.2 * cols, 3.0 * rows))
+    grid = fig.add_gridspec(rows, cols)
+    _bars(fig.add_subplot(grid[:, 0]), report, report["victims"][0], plt.get_cmap("tab10"))
+    for i in range(n_ex):
+        image = _view(data.test_images[i])
+        truth = data.test_targets[i]
+        truth = truth[truth.shape[0] // 2] if truth.ndim == 3 else truth
+        shown = [("clean test image, truth", truth)] + [(t, lab[i][lab[i].shape[0] // 2] if lab[i].ndim == 3
+                                                         else lab[i]) for t, lab in panels]
+        for j, (title, labels) in enumerate(shown, start=1):
+            ax = fig.add_subplot(grid[i, j])
+            ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+            ax.imshow(np.ma.masked_equal(labels, 0), cmap="autumn", alpha=0.45, vmin=0, vmax=max(1, labels.max()))
+            ax.set_title(title if i == 0 else "", fontsize=8)
             ax.set_axis_off()
     return _save(fig, path)

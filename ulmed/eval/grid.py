@@ -43,8 +43,10 @@ import numpy as np
 from ulmed.choices import look_up
 from ulmed.core.tasks import Task
 from ulmed.errors import ConfigError, InputError, OutputError
+from ulmed.eval.cells import EXAMPLES, N_EXAMPLES, cell_key, digest, load_cell, write_examples, write_json
 from ulmed.eval.data import load_protected_like
 from ulmed.eval.defenses import build_defense, mix_mask
+from ulmed.eval.predict import predict
 from ulmed.eval.sources import (
     Dataset,
     EvalData,
@@ -56,7 +58,7 @@ from ulmed.eval.sources import (
 )
 from ulmed.eval.train import TrainConfig, evaluate_victim, train_victim, victim_sal
 from ulmed.eval.victims import SIZES, VICTIMS, build_victim, task_of
-from ulmed.io.atomic import atomic_write_json, jsonable
+from ulmed.io.atomic import jsonable
 
 log = logging.getLogger("ulmed")
 CLEAN = "clean"
@@ -147,23 +149,6 @@ class GridRun:
     base_fingerprint: dict[str, Any]
 
 
-def cell_key(victim: str, defense: str, protection: str) -> str:
-    """File stem of a cell: ``<victim>__<defense>__<protection>``."""
-    return f"{victim}__{defense}__{protection}"
-
-
-#: Write JSON (NaN/inf as null) atomically.
-write_json = atomic_write_json
-
-
-def _digest(*arrays: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()[:20]
-
 
 def clean_part(n: int, defense: str, seed: int) -> np.ndarray | None:
     """The clean share of a mixing defense ``mix<p>`` (the samples it leaves clean), or None.
@@ -226,7 +211,7 @@ def prepare(clean: Path, protected: Mapping[str, Path], out: Path, options: Eval
     for name, root in protected.items():
         train_sets[name] = load_protected_like(root, data.train_keys, data.loader_kwargs)
     settings = _settings(data, options)
-    base = {**settings, "test": _digest(data.test_images, data.test_targets)}
+    base = {**settings, "test": digest(data.test_images, data.test_targets)}
     return GridRun(options, data, dict(protected), train_sets, settings, base)
 
 
@@ -272,6 +257,8 @@ def train_cell(
     cell = {"metrics": metrics, "train_s": round(t1 - t0, 3), "test_s": round(t2 - t1, 3),
             "wall_s": round(t2 - t0, 3), "epochs_run": len(history),
             "final_loss": history[-1]["loss"] if history else None, "n_train": int(images.shape[0])}
+    if data.task == Task.SEGMENTATION:
+        cell[EXAMPLES] = predict(model, data.test_images[:N_EXAMPLES], task=data.task, config=config).astype(np.uint8)
     if learnability:
         cell["sal"] = victim_sal(model, data.test_images, data.test_targets, task=data.task, config=config,
                                  **SAL_SETTINGS)
@@ -284,7 +271,7 @@ def run_cell(run: GridRun, out: Path, victim: str, defense: str, protection: str
     """One cell: reused from ``out/cells`` when its fingerprint matches, else trained and written."""
     images, targets, clean, trained_with = _cell_data(run, defense, protection)
     fp = hashlib.sha256(json.dumps(jsonable({**run.base_fingerprint, "victim": victim, "defense": trained_with,
-                                             "protection": protection, "train": _digest(images, targets)}),
+                                             "protection": protection, "train": digest(images, targets)}),
                                    sort_keys=True).encode()).hexdigest()[:20]
     path = out / "cells" / f"{cell_key(victim, defense, protection)}.json"
     cell = load_cell(path, fp)
@@ -294,6 +281,9 @@ def run_cell(run: GridRun, out: Path, victim: str, defense: str, protection: str
                 "fingerprint": fp, "reused": False,
                 **train_cell(victim, trained_with, images, targets, clean, run.data, opts.train_config,
                              opts.victim_size, opts.learnability)}
+        examples = cell.pop(EXAMPLES, None)
+        if examples is not None:
+            write_examples(path.with_suffix(".examples.npz"), examples)
         write_json(path, cell)
     cell["main_metric"] = MAIN_METRIC[run.data.task]
     cell["value"] = cell["metrics"].get(cell["main_metric"])
@@ -381,20 +371,3 @@ def run_evaluation(
     if options.get("train_config") is None:
         options.pop("train_config", None)
     return evaluate_grid(clean, protected, out, EvalOptions(**options), progress)
-
-
-def load_cell(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    """A finished cell with this fingerprint, marked ``reused``, or None (absent, stale, unreadable)."""
-    if not path.is_file():
-        return None
-    try:
-        cell = json.loads(path.read_text())
-    except (OSError, ValueError):
-        log.warning("unreadable cell %s; training it again", path)
-        return None
-    if not isinstance(cell, dict) or cell.get("fingerprint") != fingerprint or "metrics" not in cell:
-        log.warning("cell %s was made with other settings or data; training it again", path.name)
-        return None
-    cell["reused"] = True
-    cell["metrics"] = {k: (float("nan") if v is None else v) for k, v in cell["metrics"].items()}
-    return cell

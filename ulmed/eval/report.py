@@ -9,7 +9,8 @@ writes, atomically, into the output folder:
 * ``report.md``: one table per victim (defense, protection, metric, ratio to clean, the
   Unlearnable Distance when the cells carry SAL, PSNR, SSIM), the imperceptibility table
   and the transfer note;
-* ``metric_bars.png`` and ``strip_<protection>.png`` (see :mod:`ulmed.eval.figures`).
+* ``glance.png`` (metric per defense beside the clean one, example predictions),
+  ``metric_bars.png`` and ``strip_<protection>.png`` (see :mod:`ulmed.eval.figures`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from ulmed.eval.sources import EvalData
 from ulmed.io.atomic import atomic_write_bytes
 
 METRIC_LABEL = {"dice": "Dice", "accuracy": "accuracy"}
+#: The at-a-glance figure (:func:`ulmed.eval.figures.glance`).
+GLANCE = "glance.png"
 
 
 def _finite(value: Any) -> bool:
@@ -182,8 +185,9 @@ def write_report(
     report["transfer"] = transfer_notes(report)
     files: list[str] = []
     if figures:
-        from ulmed.eval.figures import metric_bars, picture_strip
+        from ulmed.eval.figures import glance, metric_bars, picture_strip
 
+        files.append(glance(report, data, out / "cells", out / GLANCE).name)
         files.append(metric_bars(report, out / "metric_bars.png").name)
         for name, root in protections.items():
             files.append(picture_strip(data, root, out / f"strip_{name}.png", name, strip_items).name)

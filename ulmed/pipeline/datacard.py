@@ -183,7 +183,7 @@ def _failure_lines(manifest: Manifest) -> list[str]:
 
 
 def render_datacard(name: str, manifest: Manifest, copies: CopyCheck, foreign: list[str] | None = None,
-                    done: list[str] | None = None) -> str:
+                    done: list[str] | None = None, measured: list[str] | None = None) -> str:
     """The text of ``DATACARD.md``.
 
     Args:
@@ -192,6 +192,8 @@ def render_datacard(name: str, manifest: Manifest, copies: CopyCheck, foreign: l
         copies: Result of comparing the copied files with their sources.
         foreign: Files in the release that the run did not write (relative paths).
         done: More lines for "What was done" (a resampling before the protection).
+        measured: The audit's section (:meth:`ulmed.pipeline.audit.AuditResult.card_lines`), after
+            "Imperceptibility".
 
     Returns:
         Markdown text.
@@ -212,6 +214,7 @@ def render_datacard(name: str, manifest: Manifest, copies: CopyCheck, foreign: l
          "`manifest.json` lists what happened to every file."), "",
         "## What was done", "", *(done or []), *_method_lines(manifest), "",
         "## Imperceptibility", "", *_imperceptibility_lines(record_metrics(manifest)), "",
+        *(measured or []),
         "## Contents", "", *_content_lines(manifest, copies, foreign or []), "",
         *_failure_lines(manifest),
         "## Versions", "", "| package | version |", "|---|---|",

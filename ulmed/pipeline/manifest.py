@@ -106,6 +106,8 @@ class Manifest:
     run: dict[str, Any] = field(default_factory=dict)
     #: For one part of a sharded run: its index, the part count and the keys of its units.
     part: dict[str, Any] = field(default_factory=dict)
+    #: The measured protection of a release (:meth:`ulmed.pipeline.audit.AuditResult.to_manifest`).
+    audit: dict[str, Any] = field(default_factory=dict)
     #: The input and output roots of the run that made it (in memory only: never saved, so a
     #: shared manifest names the input folder and relative paths, no local path).
     root: Path | None = field(default=None, repr=False, compare=False)
@@ -130,6 +132,7 @@ class Manifest:
             **({"run": self.run} if self.run else {}),
             **({"part": self.part} if self.part else {}),
             **({"fit": self.fit} if self.fit else {}),
+            **({"audit": self.audit} if self.audit else {}),
             "entries": [asdict(e) for e in self.entries],
         }
 

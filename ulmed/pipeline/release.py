@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ulmed.choices import look_up
 from ulmed.errors import ConfigError, InputError
 from ulmed.io.atomic import atomic_write_bytes
+from ulmed.pipeline.audit import AuditLevel, AuditResult, attach_figure, run_audit
 from ulmed.pipeline.checksums import (
     RUN_STATE_DIR,
     SUMS_NAME,
@@ -122,7 +124,7 @@ def check_copies(manifest: Manifest) -> CopyCheck:
 
 
 def release_dataset(input_path: str | Path, output_path: str | Path, *, size: int | None = None,
-                    fit: str = "letterbox", **options: Any) -> ReleaseReport:
+                    fit: str = "letterbox", audit: str | None = None, **options: Any) -> ReleaseReport:
     """Protect a data set into a release folder with ``DATACARD.md`` and ``SHA256SUMS``.
 
     Args:
@@ -132,6 +134,9 @@ def release_dataset(input_path: str | Path, output_path: str | Path, *, size: in
             (:func:`ulmed.pipeline.resample.resample_dataset`) and protected on that grid.
             2D image data sets only.
         fit: With ``size``: ``letterbox`` (aspect kept, padded) or ``stretch``.
+        audit: ``quick`` or ``full``: after protecting, train victims on the original and the
+            protected train split of this very data (:func:`ulmed.pipeline.audit.run_audit`) and put
+            the measured ratios on the card, in ``manifest.json`` (``audit``) and as ``AUDIT.png``.
         **options: As :func:`ulmed.pipeline.protect.protect_path` (``method``, ``eps``, ``seed``,
             ``masks``, ``workers``, ``deidentify`` ...). With ``overwrite``, files already in the
             folder that this run does not write stay, are listed in ``SHA256SUMS`` and named on the
@@ -145,17 +150,30 @@ def release_dataset(input_path: str | Path, output_path: str | Path, *, size: in
     Raises:
         UlmedError: As :func:`ulmed.pipeline.protect.protect_path`.
     """
+    level = look_up(audit, AuditLevel, "audit level") if audit is not None else None  # checked before any work
     if size is None:
-        return _release(input_path, output_path, [], **options)
+        return _release(input_path, output_path, [], level, **options)
     if options.get("masks") is not None:
         raise ConfigError("--size resamples the masks inside the data-set folder (images/ + masks/); "
                           "move them there instead of giving --masks")
     with tempfile.TemporaryDirectory(prefix="ulmed-resample-") as staging:
         staged = resample_dataset(input_path, staging, size, fit)
-        return _release(staged.root, output_path, staged.card_lines(), **options)
+        return _release(staged.root, output_path, staged.card_lines(), level, **options)
 
 
-def _release(input_path: str | Path, output_path: str | Path, card_lines: list[str], **options: Any) -> ReleaseReport:
+def _audit(input_path: str | Path, out: Path, level: AuditLevel, options: dict[str, Any]) -> AuditResult:
+    """Audit the release ``out`` against its (possibly resampled) input, in a scratch folder."""
+    with tempfile.TemporaryDirectory(prefix="ulmed-audit-") as work:
+        data = {"masks": options["masks"]} if options.get("masks") is not None else {}
+        result = run_audit(input_path, out, Path(work) / "report", level, seed=options.get("seed", 0),
+                           device=options.get("device", "cpu"), **data)
+        name = attach_figure(result, out)
+    result.figure = out / name if name else None
+    return result
+
+
+def _release(input_path: str | Path, output_path: str | Path, card_lines: list[str],
+             audit: AuditLevel | None = None, **options: Any) -> ReleaseReport:
     """:func:`release_dataset` of a folder as it is; ``card_lines`` join the card's "What was done"."""
     remove_stale_temporaries(Path(output_path).expanduser().resolve(), {DATACARD_NAME, SUMS_NAME})  # a killed release
     manifest = protect_path(input_path, output_path, **options)
@@ -163,11 +181,16 @@ def _release(input_path: str | Path, output_path: str | Path, card_lines: list[s
         log.warning("--deidentify: the data set holds no DICOM file, so nothing was de-identified")
     out = manifest.out or Path(output_path).expanduser().resolve()
     copies = check_copies(manifest)
+    measured = _audit(input_path, out, audit, options) if audit is not None else None
     ours = {e.output for e in manifest.entries if e.output} | {MANIFEST_NAME, DATACARD_NAME}
+    if measured is not None:
+        manifest.audit = measured.to_manifest()
+        ours |= {measured.figure.name} if measured.figure is not None else set()
     foreign = [rel for rel in release_files(out) if rel not in ours]
     name = Path(manifest.params["input"]).name
     datacard = out / DATACARD_NAME
-    atomic_write_bytes(datacard, render_datacard(name, manifest, copies, foreign, card_lines).encode())
+    lines = measured.card_lines(manifest.audit["figure"]) if measured is not None else None
+    atomic_write_bytes(datacard, render_datacard(name, manifest, copies, foreign, card_lines, lines).encode())
     _make_publishable(out, manifest)
     sums, files = write_sums(out)
     return ReleaseReport(out, manifest, datacard, sums, files, copies, foreign)
