@@ -1,25 +1,31 @@
 import numpy as np
 import pytest
+from PIL import Image
 
 from ulmed.core.augment_policy import AugmentPolicy
 from ulmed.errors import ConfigError
-from ulmed.eval.data import load_hc18
 from ulmed.eval.defenses import (
     DEFENSES,
     blur,
     build_defense,
     grayscale,
     jpeg,
+    lowpass,
     mix,
     mix_mask,
 )
 
-REQUIRED = {"none", "augmentation", "flip_jitter", "jpeg75", "blur", "mix0.8", "mix0.5", "mix0.2"}
+REQUIRED = {"none", "augmentation", "flip_jitter", "jpeg75", "jpeg10", "blur", "lowpass", "ueraser", "mix0.8", "mix0.5",
+            "mix0.2"}
+AUGMENTING = {"augmentation", "flip_jitter", "ueraser"}
 
 
 @pytest.fixture(scope="module")
 def hc18(real_data):
-    return load_hc18(real_data / "hc18", "train", size=(64, 64), limit=4)
+    """Four real ultrasound images (N, 1, 64, 64) in [0, 1], read directly (the loaders are tested elsewhere)."""
+    paths = sorted((real_data / "hc18" / "images").glob("*.png"))[:4]
+    images = [np.asarray(Image.open(p).convert("L").resize((64, 64), Image.BILINEAR), np.float32) / 255 for p in paths]
+    return (np.stack(images)[:, None],)
 
 
 def _pair_2d(rng):
@@ -36,7 +42,8 @@ def test_registry_holds_the_named_defenses():
     for name in REQUIRED:
         d = build_defense(name)
         assert d.name == name
-        assert (d.augment is not None) == (name in ("augmentation", "flip_jitter"))
+        assert (d.augment is not None) == (name in AUGMENTING)
+        assert (d.data is not None) == (name not in AUGMENTING | {"none"})
     assert build_defense("augmentation").augment.policy == AugmentPolicy.from_spec("standard")
     assert build_defense("flip_jitter").augment.policy == AugmentPolicy.from_spec("flip_jitter")
 
@@ -133,8 +140,14 @@ def test_parametric_and_unknown_names():
     assert build_defense("jpeg30").name == "jpeg30"
     assert build_defense("mix0.3").needs_clean
     assert build_defense("blur2").data is not None
-    with pytest.raises(ConfigError, match="unknown defense"):
+    assert build_defense("lowpass0.25").name == "lowpass0.25" and build_defense("lowpass.3").data is not None
+    with pytest.raises(ConfigError, match="unknown defense") as error:
         build_defense("cutout")
+    for choice in ("ueraser", "jpeg10", "lowpass", "lowpass<f>", "jpeg<q>", "aug-<part>"):  # the message lists them
+        assert choice in str(error.value)
+    for bad in ("lowpass0", "lowpass1.5"):
+        with pytest.raises(ConfigError, match="fraction of Nyquist"):
+            build_defense(bad)
     with pytest.raises(ConfigError, match="quality"):
         build_defense("jpeg0").apply_data(np.zeros((1, 1, 8, 8), np.float32))
 
@@ -167,3 +180,53 @@ def test_augmentation_parts_do_what_their_names_say():
     with pytest.raises(ConfigError, match="2D only"):
         volume = rng.random((1, 4, 4, 4)).astype(np.float32)
         build_defense("aug-flip").augment(volume, np.zeros((4, 4, 4), np.uint8), rng)
+
+
+def _checkerboard_and_ramp(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    grid = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    checker = (sum(grid) % 2).astype(np.float32) - 0.5  # the Nyquist frequency along every axis
+    ramp = (0.2 + 0.6 * grid[-1] / (shape[-1] - 1)).astype(np.float32)
+    return checker, ramp
+
+
+@pytest.mark.parametrize("shape", [(40, 48), (12, 20, 16)])
+def test_lowpass_removes_a_checkerboard_and_keeps_a_smooth_ramp(shape):
+    checker, ramp = _checkerboard_and_ramp(shape)
+    images = (ramp + 0.2 * checker)[None, None]
+    out = build_defense("lowpass").apply_data(images)
+    assert out.shape == images.shape and out.dtype == np.float32
+    error = np.abs(out[0, 0] - ramp)  # checkerboard gone, ramp kept (reflected at the edges: a rounded kink)
+    assert error.max() < 0.02 and error[(slice(None),) * (len(shape) - 1) + (slice(3, -3),)].max() < 0.005
+    assert np.abs(images[0, 0] - ramp).max() == pytest.approx(0.1)
+
+
+def test_lowpass_cutoff_is_a_fraction_of_nyquist():
+    x = np.arange(64)
+
+    def wave(f: float) -> np.ndarray:  # a cosine at f times the Nyquist frequency
+        return np.broadcast_to(0.5 + 0.2 * np.cos(np.pi * f * x), (32, 64))[None, None].astype(np.float32)
+
+    def kept(images: np.ndarray, f: float) -> float:
+        return float(np.abs(lowpass(images, f) - 0.5)[..., 16:-16].max() / 0.2)
+
+    assert kept(wave(0.3), 0.5) > 0.95 and kept(wave(0.3), 0.1) < 0.05
+    assert kept(wave(0.8), 0.5) < 0.05 and kept(wave(0.8), 1.0) > 0.8  # Butterworth gain 1 / (1 + 0.8^8) = 0.86
+    rgb = np.random.default_rng(0).random((2, 3, 16, 16)).astype(np.float32)
+    assert lowpass(rgb).shape == rgb.shape and lowpass(rgb).std() < rgb.std()
+
+
+def test_jpeg10_is_much_coarser_than_jpeg75(hc18):
+    images = hc18[0]
+    err10 = np.abs(build_defense("jpeg10").apply_data(images) - images).mean()
+    err75 = np.abs(build_defense("jpeg75").apply_data(images) - images).mean()
+    assert err10 > 2 * err75
+
+
+def test_ueraser_defense_augments_per_sample():
+    image, mask = _pair_2d(np.random.default_rng(0))
+    aug = build_defense("ueraser").augment
+    rng = np.random.default_rng(1)
+    first, first_mask = aug(image, mask, rng)
+    second, _ = aug(image, mask, rng)
+    np.testing.assert_array_equal(first_mask, mask)  # intensity only
+    assert not np.allclose(first, image) and not np.allclose(first, second)

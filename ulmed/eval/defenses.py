@@ -9,7 +9,8 @@ A :class:`Defense` has up to two parts:
 
 Targets are never changed by data transforms; augmentations move masks with their image.
 
-Augmentations (:class:`~ulmed.eval.augmenter.Augmenter`, built from the definitions of
+Augmentations, drawn per sample and epoch (all but ``ueraser`` are
+:class:`~ulmed.eval.augmenter.Augmenter` objects, built from the definitions of
 :mod:`ulmed.core.augment_policy` that the protection's EOT also uses):
 
 * ``augmentation``: the ``standard`` definition (flips, 90-degree rotations of square
@@ -22,15 +23,27 @@ Augmentations (:class:`~ulmed.eval.augmenter.Augmenter`, built from the definiti
   find which part removes a protection: ``flip``, ``rot90``, ``rotate`` (+-15 deg),
   ``scale`` (0.9-1.1), ``elastic``, ``shift`` (integer shifts of up to 3 positions: no
   interpolation at all), ``bc`` (brightness/contrast) and ``noise``. 2D only.
+* ``ueraser``: UEraser's augmentation (Qin et al. 2023, "Learning the Unlearnable:
+  Adversarial Augmentations Suppress Unlearnable Example Attacks", arXiv:2303.15127, code
+  github.com/lafeat/ueraser) without its TrivialAugment: per sample and epoch, random
+  fractal ("plasma") brightness and contrast fields with UEraser's kornia settings, and for
+  RGB images a channel shuffle with p 0.5 (:class:`~ulmed.eval.ueraser.UEraser`). 2D and 3D.
 
 All randomness comes from the ``rng`` the training loop passes, so a seeded run is
 reproducible. Images are clipped to [0, 1].
 
 Data transforms: ``jpeg<q>`` (PIL JPEG at quality q, 8-bit; grey or RGB in 2D, each slice of
-the first spatial axis and each channel as a grey image in 3D), ``blur`` / ``blur<sigma>``
-(Gaussian, sigma in pixels over the spatial axes, default 1), ``grayscale`` (RGB only:
-luminance replicated to 3 channels) and ``mix<p>`` (a share p of samples protected, the
-rest clean; needs the clean images).
+the first spatial axis and each channel as a grey image in 3D). ``jpeg75`` and ``jpeg10`` are
+registered by name; quality 10 is the JPEG setting of Image Shortcut Squeezing (ISS: Liu, Zhao
+and Larson, "Image Shortcut Squeezing: Countering Perturbative Availability Poisons with
+Compression", ICML 2023, github.com/liuzrcc/ImageShortcutSqueezing). ``blur`` / ``blur<sigma>``
+(Gaussian, sigma in pixels over the spatial axes, default 1). ``lowpass`` / ``lowpass<f>``
+(:func:`lowpass`: keeps the spatial frequencies below a fraction f of Nyquist, default 0.5, 2D
+and 3D): a squared Butterworth low-pass (Butterworth 1930, scikit-image's
+``skimage.filters.butterworth``), the filter answer to the finding of ISS that perturbations
+made on fully trained surrogate models are of high spatial frequency. ``grayscale`` (RGB only: luminance
+replicated to 3 channels) and ``mix<p>`` (a share p of samples protected, the rest clean;
+needs the clean images).
 """
 
 from __future__ import annotations
@@ -45,14 +58,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
+from skimage.filters import butterworth
 
 from ulmed.core.augment_policy import Preset
 from ulmed.core.registry import Registry
 from ulmed.errors import ConfigError
 from ulmed.eval.augmenter import PARTS, Augmenter, PartsAugmenter
+from ulmed.eval.ueraser import UEraser
 
 __all__ = ["DEFENSES", "PARTS", "Augment", "Augmenter", "DataTransform", "Defense", "PartsAugmenter", "blur",
-           "build_defense", "grayscale", "jpeg", "mix", "mix_mask"]
+           "UEraser", "build_defense", "grayscale", "jpeg", "lowpass", "mix", "mix_mask"]
 
 DataTransform = Callable[[np.ndarray, "np.ndarray | None", np.random.Generator], np.ndarray]
 Augment = Callable[[np.ndarray, Any, np.random.Generator], tuple[np.ndarray, Any]]
@@ -97,6 +112,38 @@ def blur(images: np.ndarray, sigma: float = 1.0) -> np.ndarray:
         raise ConfigError(f"blur sigma must be > 0, got {sigma}")
     sig = (0.0, 0.0) + (float(sigma),) * (images.ndim - 2)
     return np.clip(gaussian_filter(images.astype(np.float32), sigma=sig, mode="nearest"), 0, 1)
+
+
+#: Order of the squared Butterworth filter of :func:`lowpass` (gain 0.94 at 0.7 of the cutoff, 0.06 at 1.4 of it).
+LOWPASS_ORDER = 4
+#: Positions of reflection added on each side before filtering (the FFT's wrap-around then joins like ends).
+LOWPASS_PAD = 16
+
+
+def lowpass(images: np.ndarray, fraction: float = 0.5) -> np.ndarray:
+    """Keep the spatial frequencies below ``fraction`` of Nyquist (2D and 3D).
+
+    A squared Butterworth low-pass of order :data:`LOWPASS_ORDER` (scikit-image's
+    ``butterworth``; gain 1/2 at the cutoff, the radial frequency ``fraction * fs / 2``) over
+    the spatial axes of each image and channel, computed on the image extended by
+    :data:`LOWPASS_PAD` positions of reflection on every side, so the FFT's periodic
+    continuation adds no edge artefacts; clipped to [0, 1].
+
+    Args:
+        images: ``(N, C, *spatial)`` in [0, 1].
+        fraction: Cutoff as a fraction of the Nyquist frequency, in (0, 1].
+    """
+    _check_images(images)
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"lowpass fraction of Nyquist must lie in (0, 1], got {fraction}")
+    spatial = images.shape[2:]
+    pad = ((0, 0),) + ((LOWPASS_PAD, LOWPASS_PAD),) * len(spatial)
+    inner = (slice(None),) + tuple(slice(LOWPASS_PAD, LOWPASS_PAD + n) for n in spatial)
+    out = np.empty(images.shape, dtype=np.float32)
+    for i, image in enumerate(images):
+        wide = np.pad(image.astype(np.float32), pad, mode="reflect")
+        out[i] = butterworth(wide, fraction / 2, high_pass=False, order=LOWPASS_ORDER, channel_axis=0)[inner]
+    return np.clip(out, 0, 1)
 
 
 def grayscale(images: np.ndarray) -> np.ndarray:
@@ -182,6 +229,12 @@ def _blur_defense(sigma: float, name: str = "") -> Defense:
     return Defense(name or f"blur{sigma:g}", data=_data(blur, sigma=sigma))
 
 
+def _lowpass_defense(fraction: float, name: str = "") -> Defense:
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"lowpass fraction of Nyquist must lie in (0, 1], got {fraction:g} (e.g. lowpass0.25)")
+    return Defense(name or f"lowpass{fraction:g}", data=_data(lowpass, fraction=fraction))
+
+
 def _augment_defense(name: str, preset: Preset) -> Defense:
     return Defense(name, augment=Augmenter(preset))
 
@@ -195,8 +248,11 @@ DEFENSES.register("none")(lambda: Defense("none"))
 AUGMENTATIONS: dict[str, Preset] = {"augmentation": Preset.STANDARD, "flip_jitter": Preset.FLIP_JITTER}
 for _name, _preset in AUGMENTATIONS.items():
     DEFENSES.register(_name)(partial(_augment_defense, _name, _preset))
-DEFENSES.register("jpeg75")(partial(_jpeg_defense, 75))
+DEFENSES.register("ueraser")(lambda: Defense("ueraser", augment=UEraser()))
+for _q in (75, 10):
+    DEFENSES.register(f"jpeg{_q}")(partial(_jpeg_defense, _q))
 DEFENSES.register("blur")(partial(_blur_defense, 1.0, "blur"))
+DEFENSES.register("lowpass")(partial(_lowpass_defense, 0.5, "lowpass"))
 DEFENSES.register("grayscale")(lambda: Defense("grayscale", data=_data(grayscale)))
 for _p in (0.8, 0.5, 0.2):
     DEFENSES.register(f"mix{_p:g}")(partial(_mix_defense, _p))
@@ -204,13 +260,19 @@ for _p in (0.8, 0.5, 0.2):
 _PATTERNS: list[tuple[re.Pattern[str], Callable[[str], Defense]]] = [
     (re.compile(r"^jpeg(\d{1,3})$"), lambda v: _jpeg_defense(int(v))),
     (re.compile(r"^blur(\d+(?:\.\d+)?)$"), lambda v: _blur_defense(float(v))),
+    (re.compile(r"^lowpass(\d*\.?\d+)$"), lambda v: _lowpass_defense(float(v))),
     (re.compile(r"^mix(0(?:\.\d+)?|1(?:\.0+)?|\.\d+)$"), lambda v: _mix_defense(float(v))),
     (re.compile(r"^aug-([a-z0-9+]+)$"), lambda v: Defense(f"aug-{v}", augment=PartsAugmenter(v.split("+")))),
 ]
 
 
 def build_defense(name: str) -> Defense:
-    """The defense called ``name``: a registered one, or ``jpeg<q>``, ``blur<sigma>``, ``mix<p>``."""
+    """The defense called ``name``: a registered one, or ``jpeg<q>``, ``blur<sigma>``, ``lowpass<f>``, ``mix<p>``,
+    ``aug-<part>[+<part>]``.
+
+    Raises:
+        ConfigError: An unknown name (the message lists the choices).
+    """
     if name in DEFENSES:
         return DEFENSES.get(name)()
     for pattern, make in _PATTERNS:
@@ -219,5 +281,5 @@ def build_defense(name: str) -> Defense:
             return make(match.group(1))
     raise ConfigError(
         f"unknown defense {name!r}; choose one of: {', '.join(DEFENSES.names())}, "
-        "or jpeg<q>, blur<sigma>, mix<p>, aug-<part>[+<part>]"
+        "or jpeg<q>, blur<sigma>, lowpass<f>, mix<p>, aug-<part>[+<part>]"
     )
