@@ -64,12 +64,13 @@ WARMUP = 2
 
 def load_records(n: int, size: int) -> list[Any]:
     """``n`` 8-bit HC18 records (images letterboxed to ``size``, with masks), the 25 repeated as needed."""
-    from ulmed.eval.data import load_hc18
+    from ulmed.eval.folders import find_eval_items
+    from ulmed.eval.loading import Preprocess, load_items
     from ulmed.io.record import IntensityMapping, Record
 
-    parts = [load_hc18(DATA, split, size=(size, size)) for split in ("train", "val", "test")]
-    images = np.concatenate([p[0] for p in parts])
-    masks = np.concatenate([p[1] for p in parts])
+    folder = find_eval_items(DATA)  # every item of the index: train, val, then test
+    items = [item for split in ("train", "val", "test") for item in folder.items if folder.fixed[item.key] == split]
+    images, masks, _, _ = load_items(items, Preprocess(size=(size, size)), 2)
     idx = np.arange(n) % len(images)
     mapping = IntensityMapping(0, 255, 0, 255, 1)
     return [

@@ -87,3 +87,43 @@ def hc18_train_records(real_data):
         return recs
 
     return make
+
+
+@pytest.fixture(scope="session")
+def plain_folders(real_data, tmp_path_factory):
+    """Data sets laid out as ``ulmed protect`` takes them, with no index.csv: what ``ulmed evaluate`` reads.
+
+    ``seg2d``: 10 HC18 images in ``images/`` with their 0/255 masks in ``masks/``; ``seg3d``: the
+    9 MSD hippocampus volumes in ``images/`` with ``labels/``; ``cls``: 24 PneumoniaMNIST PNGs
+    (evenly spread over the class-ordered train split) named ``pt<NN>_v<K>.png``, two views of
+    one "patient" of the same class, with ``labels.csv`` giving class names (``normal``,
+    ``pneumonia``).
+    """
+    import csv
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("plain")
+    for name, src, targets, n in (("seg2d", "hc18", "masks", 10), ("seg3d", "msd_hippocampus", "labels", 9)):
+        for sub in ("images", targets):
+            (root / name / sub).mkdir(parents=True)
+            for f in sorted((real_data / src / sub).iterdir())[:n]:
+                shutil.copy(f, root / name / sub / f.name)
+    (root / "cls").mkdir()
+    with np.load(real_data / "pneumoniamnist" / "pneumoniamnist.npz") as npz:
+        labels = npz["train_labels"].reshape(-1)
+        order = np.argsort(labels, kind="stable")
+        pick = order[np.linspace(0, len(order) - 1, 24).round().astype(int)]
+        images = npz["train_images"][pick]
+    rows = []
+    for i, (image, label) in enumerate(zip(images, labels[pick])):
+        name = f"pt{i // 2:02d}_v{i % 2}.png"
+        Image.fromarray(image).save(root / "cls" / name)
+        rows.append({"image": name, "label": ("normal", "pneumonia")[int(label)]})
+    with open(root / "cls" / "labels.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["image", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return {name: root / name for name in ("seg2d", "seg3d", "cls")}

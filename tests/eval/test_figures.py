@@ -7,8 +7,9 @@ import shutil
 import numpy as np
 from PIL import Image
 
+from ulmed.eval.data import load_eval_data
 from ulmed.eval.figures import _view, metric_bars, picture_strip
-from ulmed.eval.sources import load_eval_data
+from ulmed.eval.loading import Preprocess
 
 
 def _png_size(path):
@@ -36,7 +37,7 @@ def test_view_picks_a_2d_picture():
 
 
 def test_picture_strip_has_a_row_per_item(real_data, tmp_path):
-    data = load_eval_data(real_data / "hc18", size=(16, 16), train_limit=2, test_limit=1)
+    data = load_eval_data(real_data / "hc18", preprocess=Preprocess(size=(16, 16)), train_limit=2, test_limit=1)
     copy = tmp_path / "copy"
     shutil.copytree(real_data / "hc18", copy)
     key = data.train_keys[0]

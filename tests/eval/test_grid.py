@@ -30,9 +30,12 @@ def _options(**kw):
 
 
 def test_options_validate_early_and_take_the_run_seed():
-    opts = EvalOptions(dataset="HC18", victims=["unet"], train_config=TINY, seed=7)
-    assert opts.dataset == "hc18" and opts.victims == ("unet",) and opts.train_config.seed == 7
-    for kw, words in [({"dataset": "ct"}, "pneumonia"), ({"victim_size": "huge"}, "victim size"),
+    opts = EvalOptions(masks="m", subject=r"(\d+)", kernel="TORCH", victims=["unet"], train_config=TINY, seed=7)
+    assert opts.victims == ("unet",) and opts.train_config.seed == 7 and str(opts.masks) == "m"
+    assert opts.preprocess.kernel == "torch" and opts.split_rule.subject == r"(\d+)"
+    for kw, words in [({"kernel": "cubic"}, "resize kernel"), ({"test_fraction": 1.0}, "test fraction"),
+                      ({"subject": "("}, "regular expression"), ({"spacing": (1, 1)}, "spacing"),
+                      ({"victim_size": "huge"}, "victim size"),
                       ({"victims": []}, "no victim"), ({"defenses": ["a__b"]}, "__"),
                       ({"defenses": ["none", "none"]}, "repeat"), ({"defenses": ["cutout"]}, "unknown defense")]:
         with pytest.raises(ConfigError, match=words):

@@ -1,4 +1,4 @@
-"""What an evaluation reads: data set kinds, the clean splits, protected copies and their pairs."""
+"""What an evaluation reads besides the clean data: protected copies, their manifests, and (clean, protected) pairs."""
 
 from __future__ import annotations
 
@@ -9,38 +9,20 @@ import numpy as np
 import pytest
 
 from ulmed.errors import ConfigError, InputError
+from ulmed.eval.data import load_eval_data
+from ulmed.eval.loading import Preprocess
 from ulmed.eval.sources import (
-    DATASETS,
+    EvalData,
     check_name,
-    detect_dataset,
     imperceptibility_summary,
-    load_eval_data,
     native_pairs,
     read_protection,
 )
 
 
-def test_detect_dataset_from_the_files(real_data, tmp_path):
-    assert detect_dataset(real_data / "hc18") == "hc18"
-    assert detect_dataset(real_data / "msd_hippocampus") == "hippocampus"
-    assert detect_dataset(real_data / "pneumoniamnist") == "pneumonia"
-    with pytest.raises(InputError, match="index.csv"):
-        detect_dataset(tmp_path)
-    with pytest.raises(InputError, match="not found"):
-        detect_dataset(tmp_path / "nope")
-    assert DATASETS == ("auto", "hc18", "hippocampus", "pneumonia")
-
-
-def test_load_eval_data_keeps_the_fixed_splits(real_data):
-    data = load_eval_data(real_data / "hc18", "HC18", size=(16, 16), train_limit=3, test_limit=2)
-    assert data.dataset == "hc18" and data.task == "segmentation" and data.num_classes == 2
-    assert data.train_images.shape == (3, 1, 16, 16) and data.test_images.shape == (2, 1, 16, 16)
-    assert data.train_targets.shape == (3, 16, 16) and len(data.train_keys) == 3
-    assert data.loader_kwargs == {"size": (16, 16), "keep_aspect": True}
-    cls = load_eval_data(real_data / "pneumoniamnist", train_limit=4, test_limit=4)
-    assert cls.task == "classification" and cls.train_targets.shape == (4,)
-    with pytest.raises(ConfigError, match="hippocampus"):  # the message lists the kinds
-        load_eval_data(real_data / "hc18", "ct")
+def test_eval_data_is_still_named_here(real_data):
+    data = load_eval_data(real_data / "hc18", preprocess=Preprocess(size=(16, 16)), train_limit=1, test_limit=1)
+    assert isinstance(data, EvalData)
 
 
 def test_protection_names():
@@ -66,7 +48,7 @@ def test_read_protection_from_its_manifest(tmp_path):
 
 
 def test_native_pairs_and_imperceptibility_of_a_copy(real_data, tmp_path):
-    data = load_eval_data(real_data / "hc18", size=(16, 16), train_limit=2, test_limit=1)
+    data = load_eval_data(real_data / "hc18", preprocess=Preprocess(size=(16, 16)), train_limit=2, test_limit=1)
     copy = tmp_path / "copy"
     shutil.copytree(real_data / "hc18", copy)
     pairs = list(native_pairs(data, copy))
@@ -77,3 +59,13 @@ def test_native_pairs_and_imperceptibility_of_a_copy(real_data, tmp_path):
     (copy / data.train_keys[0]).unlink()
     with pytest.raises(InputError, match="protected copy"):
         list(native_pairs(data, copy))
+
+
+def test_native_pairs_of_volumes_share_the_clean_scale(real_data, tmp_path):
+    data = load_eval_data(real_data / "msd_hippocampus", preprocess=Preprocess(shape=(8, 8, 8)), train_limit=1,
+                          test_limit=1)
+    copy = tmp_path / "copy"
+    shutil.copytree(real_data / "msd_hippocampus", copy)
+    ((key, clean, prot, scale),) = native_pairs(data, copy)
+    assert key == data.train_keys[0] and clean.ndim == 4 and clean.min() == 0.0 and clean.max() == 1.0
+    assert np.array_equal(clean, prot) and scale > 1.0  # native units of the MRI volume per [0, 1]

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from ulmed.errors import ConfigError
-from ulmed.eval.data import load_hc18, load_hippocampus, load_pneumonia
+from ulmed.eval.data import load_split
 from ulmed.eval.defenses import build_defense
+from ulmed.eval.loading import Preprocess
 from ulmed.eval.metrics import segmentation_metrics
 from ulmed.eval.train import TrainConfig, evaluate_victim, predict, train_victim
 from ulmed.eval.victims import build_victim
@@ -12,7 +13,7 @@ from ulmed.eval.victims import build_victim
 
 @pytest.fixture(scope="module")
 def hc18(real_data):
-    images, masks, _ = load_hc18(real_data / "hc18", "train", size=(64, 64), limit=16)
+    images, masks, _ = load_split(real_data / "hc18", "train", preprocess=Preprocess(size=(64, 64)), limit=16)
     return images, masks
 
 
@@ -47,7 +48,7 @@ def test_other_seed_gives_other_weights(hc18):
 
 
 def test_3d_patch_training_and_sliding_window(real_data):
-    images, labels, _ = load_hippocampus(real_data / "msd_hippocampus", "train", limit=3)
+    images, labels, _ = load_split(real_data / "msd_hippocampus", "train", limit=3)
     config = TrainConfig(epochs=2, batch_size=2, lr=1e-2, device="cpu", patch_size=(24, 24, 24), num_threads=1)
     model = build_victim("unet", spatial_dims=3, in_channels=1, out_channels=3, seed=0)
     history = train_victim(model, images, labels, task="segmentation", num_classes=3, config=config)
@@ -71,7 +72,10 @@ def test_augmented_training_runs(hc18):
 
 
 def test_classification_with_early_stopping(real_data):
-    images, labels, _ = load_pneumonia(real_data / "pneumoniamnist", "train", limit=48)
+    with np.load(real_data / "pneumoniamnist" / "pneumoniamnist.npz") as npz:  # ordered by class: spread the 48
+        pick = np.linspace(0, len(npz["train_labels"]) - 1, 48).round().astype(int)
+        images = (npz["train_images"][pick].astype(np.float32) / 255.0)[:, None]
+        labels = npz["train_labels"].reshape(-1)[pick].astype(np.int64)
     config = TrainConfig(epochs=3, batch_size=16, device="cpu", val_fraction=0.25, patience=1, num_threads=1)
     model = build_victim("resnet18", spatial_dims=2, in_channels=1, out_channels=2, seed=0)
     history = train_victim(model, images, labels, task="classification", num_classes=2, config=config)

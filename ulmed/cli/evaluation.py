@@ -14,7 +14,15 @@ from ulmed.cli.flags import parse_protected, parse_sizes
 QUICK = {"epochs": 5, "size": 32, "shape": "24,32,24", "limit": 24, "batch_size": 4}
 
 _HELP = {
-    "clean": "Clean data set: folder with index.csv (split column) or pneumoniamnist.npz.",
+    "clean": ("Clean data set folder, laid out as ulmed protect reads it: images/ + masks/ (or labels/), "
+              "NIfTI + labels/, or images with --labels. An index.csv with a split column fixes the split."),
+    "masks": "Masks/label maps at the images' relative paths (default: masks/ or labels/ beside images/).",
+    "labels": "Labels CSV of a classification set: columns image (relative path) and label (integer or name).",
+    "subject": ("Regular expression over file name stems that finds the subject (group 1, else the match) "
+                "[default: the whole stem]; a subject's files stay on one side of the split."),
+    "test_fraction": "Share of subjects in the test split (ignored with a fixed index.csv split).",
+    "kernel": "2D resize kernel: pil (antialiased bilinear), torch, cv-area or cv-linear (OpenCV).",
+    "spacing": "Resample volumes to this voxel size first, X,Y,Z in mm [default: native].",
     "protected": "NAME=PATH of a protected copy of the train split (repeatable).",
     "victim": "Victim network (repeatable): unet, segresnet, attention_unet, unetpp, unetr, densenet121, resnet18.",
     "size": "2D images are letterboxed to SIZE x SIZE [default: 64].",
@@ -22,7 +30,6 @@ _HELP = {
     "split": "Split of an index.csv beside the images (overrides the config).",
     "out": "Generator checkpoint to write, e.g. models/unseg_tiny.pt.",
     "defense": "Trainer's defense (repeatable): none, augmentation, flip_jitter, jpeg75, blur, mix0.5 ...",
-    "dataset": "auto, hc18 (2D images + masks), hippocampus (NIfTI + labels) or pneumonia.",
     "patch": ("Segmentation victims train on random patches of this size (D,H,W or H,W; MONAI "
               "RandCropByPosNegLabel) and are tested with sliding windows, as 3D trainers do [default: whole images]."),
     "quick": "Tiny settings (size 32, 5 epochs, 24 items): about a minute on 2 cores.",
@@ -47,13 +54,18 @@ def evaluate(  # one parameter per command-line option (typer)
     protected: Annotated[list[str] | None, typer.Option("--protected", help=_HELP["protected"])] = None,
     victim: Annotated[list[str] | None, typer.Option("--victim", help=_HELP["victim"])] = None,
     defense: Annotated[list[str] | None, typer.Option("--defense", help=_HELP["defense"])] = None,
-    dataset: Annotated[str, typer.Option(help=_HELP["dataset"])] = "auto",
+    masks: Annotated[Path | None, typer.Option(help=_HELP["masks"])] = None,
+    labels: Annotated[Path | None, typer.Option(help=_HELP["labels"])] = None,
+    subject: Annotated[str | None, typer.Option(help=_HELP["subject"])] = None,
+    test_fraction: Annotated[float, typer.Option(help=_HELP["test_fraction"])] = 0.2,
     epochs: Annotated[int | None, typer.Option(help="Training epochs per victim [default: 10].")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size [default: 8].")] = None,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     size: Annotated[int | None, typer.Option(help=_HELP["size"])] = None,
     shape: Annotated[str | None, typer.Option(help="3D volume shape D,H,W [default: 40,56,40].")] = None,
     patch: Annotated[str | None, typer.Option(help=_HELP["patch"])] = None,
+    kernel: Annotated[str, typer.Option(help=_HELP["kernel"])] = "pil",
+    spacing: Annotated[str | None, typer.Option(help=_HELP["spacing"])] = None,
     limit: Annotated[int | None, typer.Option(help="At most N train and N test items.")] = None,
     victim_size: Annotated[str, typer.Option(help="small (CPU) or base.")] = "small",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads while training.")] = None,
@@ -61,6 +73,7 @@ def evaluate(  # one parameter per command-line option (typer)
     learnability: Annotated[bool, typer.Option("--learnability", help=_HELP["learnability"])] = False,
 ) -> None:
     """Train victims on protected data, test them on clean data, write report.json/report.md and figures."""
+    from ulmed.errors import ConfigError
     from ulmed.eval.grid import run_evaluation
     from ulmed.eval.train import TrainConfig
 
@@ -71,10 +84,15 @@ def evaluate(  # one parameter per command-line option (typer)
     config = TrainConfig(epochs=s["epochs"] or 10, batch_size=s["batch_size"] or 8, lr=lr, device=state.device,
                          num_threads=threads, patch_size=patch_size)
     side = s["size"] or 64
+    try:
+        mm = tuple(float(v) for v in spacing.replace("x", ",").split(",")) if spacing else None
+    except ValueError:
+        raise ConfigError(f"--spacing needs three numbers X,Y,Z in mm, got {spacing!r}") from None
     report = run_evaluation(
-        clean, parse_protected(protected or []), output, dataset=dataset, victims=victim or ["unet"],
-        defenses=defense or ["none"], train_config=config, victim_size=victim_size, size=(side, side),
-        shape=dhw, train_limit=s["limit"], test_limit=s["limit"], seed=state.seed, learnability=learnability,
+        clean, parse_protected(protected or []), output, masks=masks, labels=labels, subject=subject,
+        test_fraction=test_fraction, victims=victim or ["unet"], defenses=defense or ["none"], train_config=config,
+        victim_size=victim_size, size=(side, side), shape=dhw, kernel=kernel, spacing=mm, train_limit=s["limit"],
+        test_limit=s["limit"], seed=state.seed, learnability=learnability,
         progress=say if state.verbosity >= 0 else None,
     )
     if state.verbosity >= 0:

@@ -1,297 +1,284 @@
-"""Loaders for the evaluation data sets with their fixed splits, and for protected copies.
+"""The clean data of an evaluation: any data set ``ulmed protect`` takes, split and loaded for the victims.
 
-Each loader returns ``(images, targets, keys)``: images ``(N, C, *spatial)`` float32 in
-[0, 1], integer targets, and the keys that name each sample (relative image paths for the
-file-based sets). :func:`load_protected_like` reads a protected copy of the same samples
-(same relative paths under another root) through the *same* per-file preprocessing, so a
-protected training split can replace the clean one; targets always come from the
-originals (masks are never perturbed).
+:func:`load_eval_data` puts the steps together: find the items (:mod:`ulmed.eval.folders`),
+split them by subject or by ``index.csv`` (:mod:`ulmed.eval.split`, written to
+``split.json``), and load the train and test arrays (:mod:`ulmed.eval.loading`). The
+result, :class:`EvalData`, keeps the items' files, so that
 
-Preprocessing:
-
-* HC18 (2D, grey PNG, longest side 400 px): values / 255 (/ 65535 for 16-bit). With
-  ``keep_aspect=True`` (default) the image is scaled to fit ``size`` and zero-padded
-  symmetrically (letterbox), so head shapes and HD95 are not distorted; with
-  ``keep_aspect=False`` it is stretched to ``size``. Images are resampled bilinearly in
-  float (no re-quantisation, so a protective perturbation survives resizing as far as
-  bilinear interpolation lets it), masks with nearest neighbour, then ``mask > 0``.
-* MSD hippocampus (3D NIfTI, axes as stored): each volume is normalised to [0, 1] by its
-  own min/max, then centre-padded with 0 and/or centre-cropped to ``shape``; labels
-  (0, 1, 2) get the same pad/crop.
-* PneumoniaMNIST (``pneumoniamnist.npz``, 28x28 uint8, each split ordered by class): values
-  / 255; keys are ``"<split>_images/<index>"``; a protected copy is an ``.npz`` with the
-  same arrays. ``limit`` takes evenly spaced samples so both classes stay represented.
+* :func:`reload_eval_data` loads the same items again at another size, kernel, shape or
+  spacing (a defense cell whose trainer works on another grid: ``resize:N``,
+  ``resample:X,Y,Z``);
+* :func:`load_protected` reads a protected copy of the train items (same relative paths, or
+  the ``.png`` name ulmed writes JPEG inputs under) through the same preprocessing, so that
+  it can replace the clean train split; targets always come from the clean set (masks are
+  never perturbed);
+* a victim that needs the native files (nnU-Net) finds them in :attr:`EvalData.train_items`
+  / :attr:`EvalData.test_items` (or the ``*_image_paths`` / ``*_target_paths`` lists).
 """
 
 from __future__ import annotations
 
-import csv
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
-from PIL import Image
 
-from ulmed.choices import StrEnum, look_up, names
-from ulmed.errors import ConfigError, InputError
+from ulmed.errors import InputError
+from ulmed.eval.folders import EvalFolder, EvalItem, find_eval_items, warn_skipped
+from ulmed.eval.loading import Preprocess, image_channels, load_images, load_items
+from ulmed.eval.split import SplitRule, resolve_split
 from ulmed.io.images import output_relpath
 
-
-class Split(StrEnum):
-    """The fixed splits of a data set's ``index.csv`` (column ``split``)."""
-
-    TRAIN = "train"
-    VAL = "val"
-    TEST = "test"
+log = logging.getLogger("ulmed")
 
 
-#: The split values, in definition order.
-SPLITS: tuple[str, ...] = names(Split)
-PNEUMONIA_FILE = "pneumoniamnist.npz"
-
-
-def _check_common(split: str, limit: int | None) -> str:
-    """The split's value (a ConfigError naming the splits when unknown); checks ``limit`` too."""
-    value = look_up(split, Split, "split").value
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"limit must be a positive integer or None, got {limit!r}")
-    return value
-
-
-def _index(root: Path, split: str, limit: int | None) -> list[dict[str, str]]:
-    index = root / "index.csv"
-    if not index.is_file():
-        raise InputError("index.csv not found; point root at the data set folder that holds it", index)
-    with open(index, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r.get("split") == split]
-    if not rows:
-        raise InputError(f"no rows with split {split!r}", index)
-    return rows[:limit] if limit is not None else rows
-
-
-def _size(size: Sequence[int]) -> tuple[int, int]:
-    if len(size) != 2 or min(int(s) for s in size) < 1:
-        raise ConfigError(f"size must be (height, width) with positive values, got {tuple(size)}")
-    return int(size[0]), int(size[1])
-
-
-def _read_2d(path: Path) -> np.ndarray:
-    """Grey 2D image as float32 in [0, 1] (H, W)."""
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("L") if im.mode not in ("L", "I;16", "I") else im)
-    except OSError as exc:
-        raise InputError(f"cannot read image ({exc})", path) from None
-    scale = 65535.0 if arr.dtype == np.uint16 or arr.max() > 255 else 255.0
-    return arr.astype(np.float32) / scale
-
-
-def _fit_2d(arr: np.ndarray, size: tuple[int, int], keep_aspect: bool, nearest: bool) -> np.ndarray:
-    """Resize (H, W) to ``size``; letterbox with zeros when ``keep_aspect``."""
-    h, w = arr.shape
-    th, tw = size
-    if keep_aspect:
-        scale = min(th / h, tw / w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    else:
-        nh, nw = th, tw
-    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
-    mode_arr = arr.astype(np.uint8) if nearest else arr.astype(np.float32)
-    resized = np.asarray(Image.fromarray(mode_arr).resize((nw, nh), resample=resample))
-    out = np.zeros((th, tw), dtype=resized.dtype)
-    top, left = (th - nh) // 2, (tw - nw) // 2
-    out[top : top + nh, left : left + nw] = resized
-    return out
-
-
-def _hc18_image(path: Path, size: tuple[int, int], keep_aspect: bool) -> np.ndarray:
-    return np.clip(_fit_2d(_read_2d(path), size, keep_aspect, nearest=False), 0.0, 1.0)[None]
-
-
-def load_hc18(
-    root: str | Path,
-    split: str,
-    size: Sequence[int] = (128, 128),
-    limit: int | None = None,
-    keep_aspect: bool = True,
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """HC18 fetal head ultrasound with its fixed split.
+@dataclass
+class EvalData:
+    """The clean train and test splits of one data set, preprocessed for the victims.
 
     Args:
-        root: The ``hc18`` folder (``index.csv``, ``images/``, ``masks/``).
-        split: ``train``, ``val`` or ``test``.
-        size: Output (height, width).
-        limit: Keep the first ``limit`` rows of the split (index order).
-        keep_aspect: Letterbox (True) or stretch (False); see the module docstring.
+        root: The clean data set folder.
+        task: ``segmentation`` or ``classification``.
+        spatial_dims: 2 (images) or 3 (volumes).
+        num_classes: Classes including background (segmentation), or the number of classes.
+        preprocess: How the arrays were made (:class:`~ulmed.eval.loading.Preprocess`).
+        channels: Image channels (1 grey, 3 colour).
+        split: The split's record: source, rule and counts (:class:`~ulmed.eval.split.Split`).
+        train_items: The train items loaded (key, image file, target file or class index).
+        test_items: The test items loaded.
+        train_images: ``(N, C, *spatial)`` float32 in [0, 1].
+        train_targets: Label maps ``(N, *spatial)`` or class indices ``(N,)``, int64.
+        test_images: Clean test images.
+        test_targets: Test targets.
+        classes: Class names by index (classification), else None.
+        skipped: ``(relative path, reason)`` of the files left out.
+    """
+
+    root: Path
+    task: str
+    spatial_dims: int
+    num_classes: int
+    preprocess: Preprocess
+    channels: int
+    split: dict[str, Any]
+    train_items: list[EvalItem]
+    test_items: list[EvalItem]
+    train_images: np.ndarray
+    train_targets: np.ndarray
+    test_images: np.ndarray
+    test_targets: np.ndarray
+    classes: list[str] | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def dataset(self) -> str:
+        """The kind of data set: ``2d-segmentation``, ``3d-segmentation``, ``2d-classification`` ..."""
+        return f"{self.spatial_dims}d-{self.task}"
+
+    @property
+    def loader_kwargs(self) -> dict[str, Any]:
+        """The preprocessing settings that apply here (the report's ``loader``)."""
+        return self.preprocess.record(self.spatial_dims)
+
+    @property
+    def train_keys(self) -> list[str]:
+        """Relative paths of the train images."""
+        return [item.key for item in self.train_items]
+
+    @property
+    def test_keys(self) -> list[str]:
+        """Relative paths of the test images."""
+        return [item.key for item in self.test_items]
+
+    @property
+    def train_image_paths(self) -> list[Path]:
+        """The train images' files."""
+        return [item.image for item in self.train_items]
+
+    @property
+    def train_target_paths(self) -> list[Path | None]:
+        """The train masks/label maps' files (None for classification)."""
+        return [item.target for item in self.train_items]
+
+    @property
+    def test_image_paths(self) -> list[Path]:
+        """The test images' files."""
+        return [item.image for item in self.test_items]
+
+    @property
+    def test_target_paths(self) -> list[Path | None]:
+        """The test masks/label maps' files (None for classification)."""
+        return [item.target for item in self.test_items]
+
+    def record(self) -> dict[str, Any]:
+        """What the report says about the data besides its split: kind, channels, classes and skipped files."""
+        return {"kind": self.dataset, "spatial_dims": self.spatial_dims, "channels": self.channels,
+                "classes": self.classes, "skipped": [{"path": rel, "reason": reason} for rel, reason in self.skipped]}
+
+
+def _channels(folder: EvalFolder) -> int:
+    """3 when every 2D image is colour, else 1."""
+    if folder.spatial_dims != 2:
+        return 1
+    return 3 if all(image_channels(item.image) == 3 for item in folder.items) else 1
+
+
+def _num_classes(task: str, classes: Sequence[str] | None, *targets: np.ndarray) -> int:
+    if task == "classification":
+        return max(2, len(classes or ()))
+    return max(2, int(max(t.max() for t in targets)) + 1)
+
+
+def load_eval_data(
+    root: str | Path,
+    *,
+    masks: str | Path | None = None,
+    labels: str | Path | None = None,
+    rule: SplitRule | None = None,
+    out: str | Path | None = None,
+    preprocess: Preprocess | None = None,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+) -> EvalData:
+    """Find, split and load the clean data set in ``root``.
+
+    Args:
+        root: The clean data set folder (see :mod:`ulmed.eval.folders` for its layouts).
+        masks: Masks/label maps folder at the images' relative paths (segmentation).
+        labels: Labels CSV (classification).
+        rule: How to split without a fixed ``index.csv`` split; default ``SplitRule()``
+            (whole stem as subject, 20 % test).
+        out: The evaluation's output folder: ``split.json`` is written (or reused) there.
+        preprocess: Sizes and kernels; default ``Preprocess()``.
+        train_limit: At most this many train items (the first readable ones of the split).
+        test_limit: At most this many test items.
 
     Returns:
-        Images ``(N, 1, H, W)`` float32 in [0, 1], masks ``(N, H, W)`` int64 in {0, 1}, keys
-        (image paths relative to ``root``).
+        The :class:`EvalData`.
+
+    Raises:
+        InputError: No folder, nothing to evaluate, fewer than two subjects, or a split
+            left empty by unreadable files.
     """
-    split = _check_common(split, limit)
-    root, hw = Path(root), _size(size)
-    images, masks, keys = [], [], []
-    for row in _index(root, split, limit):
-        images.append(_hc18_image(root / row["image"], hw, keep_aspect))
-        mask_path = root / row["mask"]
+    prep = preprocess or Preprocess()
+    folder = find_eval_items(root, masks, labels)
+    by_key = {item.key: item for item in folder.items}
+    rule = rule or SplitRule()
+    if folder.fixed is not None and rule != SplitRule():
+        log.warning("index.csv fixes the split; --subject and --test-fraction are not used")
+    split = resolve_split(list(by_key), rule, Path(out) if out is not None else None, folder.fixed)
+    channels = _channels(folder)
+    loaded = {}
+    skipped = list(folder.skipped)
+    for name, keys, limit in (("train", split.train, train_limit), ("test", split.test, test_limit)):
         try:
-            with Image.open(mask_path) as im:
-                raw = np.asarray(im.convert("L"))
-        except OSError as exc:
-            raise InputError(f"cannot read mask ({exc})", mask_path) from None
-        masks.append(_fit_2d((raw > 0).astype(np.uint8), hw, keep_aspect, nearest=True).astype(np.int64))
-        keys.append(row["image"])
-    return np.stack(images), np.stack(masks), keys
+            images, targets, kept, bad = load_items([by_key[k] for k in keys], prep, folder.spatial_dims, channels,
+                                                    limit)
+        except InputError as exc:
+            raise InputError(f"the {name} split has no readable item: {exc}", folder.root) from None
+        warn_skipped(bad)
+        skipped += bad
+        loaded[name] = (images, targets, kept)
+    (tr_x, tr_y, tr_items), (te_x, te_y, te_items) = loaded["train"], loaded["test"]
+    num_classes = _num_classes(folder.task, folder.classes, tr_y, te_y)
+    return EvalData(folder.root, folder.task, folder.spatial_dims, num_classes, prep, channels, split.record,
+                    tr_items, te_items, tr_x, tr_y, te_x, te_y, folder.classes, skipped)
 
 
-def _fit_nd(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Centre-pad with zeros and/or centre-crop ``arr`` to ``shape``."""
-    out = np.zeros(shape, dtype=arr.dtype)
-    src, dst = [], []
-    for s, t in zip(arr.shape, shape):
-        if s >= t:
-            a = (s - t) // 2
-            src.append(slice(a, a + t))
-            dst.append(slice(0, t))
-        else:
-            a = (t - s) // 2
-            src.append(slice(0, s))
-            dst.append(slice(a, a + s))
-    out[tuple(dst)] = arr[tuple(src)]
-    return out
-
-
-def _read_nifti(path: Path) -> np.ndarray:
-    try:
-        image: Any = nib.load(str(path))
-        return np.asarray(image.get_fdata(dtype=np.float32))
-    except (OSError, ValueError, EOFError) as exc:
-        raise InputError(f"cannot read NIfTI ({exc})", path) from None
-
-
-def _hippocampus_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
-    vol = _read_nifti(path)
-    if vol.ndim != 3:
-        raise InputError(f"expected a 3D volume, got shape {vol.shape}", path)
-    lo, hi = float(vol.min()), float(vol.max())
-    vol = (vol - lo) / (hi - lo) if hi > lo else np.zeros_like(vol)
-    return _fit_nd(vol.astype(np.float32), shape)[None]
-
-
-def load_hippocampus(
-    root: str | Path,
-    split: str,
-    shape: Sequence[int] = (40, 56, 40),
-    limit: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """MSD Task04 hippocampus MRI with its fixed split.
+def reload_eval_data(data: EvalData, **changes: Any) -> EvalData:
+    """The same train and test items loaded again with other preprocessing (for defense cells on another grid).
 
     Args:
-        root: The ``msd_hippocampus`` folder (``index.csv``, ``images/``, ``labels/``).
-        split: ``train``, ``val`` or ``test``.
-        shape: Output volume shape (axes as stored), by centre pad/crop.
-        limit: Keep the first ``limit`` rows of the split.
+        data: Data from :func:`load_eval_data`.
+        **changes: Fields of :class:`~ulmed.eval.loading.Preprocess` to change: ``size``,
+            ``keep_aspect``, ``kernel``, ``shape``, ``spacing`` (e.g. ``size=(128, 128)`` for
+            a ``resize:128`` cell, ``spacing=(1.0, 1.0, 1.0)`` for ``resample:1,1,1``).
 
     Returns:
-        Images ``(N, 1, D, H, W)`` float32 in [0, 1] (per-volume min/max), labels
-        ``(N, D, H, W)`` int64 in {0, 1, 2}, keys (image paths relative to ``root``).
+        A new :class:`EvalData` with the same items, split record, classes and
+        ``num_classes``; only the arrays and ``preprocess`` differ.
+
+    Raises:
+        ConfigError: An unknown field or a bad value.
+        InputError: A file that loaded before cannot be read now.
     """
-    split = _check_common(split, limit)
-    if len(shape) != 3 or min(shape) < 1:
-        raise ConfigError(f"shape must be three positive sizes, got {tuple(shape)}")
-    root, dhw = Path(root), (int(shape[0]), int(shape[1]), int(shape[2]))
-    images, labels, keys = [], [], []
-    for row in _index(root, split, limit):
-        images.append(_hippocampus_image(root / row["image"], dhw))
-        lab = np.rint(_read_nifti(root / row["label"])).astype(np.int64)
-        labels.append(_fit_nd(lab, dhw))
-        keys.append(row["image"])
-    return np.stack(images), np.stack(labels), keys
+    prep = replace(data.preprocess, **changes)
+    arrays = {}
+    for name, items in (("train", data.train_items), ("test", data.test_items)):
+        images, targets, kept, bad = load_items(items, prep, data.spatial_dims, data.channels)
+        if bad:
+            key, reason = bad[0]
+            raise InputError(f"cannot be read again ({reason})", data.root / key)
+        arrays[name] = (images, targets)
+    return replace(data, preprocess=prep, train_images=arrays["train"][0], train_targets=arrays["train"][1],
+                   test_images=arrays["test"][0], test_targets=arrays["test"][1])
 
 
-def _npz_path(root: Path) -> Path:
-    path = root / PNEUMONIA_FILE if root.is_dir() else root
+def protected_file(root: Path, key: str) -> Path:
+    """The protected copy of the item ``key`` under ``root``: the same relative path, or ulmed's ``.png`` name.
+
+    Raises:
+        InputError: Neither exists.
+    """
+    path = root / key
+    if not path.is_file() and (root / output_relpath(Path(key))).is_file():
+        path = root / output_relpath(Path(key))
     if not path.is_file():
-        raise InputError(f"{PNEUMONIA_FILE} not found; point root at its folder or at the file", path)
+        raise InputError("protected copy of this item not found; is the protected path the ulmed protect output?", path)
     return path
 
 
-def load_pneumonia(
-    root: str | Path, split: str, limit: int | None = None
+def load_protected(data: EvalData, protected_root: str | Path) -> np.ndarray:
+    """The train images of a protected copy, preprocessed exactly like ``data.train_images``.
+
+    Args:
+        data: The clean data (its train keys and preprocessing; use :func:`reload_eval_data`
+            first for another grid).
+        protected_root: Root of the protected copy (``ulmed protect -o``).
+
+    Returns:
+        Images ``(N, C, *spatial)`` float32 in [0, 1], in the order of ``data.train_items``.
+
+    Raises:
+        InputError: The copy or one of its train items is missing or unreadable.
+    """
+    root = Path(protected_root).expanduser()
+    if not root.is_dir():
+        raise InputError("protected copy not found (it must be the folder ulmed protect wrote)", root)
+    paths = [protected_file(root, key) for key in data.train_keys]
+    return load_images(paths, data.preprocess, data.spatial_dims, data.channels)
+
+
+def load_split(
+    root: str | Path,
+    split: str,
+    *,
+    preprocess: Preprocess | None = None,
+    limit: int | None = None,
+    masks: str | Path | None = None,
+    labels: str | Path | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """PneumoniaMNIST (re-split) chest X-rays, 28x28.
+    """The arrays of one fixed split (``train``, ``val``, ``test`` ...) of a folder's ``index.csv``.
 
-    Args:
-        root: The ``pneumoniamnist`` folder or the ``.npz`` file itself.
-        split: ``train``, ``val`` or ``test``.
-        limit: Keep ``limit`` samples spread evenly over the split (the file is ordered by
-            class, so the first ``limit`` would all be pneumonia).
+    For scripts and tests that work on one split of a benchmark set without an evaluation;
+    unreadable items are skipped with a warning, as :func:`load_eval_data` does.
 
     Returns:
-        Images ``(N, 1, 28, 28)`` float32 in [0, 1], labels ``(N,)`` int64 (0 normal,
-        1 pneumonia), keys ``"<split>_images/<index>"``.
+        Images ``(N, C, *spatial)`` float32 in [0, 1], targets int64, and the keys.
+
+    Raises:
+        InputError: The folder has no fixed split, or no readable item in ``split``.
     """
-    split = _check_common(split, limit)
-    path = _npz_path(Path(root))
-    with np.load(path) as data:
-        if f"{split}_images" not in data:
-            raise InputError(f"no array {split}_images; keys are {', '.join(data.files)}", path)
-        images, labels = data[f"{split}_images"], data[f"{split}_labels"].reshape(-1)
-    idx = np.arange(len(images))
-    if limit is not None and limit < len(images):
-        idx = np.unique(np.linspace(0, len(images) - 1, limit).round().astype(np.int64))
-    keys = [f"{split}_images/{i}" for i in idx]
-    return (images[idx].astype(np.float32) / 255.0)[:, None], labels[idx].astype(np.int64), keys
-
-
-def load_protected_like(
-    protected_root: str | Path, keys: Sequence[str], loader_kwargs: dict[str, Any] | None = None
-) -> np.ndarray:
-    """Images of a protected copy, preprocessed exactly like the clean loader's output.
-
-    The loader is chosen from the keys: ``.nii``/``.nii.gz`` -> hippocampus (``shape``),
-    other image files -> HC18 (``size``, ``keep_aspect``), ``<split>_images/<i>`` ->
-    PneumoniaMNIST (the protected ``.npz`` under ``protected_root``). A JPEG key is also
-    looked up as ``.png``, the name ulmed writes JPEG inputs under.
-
-    Args:
-        protected_root: Root of the protected copy (same relative paths as the original).
-        keys: Keys returned by the clean loader.
-        loader_kwargs: The preprocessing arguments given to the clean loader (``size``,
-            ``keep_aspect`` or ``shape``); ``split``/``limit``/``root`` are ignored.
-
-    Returns:
-        Images ``(N, C, *spatial)`` float32 in [0, 1], in the order of ``keys``.
-    """
-    root = Path(protected_root)
-    kw = {k: v for k, v in (loader_kwargs or {}).items() if k not in ("root", "split", "limit")}
-    if not keys:
-        raise ConfigError("keys is empty; pass the keys returned by the clean loader")
-    if all(k.endswith((".nii", ".nii.gz")) for k in keys):
-        _only(kw, {"shape"})
-        shape = tuple(int(s) for s in kw.get("shape", (40, 56, 40)))
-        return np.stack([_hippocampus_image(root / k, shape) for k in keys])  # type: ignore[arg-type]
-    if all("_images/" in k and "." not in k for k in keys):
-        _only(kw, set())
-        with np.load(_npz_path(root)) as data:
-            rows = [data[k.split("/")[0]][int(k.split("/")[1])] for k in keys]
-        return (np.stack(rows).astype(np.float32) / 255.0)[:, None]
-    _only(kw, {"size", "keep_aspect"})
-    hw, keep = _size(kw.get("size", (128, 128))), bool(kw.get("keep_aspect", True))
-    out = []
-    for k in keys:
-        path = root / k
-        if not path.is_file() and (root / output_relpath(Path(k))).is_file():
-            path = root / output_relpath(Path(k))
-        if not path.is_file():
-            raise InputError("protected copy of this image not found; is protected_root the output folder?", path)
-        out.append(_hc18_image(path, hw, keep))
-    return np.stack(out)
-
-
-def _only(kw: dict[str, Any], allowed: set[str]) -> None:
-    extra = sorted(set(kw) - allowed)
-    if extra:
-        raise ConfigError(f"loader_kwargs {extra} do not apply here; allowed: {sorted(allowed) or 'none'}")
+    folder = find_eval_items(root, masks, labels)
+    if folder.fixed is None:
+        raise InputError("no index.csv with a split column here; use load_eval_data to split by subject", folder.root)
+    items = [item for item in folder.items if folder.fixed[item.key] == split]
+    if not items:
+        raise InputError(f"no rows with split {split!r} in index.csv", folder.root)
+    images, targets, kept, bad = load_items(items, preprocess or Preprocess(), folder.spatial_dims, _channels(folder),
+                                            limit)
+    warn_skipped(bad)
+    return images, targets, [item.key for item in kept]

@@ -40,22 +40,15 @@ from typing import Any
 
 import numpy as np
 
-from ulmed.choices import look_up
 from ulmed.core.tasks import Task
 from ulmed.errors import ConfigError, InputError, OutputError
 from ulmed.eval.cells import EXAMPLES, N_EXAMPLES, cell_key, digest, load_cell, write_examples, write_json
-from ulmed.eval.data import load_protected_like
+from ulmed.eval.data import EvalData, load_eval_data, load_protected
 from ulmed.eval.defenses import build_defense, mix_mask
+from ulmed.eval.loading import Preprocess
 from ulmed.eval.predict import predict
-from ulmed.eval.sources import (
-    Dataset,
-    EvalData,
-    Protection,
-    check_name,
-    imperceptibility_summary,
-    load_eval_data,
-    read_protection,
-)
+from ulmed.eval.sources import Protection, check_name, imperceptibility_summary, read_protection
+from ulmed.eval.split import DEFAULT_TEST_FRACTION, SplitRule
 from ulmed.eval.train import TrainConfig, evaluate_victim, train_victim, victim_sal
 from ulmed.eval.victims import SIZES, VICTIMS, build_victim, task_of
 from ulmed.io.atomic import jsonable
@@ -76,8 +69,12 @@ class EvalOptions:
     """What the grid trains and how (validated on construction).
 
     Args:
-        dataset: :class:`~ulmed.eval.sources.Dataset`: ``auto``, ``hc18`` (2D images +
-            masks), ``hippocampus`` (NIfTI + labels) or ``pneumonia``.
+        masks: Folder of masks/label maps at the images' relative paths (else ``masks/`` or
+            ``labels/`` beside ``images/``, as ``ulmed protect`` finds them).
+        labels: Labels CSV (``image``, ``label``) of a classification set.
+        subject: Regular expression over file name stems that finds the subject (group 1 or
+            the whole match; default the whole stem): the split keeps a subject on one side.
+        test_fraction: Share of subjects that goes to test (no fixed ``index.csv`` split).
         victims: Victim names (:data:`ulmed.eval.victims.VICTIMS`) of the data set's task.
         defenses: Defense names (:func:`ulmed.eval.defenses.build_defense`).
         train_config: How victims are trained; default ``TrainConfig()``. Its seed is
@@ -85,6 +82,10 @@ class EvalOptions:
         victim_size: ``small`` (CPU) or ``base``.
         size: (height, width) of 2D images for the victims.
         shape: Volume shape for 3D data.
+        keep_aspect: Letterbox 2D images (True) or stretch them.
+        kernel: 2D resize kernel: ``pil``, ``torch``, ``cv-area``, ``cv-linear``
+            (:class:`~ulmed.eval.loading.ResizeKernel`).
+        spacing: Voxel size (mm per stored axis) volumes are resampled to first; None: native.
         train_limit: At most this many train items (the first ones of the split).
         test_limit: At most this many test items.
         seed: Seed of the victims' weights, the defenses and training.
@@ -94,13 +95,19 @@ class EvalOptions:
             cell the Unlearnable Distance ``ud`` to the clean cell (part of the fingerprint).
     """
 
-    dataset: str = Dataset.AUTO
+    masks: str | Path | None = None
+    labels: str | Path | None = None
+    subject: str | None = None
+    test_fraction: float = DEFAULT_TEST_FRACTION
     victims: Sequence[str] = ("unet",)
     defenses: Sequence[str] = ("none",)
     train_config: TrainConfig = field(default_factory=TrainConfig)
     victim_size: str = "small"
     size: Sequence[int] = (64, 64)
     shape: Sequence[int] = (40, 56, 40)
+    keep_aspect: bool = True
+    kernel: str = "pil"
+    spacing: Sequence[float] | None = None
     train_limit: int | None = None
     test_limit: int | None = None
     seed: int = 0
@@ -110,7 +117,8 @@ class EvalOptions:
     def __post_init__(self) -> None:
         if self.victim_size not in SIZES:
             raise ConfigError(f"victim size must be one of {', '.join(SIZES)}, got {self.victim_size!r}")
-        normal = {"dataset": look_up(self.dataset, Dataset, "dataset").value, "victims": tuple(self.victims),
+        normal = {"masks": None if self.masks is None else Path(self.masks),
+                  "labels": None if self.labels is None else Path(self.labels), "victims": tuple(self.victims),
                   "defenses": tuple(self.defenses),
                   "train_config": replace(self.train_config or TrainConfig(), seed=self.seed)}
         for name, value in normal.items():
@@ -126,6 +134,17 @@ class EvalOptions:
             build_defense(d)  # validates the name early
         if len(set(self.victims)) != len(self.victims) or len(set(self.defenses)) != len(self.defenses):
             raise ConfigError("victims and defenses must not repeat")
+        self.preprocess, self.split_rule  # noqa: B018 -- validate the data options early
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """How the items are loaded (:class:`~ulmed.eval.loading.Preprocess`)."""
+        return Preprocess(self.size, self.keep_aspect, self.kernel, self.shape, self.spacing)
+
+    @property
+    def split_rule(self) -> SplitRule:
+        """How a data set without a fixed split is split (:class:`~ulmed.eval.split.SplitRule`)."""
+        return SplitRule(self.subject, self.test_fraction)
 
 
 @dataclass
@@ -193,7 +212,7 @@ def _settings(data: EvalData, options: EvalOptions) -> dict[str, Any]:
 
 
 def prepare(clean: Path, protected: Mapping[str, Path], out: Path, options: EvalOptions) -> GridRun:
-    """Check the paths, load the clean splits and the protected train sets.
+    """Check the paths, find, split (``out/split.json``) and load the clean data, load the protected train sets.
 
     Raises:
         InputError: Missing clean data or protected copies.
@@ -203,14 +222,15 @@ def prepare(clean: Path, protected: Mapping[str, Path], out: Path, options: Eval
         raise InputError("clean data set not found; check the --clean path", clean)
     for name in protected:
         check_name(name, reserved=(CLEAN, CLEAN_PART))
-    _check_out(out, [clean, *protected.values()])
-    data = load_eval_data(clean, options.dataset, size=options.size, shape=options.shape,
-                          train_limit=options.train_limit, test_limit=options.test_limit)
+    _check_out(out, [clean, *protected.values(), *([options.masks] if options.masks else [])])
+    data = load_eval_data(clean, masks=options.masks, labels=options.labels, rule=options.split_rule, out=out,
+                          preprocess=options.preprocess, train_limit=options.train_limit,
+                          test_limit=options.test_limit)
     _check_victims(data, options.victims)
     train_sets = {CLEAN: data.train_images}
     for name, root in protected.items():
-        train_sets[name] = load_protected_like(root, data.train_keys, data.loader_kwargs)
-    settings = _settings(data, options)
+        train_sets[name] = load_protected(data, root)
+    settings = {**_settings(data, options), "split": data.split, "data": data.record()}
     base = {**settings, "test": digest(data.test_images, data.test_targets)}
     return GridRun(options, data, dict(protected), train_sets, settings, base)
 
