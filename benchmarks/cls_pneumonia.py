@@ -1,10 +1,11 @@
 """PneumoniaMNIST classification: clean vs protected training sets, DenseNet121 victim.
 
-The data set is one ``.npz`` of 28 x 28 chest X-rays with labels (normal / pneumonia), so the
-protection runs on records built from the arrays (class labels as targets, 8-bit intensity
-mapping, the same code as ``ulmed protect``) and the protected train split is written back
-as a ``.npz`` with the original array names; ``run_evaluation`` (``ulmed evaluate``) then
-trains the victims on it and tests on the clean test split.
+The data set is one ``.npz`` of 28 x 28 chest X-rays with labels (normal / pneumonia); it is
+written out as a data set folder of PNGs with ``labels.csv`` and an ``index.csv`` that keeps the
+re-split's fixed split (:func:`benchmark_data.pneumonia_folder`). The train split alone is
+protected with ``protect_path`` (``ulmed protect --labels labels.csv``: class labels as targets)
+and ``run_evaluation`` (``ulmed evaluate``) trains the victims on each protected copy and tests
+on the clean test split, reading the folders like any data set.
 
 Methods: random (control), lsp (one code per class: the classic LSP setting), em (sample-wise)
 and em class-wise (one noise per class).
@@ -26,10 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmark_data import pneumonia_folder
 from grid_common import named_methods, parse_mode_args, select_mode
-
-REPO = Path(__file__).resolve().parents[1]
-NPZ = REPO.parent / "shared" / "data" / "pneumoniamnist" / "pneumoniamnist.npz"
 
 MODES = {
     "quick": {
@@ -70,61 +69,22 @@ EXTRA: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def _subset_npz(dst: Path, train: int | None, test: int | None) -> Path:
-    """A copy of the .npz whose train/test arrays hold the (evenly spread) subsets."""
-    import numpy as np
-
-    from ulmed.eval.data import load_pneumonia
-
-    arrays = dict(np.load(NPZ))
-    for split, limit in (("train", train), ("test", test)):
-        if limit is None:
-            continue
-        _, _, keys = load_pneumonia(NPZ, split, limit=limit)
-        idx = [int(k.split("/")[1]) for k in keys]
-        arrays[f"{split}_images"] = arrays[f"{split}_images"][idx]
-        arrays[f"{split}_labels"] = arrays[f"{split}_labels"][idx]
-    dst.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(dst / NPZ.name, **arrays)
-    return dst / NPZ.name
-
-
 def _protect(
-    clean_npz: Path, dst: Path, method: str, options: dict[str, Any], eps: str, seed: int, min_min: dict[str, Any]
+    train_only: Path, dst: Path, method: str, options: dict[str, Any], eps: str, seed: int, min_min: dict[str, Any]
 ) -> float:
-    """Protect the train images in memory; write the .npz with the protected train split."""
-    import numpy as np
+    """Protect the train-only folder as ``ulmed protect --labels`` does; the wall time."""
+    from ulmed.pipeline.protect import protect_path
 
-    from ulmed.io.record import IntensityMapping, Record
-    from ulmed.pipeline.manifest import Entry, Manifest, sha256_of
-    from ulmed.pipeline.protect import build_method
-
-    arrays = dict(np.load(clean_npz))
-    images, labels = arrays["train_images"], arrays["train_labels"].reshape(-1)
-    mapping = IntensityMapping(0, 255, 0, 255, quantum=1.0)
-    records = [
-        Record(f"train/{i}", images[i][None], mapping, 2, "array", target=int(labels[i])) for i in range(len(images))
-    ]
     opts = {k: v for k, v in options.items() if k != "min_min"}
     if options.get("min_min"):
         opts.update(min_min)
     start = time.perf_counter()
-    protector = build_method(method, eps, seed, "cpu", **opts)
-    if protector.needs_fit:
-        protector.fit(records)
-    out = np.stack([np.clip(np.rint(protector.protect(r).image[0]), 0, 255) for r in records]).astype(np.uint8)
-    wall = time.perf_counter() - start
-    choice = protector.fit_report().get("augment_choice")
+    manifest = protect_path(train_only, dst, method=method, eps=eps, seed=seed, device="cpu",
+                            labels=train_only / "labels.csv", method_options=opts)
+    choice = manifest.fit.get("augment_choice")
     if choice:
         print(f"  {method} augmentation choice: {choice}", flush=True)
-    arrays["train_images"] = out
-    dst.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(dst / NPZ.name, **arrays)
-    # the manifest ``ulmed protect`` would write, so the report names method, budget and surrogate
-    manifest = Manifest(params=protector.params(), fit=protector.fit_report())
-    manifest.add(Entry(NPZ.name, "written", NPZ.name, kind="other", sha256=sha256_of(dst / NPZ.name)))
-    manifest.save(dst)
-    return wall
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -136,13 +96,15 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        clean = _subset_npz(tmp / "clean", m["train"], m["test"])
+        limits = {"train": m["train"], "test": m["test"]}
+        clean = pneumonia_folder(tmp / "clean", limits=limits)
+        train_only = pneumonia_folder(tmp / "train_only", limits=limits, splits=("train",))
         protected = {}
         rows = ROBUST if args.robust else {k: v for k, v in METHODS.items() if k not in m.get("skip", [])}
         if args.methods:
             rows = named_methods(args.methods, {**METHODS, **ROBUST, **EXTRA})
         for name, (method, options) in rows.items():
-            wall = _protect(clean, tmp / name, method, options, args.eps, args.seed, m["min_min"])
+            wall = _protect(train_only, tmp / name, method, options, args.eps, args.seed, m["min_min"])
             print(f"protected with {name}: {wall:.1f} s", flush=True)
             protected[name] = tmp / name
         if out.exists():
@@ -152,7 +114,7 @@ def main() -> None:
             clean,
             protected,
             out,
-            dataset="pneumonia",
+            size=(28, 28),  # the native size: no resize
             victims=m["victims"],
             defenses=m.get("defenses", DEFENSES),
             train_config=config,

@@ -6,7 +6,7 @@ trainer then resizes them to its own input size. This script measures that case 
 methods that run quickly at native size: it writes the HC18 train split (images + masks +
 index) to a temporary data set, runs ``protect_path`` on it (the same code as
 ``ulmed protect``), loads the protected PNGs with the victim's preprocessing
-(``load_protected_like``, bilinear resize to 64 x 64) and trains/tests a MONAI UNet as in
+(``load_protected``, bilinear resize to 64 x 64) and trains/tests a MONAI UNet as in
 ``protect_effect.py``.
 
 Usage:
@@ -45,8 +45,9 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from ulmed.eval.data import load_hc18, load_protected_like
+    from ulmed.eval.data import load_eval_data, load_protected
     from ulmed.eval.imperceptibility import imperceptibility
+    from ulmed.eval.loading import Preprocess
     from ulmed.eval.train import TrainConfig, evaluate_victim, train_victim
     from ulmed.eval.victims import build_victim
     from ulmed.pipeline.protect import protect_path, summarize
@@ -61,8 +62,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     size = (args.size, args.size)
-    clean_train, train_masks, keys = load_hc18(DATA, "train", size=size)
-    test_images, test_masks, _ = load_hc18(DATA, "test", size=size)
+    data = load_eval_data(DATA, preprocess=Preprocess(size=size))  # index.csv's fixed split
+    clean_train, train_masks = data.train_images, data.train_targets
+    test_images, test_masks = data.test_images, data.test_targets
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
         src = _train_split_copy(Path(tmp_name) / "hc18_train")
@@ -77,7 +79,7 @@ def main() -> None:
                     src, out, method=method, eps=args.eps, seed=0, device="cpu", method_options=options
                 )
                 native_psnr = summarize(manifest)["psnr_min"]
-                images = load_protected_like(out, keys, {"size": size})
+                images = load_protected(data, out)
             protect_s = time.perf_counter() - start
             # what is left of the perturbation after the victim's resize
             after = [imperceptibility(clean_train[i], images[i]) for i in range(len(images))]

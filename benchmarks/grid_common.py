@@ -142,7 +142,6 @@ def protect_and_evaluate(
     out: Path,
     *,
     mode: dict[str, Any],
-    dataset: str,
     defenses: Sequence[str],
     eps: str,
     seed: int,
@@ -160,7 +159,6 @@ def protect_and_evaluate(
         out: Report folder (replaced).
         mode: The benchmark mode's settings (``epochs``, ``victims``, ``min_min``; ``patch``: train
             on random patches of this size and infer with sliding windows).
-        dataset: ``hc18`` or ``hippocampus``.
         defenses: Trainer's defenses.
         eps: Budget.
         seed: Seed of protection and victims.
@@ -208,7 +206,6 @@ def protect_and_evaluate(
         clean,
         protected,
         out,
-        dataset=dataset,
         victims=mode["victims"],
         defenses=defenses,
         train_config=config,

@@ -122,7 +122,7 @@ ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
 
 
 def _load(dataset: str, split: str, s: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    from ulmed.eval.data import load_hc18, load_hippocampus
+    from benchmark_data import load_hc18, load_hippocampus
 
     limit = s["train_limit"] if split == "train" else s["test_limit"]
     if dataset == "hc18":

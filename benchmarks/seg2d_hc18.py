@@ -62,9 +62,8 @@ def working_copy(dst: Path, size: int, train: int | None, test: int | None) -> P
     split only, so the min-min never sees a test image).
     """
     import numpy as np
+    from benchmark_data import load_hc18
     from PIL import Image
-
-    from ulmed.eval.data import load_hc18
 
     rows_out = []
     for split, limit in (("train", train), ("test", test)):
@@ -99,7 +98,6 @@ def main() -> None:
             tmp,
             out,
             mode=m,
-            dataset="hc18",
             defenses=m.get("defenses", DEFENSES),
             eps=args.eps,
             seed=args.seed,

@@ -65,8 +65,7 @@ def working_copy(dst: Path, train: int | None, test: int | None) -> Path:
     """
     import nibabel as nib
     import numpy as np
-
-    from ulmed.eval.data import load_hippocampus
+    from benchmark_data import load_hippocampus
 
     rows = []
     (dst / "images").mkdir(parents=True, exist_ok=True)
@@ -101,7 +100,6 @@ def main() -> None:
             tmp,
             out,
             mode=m,
-            dataset="hippocampus",
             defenses=m["defenses"],
             eps=args.eps,
             seed=args.seed,

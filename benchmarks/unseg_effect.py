@@ -94,8 +94,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from benchmark_data import load_hc18
 
-    from ulmed.eval.data import load_hc18
     from ulmed.eval.imperceptibility import imperceptibility
 
     torch.set_num_threads(args.threads)
