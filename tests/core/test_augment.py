@@ -120,3 +120,20 @@ def test_min_min_sees_augmented_views_and_stays_deterministic(hc18_eight):
     assert torch.equal(first, second)
     assert not torch.equal(first, plain)
     assert first.abs().max() <= 8 / 255 + 1e-7
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_the_nnunet_preset_runs_differentiably_and_moves_masks(dims):
+    aug = build_augment("nnunet", dims)
+    shape = (16,) * dims
+    y = disc_masks(6, shape)
+    torch.manual_seed(0)
+    x = (y.float() * 0.6 + 0.2).requires_grad_(True)
+    out, y_out = aug(x, y)
+    assert out.shape == x.shape and y_out.shape == y.shape and y_out.dtype == y.dtype
+    assert (out[y_out == 1].mean() > out[y_out == 0].mean() + 0.2).item()  # bright discs still under the masks
+    (g,) = torch.autograd.grad((out * torch.randn_like(out)).sum(), x)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+    torch.manual_seed(0)
+    again = aug(x, y)
+    assert torch.equal(again[0], out) and torch.equal(again[1], y_out)  # seeded by torch's generator

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
+import math
+import textwrap
+from types import SimpleNamespace
+
 import pytest
 
 from ulmed.core.augment_policy import (
     DEFINITIONS,
+    NNUNET,
     PRESETS,
     AugmentPolicy,
     for_dims,
@@ -69,3 +76,76 @@ def test_parts_carry_the_definition_settings():
     assert part_policy("shift").shift == 3 and not part_policy("shift").rotate
     with pytest.raises(ConfigError, match="unknown augmentation part"):
         part_policy("warp")
+
+
+def test_the_nnunet_preset_is_nnunets_own_pipeline():
+    two, three = DEFINITIONS[2]["nnunet"], DEFINITIONS[3]["nnunet"]
+    assert two.nnunet and three.nnunet and not two.is_identity
+    assert for_dims(AugmentPolicy.from_spec("nnunet"), 3) == three
+    assert two.to_dict()["nnunet"] is True and "nnunet" not in PRESETS["standard"].to_dict()  # old manifests unchanged
+    assert NNUNET[2].mirror_axes == (0, 1) and NNUNET[3].mirror_axes == (0, 1, 2)  # nnU-Net mirrors every axis
+    assert (NNUNET[2].rotation, NNUNET[3].rotation, NNUNET[2].rotation_elongated) == (180.0, 30.0, 15.0)
+    with pytest.raises(ConfigError, match="nnU-Net v2's own pipeline; it takes no noise"):
+        AugmentPolicy.from_spec({"preset": "nnunet", "noise": 0.1})
+
+
+def _literal(node: ast.expr) -> object:
+    """A literal argument, or the range inside ``BGContrast((low, high))``."""
+    if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "BGContrast":
+        return ast.literal_eval(node.args[0])
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        return None
+
+
+def _nnunet_transforms(trainer: type) -> dict[str, list[dict[str, object]]]:
+    """nnUNetTrainer.get_training_transforms' literal settings: transform name -> its calls' keywords."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(trainer.get_training_transforms)))
+    found: dict[str, list[dict[str, object]]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("RandomTransform", "SpatialTransform"):
+            inner = node.args[0] if node.func.id == "RandomTransform" else node
+            settings = {k.arg: _literal(k.value) for k in [*inner.keywords, *node.keywords] if k.arg}
+            found.setdefault(inner.func.id, []).append(settings)
+    return found
+
+
+def test_nnunet_parameters_are_those_of_the_installed_nnunetv2():
+    """NNUNET against nnUNetTrainer's own code (skipped without nnunetv2)."""
+    trainer = pytest.importorskip("nnunetv2.training.nnUNetTrainer.nnUNetTrainer").nnUNetTrainer
+    t, p = _nnunet_transforms(trainer), NNUNET[3]
+    spatial = t["SpatialTransform"][0]
+    assert (spatial["p_rotation"], spatial["p_scaling"], spatial["scaling"]) == (p.p_rotation, p.p_scaling, p.scaling)
+    assert spatial["p_synchronize_scaling_across_axes"] == 1 and spatial["p_elastic_deform"] == 0
+    noise = t["GaussianNoiseTransform"][0]
+    assert (noise["noise_variance"], noise["apply_probability"], noise["synchronize_channels"]) == \
+        (p.noise_std, p.p_noise, True)
+    blur = t["GaussianBlurTransform"][0]
+    assert (blur["blur_sigma"], blur["p_per_channel"], blur["apply_probability"], blur["synchronize_axes"]) == \
+        (p.blur_sigma, p.blur_channel_p, p.p_blur, False)
+    bright, contrast = t["MultiplicativeBrightnessTransform"][0], t["ContrastTransform"][0]
+    assert (bright["multiplier_range"], bright["apply_probability"]) == (p.brightness, p.p_brightness)
+    assert (contrast["contrast_range"], contrast["apply_probability"], contrast["preserve_range"]) == \
+        (p.contrast, p.p_contrast, True)
+    low = t["SimulateLowResolutionTransform"][0]
+    assert (low["scale"], low["p_per_channel"], low["apply_probability"], low["synchronize_axes"]) == \
+        (p.lowres_scale, p.lowres_channel_p, p.p_lowres, True)
+    gammas = {g["p_invert_image"]: g for g in t["GammaTransform"]}
+    assert (gammas[1]["apply_probability"], gammas[0]["apply_probability"]) == (p.p_gamma_inverted, p.p_gamma)
+    assert all(g["gamma"] == p.gamma and g["p_retain_stats"] == 1 for g in gammas.values())
+
+
+@pytest.mark.parametrize(("patch", "degrees", "in_plane"), [((32, 32), 180, False), ((16, 40), 15, False),
+                                                            ((16, 16, 16), 30, False), ((4, 32, 32), 180, True)])
+def test_nnunet_rotation_ranges_and_mirroring_are_those_of_nnunetv2(patch, degrees, in_plane):
+    trainer = pytest.importorskip("nnunetv2.training.nnUNetTrainer.nnUNetTrainer").nnUNetTrainer
+    fake = SimpleNamespace(configuration_manager=SimpleNamespace(patch_size=patch),
+                           print_to_log_file=lambda *args, **kwargs: None)
+    rotation, dummy_2d, _, mirror = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size(fake)
+    ours = NNUNET[len(patch)]
+    assert dummy_2d == in_plane == (len(patch) == 3 and max(patch) / patch[0] > ours.anisotropic)
+    elongated = len(patch) == 2 and max(patch) / min(patch) > ours.elongated
+    expected = ours.rotation_in_plane if in_plane else ours.rotation_elongated if elongated else ours.rotation
+    assert rotation[1] == pytest.approx(math.radians(degrees)) and expected == degrees
+    assert tuple(mirror) == ours.mirror_axes

@@ -188,3 +188,36 @@ def test_both_executors_jitter_and_add_noise_in_the_same_ranges(dims):
         noisy = std > 1e-6
         assert 0.2 < noisy.mean() < 0.4  # p 0.3
         assert 0.8 * d.noise_min < std[noisy].min() < 1.5 * d.noise_min and 0.8 * d.noise < std.max() < 1.1 * d.noise
+
+
+def _warped_and_mirrored(out_masks: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample: whether the mask left the flips of itself (warped), and for the others which axes it flipped."""
+    dims = mask.ndim
+    warped, flipped = [], []
+    for out in out_masks:
+        try:
+            axes = _flipped_axes(out[None], mask[None], dims)
+        except ValueError:
+            warped.append(True)
+            continue
+        warped.append(False)
+        flipped.append([a in axes for a in range(dims)])
+    return np.array(warped), np.array(flipped)
+
+
+@pytest.mark.parametrize("shape", [(20, 20), (10, 12, 11)])
+def test_both_executors_run_nnunets_augmentation_alike(shape):
+    mask = np.zeros(shape, dtype=np.int64)
+    mask[(slice(1, 7),) * len(shape)] = 1
+    mask[(slice(2, 4),) * len(shape)] = 0  # no symmetry: every flip and warp shows
+    image = (0.2 + 0.6 * mask).astype(np.float32)[None]
+    n, rng = 160, np.random.default_rng(0)
+    evaluation = np.stack([Augmenter("nnunet")(image, mask, rng)[1] for _ in range(n)])
+    torch.manual_seed(0)
+    batch = torch.from_numpy(image)[None].repeat(n, *[1] * (len(shape) + 1))
+    optimisation = DifferentiableAugment("nnunet", len(shape))(batch, torch.from_numpy(mask)[None, None].repeat(
+        n, *[1] * (len(shape) + 1)))[1][:, 0].numpy()
+    for outputs in (evaluation, optimisation):
+        warped, flipped = _warped_and_mirrored(outputs, mask)
+        assert 0.2 < warped.mean() < 0.47  # rotation or scaling: 1 - 0.8^2 = 0.36 (the smallest leave masks be)
+        assert (np.abs(flipped.mean(0) - 0.5) < 0.13).all()  # every axis mirrored, each about half the time

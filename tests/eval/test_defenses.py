@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,9 +17,9 @@ from ulmed.eval.defenses import (
     mix_mask,
 )
 
-REQUIRED = {"none", "augmentation", "flip_jitter", "jpeg75", "jpeg10", "blur", "lowpass", "ueraser", "mix0.8", "mix0.5",
-            "mix0.2"}
-AUGMENTING = {"augmentation", "flip_jitter", "ueraser"}
+REQUIRED = {"none", "augmentation", "flip_jitter", "nnunet-aug", "jpeg75", "jpeg10", "blur", "lowpass", "ueraser",
+            "mix0.8", "mix0.5", "mix0.2"}
+AUGMENTING = {"augmentation", "flip_jitter", "nnunet-aug", "ueraser"}
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +48,7 @@ def test_registry_holds_the_named_defenses():
         assert (d.data is not None) == (name not in AUGMENTING | {"none"})
     assert build_defense("augmentation").augment.policy == AugmentPolicy.from_spec("standard")
     assert build_defense("flip_jitter").augment.policy == AugmentPolicy.from_spec("flip_jitter")
+    assert build_defense("nnunet-aug").augment.policy == AugmentPolicy.from_spec("nnunet")
 
 
 def test_full_augmentation_keeps_image_and_mask_aligned():
@@ -143,7 +146,7 @@ def test_parametric_and_unknown_names():
     assert build_defense("lowpass0.25").name == "lowpass0.25" and build_defense("lowpass.3").data is not None
     with pytest.raises(ConfigError, match="unknown defense") as error:
         build_defense("cutout")
-    for choice in ("ueraser", "jpeg10", "lowpass", "lowpass<f>", "jpeg<q>", "aug-<part>"):  # the message lists them
+    for choice in ("nnunet-aug", "ueraser", "jpeg10", "lowpass", "lowpass<f>", "jpeg<q>", "aug-<part>"):  # all listed
         assert choice in str(error.value)
     for bad in ("lowpass0", "lowpass1.5"):
         with pytest.raises(ConfigError, match="fraction of Nyquist"):
@@ -230,3 +233,34 @@ def test_ueraser_defense_augments_per_sample():
     second, _ = aug(image, mask, rng)
     np.testing.assert_array_equal(first_mask, mask)  # intensity only
     assert not np.allclose(first, image) and not np.allclose(first, second)
+
+
+@pytest.mark.parametrize("shape", [(24, 24), (10, 12, 12)])
+def test_nnunet_aug_warps_some_samples_mirrors_every_axis_and_moves_masks(shape):
+    mask = np.zeros(shape, dtype=np.int64)
+    mask[(slice(1, 8),) * len(shape)] = 1
+    mask[(slice(2, 4),) * len(shape)] = 0  # asymmetric: every flip and warp shows in the mask
+    image = (0.2 + 0.6 * mask).astype(np.float32)[None]
+    aug, rng = build_defense("nnunet-aug").augment, np.random.default_rng(0)
+    warped, flips = 0, np.zeros(len(shape))
+    n = 150
+    for _ in range(n):
+        out, out_mask = aug(image, mask, rng)
+        assert out.shape == image.shape and out_mask.dtype == mask.dtype and 0 <= out.min() and out.max() <= 1
+        assert set(np.unique(out_mask)) <= {0, 1}
+        if out_mask.any() and not out_mask.all():
+            assert out[0][out_mask == 1].mean() > out[0][out_mask == 0].mean()  # the bright region under the mask
+        flipped = [axes for axes in _flips(mask) if np.array_equal(out_mask, np.flip(mask, axes) if axes else mask)]
+        warped += not flipped
+        flips += [a in flipped[0] for a in range(len(shape))] if flipped else 0
+    # rotation (p 0.2) or scaling (p 0.2): about 36 % of samples, fewer seen (the smallest leave a mask as it is)
+    assert 0.2 < warped / n < 0.47
+    assert (np.abs(flips / (n - warped) - 0.5) < 0.13).all()  # each axis mirrored about half the time
+    a = aug(image, mask, np.random.default_rng(3))
+    b = aug(image, mask, np.random.default_rng(3))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def _flips(mask: np.ndarray) -> list[tuple[int, ...]]:
+    return [c for k in range(mask.ndim + 1) for c in itertools.combinations(range(mask.ndim), k)]

@@ -17,6 +17,9 @@ gamma and blur are kornia's; JPEG is kornia's differentiable codec (grey images 
 R = G = B, then back to grey). All are differentiable in the image, so the gradient reaches
 ``delta`` through each one.
 
+The ``nnunet`` preset (nnU-Net v2's augmentation) runs :class:`~ulmed.core.augment_nnunet.NnUNetStep`,
+the torch steps that the evaluation's executor runs too, sample by sample.
+
 Masks move with the image (nearest neighbour). For kornia's 3D affine, which has no mask
 path, the label map is one-hot encoded, warped with the image and turned back by argmax.
 Class labels (classification) are not transformed. Randomness is torch's global generator,
@@ -33,6 +36,7 @@ import kornia.augmentation as K
 import torch
 from torch import nn
 
+from ulmed.core.augment_nnunet import NnUNetStep
 from ulmed.core.augment_ops import (
     BrightnessContrast,
     Elastic,
@@ -110,6 +114,8 @@ class Affine(nn.Module):
 
 def _geometric(policy: AugmentPolicy, spatial_dims: int, num_classes: int) -> list[nn.Module]:
     """The geometric steps of ``policy``, in the evaluation's order (image and mask together)."""
+    if policy.nnunet:
+        return [NnUNetStep(spatial_dims)]  # nnU-Net's whole pipeline, its intensity steps included
     steps: list[nn.Module] = []
     if policy.flips:
         steps.append(Flip(FLIP_AXES[spatial_dims]))

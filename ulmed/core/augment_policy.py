@@ -24,7 +24,27 @@ brightness/contrast +-0.2); ``standard`` (the evaluation's ``augmentation`` defe
 affine rotation +-15 deg and scale 0.9-1.1 with p 0.5, in 2D 90-degree rotations, in 3D
 translation up to 3 voxels, elastic alpha 30 / sigma 6 with p 0.2, brightness/contrast +-0.2
 with p 0.5, noise std 0.01-0.05 with p 0.3); ``robust`` (standard plus integer shifts of up
-to 3 positions, gamma, blur and, in 2D, JPEG 50-95).
+to 3 positions, gamma, blur and, in 2D, JPEG 50-95); ``nnunet`` (nnU-Net v2's training
+augmentation, :class:`NnUNetAugment`).
+
+The ``nnunet`` preset is nnU-Net's own pipeline rather than a setting of the transformations
+above: a policy with ``nnunet=True`` has them all off, and its parameters are those of
+:data:`NNUNET` for the dimension, taken from ``nnUNetTrainer.get_training_transforms`` and
+``configure_rotation_dummyDA_mirroring_and_inital_patch_size`` of nnunetv2 2.8.1 (Isensee et
+al., "nnU-Net: a self-configuring method for deep learning-based biomedical image
+segmentation", Nature Methods 2021; transforms of batchgeneratorsv2). In order, per sample:
+rotation (p 0.2; 2D +-180 deg, +-15 deg when the sides differ by more than 1.5 times; 3D
++-30 deg about each axis) and scaling (p 0.2, one factor 0.7-1.4 of the sampling grid for all
+axes: objects shrink for factors above 1), drawn independently and resampled once; Gaussian
+noise (p 0.1, std 0-0.1); Gaussian blur (p 0.2, each channel with p 0.5, sigma 0.5-1 per
+axis); multiplicative brightness (p 0.15, 0.75-1.25); contrast about the mean, range kept
+(p 0.15, 0.75-1.25); low-resolution simulation (p 0.25, each channel with p 0.5, down by
+0.5-1 with nearest neighbours, back linearly); inverted gamma (p 0.1) and gamma (p 0.3),
+0.7-1.5 with mean and std kept; mirroring along every axis, each with p 0.5. Factors drawn
+from 0.75-1.25 or 0.7-1.5 lie below and above 1 with probability 1/2 each (nnU-Net's
+``BGContrast``). Volumes whose largest side exceeds 3 times the first are augmented per slice
+of the first axis (nnU-Net's "dummy 2D" augmentation: in-plane rotation +-180 deg and scaling,
+no resolution loss along the first axis).
 """
 
 from __future__ import annotations
@@ -45,6 +65,7 @@ class Preset(StrEnum):
     FLIP_JITTER = "flip_jitter"
     STANDARD = "standard"
     ROBUST = "robust"
+    NNUNET = "nnunet"
 
 
 #: Spatial axes (0 = first spatial axis) that a trainer flips, per spatial dimension.
@@ -78,13 +99,80 @@ ELASTIC_FIELD: dict[int, ElasticField] = {
     3: ElasticField("uniform", 3.0, "zeros", "border"),
 }
 
+Range = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class NnUNetAugment:
+    """nnU-Net v2's training augmentation for one spatial dimension (see the module docstring).
+
+    Probabilities are per sample (``p_*``) or, for blur and low resolution, per channel of
+    a sample the step acts on (``*_channel_p``). Angles are in degrees.
+
+    Args:
+        mirror_axes: Spatial axes mirrored, each with probability 0.5.
+        rotation: Largest rotation angle (about each axis of a volume).
+        rotation_elongated: Largest angle for 2D images whose sides differ by more than ``elongated`` times.
+        elongated: Side ratio above which 2D images rotate by ``rotation_elongated`` only.
+        anisotropic: Ratio of the largest side to the first above which a volume is augmented
+            per slice of its first axis (in-plane rotation up to ``rotation_in_plane``).
+        rotation_in_plane: Largest in-plane angle of such volumes.
+        p_rotation: Probability of the rotation.
+        p_scaling: Probability of the scaling.
+        scaling: Range of the sampling grid's scale factor (objects appear ``1 / factor`` as large).
+        p_noise: Probability of the Gaussian noise.
+        noise_std: Range of its standard deviation (one for all channels).
+        p_blur: Probability of the Gaussian blur.
+        blur_channel_p: Probability per channel.
+        blur_sigma: Range of sigma in positions, drawn per axis.
+        p_brightness: Probability of the multiplicative brightness.
+        brightness: Range of its factor (per channel).
+        p_contrast: Probability of the contrast change.
+        contrast: Range of its factor (per channel).
+        p_lowres: Probability of the low-resolution simulation.
+        lowres_channel_p: Probability per channel.
+        lowres_scale: Range of the downsampling factor (one for all axes).
+        p_gamma_inverted: Probability of the gamma of the inverted image.
+        p_gamma: Probability of the gamma.
+        gamma: Range of gamma (per channel).
+    """
+
+    mirror_axes: tuple[int, ...]
+    rotation: float
+    rotation_elongated: float = 15.0
+    elongated: float = 1.5
+    anisotropic: float = 3.0
+    rotation_in_plane: float = 180.0
+    p_rotation: float = 0.2
+    p_scaling: float = 0.2
+    scaling: Range = (0.7, 1.4)
+    p_noise: float = 0.1
+    noise_std: Range = (0.0, 0.1)
+    p_blur: float = 0.2
+    blur_channel_p: float = 0.5
+    blur_sigma: Range = (0.5, 1.0)
+    p_brightness: float = 0.15
+    brightness: Range = (0.75, 1.25)
+    p_contrast: float = 0.15
+    contrast: Range = (0.75, 1.25)
+    p_lowres: float = 0.25
+    lowres_channel_p: float = 0.5
+    lowres_scale: Range = (0.5, 1.0)
+    p_gamma_inverted: float = 0.1
+    p_gamma: float = 0.3
+    gamma: Range = (0.7, 1.5)
+
+
+#: nnU-Net v2's augmentation per spatial dimension (nnunetv2 2.8.1, nnUNetTrainer).
+NNUNET: dict[int, NnUNetAugment] = {2: NnUNetAugment((0, 1), 180.0), 3: NnUNetAugment((0, 1, 2), 30.0)}
+
 #: Fields that switch a transformation on (the others set how it is done).
 TRANSFORMS = ("flips", "rot90", "rotate", "scale", "shift", "translate", "elastic", "brightness", "contrast",
-              "gamma", "noise", "blur", "jpeg")
+              "gamma", "noise", "blur", "jpeg", "nnunet")
 _LESS_THAN_ONE = ("scale", "contrast", "gamma")
 #: Fields added after manifests first recorded policies, with the default at which they stay out of them.
 _QUIET_DEFAULTS: dict[str, Any] = {"translate": 0.0, "elastic_sigma": 6.0, "elastic_p": None, "noise_min": 0.0,
-                                   "noise_p": None, "preset": None}
+                                   "noise_p": None, "preset": None, "nnunet": False}
 
 
 @dataclass(frozen=True)
@@ -115,6 +203,8 @@ class AugmentPolicy:
         noise_p: Probability of the noise (None: ``p``).
         preset: The :class:`Preset` this policy starts from; :func:`for_dims` resolves it
             to the definition of a dimension (keeping the fields that differ from the 2D one).
+        nnunet: nnU-Net v2's augmentation (:data:`NNUNET` of the dimension) in place of the
+            transformations above, which must then be off.
     """
 
     flips: bool = False
@@ -136,6 +226,7 @@ class AugmentPolicy:
     noise_min: float = 0.0
     noise_p: float | None = None
     preset: str | None = None
+    nnunet: bool = False
 
     def __post_init__(self) -> None:
         for name in ("rotate", "scale", "shift", "translate", "elastic", "brightness", "contrast", "gamma", "noise",
@@ -160,6 +251,10 @@ class AugmentPolicy:
                 raise ConfigError(f"augmentation {name} must lie in (0, 1], got {value!r}")
         if self.preset is not None:
             object.__setattr__(self, "preset", look_up(self.preset, Preset, "augmentation preset").value)
+        others = [name for name in TRANSFORMS if name != "nnunet" and getattr(self, name)]
+        if self.nnunet and others:
+            raise ConfigError(f"the nnunet augmentation is nnU-Net v2's own pipeline; it takes no {', '.join(others)} "
+                              "(switch them off, or use another preset)")
 
     @property
     def is_identity(self) -> bool:
@@ -218,6 +313,7 @@ def _definitions(spatial_dims: int) -> dict[str, AugmentPolicy]:
         Preset.FLIP_JITTER: AugmentPolicy(flips=True, brightness=0.2, contrast=0.2, preset=Preset.FLIP_JITTER),
         Preset.STANDARD: standard,
         Preset.ROBUST: replace(standard, shift=3, gamma=0.2, blur=1.0, jpeg=50 if plane else 0, preset=Preset.ROBUST),
+        Preset.NNUNET: AugmentPolicy(nnunet=True, preset=Preset.NNUNET),
     }
 
 

@@ -8,8 +8,11 @@ ElasticTransform, RandomBrightnessContrast and GaussNoise. In 3D (albumentations
 only) MONAI's dictionary transforms move image and label map together (RandFlipd along
 :data:`~ulmed.core.augment_policy.FLIP_AXES`, RandAffined and Rand3DElasticd, padding
 "border"; images interpolated linearly, label maps by nearest neighbour), then
-brightness/contrast ``x * a + b`` and Gaussian noise in numpy. The kornia executor of the
-same definitions is :class:`ulmed.core.augment.DifferentiableAugment`.
+brightness/contrast ``x * a + b`` and Gaussian noise in numpy. The ``nnunet`` preset (the
+``nnunet-aug`` defense: nnU-Net v2's augmentation) runs the torch steps of
+:mod:`ulmed.core.augment_nnunet` in 2D and 3D, which reproduce batchgeneratorsv2's transforms
+(batchgeneratorsv2 itself is no dependency of ulmed). The kornia executor of the same
+definitions is :class:`ulmed.core.augment.DifferentiableAugment`.
 
 All randomness comes from the ``rng`` the training loop passes, so a seeded run is
 reproducible. Per sample, albumentations gets one numpy and one Python generator drawn from
@@ -28,8 +31,18 @@ from typing import Any
 
 import albumentations as A
 import numpy as np
+import torch
 
-from ulmed.core.augment_policy import FLIP_AXES, PART_FIELDS, AugmentPolicy, Preset, for_dims, part_policy
+from ulmed.core.augment_nnunet import augment_sample
+from ulmed.core.augment_policy import (
+    FLIP_AXES,
+    NNUNET,
+    PART_FIELDS,
+    AugmentPolicy,
+    Preset,
+    for_dims,
+    part_policy,
+)
 from ulmed.errors import ConfigError
 
 #: The parts of the 2D definition (``aug-<part>``), by name, with the definition's settings.
@@ -124,7 +137,9 @@ class Augmenter:
 
     def __call__(self, image: np.ndarray, target: Any, rng: np.random.Generator) -> tuple[np.ndarray, Any]:
         """Augment one sample; ``target`` is a mask of the image's spatial shape or a class index."""
-        if image.ndim == 3:
+        if self.policy.nnunet and image.ndim in (3, 4):
+            image, target = _augment_nnunet(image, target, rng)
+        elif image.ndim == 3:
             image, target = self._augment_2d(image, target, rng)
         elif image.ndim == 4:
             image, target = self._augment_3d(image, target, rng)
@@ -171,6 +186,15 @@ class Augmenter:
         if policy.noise and rng.random() < policy.p_noise:
             image = image + rng.normal(0.0, rng.uniform(policy.noise_min, policy.noise), size=image.shape)
         return np.ascontiguousarray(image), (np.ascontiguousarray(target) if is_mask else target)
+
+
+def _augment_nnunet(image: np.ndarray, target: Any, rng: np.random.Generator) -> tuple[np.ndarray, Any]:
+    """nnU-Net v2's augmentation of one sample (:func:`~ulmed.core.augment_nnunet.augment_sample`)."""
+    is_mask = _is_mask(image, target)
+    mask = torch.from_numpy(np.asarray(target, dtype=np.int64))[None] if is_mask else None
+    with torch.no_grad():
+        out, moved = augment_sample(torch.from_numpy(image.astype(np.float32)), mask, NNUNET[image.ndim - 1], rng)
+    return out.numpy(), (moved[0].numpy().astype(target.dtype) if is_mask else target)
 
 
 class PartsAugmenter(Augmenter):

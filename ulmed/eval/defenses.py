@@ -19,6 +19,12 @@ Augmentations, drawn per sample and epoch (all but ``ueraser`` are
   Volumes are flipped along their first axis only (left-right in a standard orientation).
 * ``flip_jitter``: the ``flip_jitter`` definition: random flips and brightness/contrast
   jitter only (2D and 3D).
+* ``nnunet-aug``: the ``nnunet`` definition, nnU-Net v2's training augmentation with its
+  probabilities (nnunetv2 2.8.1, ``nnUNetTrainer.get_training_transforms``; Isensee et al.,
+  Nature Methods 2021): rotation and scaling with p 0.2 each (most samples are not warped),
+  mirroring along every axis, Gaussian noise, Gaussian blur, multiplicative brightness,
+  contrast, low-resolution simulation, inverted gamma and gamma, in nnU-Net's z-scored
+  intensity frame (see :mod:`ulmed.core.augment_policy`). 2D and 3D.
 * ``aug-<part>[+<part>...]``: single parts of the 2D definition, with the same settings, to
   find which part removes a protection: ``flip``, ``rot90``, ``rotate`` (+-15 deg),
   ``scale`` (0.9-1.1), ``elastic``, ``shift`` (integer shifts of up to 3 positions: no
@@ -245,7 +251,8 @@ def _mix_defense(p: float) -> Defense:
 
 DEFENSES.register("none")(lambda: Defense("none"))
 #: The augmentation defenses and the definition (:mod:`ulmed.core.augment_policy`) each one applies.
-AUGMENTATIONS: dict[str, Preset] = {"augmentation": Preset.STANDARD, "flip_jitter": Preset.FLIP_JITTER}
+AUGMENTATIONS: dict[str, Preset] = {"augmentation": Preset.STANDARD, "flip_jitter": Preset.FLIP_JITTER,
+                                    "nnunet-aug": Preset.NNUNET}
 for _name, _preset in AUGMENTATIONS.items():
     DEFENSES.register(_name)(partial(_augment_defense, _name, _preset))
 DEFENSES.register("ueraser")(lambda: Defense("ueraser", augment=UEraser()))
