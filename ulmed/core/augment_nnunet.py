@@ -10,7 +10,10 @@ zeros outside), ``GaussianNoiseTransform``, ``GaussianBlurTransform`` (separable
 ``SimulateLowResolutionTransform`` (nearest-exact down, linear up), ``GammaTransform`` (on
 the min-max range, then mean and std restored; inverted: of ``-x``) and ``MirrorTransform``.
 Masks move with the image by nearest neighbour (nnU-Net takes the argmax of bilinearly
-resampled one-hot labels; the two differ at label boundaries only) and are 0 outside.
+resampled one-hot labels; the two differ at label boundaries only) and are 0 outside. One
+difference of setting: nnU-Net warps a region larger than its patch into the patch, so rotated
+corners mostly hold image content there; here the whole sample is warped (the patch is cut
+afterwards), and corners that come from outside hold the image mean.
 
 nnU-Net augments images that its preprocessing has z-scored, so a sample's channels are
 z-scored here first (mean and std of the channel, nnU-Net's ``ZScoreNormalization``) and
