@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from ulmed.errors import ConfigError, InputError
 from ulmed.eval.data import load_eval_data, load_protected, load_split, protected_file, reload_eval_data
@@ -128,3 +129,18 @@ def test_evaluate_volumes_and_classes(plain_folders, tmp_path):
                victims=["resnet18"], test_limit=None)
     assert cls["main_metric"] == "accuracy" and cls["settings"]["data"]["classes"] == ["normal", "pneumonia"]
     assert 0.0 <= cls["cells"][0]["value"] <= 1.0
+
+
+def test_colour_images_keep_three_channels(plain_folders, tmp_path):
+    root = tmp_path / "rgb"
+    shutil.copytree(plain_folders["seg2d"], root)
+    for path in (root / "images").iterdir():
+        with Image.open(path) as im:
+            grey = np.asarray(im)
+        Image.fromarray(np.stack([grey, grey // 2, 255 - grey], axis=-1)).save(path)
+    data = load_eval_data(root, preprocess=Preprocess(size=(16, 16)))
+    assert data.channels == 3 and data.train_images.shape[1:] == (3, 16, 16) and data.record()["channels"] == 3
+    assert not np.allclose(data.train_images[:, 0], data.train_images[:, 2])
+    (root / "images" / "005_HC.png").unlink()
+    shutil.copy(plain_folders["seg2d"] / "images" / "005_HC.png", root / "images")  # one grey image: all grey
+    assert load_eval_data(root, preprocess=Preprocess(size=(16, 16))).channels == 1
