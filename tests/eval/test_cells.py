@@ -25,6 +25,12 @@ def test_examples_round_trip_and_absent_ones_are_none(tmp_path):
     assert load_examples(tmp_path, "unet", "none", "bad") is None
 
 
+def test_cell_keys_are_file_names_everywhere():
+    assert cell_key("unet", "mix0.5", "lsp") == "unet__mix0.5__lsp"
+    assert cell_key("unet", "resize:128:torch", "clean") == "unet__resize=128=torch__clean"
+    assert cell_key("unet", "resample:1,1,1.5", "clean") == "unet__resample=1_1_1.5__clean"
+
+
 def test_load_cell_checks_the_fingerprint(tmp_path):
     path = tmp_path / "c.json"
     assert load_cell(path, "fp") is None

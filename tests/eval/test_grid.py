@@ -1,4 +1,4 @@
-"""The evaluation grid's steps: options, plan, resume of one cell, and the keyword interface."""
+"""The evaluation grid's steps: plan, resume of one cell, a defense on its own grid."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ulmed.errors import ConfigError, OutputError
+from ulmed.eval.cells import load_examples
 from ulmed.eval.defenses import mix_mask
 from ulmed.eval.grid import (
     CLEAN,
@@ -18,7 +19,7 @@ from ulmed.eval.grid import (
     plan_cells,
     prepare,
     run_cell,
-    run_evaluation,
+    view_of,
 )
 from ulmed.eval.train import TrainConfig
 
@@ -27,21 +28,6 @@ TINY = TrainConfig(epochs=1, batch_size=4, device="cpu", num_threads=1)
 
 def _options(**kw):
     return EvalOptions(**{"size": (16, 16), "train_limit": 4, "test_limit": 2, "train_config": TINY, **kw})
-
-
-def test_options_validate_early_and_take_the_run_seed():
-    opts = EvalOptions(masks="m", subject=r"(\d+)", kernel="TORCH", victims=["unet"], train_config=TINY, seed=7)
-    assert opts.victims == ("unet",) and opts.train_config.seed == 7 and str(opts.masks) == "m"
-    assert opts.preprocess.kernel == "torch" and opts.split_rule.subject == r"(\d+)"
-    for kw, words in [({"kernel": "cubic"}, "resize kernel"), ({"test_fraction": 1.0}, "test fraction"),
-                      ({"subject": "("}, "regular expression"), ({"spacing": (1, 1)}, "spacing"),
-                      ({"victim_size": "huge"}, "victim size"),
-                      ({"victims": []}, "no victim"), ({"defenses": ["a__b"]}, "__"),
-                      ({"defenses": ["none", "none"]}, "repeat"), ({"defenses": ["cutout"]}, "unknown defense")]:
-        with pytest.raises(ConfigError, match=words):
-            EvalOptions(**kw)
-    with pytest.raises(ConfigError, match="unknown evaluation options"):
-        run_evaluation("x", {}, "y", victim=["unet"])
 
 
 def test_clean_part_is_the_complement_of_the_mix():
@@ -80,3 +66,17 @@ def test_a_finished_cell_is_reused_and_a_stale_one_retrained(prepared):
     saved = json.loads(json.dumps(first))
     path.write_text(json.dumps(saved))
     assert load_cell(path, first["fingerprint"])["reused"] is True
+
+
+def test_a_trainer_grid_defense_reads_the_files_again_on_its_grid(prepared, real_data):
+    run, out = prepared
+    assert view_of(run, "none").data is run.data
+    view = view_of(run, "resize:24")
+    assert view.data.train_images.shape == (4, 1, 24, 24) and view.data.test_images.shape[2:] == (24, 24)
+    assert view.data.train_keys == run.data.train_keys and view_of(run, "resize:24").data is view.data  # once
+    cell = run_cell(run, out, "unet", "resize:24", CLEAN)
+    again = run_cell(run, out, "unet", "none", CLEAN)
+    assert cell["n_train"] == 4 and cell["fingerprint"] != again["fingerprint"]
+    assert load_examples(out / "cells", "unet", "resize:24", CLEAN).shape == (2, 24, 24)
+    with pytest.raises(ConfigError, match="for 3D data"):
+        prepare(real_data / "hc18", {}, out.parent / "o3", _options(defenses=("resample:1,1,1",)))

@@ -64,7 +64,8 @@ def test_report_has_one_cell_per_victim_defense_protection(first_run):
     assert cells == {(v, d, p) for v in ["unet"] for d in ["none", "flip_jitter"] for p in (CLEAN, "lsp")}
     assert len(saved["cells"]) == 4 and saved["trained"] == 4 and saved["reused"] == 0
     assert sorted(p.name for p in (out / "cells").iterdir()) == sorted(
-        f"unet__{d}__{p}.json" for d in ("none", "flip_jitter") for p in (CLEAN, "lsp"))
+        f"unet__{d}__{p}{ext}" for d in ("none", "flip_jitter") for p in (CLEAN, "lsp")
+        for ext in (".json", ".examples.npz"))  # each segmentation cell keeps its example predictions
     for c in saved["cells"]:
         for metric in ("dice", "iou"):
             value = c["metrics"][metric]
@@ -98,7 +99,7 @@ def test_markdown_and_figures(first_run):
     assert "## Victim unet" in md and "| none | clean |" in md and "| flip_jitter | lsp |" in md
     assert "## Transfer" in md and "evaluated on victim unet" in md
     pngs = [f for f in report["files"] if f.endswith(".png")]
-    assert set(pngs) == {"metric_bars.png", "strip_lsp.png"}
+    assert set(pngs) == {"glance.png", "metric_bars.png", "strip_lsp.png"}
     for name in pngs:
         with Image.open(out / name) as im:
             assert im.format == "PNG" and min(im.size) > 50

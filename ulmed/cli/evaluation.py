@@ -24,12 +24,17 @@ _HELP = {
     "kernel": "2D resize kernel: pil (antialiased bilinear), torch, cv-area or cv-linear (OpenCV).",
     "spacing": "Resample volumes to this voxel size first, X,Y,Z in mm [default: native].",
     "protected": "NAME=PATH of a protected copy of the train split (repeatable).",
-    "victim": "Victim network (repeatable): unet, segresnet, attention_unet, unetpp, unetr, densenet121, resnet18.",
+    "victim": ("Victim network (repeatable): unet, segresnet, attention_unet, unetpp, unetr, densenet121, resnet18, "
+               "nnunet-2d, nnunet-3d (nnU-Net v2 on the native files, its own plans and augmentation; "
+               "pip install \"ulmed[nnunet]\")."),
+    "iterations": "nnU-Net victims: training iterations per epoch (they train --epochs epochs).",
     "size": "2D images are letterboxed to SIZE x SIZE [default: 64].",
     "config": "UnSeg YAML config, e.g. configs/unseg/tiny.yaml.",
     "split": "Split of an index.csv beside the images (overrides the config).",
     "out": "Generator checkpoint to write, e.g. models/unseg_tiny.pt.",
-    "defense": "Trainer's defense (repeatable): none, augmentation, flip_jitter, jpeg75, blur, mix0.5 ...",
+    "defense": ("Trainer's defense (repeatable): none, flip_jitter, augmentation, nnunet-aug, resize:N[:kernel] "
+                "(2D: reads the native files at N x N), resample:X,Y,Z (volumes), jpeg10, jpeg75, blur, lowpass, "
+                "ueraser, mix0.5 ..."),
     "patch": ("Segmentation victims train on random patches of this size (D,H,W or H,W; MONAI "
               "RandCropByPosNegLabel) and are tested with sliding windows, as 3D trainers do [default: whole images]."),
     "quick": "Tiny settings (size 32, 5 epochs, 24 items): about a minute on 2 cores.",
@@ -59,6 +64,7 @@ def evaluate(  # one parameter per command-line option (typer)
     subject: Annotated[str | None, typer.Option(help=_HELP["subject"])] = None,
     test_fraction: Annotated[float, typer.Option(help=_HELP["test_fraction"])] = 0.2,
     epochs: Annotated[int | None, typer.Option(help="Training epochs per victim [default: 10].")] = None,
+    iterations: Annotated[int, typer.Option(help=_HELP["iterations"])] = 25,
     batch_size: Annotated[int | None, typer.Option(help="Batch size [default: 8].")] = None,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     size: Annotated[int | None, typer.Option(help=_HELP["size"])] = None,
@@ -92,7 +98,7 @@ def evaluate(  # one parameter per command-line option (typer)
         clean, parse_protected(protected or []), output, masks=masks, labels=labels, subject=subject,
         test_fraction=test_fraction, victims=victim or ["unet"], defenses=defense or ["none"], train_config=config,
         victim_size=victim_size, size=(side, side), shape=dhw, kernel=kernel, spacing=mm, train_limit=s["limit"],
-        test_limit=s["limit"], seed=state.seed, learnability=learnability,
+        test_limit=s["limit"], seed=state.seed, learnability=learnability, iterations=iterations,
         progress=say if state.verbosity >= 0 else None,
     )
     if state.verbosity >= 0:

@@ -25,8 +25,9 @@ EXAMPLES, N_EXAMPLES = "examples", 2
 
 
 def cell_key(victim: str, defense: str, protection: str) -> str:
-    """File stem of a cell: ``<victim>__<defense>__<protection>``."""
-    return f"{victim}__{defense}__{protection}"
+    """File stem of a cell: ``<victim>__<defense>__<protection>``, with a defense's ``:`` as ``=`` and ``,``
+    as ``_`` (``resize:128`` -> ``resize=128``) so that the name is valid on every file system."""
+    return f"{victim}__{defense.replace(':', '=').replace(',', '_')}__{protection}"
 
 
 #: Write JSON (NaN/inf as null) atomically.

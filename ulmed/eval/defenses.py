@@ -38,6 +38,12 @@ Augmentations, drawn per sample and epoch (all but ``ueraser`` are
 All randomness comes from the ``rng`` the training loop passes, so a seeded run is
 reproducible. Images are clipped to [0, 1].
 
+The trainer's own grid (the cell reads the files again, at their native size, the way that
+trainer does, and its clean baseline is read the same way): ``resize:N[:kernel]`` (a 2D
+trainer that letterboxes the files to N x N with its kernel: ``pil`` by default, ``torch``,
+``cv-area``, ``cv-linear``), ``resample:X,Y,Z`` (a volume trainer that resamples to that
+voxel size in mm first, as nnU-Net does to its target spacing).
+
 Data transforms: ``jpeg<q>`` (PIL JPEG at quality q, 8-bit; grey or RGB in 2D, each slice of
 the first spatial axis and each channel as a grey image in 3D). ``jpeg75`` and ``jpeg10`` are
 registered by name; quality 10 is the JPEG setting of Image Shortcut Squeezing (ISS: Liu, Zhao
@@ -56,7 +62,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -66,10 +72,12 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from skimage.filters import butterworth
 
+from ulmed.choices import look_up
 from ulmed.core.augment_policy import Preset
 from ulmed.core.registry import Registry
 from ulmed.errors import ConfigError
 from ulmed.eval.augmenter import PARTS, Augmenter, PartsAugmenter
+from ulmed.eval.loading import ResizeKernel
 from ulmed.eval.ueraser import UEraser
 
 __all__ = ["DEFENSES", "PARTS", "Augment", "Augmenter", "DataTransform", "Defense", "PartsAugmenter", "blur",
@@ -192,12 +200,18 @@ class Defense:
         data: ``data(images, clean_images, rng) -> images`` applied once, or None.
         augment: Per-sample augmentation for ``train_victim``, or None.
         needs_clean: Whether :meth:`apply_data` needs the clean images (mixing).
+        grid: The trainer's own grid: changes to the loader's
+            :class:`~ulmed.eval.loading.Preprocess` (``resize:N`` -> ``size``/``kernel``,
+            ``resample:X,Y,Z`` -> ``spacing``); the cell reads the files again on that grid.
+        spatial_dims: The data dimensionality the defense applies to (None: any).
     """
 
     name: str
     data: DataTransform | None = None
     augment: Augment | None = None
     needs_clean: bool = False
+    grid: Mapping[str, Any] | None = None
+    spatial_dims: int | None = None
 
     def apply_data(
         self, images: np.ndarray, clean_images: np.ndarray | None = None, rng: np.random.Generator | None = None
@@ -264,7 +278,27 @@ DEFENSES.register("grayscale")(lambda: Defense("grayscale", data=_data(grayscale
 for _p in (0.8, 0.5, 0.2):
     DEFENSES.register(f"mix{_p:g}")(partial(_mix_defense, _p))
 
+def _resize_defense(text: str) -> Defense:
+    """``resize:N[:kernel]``: a 2D trainer that reads the files at their native size and resizes them to N x N."""
+    size, _, kernel = text.partition(":")
+    if int(size) < 8:
+        raise ConfigError(f"resize:{text}: the working size must be at least 8")
+    chosen = look_up(kernel or ResizeKernel.PIL, ResizeKernel, "resize kernel")
+    name = f"resize:{int(size)}" + (f":{chosen}" if kernel else "")
+    return Defense(name, grid={"size": (int(size), int(size)), "kernel": chosen}, spatial_dims=2)
+
+
+def _resample_defense(text: str) -> Defense:
+    """``resample:X,Y,Z``: a volume trainer that resamples every volume to X x Y x Z mm voxels first."""
+    spacing = tuple(float(v) for v in text.split(","))
+    if min(spacing) <= 0:
+        raise ConfigError(f"resample:{text}: voxel sizes must be positive")
+    return Defense(f"resample:{text}", grid={"spacing": spacing}, spatial_dims=3)
+
+
 _PATTERNS: list[tuple[re.Pattern[str], Callable[[str], Defense]]] = [
+    (re.compile(r"^resize:(\d+(?::[a-z-]+)?)$"), _resize_defense),
+    (re.compile(r"^resample:(\d*\.?\d+,\d*\.?\d+,\d*\.?\d+)$"), _resample_defense),
     (re.compile(r"^jpeg(\d{1,3})$"), lambda v: _jpeg_defense(int(v))),
     (re.compile(r"^blur(\d+(?:\.\d+)?)$"), lambda v: _blur_defense(float(v))),
     (re.compile(r"^lowpass(\d*\.?\d+)$"), lambda v: _lowpass_defense(float(v))),
@@ -288,5 +322,5 @@ def build_defense(name: str) -> Defense:
             return make(match.group(1))
     raise ConfigError(
         f"unknown defense {name!r}; choose one of: {', '.join(DEFENSES.names())}, "
-        "or jpeg<q>, blur<sigma>, lowpass<f>, mix<p>, aug-<part>[+<part>]"
+        "or jpeg<q>, blur<sigma>, lowpass<f>, mix<p>, aug-<part>[+<part>], resize:N[:kernel], resample:X,Y,Z"
     )

@@ -143,7 +143,7 @@ def _example_panels(report: dict[str, Any], data: EvalData, cells_dir: Path) -> 
     panels = []
     for name in names:
         labels = load_examples(cells_dir, victim, defense, name)
-        if labels is not None:
+        if labels is not None and labels.shape[1:] == data.test_images.shape[2:]:  # not from another grid
             panels.append((f"{victim} trained on {name}", labels))
     return panels
 

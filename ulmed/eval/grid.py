@@ -34,7 +34,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +43,15 @@ import numpy as np
 from ulmed.core.tasks import Task
 from ulmed.errors import ConfigError, InputError, OutputError
 from ulmed.eval.cells import EXAMPLES, N_EXAMPLES, cell_key, digest, load_cell, write_examples, write_json
-from ulmed.eval.data import EvalData, load_eval_data, load_protected
+from ulmed.eval.data import EvalData, load_eval_data, load_protected, reload_eval_data
 from ulmed.eval.defenses import build_defense, mix_mask
-from ulmed.eval.loading import Preprocess
+from ulmed.eval.nnunet.cell import applies, cell_cases, check_nnunet_victim, is_nnunet, train_nnunet_cell
+from ulmed.eval.nnunet.schedule import NnunetSchedule
+from ulmed.eval.options import EvalOptions
 from ulmed.eval.predict import predict
 from ulmed.eval.sources import Protection, check_name, imperceptibility_summary, read_protection
-from ulmed.eval.split import DEFAULT_TEST_FRACTION, SplitRule
 from ulmed.eval.train import TrainConfig, evaluate_victim, train_victim, victim_sal
-from ulmed.eval.victims import SIZES, VICTIMS, build_victim, task_of
+from ulmed.eval.victims import VICTIMS, build_victim, task_of
 from ulmed.io.atomic import jsonable
 
 log = logging.getLogger("ulmed")
@@ -62,89 +63,6 @@ _MIX = re.compile(r"^mix(.+)$")
 _NOT_FINGERPRINTED = ("num_threads",)
 #: How ``learnability=True`` measures SAL: on the first batches of the clean test split.
 SAL_SETTINGS: dict[str, Any] = {"n_batches": 4, "batch_size": 8, "gamma": 0.05, "steps": 1}
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    """What the grid trains and how (validated on construction).
-
-    Args:
-        masks: Folder of masks/label maps at the images' relative paths (else ``masks/`` or
-            ``labels/`` beside ``images/``, as ``ulmed protect`` finds them).
-        labels: Labels CSV (``image``, ``label``) of a classification set.
-        subject: Regular expression over file name stems that finds the subject (group 1 or
-            the whole match; default the whole stem): the split keeps a subject on one side.
-        test_fraction: Share of subjects that goes to test (no fixed ``index.csv`` split).
-        victims: Victim names (:data:`ulmed.eval.victims.VICTIMS`) of the data set's task.
-        defenses: Defense names (:func:`ulmed.eval.defenses.build_defense`).
-        train_config: How victims are trained; default ``TrainConfig()``. Its seed is
-            replaced by ``seed``.
-        victim_size: ``small`` (CPU) or ``base``.
-        size: (height, width) of 2D images for the victims.
-        shape: Volume shape for 3D data.
-        keep_aspect: Letterbox 2D images (True) or stretch them.
-        kernel: 2D resize kernel: ``pil``, ``torch``, ``cv-area``, ``cv-linear``
-            (:class:`~ulmed.eval.loading.ResizeKernel`).
-        spacing: Voxel size (mm per stored axis) volumes are resampled to first; None: native.
-        train_limit: At most this many train items (the first ones of the split).
-        test_limit: At most this many test items.
-        seed: Seed of the victims' weights, the defenses and training.
-        figures: Write the PNG figures (needs matplotlib).
-        learnability: Also measure each victim's sharpness-aware learnability per layer on
-            the clean test split (:data:`SAL_SETTINGS`) into its cell's ``sal``, and give every
-            cell the Unlearnable Distance ``ud`` to the clean cell (part of the fingerprint).
-    """
-
-    masks: str | Path | None = None
-    labels: str | Path | None = None
-    subject: str | None = None
-    test_fraction: float = DEFAULT_TEST_FRACTION
-    victims: Sequence[str] = ("unet",)
-    defenses: Sequence[str] = ("none",)
-    train_config: TrainConfig = field(default_factory=TrainConfig)
-    victim_size: str = "small"
-    size: Sequence[int] = (64, 64)
-    shape: Sequence[int] = (40, 56, 40)
-    keep_aspect: bool = True
-    kernel: str = "pil"
-    spacing: Sequence[float] | None = None
-    train_limit: int | None = None
-    test_limit: int | None = None
-    seed: int = 0
-    figures: bool = True
-    learnability: bool = False
-
-    def __post_init__(self) -> None:
-        if self.victim_size not in SIZES:
-            raise ConfigError(f"victim size must be one of {', '.join(SIZES)}, got {self.victim_size!r}")
-        normal = {"masks": None if self.masks is None else Path(self.masks),
-                  "labels": None if self.labels is None else Path(self.labels), "victims": tuple(self.victims),
-                  "defenses": tuple(self.defenses),
-                  "train_config": replace(self.train_config or TrainConfig(), seed=self.seed)}
-        for name, value in normal.items():
-            object.__setattr__(self, name, value)  # frozen: normalised once, here
-        if not self.victims:
-            raise ConfigError("no victim given; pass at least one, e.g. --victim unet")
-        if not self.defenses:
-            raise ConfigError("no defense given; pass at least one, e.g. --defense none")
-        for name in (*self.victims, *self.defenses):
-            if "__" in name:
-                raise ConfigError(f"name {name!r} may not contain '__' (it separates the parts of a cell file name)")
-        for d in self.defenses:
-            build_defense(d)  # validates the name early
-        if len(set(self.victims)) != len(self.victims) or len(set(self.defenses)) != len(self.defenses):
-            raise ConfigError("victims and defenses must not repeat")
-        self.preprocess, self.split_rule  # noqa: B018 -- validate the data options early
-
-    @property
-    def preprocess(self) -> Preprocess:
-        """How the items are loaded (:class:`~ulmed.eval.loading.Preprocess`)."""
-        return Preprocess(self.size, self.keep_aspect, self.kernel, self.shape, self.spacing)
-
-    @property
-    def split_rule(self) -> SplitRule:
-        """How a data set without a fixed split is split (:class:`~ulmed.eval.split.SplitRule`)."""
-        return SplitRule(self.subject, self.test_fraction)
 
 
 @dataclass
@@ -166,7 +84,28 @@ class GridRun:
     train_sets: dict[str, np.ndarray]
     settings: dict[str, Any]
     base_fingerprint: dict[str, Any]
+    views: dict[str, View] = field(default_factory=dict)
 
+
+@dataclass
+class View:
+    """The data as one defense's trainer reads it: the clean splits and every train set on that grid."""
+
+    data: EvalData
+    train_sets: dict[str, np.ndarray]
+
+
+def view_of(run: GridRun, defense: str) -> View:
+    """The run's data, or, for a defense with its own grid (``resize:N``, ``resample:X,Y,Z``), the
+    same items read again from their files on that grid (loaded once per defense)."""
+    grid = build_defense(defense).grid
+    if not grid:
+        return View(run.data, run.train_sets)
+    if defense not in run.views:
+        data = reload_eval_data(run.data, **grid)
+        sets = {CLEAN: data.train_images, **{n: load_protected(data, root) for n, root in run.protections.items()}}
+        run.views[defense] = View(data, sets)
+    return run.views[defense]
 
 
 def clean_part(n: int, defense: str, seed: int) -> np.ndarray | None:
@@ -193,9 +132,15 @@ def _check_out(out: Path, inputs: Sequence[Path]) -> None:
                               "(inputs are never written)", dst)
 
 
-def _check_victims(data: EvalData, victims: Sequence[str]) -> None:
+def _check_plan(data: EvalData, victims: Sequence[str], defenses: Sequence[str]) -> None:
+    for d in defenses:
+        dims = build_defense(d).spatial_dims
+        if dims is not None and dims != data.spatial_dims:
+            raise ConfigError(f"defense {d!r} is for {dims}D data, this data set is {data.spatial_dims}D")
     for v in victims:
-        if task_of(v) != data.task:
+        if is_nnunet(v):
+            check_nnunet_victim(v, data)
+        elif task_of(v) != data.task:
             names = [n for n in VICTIMS.names() if task_of(n) == data.task]
             raise ConfigError(f"victim {v!r} does {task_of(v)}, but {data.dataset} needs {data.task}; "
                               f"choose one of: {', '.join(names)}")
@@ -208,7 +153,16 @@ def _settings(data: EvalData, options: EvalOptions) -> dict[str, Any]:
                 "victim_size": options.victim_size, "train_config": cfg}
     if options.learnability:  # absent when off, so cells cached without it keep their fingerprints
         settings["learnability"] = dict(SAL_SETTINGS)
+    if any(is_nnunet(v) for v in options.victims):  # likewise for the nnU-Net schedule
+        settings["nnunet_schedule"] = nnunet_schedule(options).key_dict()
     return settings
+
+
+def nnunet_schedule(options: EvalOptions) -> NnunetSchedule:
+    """The nnU-Net victims' schedule: the grid's epochs, ``iterations`` per epoch, device, seed and threads."""
+    cfg = options.train_config
+    return NnunetSchedule(epochs=cfg.epochs, iterations=options.iterations, device=cfg.device, seed=options.seed,
+                          threads=cfg.num_threads)
 
 
 def prepare(clean: Path, protected: Mapping[str, Path], out: Path, options: EvalOptions) -> GridRun:
@@ -226,7 +180,7 @@ def prepare(clean: Path, protected: Mapping[str, Path], out: Path, options: Eval
     data = load_eval_data(clean, masks=options.masks, labels=options.labels, rule=options.split_rule, out=out,
                           preprocess=options.preprocess, train_limit=options.train_limit,
                           test_limit=options.test_limit)
-    _check_victims(data, options.victims)
+    _check_plan(data, options.victims, options.defenses)
     train_sets = {CLEAN: data.train_images}
     for name, root in protected.items():
         train_sets[name] = load_protected(data, root)
@@ -241,18 +195,20 @@ def plan_cells(run: GridRun) -> list[tuple[str, str, str]]:
     n, seed = len(run.data.train_keys), run.options.seed
     for v in run.options.victims:
         for d in run.options.defenses:
+            if not applies(v, d):
+                continue
             plan += [(v, d, p) for p in run.train_sets]
-            if clean_part(n, d, seed) is not None:
+            if clean_part(n, d, seed) is not None and not is_nnunet(v):
                 plan.append((v, d, CLEAN_PART))
     return plan
 
 
-def _cell_data(run: GridRun, defense: str, protection: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+def _cell_data(view: View, defense: str, protection: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """Train images, targets, clean images and the defense the cell trains with."""
-    data = run.data
+    data = view.data
     if protection != CLEAN_PART:
-        return run.train_sets[protection], data.train_targets, data.train_images, defense
-    keep = clean_part(len(data.train_keys), defense, run.options.seed)  # the clean share alone, without mixing
+        return view.train_sets[protection], data.train_targets, data.train_images, defense
+    keep = clean_part(len(data.train_keys), defense, seed)  # the clean share alone, without mixing
     assert keep is not None  # planned only when there is one
     return data.train_images[keep], data.train_targets[keep], data.train_images[keep], "none"
 
@@ -287,20 +243,37 @@ def train_cell(
     return cell
 
 
+def _fingerprint(run: GridRun, view: View, victim: str, defense: str, protection: str,
+                 train: tuple[np.ndarray, np.ndarray]) -> str:
+    parts = {**run.base_fingerprint, "victim": victim, "defense": defense, "protection": protection,
+             "train": digest(*train)}
+    if view.data is not run.data:  # a defense on its own grid tests on the clean split read on that grid
+        parts["test"] = digest(view.data.test_images, view.data.test_targets)
+    return hashlib.sha256(json.dumps(jsonable(parts), sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _train(run: GridRun, out: Path, cell: tuple[str, str, str], view: View,
+           arrays: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """Train the cell's victim: ours on the arrays, nnU-Net on the files."""
+    (victim, trained_with, protection), opts = cell, run.options
+    if is_nnunet(victim):
+        cases = cell_cases(view.data, run.protections.get(protection))
+        return train_nnunet_cell(victim, view.data, cases, nnunet_schedule(opts), out / "nnunet")
+    return train_cell(victim, trained_with, *arrays, view.data, opts.train_config, opts.victim_size,
+                      opts.learnability)
+
+
 def run_cell(run: GridRun, out: Path, victim: str, defense: str, protection: str) -> dict[str, Any]:
     """One cell: reused from ``out/cells`` when its fingerprint matches, else trained and written."""
-    images, targets, clean, trained_with = _cell_data(run, defense, protection)
-    fp = hashlib.sha256(json.dumps(jsonable({**run.base_fingerprint, "victim": victim, "defense": trained_with,
-                                             "protection": protection, "train": digest(images, targets)}),
-                                   sort_keys=True).encode()).hexdigest()[:20]
+    view = view_of(run, defense)
+    images, targets, clean, trained_with = _cell_data(view, defense, protection, run.options.seed)
+    fp = _fingerprint(run, view, victim, trained_with, protection, (images, targets))
     path = out / "cells" / f"{cell_key(victim, defense, protection)}.json"
     cell = load_cell(path, fp)
     if cell is None:
-        opts = run.options
         cell = {"victim": victim, "defense": defense, "protection": protection, "trained_with_defense": trained_with,
                 "fingerprint": fp, "reused": False,
-                **train_cell(victim, trained_with, images, targets, clean, run.data, opts.train_config,
-                             opts.victim_size, opts.learnability)}
+                **_train(run, out, (victim, trained_with, protection), view, (images, targets, clean))}
         examples = cell.pop(EXAMPLES, None)
         if examples is not None:
             write_examples(path.with_suffix(".examples.npz"), examples)
