@@ -14,7 +14,16 @@ from tests.conftest import tree_hashes
 from ulmed.core.tasks import Task
 from ulmed.errors import ConfigError, InputError
 from ulmed.pipeline import audit as audit_mod
-from ulmed.pipeline.audit import AuditLevel, AuditPlan, AuditResult, audit_card, audit_plan, audit_rows, run_audit
+from ulmed.pipeline.audit import (
+    AuditLevel,
+    AuditPlan,
+    AuditResult,
+    audit_card,
+    audit_grid,
+    audit_plan,
+    audit_rows,
+    run_audit,
+)
 from ulmed.pipeline.checksums import read_sums
 from ulmed.pipeline.protect import protect_path
 from ulmed.pipeline.release import release_dataset, verify_release
@@ -81,6 +90,26 @@ def tiny_plans(monkeypatch):
         monkeypatch.setitem(audit_mod.AUDIT_PLANS, (level, Task.SEGMENTATION), TINY)
 
 
+def test_the_plan_meets_the_data_working_sizes_for_2d_nnunet_and_a_median_volume_shape(plain_folders):
+    plan = AuditPlan(("unet",), ("none",), epochs=1, grid_2d=("resize:32",), nnunet=True)
+    flat = audit_grid(plan, plain_folders["seg2d"], {})
+    assert flat.defenses == ("none", "resize:32") and flat.victims == ("unet", "nnunet-2d") and flat.spatial_dims == 2
+    vol = audit_grid(plan, plain_folders["seg3d"], {})
+    assert vol.defenses == ("none",) and vol.victims == ("unet", "nnunet-3d")
+    assert vol.shape == (40, 56, 40)  # hippocampus crops are about 36 x 50 x 35: the median rounded up to 8s
+    assert all(v % 8 == 0 and v <= 96 for v in vol.shape)
+
+
+@pytest.mark.parametrize("kind", ["seg2d", "seg3d"])
+def test_an_audit_runs_on_a_plain_folder_without_a_split_file(plain_folders, kind, tmp_path, tiny_plans):
+    protected = tmp_path / "protected"
+    protect_path(plain_folders[kind], protected, method="random", eps="8/255")
+    result = run_audit(plain_folders[kind], protected, tmp_path / "audit", "quick")
+    assert {r["defense"] for r in result.rows} == {"none", "flip_jitter"}
+    assert "stable hash of the subject" in result.settings["split"] and result.settings["n_test"] >= 1
+    assert (tmp_path / "audit" / "split.json").is_file()
+
+
 def test_an_audit_trains_clean_and_protected_victims_per_defense(split_set, tmp_path, tiny_plans):
     protected = tmp_path / "protected"
     protect_path(split_set, protected, method="random", eps="8/255")
@@ -90,6 +119,7 @@ def test_an_audit_trains_clean_and_protected_victims_per_defense(split_set, tmp_
     assert [(r["victim"], r["defense"]) for r in result.rows] == [("unet", "none"), ("unet", "flip_jitter")]
     assert all(0 <= r["clean"] <= 1 and 0 <= r["protected"] <= 1 for r in result.rows)
     assert result.settings["n_train"] == 6 and result.settings["n_test"] == 3 and result.settings["epochs"] == 1
+    assert result.settings["split"] == "the data set's fixed split (index.csv)"
     assert result.figure is not None and result.figure.is_file()
     assert result.imperceptibility["psnr"] > 30
     with pytest.raises(InputError, match="protected copy not found"):

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from ulmed.core.device import resolve_device
 from ulmed.core.tasks import Task
 from ulmed.errors import ConfigError, InputError, OutputError
 from ulmed.eval.cells import EXAMPLES, N_EXAMPLES, cell_key, digest, load_cell, write_examples, write_json
@@ -161,7 +162,8 @@ def _settings(data: EvalData, options: EvalOptions) -> dict[str, Any]:
 def nnunet_schedule(options: EvalOptions) -> NnunetSchedule:
     """The nnU-Net victims' schedule: the grid's epochs, ``iterations`` per epoch, device, seed and threads."""
     cfg = options.train_config
-    return NnunetSchedule(epochs=cfg.epochs, iterations=options.iterations, device=cfg.device, seed=options.seed,
+    device = resolve_device(cfg.device).type  # "auto": CUDA when there is one
+    return NnunetSchedule(epochs=cfg.epochs, iterations=options.iterations, device=device, seed=options.seed,
                           threads=cfg.num_threads)
 
 

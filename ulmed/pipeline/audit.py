@@ -15,6 +15,7 @@ manifest and an ``AUDIT.png`` figure carry the result).
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import time
@@ -23,10 +24,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ulmed.choices import StrEnum, look_up, names
 from ulmed.core.tasks import Task
 from ulmed.errors import ConfigError, InputError
-from ulmed.io.nifti import is_nifti_path
+
+log = logging.getLogger("ulmed")
 
 #: Name of the protected copy in the audit's evaluation.
 PROTECTED = "protected"
@@ -57,8 +61,14 @@ class AuditPlan:
         epochs: Training epochs per victim.
         batch_size: Batch size.
         size: Working size of 2D images (the victims read the files and resize them to ``size x size``).
-        shape: Volume shape (D, H, W) for 3D data.
         limit: At most this many train and this many test items (None: all).
+        grid_2d: More defenses for 2D data: trainers that read the files at other working sizes.
+        nnunet: Also train nnU-Net v2 (``nnunet-2d``/``nnunet-3d``) with ``iterations`` per epoch,
+            when nnunetv2 is installed (``pip install "ulmed[nnunet]"``).
+        iterations: nnU-Net iterations per epoch.
+
+    Volumes are padded/cropped to the median shape of the data set (each axis rounded up to a
+    multiple of 8, at most :data:`MAX_VOLUME_AXIS`).
     """
 
     victims: tuple[str, ...]
@@ -66,8 +76,10 @@ class AuditPlan:
     epochs: int
     batch_size: int = 8
     size: int = 64
-    shape: tuple[int, int, int] = (40, 56, 40)
     limit: int | None = None
+    grid_2d: tuple[str, ...] = ()
+    nnunet: bool = False
+    iterations: int = 25
 
     def __post_init__(self) -> None:
         if not self.victims or not self.defenses:
@@ -77,18 +89,23 @@ class AuditPlan:
                               f"size {self.size}")
 
 
+#: Each axis of the audit's volume shape is at most this (a CPU-sized victim).
+MAX_VOLUME_AXIS = 96
+#: The trainer's defenses of a full audit (besides the working sizes of 2D trainers).
+FULL_DEFENSES = ("none", "flip_jitter", "augmentation", "nnunet-aug", "jpeg10", "lowpass", "ueraser")
+
 #: The plan of each level and task.
 AUDIT_PLANS: dict[tuple[AuditLevel, Task], AuditPlan] = {
     (AuditLevel.QUICK, Task.SEGMENTATION): AuditPlan(("unet",), ("none", "flip_jitter"), epochs=8, size=64,
-                                                     limit=300),
-    (AuditLevel.FULL, Task.SEGMENTATION): AuditPlan(("unet", "segresnet"),
-                                                    ("none", "flip_jitter", "augmentation", "jpeg10", "blur"),
-                                                    epochs=20, size=128),
+                                                     limit=300, grid_2d=("resize:128",)),
+    (AuditLevel.FULL, Task.SEGMENTATION): AuditPlan(("unet", "segresnet"), FULL_DEFENSES, epochs=20, size=128,
+                                                    grid_2d=("resize:64", "resize:256", "resize:128:cv-area"),
+                                                    nnunet=True),
     (AuditLevel.QUICK, Task.CLASSIFICATION): AuditPlan(("resnet18",), ("none", "flip_jitter"), epochs=8, size=64,
                                                        limit=300),
     (AuditLevel.FULL, Task.CLASSIFICATION): AuditPlan(("resnet18", "densenet121"),
-                                                      ("none", "flip_jitter", "augmentation", "jpeg10", "blur"),
-                                                      epochs=20, size=128),
+                                                      ("none", "flip_jitter", "augmentation", "jpeg10", "lowpass"),
+                                                      epochs=20, size=128, grid_2d=("resize:64", "resize:256")),
 }
 
 
@@ -104,10 +121,41 @@ def audit_plan(level: str | AuditLevel, task: Task) -> AuditPlan:
     return AUDIT_PLANS[(look_up(level, AuditLevel, "audit level"), task)]
 
 
-def _is_volume_set(original: Path) -> bool:
-    if original.is_file():
-        return is_nifti_path(original)
-    return any(is_nifti_path(p) for p in original.rglob("*") if p.is_file())
+def volume_shape(images: Sequence[Path]) -> tuple[int, int, int]:
+    """The audit's volume shape: the per-axis median of the volumes' shapes (from their headers), rounded up
+    to a multiple of 8 and capped at :data:`MAX_VOLUME_AXIS`."""
+    import nibabel as nib
+
+    shapes = np.array([nib.load(str(p)).shape[:3] for p in images])  # type: ignore[attr-defined]
+    median = np.median(shapes, axis=0)
+    return tuple(int(min(MAX_VOLUME_AXIS, 8 * math.ceil(v / 8))) for v in median)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class AuditGrid:
+    """What an audit trains on this data: victims, defenses and the volume shape."""
+
+    victims: tuple[str, ...]
+    defenses: tuple[str, ...]
+    spatial_dims: int
+    shape: tuple[int, int, int] = (40, 56, 40)
+
+
+def audit_grid(plan: AuditPlan, original: Path, data_options: dict[str, Any]) -> AuditGrid:
+    """The plan applied to the data set: 2D working sizes, nnU-Net when installed, the volume shape."""
+    from ulmed.eval.folders import find_eval_items
+    from ulmed.eval.nnunet.runner import nnunet_version
+
+    folder = find_eval_items(original, masks=data_options.get("masks"), labels=data_options.get("labels"))
+    dims, victims = folder.spatial_dims, list(plan.victims)
+    if plan.nnunet and folder.task == "segmentation":
+        if nnunet_version() is not None:
+            victims.append(f"nnunet-{dims}d")
+        else:
+            log.warning('the full audit trains nnU-Net too when it is installed: pip install "ulmed[nnunet]"')
+    defenses = plan.defenses + (plan.grid_2d if dims == 2 else ())
+    shape = volume_shape([item.image for item in folder.items]) if dims == 3 else (40, 56, 40)
+    return AuditGrid(tuple(victims), defenses, dims, shape)
 
 
 @dataclass
@@ -189,21 +237,27 @@ def audit_rows(cells: Sequence[dict[str, Any]], protection: str = PROTECTED) -> 
     return rows
 
 
-def _settings(report: dict[str, Any], plan: AuditPlan, volumes: bool) -> dict[str, Any]:
+def _settings(report: dict[str, Any], plan: AuditPlan, grid: AuditGrid) -> dict[str, Any]:
     s = report["settings"]
-    grid = (f"volumes at {'x'.join(str(v) for v in plan.shape)}" if volumes
-            else f"images resized to {plan.size}x{plan.size} (letterbox, antialiased)")
-    return {"victims": list(plan.victims), "defenses": list(plan.defenses), "epochs": plan.epochs,
-            "batch_size": plan.batch_size, "grid": grid, "limit": plan.limit, "seed": s.get("seed"),
-            "n_train": s["n_train"], "n_test": s["n_test"], "split": _split_text(s)}
+    where = (f"volumes padded/cropped to {'x'.join(str(v) for v in grid.shape)}" if grid.spatial_dims == 3
+             else f"images resized to {plan.size}x{plan.size} (letterbox, antialiased) unless the defense says")
+    out = {"victims": list(grid.victims), "defenses": list(grid.defenses), "epochs": plan.epochs,
+           "batch_size": plan.batch_size, "grid": where, "limit": plan.limit, "seed": s.get("seed"),
+           "n_train": s["n_train"], "n_test": s["n_test"], "split": _split_text(s)}
+    if any(v.startswith("nnunet") for v in grid.victims):
+        out["nnunet"] = {"epochs": plan.epochs, "iterations": plan.iterations}
+    return out
 
 
 def _split_text(settings: dict[str, Any]) -> str:
-    split = settings.get("split")
-    if isinstance(split, dict):
-        rule = split.get("rule") or split.get("source") or "fixed"
-        return str(rule)
-    return "the data set's fixed split (index.csv)"
+    """The split in words: the data set's fixed split, or the subject-hash rule with its counts."""
+    split = settings.get("split") or {}
+    if split.get("source") != "subject-hash":
+        return "the data set's fixed split (index.csv)"
+    rule, subjects = split.get("rule", {}), split.get("subjects", {})
+    key = f"regex `{rule['subject']}` over the file stem" if rule.get("subject") else "the file stem"
+    return (f"by a stable hash of the subject ({key}), {rule.get('test_fraction')} of "
+            f"{subjects.get('train', 0) + subjects.get('test', 0)} subject(s) in test")
 
 
 def run_audit(
@@ -241,17 +295,18 @@ def run_audit(
     if not protected.exists():
         raise InputError("protected copy not found; check the -p path", protected)
     task = task_of_data(original, data_options.get("labels"))
-    plan, volumes = audit_plan(level, task), _is_volume_set(original)
+    plan = audit_plan(level, task)
+    grid = audit_grid(plan, original, data_options)
     start = time.perf_counter()
     config = TrainConfig(epochs=plan.epochs, batch_size=plan.batch_size, device=device)
-    report = run_evaluation(original, {PROTECTED: protected}, out, victims=list(plan.victims),
-                            defenses=list(plan.defenses), train_config=config, size=(plan.size, plan.size),
-                            shape=plan.shape, train_limit=plan.limit, test_limit=plan.limit, seed=seed,
-                            progress=progress, **data_options)
+    report = run_evaluation(original, {PROTECTED: protected}, out, victims=list(grid.victims),
+                            defenses=list(grid.defenses), train_config=config, size=(plan.size, plan.size),
+                            shape=grid.shape, train_limit=plan.limit, test_limit=plan.limit, seed=seed,
+                            iterations=plan.iterations, progress=progress, **data_options)
     imperc = next((p["imperceptibility"] for p in report["protections"] if p["name"] == PROTECTED), {})
     figure = out / GLANCE if GLANCE in report.get("files", []) else None
     return AuditResult(str(look_up(level, AuditLevel, "audit level")), report["main_metric"],
-                       audit_rows(report["cells"]), _settings(report, plan, volumes), imperc,
+                       audit_rows(report["cells"]), _settings(report, plan, grid), imperc,
                        round(time.perf_counter() - start, 1), figure)
 
 
