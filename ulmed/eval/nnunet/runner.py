@@ -112,7 +112,8 @@ def worker_env(run_dir: Path, schedule: NnunetSchedule) -> dict[str, str]:
         "nnUNet_preprocessed": str(run_dir / "nnUNet_preprocessed"),
         "nnUNet_results": str(run_dir / "nnUNet_results"),
         "nnUNet_n_proc_DA": str(schedule.resolved_workers()),
-        "nnUNet_def_n_proc": str(_processes(schedule)),
+        # nnU-Net's predictor caps its torch threads at this (our pools get their size from the spec)
+        "nnUNet_def_n_proc": str(schedule.threads or os.cpu_count() or 1),
         "PYTHONUNBUFFERED": "1",
     })
     package_root = str(Path(ulmed.__file__).resolve().parents[1])
