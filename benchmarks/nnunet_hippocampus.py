@@ -7,14 +7,19 @@ trains nnU-Net on the copy the way nnU-Net is run -- raw data set, nnU-Net's own
 preprocessing, trainer, data augmentation and predictor (:func:`ulmed.eval.nnunet.run_nnunet`)
 -- and tests on the clean test split. ``ratio`` = Dice after protection / clean Dice.
 
-The default schedule is a CPU schedule that fits about 25 minutes on 2 cores: 5 epochs x 10
-iterations (nnU-Net's plans give batch 4 of 40 x 56 x 40 patches here; about 5 s per step on one
-thread), one validation iteration per epoch, one torch thread. nnU-Net's own schedule (1000 epochs
-x 250 iterations) is a GPU day. Prediction runs without test-time mirroring unless ``--mirroring``
+The default schedule is a CPU schedule: 3 epochs x 40 iterations (nnU-Net's plans give batch 4 of
+40 x 56 x 40 patches here; about 5 s per step on one thread of a busy 2-core machine), one
+validation iteration per epoch, one torch thread, clean + lsp: about 23 minutes on 2 shared
+cores. nnU-Net predicts background only for its first ~50 steps (5 x 10 gave Dice 0); after 120
+steps it segments the posterior hippocampus (label 2) but not yet the anterior one (label 1).
+``--methods lsp,em`` adds em's protection (3-9 minutes) and one more training (about 11 minutes);
+with ``--workdir`` finished runs are reused. nnU-Net's own schedule (1000 epochs x 250
+iterations) is a GPU day. Prediction runs without test-time mirroring unless ``--mirroring``
 (8x the cost in 3D).
 
 Usage:
-    python benchmarks/nnunet_hippocampus.py                      # CPU: 121 train / 55 test, clean + lsp + em
+    python benchmarks/nnunet_hippocampus.py                      # CPU: 121 train / 55 test, clean + lsp
+    python benchmarks/nnunet_hippocampus.py --methods lsp,em --workdir /tmp/nnunet_runs   # + em
     python benchmarks/nnunet_hippocampus.py --methods lsp --train-limit 20 --test-limit 10   # a smoke run
     python benchmarks/nnunet_hippocampus.py --device cuda --epochs 50 --iterations 250 --mirroring
 
@@ -48,9 +53,9 @@ METHODS: dict[str, list[str]] = {
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="lsp,em", help=f"comma-separated, of {', '.join(METHODS)}")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--iterations", type=int, default=10, help="training iterations per epoch")
+    parser.add_argument("--methods", default="lsp", help=f"comma-separated, of {', '.join(METHODS)}")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=40, help="training iterations per epoch")
     parser.add_argument("--val-iterations", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1,

@@ -223,8 +223,9 @@ def run_nnunet(
     Returns:
         ``metrics`` (``dice``: mean foreground Dice, ``dice_per_class``, ``iou``, ``hd95``),
         ``plans`` (configuration, patch_size, batch_size, spacing, normalization, ...),
-        ``schedule``, ``labels``, ``train_s``, ``test_s``, ``plan_s``, ``wall_s``, ``n_train``,
-        ``n_test``, ``key``, ``run_dir`` and ``reused``.
+        ``schedule``, ``labels``, ``train_losses`` and ``pseudo_dice`` (per epoch: nnU-Net's
+        train loss and its EMA pseudo Dice on the training cases), ``train_s``, ``test_s``,
+        ``plan_s``, ``wall_s``, ``n_train``, ``n_test``, ``key``, ``run_dir`` and ``reused``.
 
     Raises:
         ConfigError: Bad dims, schedule or case lists.
