@@ -54,6 +54,8 @@ def build_trainer(cls: type[nnUNetTrainer], preprocessed: Path, configuration: s
 
 def trained_network(trainer: nnUNetTrainer) -> tuple[torch.nn.Module, dict]:
     """The network (no deep supervision) and the checkpoint of a finished training (``checkpoint_final.pth``)."""
+    # nnU-Net's own checkpoint, written by this run a moment ago (not a user-supplied file); it holds its
+    # trainer's init arguments and plans, which weights_only=True refuses, as nnU-Net's predictor loads it
     checkpoint = torch.load(Path(trainer.output_folder) / "checkpoint_final.pth", map_location="cpu",
                             weights_only=False)
     network = trainer.build_network_architecture(
