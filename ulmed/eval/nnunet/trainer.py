@@ -53,12 +53,16 @@ def build_trainer(cls: type[nnUNetTrainer], preprocessed: Path, configuration: s
 
 
 def trained_network(trainer: nnUNetTrainer) -> tuple[torch.nn.Module, dict]:
-    """The network (no deep supervision) and the checkpoint of a finished training (``checkpoint_final.pth``)."""
-    # nnU-Net's own checkpoint, written by this run a moment ago (not a user-supplied file); it holds its
-    # trainer's init arguments and plans, which weights_only=True refuses, as nnU-Net's predictor loads it
-    checkpoint = torch.load(Path(trainer.output_folder) / "checkpoint_final.pth", map_location="cpu",
-                            weights_only=False)
+    """A fresh network (no deep supervision) and the finished trainer's weights and mirroring axes.
+
+    The weights come from the trainer in memory (unwrapped from DDP/``torch.compile``, as
+    nnU-Net saves them into ``checkpoint_final.pth``), so nothing is read back from disk.
+    """
+    module = trainer.network.module if hasattr(trainer.network, "module") else trainer.network
+    module = getattr(module, "_orig_mod", module)
+    weights = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     network = trainer.build_network_architecture(
         trainer.plans_manager, trainer.configuration_manager, trainer.num_input_channels,
         trainer.label_manager.num_segmentation_heads, enable_deep_supervision=False)
-    return network, checkpoint
+    return network, {"network_weights": weights,
+                     "inference_allowed_mirroring_axes": trainer.inference_allowed_mirroring_axes}
