@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -18,15 +19,23 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 
 
-def data_set_copy(dst: Path, source: Path, rows: Sequence[dict[str, str]]) -> Path:
-    """A data-set folder holding only ``rows`` of ``source``'s index (images, masks, index.csv)."""
+def data_set_copy(
+    dst: Path, source: Path, rows: Sequence[dict[str, str]], columns: Sequence[str] = ("image", "mask")
+) -> Path:
+    """A data-set folder holding only ``rows`` of ``source``'s index, byte for byte, with its index.csv.
+
+    Args:
+        dst: New folder (must not exist).
+        source: Data-set folder the rows' paths are relative to.
+        rows: Rows of ``source``'s index.csv to keep.
+        columns: The columns holding file paths (``("image", "label")`` for volumes and label maps).
+    """
     import csv
 
-    for sub in ("images", "masks"):
-        (dst / sub).mkdir(parents=True)
     for r in rows:
-        shutil.copy(source / r["image"], dst / r["image"])
-        shutil.copy(source / r["mask"], dst / r["mask"])
+        for column in columns:
+            (dst / r[column]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source / r[column], dst / r[column])
     with open(dst / "index.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -83,7 +92,8 @@ def select_mode(modes: dict[str, dict[str, Any]], args: argparse.Namespace) -> d
     if args.victims:
         mode["victims"] = [v.strip() for v in args.victims.split(",") if v.strip()]
     if args.defenses:
-        mode["defenses"] = [d.strip() for d in args.defenses.split(",") if d.strip()]
+        # a comma before a digit continues a defense's numbers (resample:1.5,1.5,1.5)
+        mode["defenses"] = [d.strip() for d in re.split(r",(?![\d.])", args.defenses) if d.strip()]
     if args.patch == "none":
         mode["patch"] = None
     elif args.patch:
@@ -115,6 +125,7 @@ EXTRA: dict[str, tuple[str, dict[str, Any]]] = {
     "unseg": ("unseg", {}),
     "lsp_nyquist": ("lsp", {"style": "nyquist"}),
     "lsp_blocks": ("lsp", {"style": "blocks"}),
+    "lsp_offset": ("lsp", {"style": "offset"}),
 }
 MIN_MIN = ("em", "salm")
 

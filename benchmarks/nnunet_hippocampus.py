@@ -32,13 +32,14 @@ import argparse
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from grid_common import data_set_copy
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "msd_hippocampus"
@@ -74,20 +75,6 @@ def parse_args() -> argparse.Namespace:
 def split_rows(split: str, limit: int | None) -> list[dict[str, str]]:
     rows = [r for r in csv.DictReader(open(DATA / "index.csv")) if r["split"] == split]
     return rows[:limit] if limit is not None else rows
-
-
-def train_only_copy(dst: Path, rows: list[dict[str, str]]) -> Path:
-    """What the data owner protects: the train volumes and label maps, byte for byte, with their index."""
-    for sub in ("images", "labels"):
-        (dst / sub).mkdir(parents=True)
-    for r in rows:
-        shutil.copy(DATA / r["image"], dst / r["image"])
-        shutil.copy(DATA / r["label"], dst / r["label"])
-    with open(dst / "index.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return dst
 
 
 def protect(train_only: Path, out: Path, name: str, eps: str) -> dict[str, Any]:
@@ -147,7 +134,8 @@ def run(args: argparse.Namespace, tmp: Path, workdir: Path) -> dict[str, Any]:
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-    train_only = train_only_copy(tmp / "train_only", train_rows)
+    # what the data owner protects: the train volumes and label maps as they are, with their index
+    train_only = data_set_copy(tmp / "train_only", DATA, train_rows, columns=("image", "label"))
     protections = {n: protect(train_only, tmp / n, n, args.eps) for n in names}
     clean = victim(cases(DATA, train_rows), test, schedule, workdir, "clean")
     methods = {}
