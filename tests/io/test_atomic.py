@@ -83,3 +83,47 @@ def test_a_real_full_disk_through_atomic_file_is_an_output_error(tmp_path, monke
         torch.save({"w": torch.zeros(4096)}, fh)
     assert str(tmp_path / "state.pt") in str(info.value) and "No space left on device" in str(info.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_batch_renames_its_files_only_at_the_end_with_their_digests(tmp_path):
+    import hashlib
+
+    from ulmed.io.atomic import atomic_batch
+
+    targets = [tmp_path / "s" / f"IM{i}.dcm" for i in range(12)]  # more than BATCH_IN_FLIGHT
+    with atomic_batch() as batch:
+        for i, target in enumerate(targets):
+            batch.write_bytes(target, bytes([i]) * 1000)
+        assert not any(t.exists() for t in targets)  # nothing under a final name before the commit
+    assert [t.read_bytes() for t in targets] == [bytes([i]) * 1000 for i in range(12)]
+    assert batch.digests == {t: hashlib.sha256(t.read_bytes()).hexdigest() for t in targets}
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(t.name for t in targets)
+    assert all(stat.S_IMODE(t.stat().st_mode) != 0o600 for t in targets)
+
+
+def test_a_batch_left_by_an_exception_leaves_nothing(tmp_path):
+    from ulmed.io.atomic import atomic_batch
+
+    with pytest.raises(RuntimeError), atomic_batch() as batch:
+        batch.write_bytes(tmp_path / "a.dcm", b"a" * 100)
+        raise RuntimeError("the next file failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_in_a_batch_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
+    import ulmed.io.atomic as atomic
+    from ulmed.errors import OutputError
+
+    real = atomic._write_synced
+
+    def second_fails(tmp, data):
+        if tmp.name.startswith(".b.dcm."):
+            raise OSError(28, None)
+        return real(tmp, data)
+
+    monkeypatch.setattr(atomic, "_write_synced", second_fails)
+    with pytest.raises(OutputError) as info, atomic.atomic_batch() as batch:
+        for name in ("a.dcm", "b.dcm", "c.dcm"):
+            batch.write_bytes(tmp_path / name, b"x" * 100)
+    assert str(info.value).startswith(f"{tmp_path / 'b.dcm'}: ") and "No space left on device" in str(info.value)
+    assert list(tmp_path.iterdir()) == []

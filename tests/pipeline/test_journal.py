@@ -76,3 +76,18 @@ def test_only_this_parts_temporaries_are_removed(tmp_path):
         path.write_bytes(b"x")
     assert remove_stale_temporaries(tmp_path, {"img/a.png"}) == 1
     assert not mine.exists() and theirs.exists() and (tmp_path / "img/a.png").exists()
+
+
+def test_lines_are_not_synced_one_by_one_but_the_journal_is_synced_once(tmp_path, monkeypatch):
+    import os
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real(fd))
+    journal = Journal(tmp_path)
+    for name in ("a.png", "b.png", "c.png"):
+        journal.unit_done(name, [_output(tmp_path, name)])
+    assert synced == []
+    journal.sync()
+    assert len(synced) == 1 and set(journal.load(tmp_path).units) == {"a.png", "b.png", "c.png"}
+    Journal(tmp_path, ".part-1-of-2").sync()  # no journal yet: nothing to sync, no error

@@ -1,9 +1,20 @@
-"""Atomic file output: write to a temporary name in the target folder, then rename."""
+"""Atomic file output: write to a temporary name in the target folder, then rename.
+
+Every output's bytes are on disk (``fsync``) before it gets its final name, so a name that a
+run journal lists never holds a half-written file after a power loss. :func:`atomic_path`
+does it file by file; :class:`AtomicBatch` (:func:`atomic_batch`) does it for a group of files
+that appear together (the instances of a DICOM series): their bytes are written, hashed and
+synced by background threads while the caller prepares the next file (a sync waits on the
+disk, not the CPU, and syncs issued together share the file system's journal commits), and
+the files are renamed, in order, only once all of them are on disk.
+"""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
@@ -42,14 +53,7 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create the output folder ({os_reason(exc)}); {_hint(exc)}", target.parent) from exc
-    if suffix is None:
-        suffix = "".join(target.suffixes)
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{suffix}", dir=target.parent)
-    except OSError as exc:
-        raise OutputError(f"cannot be written ({os_reason(exc)}); {_hint(exc)}", target) from exc
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _temporary(target, suffix)
     try:
         yield tmp
         with open(tmp, "rb") as fh:  # on disk before the rename (and before a journal line names it)
@@ -63,6 +67,123 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
         if isinstance(exc, OSError) and _about(exc, tmp, target):
             raise OutputError(f"cannot be written ({os_reason(exc)}); {_hint(exc)}", target) from exc
         raise
+
+
+def _temporary(target: Path, suffix: str | None) -> Path:
+    """A new empty temporary file next to ``target`` (``.NAME.RANDOM.partSUFFIX``).
+
+    Raises:
+        OutputError: It cannot be created.
+    """
+    if suffix is None:
+        suffix = "".join(target.suffixes)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{suffix}", dir=target.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot be written ({os_reason(exc)}); {_hint(exc)}", target) from exc
+    os.close(fd)
+    return Path(tmp_name)
+
+
+#: Threads that write and sync the files of :class:`AtomicBatch` objects (one pool per process).
+BATCH_THREADS = 4
+#: Files of one batch being written at a time at most: the bytes a batch holds stay bounded.
+BATCH_IN_FLIGHT = 8
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = concurrent.futures.ThreadPoolExecutor(BATCH_THREADS, thread_name_prefix="ulmed-write")
+    return _POOL
+
+
+def _write_synced(tmp: Path, data: bytes | memoryview) -> str:
+    """Write ``data`` to ``tmp``, sync it to disk; its sha256 (hex)."""
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return hashlib.sha256(data).hexdigest()
+
+
+class AtomicBatch:
+    """Files that appear together: each written to a temporary, synced in a background thread, renamed at the end.
+
+    Use it through :func:`atomic_batch`: when the block ends normally, :meth:`commit` waits until
+    every file is on disk and renames them onto their targets in the order given; when it ends by
+    an exception, :meth:`discard` removes the temporaries and no target is touched. After a
+    commit, :attr:`digests` holds the sha256 of every file written, by target.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Path, Path, concurrent.futures.Future[str]]] = []
+        #: sha256 (hex) of each committed file, by target path.
+        self.digests: dict[Path, str] = {}
+
+    def write_bytes(self, target: str | Path, data: bytes | memoryview, suffix: str | None = None) -> None:
+        """Queue ``data`` as the content of ``target`` (written now in the background, renamed at commit).
+
+        Raises:
+            OutputError: The folder or the temporary file cannot be created.
+        """
+        target = Path(target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the output folder ({os_reason(exc)}); {_hint(exc)}",
+                              target.parent) from exc
+        tmp = _temporary(target, suffix)
+        self._pending.append((tmp, target, _pool().submit(_write_synced, tmp, data)))
+        running = [f for _, _, f in self._pending if not f.done()]
+        if len(running) > BATCH_IN_FLIGHT:
+            concurrent.futures.wait(running[: len(running) - BATCH_IN_FLIGHT])
+
+    def commit(self) -> None:
+        """Wait for every file, then rename each onto its target, in order.
+
+        Raises:
+            OutputError: A file could not be written or renamed (full disk, permissions); the
+                temporaries left are removed.
+        """
+        mode = _default_file_mode()
+        try:
+            for _, target, future in self._pending:
+                try:
+                    self.digests[target] = future.result()
+                except OSError as exc:
+                    raise OutputError(f"cannot be written ({os_reason(exc)}); {_hint(exc)}", target) from exc
+            for tmp, target, _ in self._pending:
+                try:
+                    os.chmod(tmp, mode)  # mkstemp's private mode: give it a normal file's
+                    os.replace(tmp, target)
+                except OSError as exc:
+                    raise OutputError(f"cannot be written ({os_reason(exc)}); {_hint(exc)}", target) from exc
+        except BaseException:
+            self.discard()
+            raise
+        self._pending = []
+
+    def discard(self) -> None:
+        """Remove the temporaries (after their writes end); no target is touched."""
+        concurrent.futures.wait([f for _, _, f in self._pending])
+        for tmp, _, _ in self._pending:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        self._pending = []
+
+
+@contextlib.contextmanager
+def atomic_batch() -> Iterator[AtomicBatch]:
+    """An :class:`AtomicBatch` committed when the block ends normally, discarded when it raises."""
+    batch = AtomicBatch()
+    try:
+        yield batch
+    except BaseException:
+        batch.discard()
+        raise
+    batch.commit()
 
 
 #: Error numbers that mean the disk (or the user's quota) is full.

@@ -7,6 +7,7 @@ these helpers, so a file is read, described and written the same way everywhere.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
 from ulmed.errors import InputError, OutputError, os_reason
-from ulmed.io.atomic import atomic_path
+from ulmed.io.atomic import AtomicBatch, atomic_path
 from ulmed.io.notices import library_messages
 
 __all__ = ["CODECS_HINT", "DEFER", "PIXEL_DATA", "frame_value", "floats", "is_dicom_file", "read_dataset",
@@ -123,7 +124,8 @@ def unsupported(ds: Dataset) -> str | None:
     return None
 
 
-def write_dataset(ds: Dataset, target: Path, copy: str, fix: str, quote: bool) -> None:
+def write_dataset(ds: Dataset, target: Path, copy: str, fix: str, quote: bool,
+                  batch: AtomicBatch | None = None) -> None:
     """Finish the file meta of ``ds`` and write it atomically to ``target`` in the DICOM file format.
 
     The file meta names the dataset's SOPInstanceUID (when it has one) and pydicom as the
@@ -136,6 +138,8 @@ def write_dataset(ds: Dataset, target: Path, copy: str, fix: str, quote: bool) -
         fix: What to do when pydicom refuses the dataset, for the message.
         quote: Whether the message may quote pydicom's error (else its type only, and the
             error is not chained: its text may hold a value of the dataset).
+        batch: Add the file to this batch (encoded now, written and renamed with the batch's
+            other files: :class:`~ulmed.io.atomic.AtomicBatch`) instead of writing it here.
 
     Raises:
         OutputError: pydicom refuses the dataset, or the file cannot be written.
@@ -147,8 +151,13 @@ def write_dataset(ds: Dataset, target: Path, copy: str, fix: str, quote: bool) -
     if "ImplementationVersionName" in meta:
         del meta.ImplementationVersionName  # pydicom fills in its own
     try:
-        with atomic_path(target) as tmp:
-            pydicom.dcmwrite(tmp, ds, enforce_file_format=True)  # save_as refuses big->little endian
+        if batch is None:
+            with atomic_path(target) as tmp:
+                pydicom.dcmwrite(tmp, ds, enforce_file_format=True)  # save_as refuses big->little endian
+        else:
+            buffer = io.BytesIO()
+            pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+            batch.write_bytes(target, buffer.getbuffer())
     except (ValueError, AttributeError, TypeError) as exc:
         said = short_reason(exc) if quote else type(exc).__name__
         raise OutputError(f"cannot write the {copy} ({said}); {fix}", target) from (exc if quote else None)

@@ -171,7 +171,12 @@ def _native_values(data: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray,
     integral = np.all(slopes == np.round(slopes)) and np.all(intercepts == np.round(intercepts))
     dtype = (np.int64 if stored_dtype.itemsize == 4 else np.int32) if integral else np.float64
     s, b = slopes.astype(dtype)[None, :, None, None], intercepts.astype(dtype)[None, :, None, None]
-    return data.astype(dtype) * s + b
+    native = data.astype(dtype)  # one array, updated in place: the same values as ``data * s + b``
+    if np.any(s != 1):
+        native *= s
+    if np.any(b != 0):
+        native += b
+    return native
 
 
 def _mapping(native: np.ndarray, first: Dataset, slopes: np.ndarray, intercepts: np.ndarray,

@@ -35,7 +35,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from ulmed.errors import ConfigError, InputError, MissingDependencyError, OutputError
+from ulmed.errors import ConfigError, MissingDependencyError, OutputError
+from ulmed.io.atomic import AtomicBatch, atomic_batch
 from ulmed.io.base import DicomEncoding, WriteOptions
 from ulmed.io.deidentify import deidentify_dataset
 from ulmed.io.dicom_dataset import (
@@ -77,20 +78,24 @@ def new_uid(original_uid: str, salt: str) -> str:
     return str(generate_uid(prefix=PYDICOM_ROOT_UID, entropy_srcs=[f"ulmed:{len(salt)}:{salt}:", str(original_uid)]))
 
 
-def write_series(record: Record, root: Path, out_root: Path, options: WriteOptions) -> list[tuple[Path, Path]]:
+def write_series(record: Record, root: Path, out_root: Path, options: WriteOptions,
+                 digests: dict[Path, str] | None = None) -> list[tuple[Path, Path]]:
     """Write every instance of a record's series to the same relative path under ``out_root``.
 
     Native values become stored values ``round((native - intercept) / slope)`` clipped to the
     BitsStored range and cast to the stored dtype. New SOP Instance UIDs and one new Series
     Instance UID come from :func:`new_uid` with ``options.uid_salt`` (of the de-identified UIDs
-    with ``options.deidentify``: see the module docstring). Inputs are never modified; when a
-    value cannot be de-identified, no file of the series is left behind.
+    with ``options.deidentify``: see the module docstring). Inputs are never modified. The
+    instances are written as one :class:`~ulmed.io.atomic.AtomicBatch`: each is on disk before
+    any gets its final name, and when one cannot be encoded, written or de-identified, no file of
+    the series is left behind.
 
     Args:
         record: A record from :func:`~ulmed.io.dicom_read.read_series`, possibly with a perturbed image.
         root: The input folder the series was scanned from.
         out_root: The output folder.
         options: Method, budget, UID salt, output encoding and de-identification.
+        digests: Filled with the sha256 (hex) of every file written, by output path.
 
     Returns:
         ``(input file, output file)`` for every instance written.
@@ -106,17 +111,15 @@ def write_series(record: Record, root: Path, out_root: Path, options: WriteOptio
     new_series = None if options.deidentify is not None else new_uid(handle.series_uid, options.uid_salt)
     pairs: list[tuple[Path, Path]] = []
     start = 0
-    try:
+    with atomic_batch() as batch:  # an exception (a value that cannot be de-identified) leaves no file behind
         for path, n in zip(handle.files, handle.frames):
             target = _output_path(Path(path), root, out_root)
             block = _stored_values(image[:, start : start + n], handle, start)
             start += n
-            new_series = _write_instance(Path(path), target, block, handle, options, new_series)
+            new_series = _write_instance(Path(path), target, block, handle, options, new_series, batch)
             pairs.append((Path(path), target))
-    except InputError:  # a value that cannot be de-identified: leave no part of the series behind
-        for _, written in pairs:
-            written.unlink(missing_ok=True)
-        raise
+    if digests is not None:
+        digests.update(batch.digests)
     return pairs
 
 
@@ -158,7 +161,7 @@ def _stored_values(native: np.ndarray, handle: DicomHandle, start: int) -> np.nd
 
 
 def _write_instance(path: Path, target: Path, block: np.ndarray, handle: DicomHandle, options: WriteOptions,
-                    new_series: str | None) -> str:
+                    new_series: str | None, batch: AtomicBatch) -> str:
     """Write one instance of a series with its stored values ``block``; return the series' new UID."""
     ds = read_dataset(path, defer=True)
     if options.deidentify is not None:
@@ -172,7 +175,7 @@ def _write_instance(path: Path, target: Path, block: np.ndarray, handle: DicomHa
     _mark_derived(ds)
     ds.DerivationDescription = f"ulmed {options.method} {options.budget}"[:1024]
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    write_dataset(ds, target, "protected copy", "rerun with --debug and report the file", quote=True)
+    write_dataset(ds, target, "protected copy", "rerun with --debug and report the file", quote=True, batch=batch)
     return new_series
 
 

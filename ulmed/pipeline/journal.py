@@ -6,6 +6,15 @@ A rerun of the same command reads the journal back and skips every unit whose li
 there and whose outputs still exist; a line cut short by a crash is dropped. ``run.json``
 beside it holds the parameters that define the output, so that a rerun with different
 parameters is refused instead of mixing two protections in one folder.
+
+Durability: a line is appended (handed to the operating system, which keeps it when the
+process is killed) after every output it names has its final name, and every output is synced
+to disk before it gets that name (:mod:`ulmed.io.atomic`). The line itself is not synced one
+by one; :meth:`Journal.sync` syncs the file once at the end of a run. After a power loss a line
+that did not reach the disk only means that its unit is done again; a line that did names
+outputs whose bytes are on disk, and one whose output name was lost with the rename is
+dropped by :meth:`Journal.load` (the unit is redone); a line cut short is dropped too. So a
+resumed run never takes over a torn output, as with a sync per line, at one sync per run.
 """
 
 from __future__ import annotations
@@ -149,12 +158,21 @@ class Journal:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             data = (json.dumps(jsonable(record), allow_nan=False) + "\n").encode()
-            with open(self.path, "ab") as fh:
+            with open(self.path, "ab") as fh:  # no sync per line: see the module docstring
                 fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
         except OSError as exc:
             raise OutputError(f"cannot append to the run journal ({os_reason(exc)}); "
+                              "free space or check the output folder, then rerun", self.path) from exc
+
+    def sync(self) -> None:
+        """Sync the journal to disk (once, at the end of a run; its lines are not synced one by one)."""
+        try:
+            with open(self.path, "rb") as fh:
+                os.fsync(fh.fileno())
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise OutputError(f"cannot sync the run journal ({os_reason(exc)}); "
                               "free space or check the output folder, then rerun", self.path) from exc
 
     def unit_done(self, key: str, entries: list[Entry], stamps: dict[str, list[Any]] | None = None) -> None:

@@ -93,6 +93,7 @@ def run_protection(request: ProtectRequest, progress: Progress = _no_progress) -
     run = RunState(request.output_path, request.part, journal, done, request.strict, plan.root)
     started = time.perf_counter()
     manifest.fit = run_engine(plan, run, work, progress)
+    journal.sync()
     finish_manifest(manifest, run, work, discovered, gone, round(time.perf_counter() - started, 3))
     manifest.save(request.output_path, request.part.suffix)
     return manifest

@@ -75,11 +75,16 @@ def read_record(unit: Unit, ctx: WorkContext) -> Record:
     return rec
 
 
-def _write(unit: Unit, protected: Record, ctx: WorkContext) -> list[tuple[Path, Path, str | None]]:
-    """Write one protected record; return (input, output, note) triples."""
+def _write(unit: Unit, protected: Record, ctx: WorkContext,
+           digests: dict[Path, str]) -> list[tuple[Path, Path, str | None]]:
+    """Write one protected record; return (input, output, note) triples.
+
+    ``digests`` gets the sha256 of the outputs whose writer hashed the bytes it wrote (DICOM).
+    """
     if unit.kind == "dicom":
         note = unit.source.note if isinstance(unit.source, DicomSeries) else None  # why its series was split
-        return [(src, dst, note) for src, dst in write_series(protected, ctx.root, ctx.out, ctx.options)]
+        pairs = write_series(protected, ctx.root, ctx.out, ctx.options, digests)
+        return [(src, dst, note) for src, dst in pairs]
     assert isinstance(unit.source, Item)
     rel = unit.source.rel
     if unit.kind == "nifti":
@@ -158,12 +163,14 @@ def _finish(unit: Unit, clean: Record, protected: Record, ctx: WorkContext) -> U
     if (too_small := method.budget.too_small(clean)) is not None:
         log.warning("%s: %s", unit.key, too_small)
         remark = "; ".join(n for n in (remark, too_small) if n)
+    digests: dict[Path, str] = {}
     try:
-        written = _write(unit, protected, ctx)
+        written = _write(unit, protected, ctx, digests)
     except InputError as exc:  # a value the de-identifier cannot handle: the unit fails, not the run
         return _failed(unit, ctx, exc)  # the writer removed what it had written of the series
     entries = [
-        Entry(relative(src, ctx.root), "written", relative(dst, ctx.out), unit.kind, unit.key, sha256_of(dst),
+        Entry(relative(src, ctx.root), "written", relative(dst, ctx.out), unit.kind, unit.key,
+              digests.get(dst) or sha256_of(dst),
               "; ".join(n for n in (note, remark) if n) or None, budget, metrics)
         for src, dst, note in written
     ]
