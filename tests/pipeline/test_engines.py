@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.pipeline.test_resume import outputs
@@ -22,6 +24,25 @@ def test_engine_config_validates():
     for kwargs, flag in cases:
         with pytest.raises(ConfigError, match=flag):
             EngineConfig(**kwargs)
+
+
+def test_a_long_series_travels_alone_and_single_images_in_fours(tmp_path):
+    from ulmed.io.dicom import DicomSeries
+    from ulmed.io.discover import Item
+    from ulmed.pipeline.engines import _batches
+    from ulmed.pipeline.units import Unit
+
+    def series(name, n):
+        return Unit("dicom", name, DicomSeries(name, [tmp_path / f"{name}{i}.dcm" for i in range(n)], name))
+
+    def image(name):
+        return Unit("image", name, Item(tmp_path / name, Path(name)))
+
+    images = [image(f"{i}.png") for i in range(6)]
+    units = [series("ct2", 2), series("s0", 25), series("s1", 25), *images, series("x", 3)]
+    keys = [[u.key for u in batch] for batch in _batches(units, 4)]
+    assert keys == [["ct2"], ["s0"], ["s1"], ["0.png", "1.png", "2.png", "3.png"], ["4.png", "5.png"], ["x"]]
+    assert [u for batch in _batches(units, 4) for u in batch] == units
 
 
 def test_two_local_workers_write_the_same_bytes(reference, sample_data, tmp_path):

@@ -69,7 +69,23 @@ class EngineConfig:
 
 
 def _batches(units: Sequence[Unit], size: int) -> list[list[Unit]]:
-    return [list(units[i : i + size]) for i in range(0, len(units), size)]
+    """Consecutive units in batches of at most ``size`` units and, past its first unit, ``size`` files.
+
+    A series of many files is a batch of its own, so that workers share a DICOM export's series
+    evenly (four 25-slice series in one task left one worker with most of the export); single
+    images still travel ``size`` at a time.
+    """
+    batches: list[list[Unit]] = []
+    files = 0
+    for unit in units:
+        n = len(unit.files)
+        if batches and len(batches[-1]) < size and files + n <= size:
+            batches[-1].append(unit)
+            files += n
+        else:
+            batches.append([unit])
+            files = n
+    return batches
 
 
 def _task_size(config: EngineConfig, ctx: WorkContext) -> int:
