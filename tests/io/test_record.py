@@ -79,3 +79,22 @@ def test_a_robust_budget_range_ignores_a_few_bright_values():
 
 def test_record_keeps_quantise_perturbation_where_callers_found_it():
     assert quantise_perturbation is quantise.quantise_perturbation  # moved to ulmed/io/quantise.py
+
+
+def test_slab_by_slab_gives_the_values_of_the_whole_volume(monkeypatch):
+    """with_perturbation and to_unit run in pieces of PIECE_VALUES; the values equal one piece's."""
+    import ulmed.io.record as record
+
+    rng = np.random.default_rng(3)
+    steps = rng.choice([1.0, 0.5, 0.25], size=9)[None, :, None, None]  # a RescaleSlope per slice
+    img = rng.integers(0, 4000, size=(1, 9, 70, 60)) * steps - 1024
+    m = IntensityMapping(low=-1024.0, high=1000.0, valid_min=-1024.0, valid_max=3071.0, quantum=1.0)
+    rec = Record("s", img, m, 3, "dicom", quantum_map=steps)
+    delta = rng.uniform(-0.02, 0.02, size=img.shape).astype(np.float32)
+    monkeypatch.setattr(record, "PIECE_VALUES", 5000)  # slabs of one row, pieces of 5000 values
+    pieces = rec.with_perturbation(delta, 30.0, clip=0.01).image, m.to_unit(img), m.to_unit(img, np.float64)
+    monkeypatch.setattr(record, "PIECE_VALUES", 1 << 30)
+    whole = rec.with_perturbation(np.clip(delta.astype(np.float64), -0.01, 0.01), 30.0).image
+    assert np.array_equal(pieces[0], whole) and not np.array_equal(whole, img)
+    assert np.array_equal(pieces[1], m.to_unit(img)) and np.array_equal(pieces[2], m.to_unit(img, np.float64))
+    assert pieces[1].dtype == np.float32 and pieces[2].dtype == np.float64

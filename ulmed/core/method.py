@@ -156,15 +156,14 @@ class ProtectionMethod(abc.ABC):
         Raises:
             ConfigError: ``delta`` is not shaped like the record's image.
         """
-        delta = np.array(delta, dtype=np.float64)  # our own copy: projected in place, the method's array untouched
+        delta = np.asarray(delta)
         if delta.shape != record.image.shape:
             raise ConfigError(f"{self.name} returned a perturbation of shape {delta.shape} "
                               f"for an image of shape {record.image.shape}")
         norm = self.budget.norm
-        if norm == Norm.LINF:
-            np.clip(delta, -eps, eps, out=delta)
-        else:
-            delta = project(delta, eps, norm)
+        if norm == Norm.LINF:  # clipped in float64 slab by slab there; the method's array untouched
+            return record.with_perturbation(delta, self.budget.in_native(record.mapping), norm, clip=eps)
+        delta = project(np.array(delta, dtype=np.float64), eps, norm)  # our own copy, projected in place
         return record.with_perturbation(delta, self.budget.in_native(record.mapping), norm)
 
     def params(self) -> dict[str, Any]:

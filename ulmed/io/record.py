@@ -29,6 +29,9 @@ __all__ = ["ROBUST_PERCENTILES", "IntensityMapping", "Record", "quantise_perturb
 
 #: Percentiles whose range is a volume's budget range (:meth:`IntensityMapping.for_data`).
 ROBUST_PERCENTILES = (0.5, 99.5)
+#: Values per piece when an elementwise step runs piece by piece (2 MB of float64): its float64
+#: temporaries stay in the CPU cache and no volume-sized one is made (the same values as whole).
+PIECE_VALUES = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,16 @@ class IntensityMapping:
             dtype: Float type of the result: float32 for methods, float64 for metrics
                 that must match the stored values exactly.
         """
-        return ((np.asarray(native, dtype=np.float64) - self.low) / self.scale).astype(dtype)
+        native = np.asarray(native)
+        if native.size <= PIECE_VALUES:
+            return ((np.asarray(native, dtype=np.float64) - self.low) / self.scale).astype(dtype)
+        out = np.empty(native.shape, dtype=dtype)
+        flat, into = native.reshape(-1), out.reshape(-1)  # piece by piece, the same operations
+        for lo in range(0, flat.size, PIECE_VALUES):
+            piece = np.subtract(flat[lo : lo + PIECE_VALUES], self.low, dtype=np.float64)
+            piece /= self.scale
+            into[lo : lo + PIECE_VALUES] = piece
+        return out
 
     def to_native(self, unit: np.ndarray) -> np.ndarray:
         """Map [0, 1] values back to native float64 values, clipped to the valid range."""
@@ -242,7 +254,8 @@ class Record:
         """Native size of one stored step: ``quantum_map`` where given, else ``mapping.quantum``."""
         return self.mapping.quantum if self.quantum_map is None else self.quantum_map
 
-    def with_perturbation(self, delta: np.ndarray, eps_native: float | None = None, norm: str = "linf") -> Record:
+    def with_perturbation(self, delta: np.ndarray, eps_native: float | None = None, norm: str = "linf",
+                          clip: float | None = None) -> Record:
         """A copy of this record with ``delta`` (in [0, 1] units) added to its image, as stored.
 
         The perturbed image is clipped to [0, 1] in method space (so the native result stays
@@ -250,28 +263,32 @@ class Record:
         to whole stored steps by :func:`~ulmed.io.quantise.quantise_perturbation`, within ``eps_native``, and
         added to the native image in float64. So a zero perturbation returns the native
         values exactly, the writers' rounding changes nothing, and metrics taken on the
-        result are those of the written file.
+        result are those of the written file. Under an L-inf budget (or none) every step is
+        elementwise, so it runs slab by slab along the first spatial axis (about
+        :data:`PIECE_VALUES` values at a time): the same values, without volume-sized float64
+        temporaries.
 
         Args:
-            delta: Perturbation in [0, 1] units, shaped like the image.
+            delta: Perturbation in [0, 1] units, shaped like the image (not modified).
             eps_native: The budget in native units that quantisation must keep (None: round
                 to the nearest stored step).
             norm: ``"linf"`` or ``"l2"``: the norm ``eps_native`` bounds.
+            clip: Clip ``delta`` to ``[-clip, clip]`` (in float64) first: an L-inf budget in
+                [0, 1] units (:meth:`ulmed.core.method.ProtectionMethod.apply`).
         """
         if delta.shape != self.image.shape:
             raise ConfigError(f"{self.key}: perturbation shape {delta.shape} != image shape {self.image.shape}")
-        base = np.asarray(self.image, dtype=np.float64)  # read only: no copy when the image is float64
-        unit = base - self.mapping.low  # float64: no rounding slack; temporaries updated in place
-        unit /= self.mapping.scale
-        effective = unit + np.asarray(delta, dtype=np.float64)
-        np.clip(effective, 0.0, 1.0, out=effective)
-        effective -= unit
-        del unit
-        effective *= self.mapping.scale
-        bounds = (max(self.mapping.low, self.mapping.valid_min), min(self.mapping.high, self.mapping.valid_max))
-        native = quantise_perturbation(self.image, effective, self.steps, eps=eps_native, norm=norm, bounds=bounds)
-        del effective
-        native += base
+        if norm != "linf" or self.image.ndim < 2:
+            native = self._perturbed(self.image, delta, self.steps, eps_native, norm, clip)
+        else:
+            native = np.empty(self.image.shape, dtype=np.float64)
+            steps = _along_rows(self.steps, self.image.ndim)
+            per_row = max(1, self.image[:, :1].size)
+            rows = max(1, PIECE_VALUES // per_row)
+            for lo in range(0, self.image.shape[1], rows):
+                part = slice(lo, lo + rows)
+                step = steps if np.ndim(steps) == 0 or steps.shape[1] == 1 else steps[:, part]
+                native[:, part] = self._perturbed(self.image[:, part], delta[:, part], step, eps_native, norm, clip)
         return Record(
             key=self.key,
             image=native,
@@ -283,3 +300,32 @@ class Record:
             meta=dict(self.meta),
             quantum_map=self.quantum_map,
         )
+
+    def _perturbed(self, image: np.ndarray, delta: np.ndarray, steps: float | np.ndarray, eps_native: float | None,
+                   norm: str, clip: float | None) -> np.ndarray:
+        """Native ``image + delta`` as stored (:meth:`with_perturbation`), for the whole image or one slab."""
+        base = np.asarray(image, dtype=np.float64)  # read only: no copy when the image is float64
+        d = np.array(delta, dtype=np.float64)  # our own copy: clipped in place, the caller's array untouched
+        if clip is not None:
+            np.clip(d, -clip, clip, out=d)
+        unit = base - self.mapping.low  # float64: no rounding slack; temporaries updated in place
+        unit /= self.mapping.scale
+        effective = unit + d
+        del d
+        np.clip(effective, 0.0, 1.0, out=effective)
+        effective -= unit
+        del unit
+        effective *= self.mapping.scale
+        bounds = (max(self.mapping.low, self.mapping.valid_min), min(self.mapping.high, self.mapping.valid_max))
+        native = quantise_perturbation(image, effective, steps, eps=eps_native, norm=norm, bounds=bounds)
+        del effective
+        native += base
+        return native
+
+
+def _along_rows(steps: float | np.ndarray, ndim: int) -> float | np.ndarray:
+    """Stored steps as a number, or as an array of ``ndim`` axes (so that a slab of rows can be cut from it)."""
+    if np.ndim(steps) == 0:
+        return steps
+    steps = np.asarray(steps, dtype=np.float64)
+    return steps.reshape((1,) * (ndim - steps.ndim) + steps.shape)
