@@ -80,7 +80,7 @@ def parse_mode_args(doc: str, stem: str) -> tuple[argparse.Namespace, Path]:
     args = parser.parse_args()
     suffix = ("_robust" if args.robust else "") + ("_quick" if args.quick else "")
     suffix += f"_{args.methods.replace(',', '-')}" if args.methods else ""
-    suffix += f"_{args.defenses.replace(',', '-')}" if args.defenses else ""
+    suffix += f"_{args.defenses.replace(',', '-').replace(':', '=')}" if args.defenses else ""
     suffix += {"": "", "none": "_whole"}.get(args.patch, "_patch")
     return args, REPO / "benchmarks/results" / f"{stem}{suffix}"
 

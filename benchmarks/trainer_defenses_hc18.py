@@ -18,8 +18,8 @@ Usage:
     python benchmarks/trainer_defenses_hc18.py --quick       # 48 train images, 4 epochs, size 64: minutes
     python benchmarks/trainer_defenses_hc18.py --methods lsp,em --defenses none,nnunet-aug
 
-Writes benchmarks/results/trainer_defenses_hc18[_quick].json (ratios, timings, settings) and the
-full evaluation report (report.md, figures) under benchmarks/results/trainer_defenses_hc18[_quick]/.
+Writes benchmarks/results/trainer_defenses_hc18[_quick][_TAG].json (ratios, timings, settings) and the
+full evaluation report (report.md, figures) under benchmarks/results/trainer_defenses_hc18[_quick][_TAG]/.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import argparse
 import csv
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +45,9 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "lsp": ("lsp", {}),
     "em": ("em", {"rounds": 3, "train_steps": 10, "pgd_steps": 6}),
     "random": ("random", {}),
+    "lsp_offset": ("lsp", {"style": "offset"}),  # each class lifted by a constant (measured: no effect)
+    "lsp_cell3": ("lsp", {"cell": 3}),  # the working-grid code with coarser steps (period 6, 8 at 128 px)
+    "lsp_cell4": ("lsp", {"cell": 4}),
 }
 
 
@@ -57,6 +61,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=None, help="the victims' working size [default: 128; quick 64]")
     parser.add_argument("--eps", default="8/255")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tag", default="", help="suffix of the result names (a variant run keeps the main result)")
     return parser.parse_args()
 
 
@@ -94,7 +99,7 @@ def main() -> None:
     limit = args.train_limit or (48 if args.quick else 200)
     epochs, size = args.epochs or (4 if args.quick else 15), args.size or (64 if args.quick else 128)
     train, test = rows("train", limit), rows("test", 24 if args.quick else None)
-    stem = "trainer_defenses_hc18" + ("_quick" if args.quick else "")
+    stem = "trainer_defenses_hc18" + ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ulmed-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
@@ -111,7 +116,8 @@ def main() -> None:
         report = run_evaluation(clean, protections, out, victims=["unet"],
                                 defenses=[d.strip() for d in args.defenses.split(",") if d.strip()],
                                 train_config=config, size=(size, size), seed=args.seed, progress=print)
-    result = {"benchmark": stem, "data": "HC18 (native-size PNGs, fixed index.csv split)", "n_train": len(train),
+    result = {"benchmark": stem, "command": " ".join(["python", "benchmarks/trainer_defenses_hc18.py", *sys.argv[1:]]),
+              "data": "HC18 (native-size PNGs, fixed index.csv split)", "n_train": len(train),
               "n_test": len(test), "victim": "unet (small)", "epochs": epochs, "size": size, "eps": args.eps,
               "protections": protected, "rows": summary(report), "wall_s": round(time.perf_counter() - start, 1)}
     path = REPO / "benchmarks" / "results" / f"{stem}.json"

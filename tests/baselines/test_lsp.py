@@ -163,3 +163,18 @@ def test_a_large_image_gets_the_nearest_neighbour_copy_of_the_grid_code(monkeypa
     copy = method.perturbation(rec, rec.unit_image(), 8 / 255)
     assert set(np.unique(np.round(copy * 255, 4))) <= {-8.0, 0.0, 8.0}  # cells of the code, nothing in between
     assert not np.allclose(copy, optimised)
+
+
+def test_offset_style_lifts_each_class_by_a_constant_that_a_resize_keeps(real_data):
+    rec = _record(real_data)
+    m = MaskCodedPatterns("8/255", style="offset")
+    assert m.params()["style"] == "offset" and not {"tile", "grid", "cell"} & set(m.params())
+    out = m.protect(rec).image[0].astype(np.float64)
+    delta = out - rec.image[0].astype(np.float64)
+    inside = (rec.target == 255) & (rec.image[0] < 247)
+    assert np.allclose(delta[inside], 8, atol=0.5) and np.all(delta[rec.target == 0] == 0)
+    small = [np.asarray(Image.fromarray(a.astype(np.float32)).resize((128, 86), Image.Resampling.BILINEAR))
+             for a in (out, rec.image[0])]
+    rms = float(np.sqrt(np.mean((small[0] - small[1]) ** 2)))
+    share = float(np.sqrt(np.mean(np.where(rec.target == 255, 8.0, 0.0) ** 2)))
+    assert rms > 0.8 * share  # a flat code is not averaged away by the trainer's resize

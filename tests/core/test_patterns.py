@@ -1,4 +1,4 @@
-"""Class-coded patterns: +-1 codes per class, mask-coded images, Nyquist patterns."""
+"""Class-coded patterns: +-1 codes per class, mask-coded images, Nyquist patterns, offsets."""
 
 import numpy as np
 import pytest
@@ -9,6 +9,8 @@ from ulmed.core.patterns import (
     nyquist_coded,
     nyquist_corners,
     nyquist_pattern,
+    offset_coded,
+    offset_level,
 )
 from ulmed.errors import ConfigError
 
@@ -48,3 +50,22 @@ def test_nyquist_coded_leaves_the_background_and_refuses_negative_classes():
     assert np.array_equal(nyquist_coded(1, 1, (4, 4)), nyquist_pattern(2, 1, (4, 4)))
     with pytest.raises(ConfigError, match=">= 0"):
         nyquist_coded(np.full((4, 4), -1), 1, (4, 4))
+
+
+def test_offset_levels_alternate_in_sign_and_shrink():
+    assert [offset_level(k) for k in (1, 2, 3, 4, 5)] == [1.0, -1.0, 0.5, -0.5, 1 / 3]
+    assert offset_level(255) == 1.0
+    with pytest.raises(ValueError, match=">= 1"):
+        offset_level(0)
+
+
+def test_offset_coded_is_flat_in_each_class_and_zero_on_the_background():
+    target = np.zeros((6, 6), dtype=np.int64)
+    target[:2], target[4:] = 1, 2
+    code = offset_coded(target, 2, (6, 6))
+    assert code.shape == (2, 6, 6) and np.array_equal(code[0], code[1])
+    assert np.all(code[:, :2] == 1.0) and np.all(code[:, 4:] == -1.0) and np.all(code[:, 2:4] == 0.0)
+    assert np.all(offset_coded(np.where(target == 1, 255, 0), 1, (6, 6))[0][:2] == 1.0)
+    assert np.all(offset_coded(2, 1, (3, 3)) == 0.5) and not offset_coded(None, 1, (3, 3)).any()
+    with pytest.raises(ConfigError, match=">= 0"):
+        offset_coded(np.full((4, 4), -1), 1, (4, 4))

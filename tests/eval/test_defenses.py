@@ -264,3 +264,28 @@ def test_nnunet_aug_warps_some_samples_mirrors_every_axis_and_moves_masks(shape)
 
 def _flips(mask: np.ndarray) -> list[tuple[int, ...]]:
     return [c for k in range(mask.ndim + 1) for c in itertools.combinations(range(mask.ndim), k)]
+
+
+@pytest.mark.parametrize("shape", [(24, 24), (10, 12, 12)])
+def test_an_nnunet_ablation_never_applies_the_steps_it_switches_off(shape):
+    mask = np.zeros(shape, dtype=np.int64)
+    mask[(slice(1, 8),) * len(shape)] = 1
+    mask[(slice(2, 4),) * len(shape)] = 0
+    image = (0.2 + 0.6 * mask).astype(np.float32)[None]
+    ablation = build_defense("nnunet-aug-no-rotation+scaling")
+    assert ablation.name == "nnunet-aug-no-rotation+scaling"
+    rng = np.random.default_rng(0)
+    for _ in range(60):  # no warp: every mask is the original up to mirroring
+        _, out_mask = ablation.augment(image, mask, rng)
+        assert any(np.array_equal(out_mask, np.flip(mask, axes) if axes else mask) for axes in _flips(mask))
+    mirror_only = build_defense("nnunet-aug-no-rotation+scaling+noise+blur+brightness+contrast+lowres+gamma").augment
+    full, rng, changed = build_defense("nnunet-aug").augment, np.random.default_rng(1), 0
+    for _ in range(30):  # with every step off, nnU-Net's pipeline only mirrors
+        out, out_mask = mirror_only(image, mask, rng)
+        axes = next(a for a in _flips(mask) if np.array_equal(out_mask, np.flip(mask, a) if a else mask))
+        np.testing.assert_allclose(out, np.flip(image, [a + 1 for a in axes]) if axes else image, atol=1e-5)
+        out, out_mask = full(image, mask, rng)
+        changed += not any(np.allclose(out, np.flip(image, [a + 1 for a in axes])) for axes in _flips(mask))
+    assert changed > 10  # while the whole pipeline changes most samples
+    with pytest.raises(ConfigError, match="choose from"):
+        build_defense("nnunet-aug-no-mirror")

@@ -34,7 +34,7 @@ from ulmed.choices import StrEnum, look_up, names
 from ulmed.core.body import body_mask
 from ulmed.core.grid import WorkingGrid, nearest_labels, preimage
 from ulmed.core.method import METHODS, ProtectionMethod
-from ulmed.core.patterns import mask_coded, nyquist_coded
+from ulmed.core.patterns import mask_coded, nyquist_coded, offset_coded
 from ulmed.errors import ConfigError
 from ulmed.io.record import Record
 
@@ -48,6 +48,8 @@ class Style(StrEnum):
     BLOCKS = "blocks"
     #: The foreground's classes drawn with checkerboard-like Nyquist patterns.
     NYQUIST = "nyquist"
+    #: Each foreground class lifted or lowered by a constant (:func:`ulmed.core.patterns.offset_coded`).
+    OFFSET = "offset"
 
 
 #: The style values (for help texts).
@@ -112,6 +114,8 @@ class MaskCodedPatterns(ProtectionMethod):
 
     def perturbation(self, record: Record, unit_image: np.ndarray, eps: float) -> np.ndarray:
         """``eps`` times the code of each position's class."""
+        if self.style is Style.OFFSET:  # flat inside each class: the same on every working grid
+            return eps * offset_coded(record.target, record.channels, record.spatial_shape)
         if self.style is Style.NYQUIST or (self.style is Style.AUTO and record.spatial_dims == 2):
             shapes = self.grid.shapes_for(record.spatial_shape) if record.spatial_dims == 2 else []
             if not shapes:
@@ -130,6 +134,8 @@ class MaskCodedPatterns(ProtectionMethod):
     def params(self) -> dict[str, Any]:
         """Parameters that define the output (the grid only when it is not the native one)."""
         out = dict(super().params())
+        if self.style is Style.OFFSET:  # one code on every grid: no tile, block, grid or cell
+            return {**out, "style": "offset"}
         if self.style is Style.NYQUIST:
             out["style"] = "nyquist"
         else:

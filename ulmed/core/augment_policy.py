@@ -50,7 +50,7 @@ no resolution loss along the first axis).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -165,6 +165,26 @@ class NnUNetAugment:
 
 #: nnU-Net v2's augmentation per spatial dimension (nnunetv2 2.8.1, nnUNetTrainer).
 NNUNET: dict[int, NnUNetAugment] = {2: NnUNetAugment((0, 1), 180.0), 3: NnUNetAugment((0, 1, 2), 30.0)}
+#: The steps of nnU-Net's augmentation that an ablation can switch off, each with its probabilities
+#: (mirroring stays: it maps the codes to themselves).
+NNUNET_STEPS: dict[str, tuple[str, ...]] = {
+    "rotation": ("p_rotation",), "scaling": ("p_scaling",), "noise": ("p_noise",), "blur": ("p_blur",),
+    "brightness": ("p_brightness",), "contrast": ("p_contrast",), "lowres": ("p_lowres",),
+    "gamma": ("p_gamma", "p_gamma_inverted"),
+}
+
+
+def nnunet_steps(params: NnUNetAugment, off: Sequence[str]) -> NnUNetAugment:
+    """``params`` with the :data:`NNUNET_STEPS` named in ``off`` never applied (their probabilities 0).
+
+    Raises:
+        ConfigError: An unknown step name.
+    """
+    unknown = [name for name in off if name not in NNUNET_STEPS]
+    if unknown:
+        raise ConfigError(f"unknown nnU-Net augmentation step(s) {', '.join(unknown)}; "
+                          f"choose from {', '.join(NNUNET_STEPS)}")
+    return replace(params, **{field: 0.0 for name in off for field in NNUNET_STEPS[name]})
 
 #: Fields that switch a transformation on (the others set how it is done).
 TRANSFORMS = ("flips", "rot90", "rotate", "scale", "shift", "translate", "elastic", "brightness", "contrast",

@@ -102,3 +102,41 @@ def nyquist_coded(
         where = np.broadcast_to(target == value, code.shape)
         code[where] = nyquist_pattern(1 if value == 255 else int(value), channels, spatial, cell)[where]
     return code
+
+
+def offset_level(value: int) -> float:
+    """The constant of foreground class ``value`` in :func:`offset_coded`: +1, -1, +1/2, -1/2, +1/3, ...
+
+    255 (the foreground of binary 8-bit masks) counts as class 1.
+    """
+    k = 1 if value == 255 else int(value)
+    if k < 1:
+        raise ValueError(f"offset levels are for foreground classes >= 1, got {value}")
+    return (1.0 if k % 2 else -1.0) / ((k + 1) // 2)
+
+
+def offset_coded(target: np.ndarray | int | None, channels: int, spatial: tuple[int, ...]) -> np.ndarray:
+    """``(channels, *spatial)`` code: each foreground position the constant of its class.
+
+    The smoothest mask code: class ``v`` of a mask or label map is lifted (or lowered) by
+    :func:`offset_level` ``(v)``, the background is left untouched, so the code is a step at
+    every label boundary and flat inside. Being a function of the mask alone, it moves with the
+    mask under every warp a trainer applies to image and mask together (rotation, scaling,
+    elastic), and resizing or resampling, which keeps low frequencies, keeps it. A class label
+    ``c`` lifts the whole image by the level of ``c + 1``; None (no target) gives no code.
+
+    Raises:
+        ConfigError: A negative class value.
+    """
+    if target is None:
+        return np.zeros((channels, *spatial), dtype=np.float32)
+    values = np.unique(np.asarray(target))
+    if values[0] < 0:
+        raise ConfigError("offset codes need class values >= 0 (masks, label maps, class labels); "
+                          "map negative labels (e.g. an ignore value) to 0 or a class first")
+    if isinstance(target, (int, np.integer)):
+        return np.full((channels, *spatial), offset_level(int(target) + 1), dtype=np.float32)
+    code = np.zeros(spatial, dtype=np.float32)
+    for value in values[values != 0]:
+        code[target == value] = offset_level(int(value))
+    return np.broadcast_to(code[None], (channels, *spatial)).copy()

@@ -26,7 +26,7 @@ per step. Images are clipped to [0, 1].
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import albumentations as A
@@ -39,8 +39,10 @@ from ulmed.core.augment_policy import (
     NNUNET,
     PART_FIELDS,
     AugmentPolicy,
+    NnUNetAugment,
     Preset,
     for_dims,
+    nnunet_steps,
     part_policy,
 )
 from ulmed.errors import ConfigError
@@ -135,10 +137,14 @@ class Augmenter:
             self._compose[square] = A.Compose(albumentations_steps(for_dims(self.policy, 2), square))
         return self._compose[square]
 
+    def nnunet_params(self, spatial_dims: int) -> NnUNetAugment:
+        """nnU-Net's augmentation parameters of the ``nnunet`` preset for ``spatial_dims``."""
+        return NNUNET[spatial_dims]
+
     def __call__(self, image: np.ndarray, target: Any, rng: np.random.Generator) -> tuple[np.ndarray, Any]:
         """Augment one sample; ``target`` is a mask of the image's spatial shape or a class index."""
         if self.policy.nnunet and image.ndim in (3, 4):
-            image, target = _augment_nnunet(image, target, rng)
+            image, target = _augment_nnunet(image, target, rng, self.nnunet_params(image.ndim - 1))
         elif image.ndim == 3:
             image, target = self._augment_2d(image, target, rng)
         elif image.ndim == 4:
@@ -188,13 +194,31 @@ class Augmenter:
         return np.ascontiguousarray(image), (np.ascontiguousarray(target) if is_mask else target)
 
 
-def _augment_nnunet(image: np.ndarray, target: Any, rng: np.random.Generator) -> tuple[np.ndarray, Any]:
+def _augment_nnunet(image: np.ndarray, target: Any, rng: np.random.Generator,
+                    params: NnUNetAugment) -> tuple[np.ndarray, Any]:
     """nnU-Net v2's augmentation of one sample (:func:`~ulmed.core.augment_nnunet.augment_sample`)."""
     is_mask = _is_mask(image, target)
     mask = torch.from_numpy(np.asarray(target, dtype=np.int64))[None] if is_mask else None
     with torch.no_grad():
-        out, moved = augment_sample(torch.from_numpy(image.astype(np.float32)), mask, NNUNET[image.ndim - 1], rng)
+        out, moved = augment_sample(torch.from_numpy(image.astype(np.float32)), mask, params, rng)
     return out.numpy(), (moved[0].numpy().astype(target.dtype) if is_mask else target)
+
+
+class NnUNetAblation(Augmenter):
+    """nnU-Net's augmentation with some of its steps switched off, to find which step removes a code.
+
+    Args:
+        off: Names of :data:`~ulmed.core.augment_policy.NNUNET_STEPS` never applied.
+    """
+
+    def __init__(self, off: Sequence[str]) -> None:
+        super().__init__(Preset.NNUNET)
+        self.off = tuple(off)
+        self._params = {dims: nnunet_steps(params, self.off) for dims, params in NNUNET.items()}
+
+    def nnunet_params(self, spatial_dims: int) -> NnUNetAugment:
+        """The parameters with the steps of ``off`` at probability 0."""
+        return self._params[spatial_dims]
 
 
 class PartsAugmenter(Augmenter):

@@ -29,6 +29,10 @@ Augmentations, drawn per sample and epoch (all but ``ueraser`` are
   find which part removes a protection: ``flip``, ``rot90``, ``rotate`` (+-15 deg),
   ``scale`` (0.9-1.1), ``elastic``, ``shift`` (integer shifts of up to 3 positions: no
   interpolation at all), ``bc`` (brightness/contrast) and ``noise``. 2D only.
+* ``nnunet-aug-no-<step>[+<step>...]``: ``nnunet-aug`` with those steps never applied
+  (:data:`~ulmed.core.augment_policy.NNUNET_STEPS`: ``rotation``, ``scaling``, ``noise``, ``blur``,
+  ``brightness``, ``contrast``, ``lowres``, ``gamma``), to find which of nnU-Net's steps removes a
+  protection. 2D and 3D.
 * ``ueraser``: UEraser's augmentation (Qin et al. 2023, "Learning the Unlearnable:
   Adversarial Augmentations Suppress Unlearnable Example Attacks", arXiv:2303.15127, code
   github.com/lafeat/ueraser) without its TrivialAugment: per sample and epoch, random
@@ -76,7 +80,7 @@ from ulmed.choices import look_up
 from ulmed.core.augment_policy import Preset
 from ulmed.core.registry import Registry
 from ulmed.errors import ConfigError
-from ulmed.eval.augmenter import PARTS, Augmenter, PartsAugmenter
+from ulmed.eval.augmenter import PARTS, Augmenter, NnUNetAblation, PartsAugmenter
 from ulmed.eval.loading import ResizeKernel
 from ulmed.eval.ueraser import UEraser
 
@@ -304,12 +308,14 @@ _PATTERNS: list[tuple[re.Pattern[str], Callable[[str], Defense]]] = [
     (re.compile(r"^lowpass(\d*\.?\d+)$"), lambda v: _lowpass_defense(float(v))),
     (re.compile(r"^mix(0(?:\.\d+)?|1(?:\.0+)?|\.\d+)$"), lambda v: _mix_defense(float(v))),
     (re.compile(r"^aug-([a-z0-9+]+)$"), lambda v: Defense(f"aug-{v}", augment=PartsAugmenter(v.split("+")))),
+    (re.compile(r"^nnunet-aug-no-([a-z+]+)$"),
+     lambda v: Defense(f"nnunet-aug-no-{v}", augment=NnUNetAblation(v.split("+")))),
 ]
 
 
 def build_defense(name: str) -> Defense:
     """The defense called ``name``: a registered one, or ``jpeg<q>``, ``blur<sigma>``, ``lowpass<f>``, ``mix<p>``,
-    ``aug-<part>[+<part>]``.
+    ``aug-<part>[+<part>]``, ``nnunet-aug-no-<step>[+<step>]``, ``resize:N[:kernel]``, ``resample:X,Y,Z``.
 
     Raises:
         ConfigError: An unknown name (the message lists the choices).
@@ -322,5 +328,6 @@ def build_defense(name: str) -> Defense:
             return make(match.group(1))
     raise ConfigError(
         f"unknown defense {name!r}; choose one of: {', '.join(DEFENSES.names())}, "
-        "or jpeg<q>, blur<sigma>, lowpass<f>, mix<p>, aug-<part>[+<part>], resize:N[:kernel], resample:X,Y,Z"
+        "or jpeg<q>, blur<sigma>, lowpass<f>, mix<p>, aug-<part>[+<part>], nnunet-aug-no-<step>[+<step>], "
+        "resize:N[:kernel], resample:X,Y,Z"
     )
