@@ -81,6 +81,8 @@ def window_means(a: np.ndarray, win: int) -> np.ndarray:
 
 #: Values per slab (float64) that the metrics hold at a time: memory stays bounded for a long series.
 SLAB_VALUES = 1 << 21
+#: Values converted at a time inside a slab (the slab's sums do not depend on it).
+PIECE_VALUES = 1 << 18
 
 Convert = Callable[[np.ndarray], np.ndarray]
 
@@ -107,16 +109,45 @@ def _sampled_slabs(shape: tuple[int, ...], win: int, max_positions: int) -> list
     return [(lo, lo + win) for lo in np.linspace(0, starts - 1, wanted).round().astype(int).tolist()]
 
 
-def _ssim_sums(x: np.ndarray, y: np.ndarray, win: int, c1: float, c2: float) -> tuple[float, int]:
-    """Sum and count of the SSIM map over the valid positions of one channel slab."""
-    n = win ** x.ndim
+def _ssim_sums(clean: np.ndarray, protected: np.ndarray, to_unit: Convert, win: int, c1: float,
+               c2: float) -> tuple[float, int]:
+    """Sum and count of the SSIM map over the valid positions of one channel slab (native values)."""
+    if clean.shape[0] == win and clean.ndim > 1:
+        means = _thin_window_means(clean, protected, to_unit, win)
+    else:
+        x, y = to_unit(clean), to_unit(protected)
+        means = tuple(window_means(a, win) for a in (x, y, x * x, y * y, x * y))
+    ux, uy, mxx, myy, mxy = means
+    n = win ** clean.ndim
     cov_norm = n / (n - 1)
-    ux, uy = window_means(x, win), window_means(y, win)
-    vx = cov_norm * (window_means(x * x, win) - ux * ux)
-    vy = cov_norm * (window_means(y * y, win) - uy * uy)
-    vxy = cov_norm * (window_means(x * y, win) - ux * uy)
+    vx = cov_norm * (mxx - ux * ux)
+    vy = cov_norm * (myy - uy * uy)
+    vxy = cov_norm * (mxy - ux * uy)
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     return float(s.sum(dtype=np.float64)), s.size
+
+
+def _thin_window_means(clean: np.ndarray, protected: np.ndarray, to_unit: Convert,
+                       win: int) -> tuple[np.ndarray, ...]:
+    """:func:`window_means` of x, y, x*x, y*y and x*y for a slab exactly ``win`` thick along its first axis.
+
+    Such a slab (a sampled row of windows) has one window along that axis: its mean is the
+    running sum of the ``win`` planes, which is summed here plane by plane, in the order the
+    cumulative sum adds them (so the values are the same), without converting or multiplying
+    the whole slab at once; the other axes then go through :func:`window_means`.
+    """
+    sums: list[np.ndarray] = []
+    for k in range(win):
+        x, y = to_unit(clean[k]), to_unit(protected[k])
+        planes = (x, y, x * x, y * y, x * y)
+        if not sums:
+            sums = [np.array(p, dtype=np.float64) for p in planes]
+        else:
+            for total, plane in zip(sums, planes):
+                total += plane
+    for total in sums:
+        total *= 1.0 / win
+    return tuple(window_means(total, win) for total in sums)
 
 
 def ssim(clean: np.ndarray, protected: np.ndarray, win: int, data_range: float = 1.0,
@@ -149,7 +180,7 @@ def ssim(clean: np.ndarray, protected: np.ndarray, win: int, data_range: float =
     total, count = 0.0, 0
     for c in range(clean.shape[0]):
         for lo, hi in slabs:
-            part_sum, part_n = _ssim_sums(to_unit(clean[c, lo:hi]), to_unit(protected[c, lo:hi]), win, c1, c2)
+            part_sum, part_n = _ssim_sums(clean[c, lo:hi], protected[c, lo:hi], to_unit, win, c1, c2)
             total, count = total + part_sum, count + part_n
     return total / count, count
 
@@ -164,11 +195,16 @@ def _norms(clean: np.ndarray, protected: np.ndarray, to_unit: Convert) -> tuple[
     linf, sq, changed = 0.0, 0.0, 0
     per_row = int(np.prod(clean.shape[2:], dtype=np.int64)) * clean.shape[0]
     for lo, hi in _slabs(clean.shape[1], per_row, 0):
-        d = (to_unit(protected[:, lo:hi]) - to_unit(clean[:, lo:hi])).ravel()
+        p, c = protected[:, lo:hi].reshape(-1), clean[:, lo:hi].reshape(-1)
+        d = np.empty(p.size, dtype=np.float64)
+        for start in range(0, p.size, PIECE_VALUES):  # elementwise, piece by piece: no slab-sized temporaries
+            piece = slice(start, start + PIECE_VALUES)
+            np.subtract(to_unit(p[piece]), to_unit(c[piece]), out=d[piece])
         if d.size:
-            linf = max(linf, float(np.abs(d).max()))
             sq += float(np.dot(d, d))
-            changed += int(np.count_nonzero((d > 1e-6) | (d < -1e-6)))
+            np.abs(d, out=d)
+            linf = max(linf, float(d.max()))
+            changed += int(np.count_nonzero(d > 1e-6))
     return linf, sq, changed
 
 
