@@ -158,3 +158,18 @@ def test_stored_values_are_rounded_and_clipped_to_bits_stored(tmp_path: Path) ->
     intercept = float(out.RescaleIntercept)
     assert out.pixel_array[0, :3].tolist() == [low, high, round(100.4 - intercept)]
     np.testing.assert_array_equal(out.pixel_array[1:], pydicom.dcmread(src).pixel_array[1:])
+
+
+@pytest.mark.parametrize("name", ["explicit_VR-UN.dcm", "MR_small_bigendian.dcm", "emri_small.dcm"])
+def test_the_datasets_the_reader_kept_write_the_bytes_of_a_fresh_read(tmp_path: Path, name: str) -> None:
+    """The writer takes the reader's datasets once; what the reader looked at (a UN element it converted) does not
+    change the bytes, and a second write of the record, which reads the file again, writes the same ones."""
+    (src,) = copy_in([name], tmp_path / "in")
+    record = read_series(scan_dicom(tmp_path / "in", [src]).series[0], tmp_path / "in")
+    assert len(record.handle.datasets) == 1 and "PixelData" not in record.handle.datasets[0]
+    digests: dict[Path, str] = {}
+    ((_, first),) = write_series(record, tmp_path / "in", tmp_path / "a", OPTIONS, digests)
+    assert record.handle.datasets == []  # taken
+    ((_, again),) = write_series(record, tmp_path / "in", tmp_path / "b", OPTIONS)
+    assert first.read_bytes() == again.read_bytes()
+    assert digests == digest([first])

@@ -7,16 +7,18 @@ writer (:mod:`ulmed.io.dicom_write`) needs to store the values back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from ulmed.errors import InputError, MissingDependencyError
 from ulmed.io.dicom_dataset import (
     CODECS_HINT,
+    PIXEL_DATA,
     floats,
     frame_value,
     read_dataset,
@@ -40,11 +42,14 @@ _MEASURES = "PixelMeasuresSequence"
 
 @dataclass(frozen=True)
 class DicomHandle:
-    """What :func:`~ulmed.io.dicom_write.write_series` needs; the datasets are re-read from ``files``.
+    """What :func:`~ulmed.io.dicom_write.write_series` needs.
 
     ``frames`` counts the frames of each file; ``slopes``/``intercepts`` hold the rescale of
     every frame of the series; ``stored_dtype`` and ``stored_range`` (from BitsAllocated,
-    PixelRepresentation and BitsStored) say how native values are stored back.
+    PixelRepresentation and BitsStored) say how native values are stored back. ``datasets``
+    holds the datasets as they were read, without their pixel data, for the first write only:
+    :func:`~ulmed.io.dicom_write.write_series` takes them (and changes them), so a file is
+    parsed once per run; a later write of the record reads ``files`` again.
     """
 
     files: tuple[Path, ...]
@@ -55,6 +60,7 @@ class DicomHandle:
     stored_range: tuple[int, int]
     series_uid: str
     multi_frame: bool
+    datasets: list[Dataset] = field(default_factory=list, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,7 @@ def read_series(series: DicomSeries, root: Path) -> Record:
 def _read_series(series: DicomSeries, root: Path) -> Record:
     if not series.files:
         raise InputError(f"series {series.key} has no files; rescan the folder", root)
-    stack, data = _read_files(series)
+    stack, data, datasets = _read_files(series)
     first = stack.first
     stored_dtype, stored_range = _stored_layout(first)
     native = _native_values(data, stack.slopes, stack.intercepts, stored_dtype)
@@ -116,6 +122,7 @@ def _read_series(series: DicomSeries, root: Path) -> Record:
         files=tuple(Path(p) for p in series.files), frames=stack.frames, slopes=stack.slopes,
         intercepts=stack.intercepts, stored_dtype=stored_dtype.str, stored_range=stored_range,
         series_uid=series.series_uid, multi_frame="NumberOfFrames" in first,
+        datasets=[_as_read(ds, raw) for ds, raw in datasets],  # last: nothing reads them after this
     )
     # slices with their own RescaleSlope store in steps of their own (quantisation keeps each one's grid)
     s_all = stack.slopes
@@ -124,16 +131,18 @@ def _read_series(series: DicomSeries, root: Path) -> Record:
                   handle=handle, meta=meta, quantum_map=steps)
 
 
-def _read_files(series: DicomSeries) -> tuple[_Stack, np.ndarray]:
-    """Read and decode every file of ``series``: what they hold, and the stored values ``(C, N, rows, cols)``.
+def _read_files(series: DicomSeries) -> tuple[_Stack, np.ndarray, list[tuple[Dataset, list[RawDataElement]]]]:
+    """Read and decode every file of ``series``: what they hold, the stored values ``(C, N, rows, cols)``
+    and each dataset with the elements it held as raw bytes when it was read (:func:`_as_read`).
 
     Raises:
         InputError: A file is unsupported, or differs from the first in size or bits.
     """
-    stored, frames, slopes, intercepts, positions = [], [], [], [], []
+    stored, frames, slopes, intercepts, positions, datasets = [], [], [], [], [], []
     first: Dataset | None = None
     for path in series.files:
         ds = read_dataset(path)
+        raw = [e for e in (ds.get_item(tag) for tag in ds.keys()) if isinstance(e, RawDataElement)]
         if reason := unsupported(ds):
             raise InputError(reason, path)
         if first is None:
@@ -143,6 +152,7 @@ def _read_files(series: DicomSeries) -> tuple[_Stack, np.ndarray]:
             raise InputError(reason, path)
         arr = _decode(ds, path)
         s, b = _rescale(ds, arr.shape[0], path)
+        datasets.append((ds, raw))
         stored.append(arr)
         frames.append(arr.shape[0])
         slopes.append(s)
@@ -156,7 +166,21 @@ def _read_files(series: DicomSeries) -> tuple[_Stack, np.ndarray]:
     del stored
     data = np.moveaxis(data, -1, 0) if color else data[None]
     stack = _Stack(first, color, tuple(frames), np.concatenate(slopes), np.concatenate(intercepts), positions)
-    return stack, data
+    return stack, data, datasets
+
+
+def _as_read(ds: Dataset, raw: list[RawDataElement]) -> Dataset:
+    """``ds`` for the writer: without its pixel data, every element it read as raw bytes raw again.
+
+    Reading a value makes pydicom convert its element (an element stored with VR UN takes the
+    dictionary's VR); the writer gets the elements as they were in the file instead, as when it
+    read the file itself, so the bytes it writes do not depend on what the reader looked at.
+    """
+    for elem in raw:
+        if elem.tag != PIXEL_DATA:
+            ds[elem.tag] = elem
+    del ds[PIXEL_DATA]  # decoded (this also drops pydicom's cached array); the writer sets its own
+    return ds
 
 
 def _stored_layout(first: Dataset) -> tuple[np.dtype, tuple[int, int]]:

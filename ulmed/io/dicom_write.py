@@ -111,12 +111,15 @@ def write_series(record: Record, root: Path, out_root: Path, options: WriteOptio
     new_series = None if options.deidentify is not None else new_uid(handle.series_uid, options.uid_salt)
     pairs: list[tuple[Path, Path]] = []
     start = 0
+    read = handle.datasets[:] if len(handle.datasets) == len(handle.files) else [None] * len(handle.files)
+    handle.datasets.clear()  # taken: they are changed below, a later write reads the files again
     with atomic_batch() as batch:  # an exception (a value that cannot be de-identified) leaves no file behind
-        for path, n in zip(handle.files, handle.frames):
+        for i, (path, n) in enumerate(zip(handle.files, handle.frames)):
             target = _output_path(Path(path), root, out_root)
             block = _stored_values(image[:, start : start + n], handle, start)
             start += n
-            new_series = _write_instance(Path(path), target, block, handle, options, new_series, batch)
+            ds, read[i] = read[i] or read_dataset(Path(path), defer=True), None  # the reader's, once
+            new_series = _write_instance(ds, Path(path), target, block, handle, options, new_series, batch)
             pairs.append((Path(path), target))
     if digests is not None:
         digests.update(batch.digests)
@@ -160,10 +163,9 @@ def _stored_values(native: np.ndarray, handle: DicomHandle, start: int) -> np.nd
     return np.clip(np.rint((native - b) / s), *handle.stored_range).astype(handle.stored_dtype)
 
 
-def _write_instance(path: Path, target: Path, block: np.ndarray, handle: DicomHandle, options: WriteOptions,
-                    new_series: str | None, batch: AtomicBatch) -> str:
-    """Write one instance of a series with its stored values ``block``; return the series' new UID."""
-    ds = read_dataset(path, defer=True)
+def _write_instance(ds: Dataset, path: Path, target: Path, block: np.ndarray, handle: DicomHandle,
+                    options: WriteOptions, new_series: str | None, batch: AtomicBatch) -> str:
+    """Write one instance ``ds`` (read from ``path``) with its stored values ``block``; return the series' new UID."""
     if options.deidentify is not None:
         ds.pop(PIXEL_DATA, None)  # ours is set below; the original is neither loaded nor de-identified
         deidentify_dataset(ds, options.deidentify, path)
