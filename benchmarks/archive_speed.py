@@ -99,7 +99,8 @@ def dicom_export(dst: Path, n_series: int, n_slices: int) -> Path:
         for k in range(n_slices):
             ds = pydicom.dcmread(slice_path)
             ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-            ds.SOPInstanceUID = generate_uid(entropy_srcs=[f"series{s}", str(k)])
+            # named sources: "series1" + "10" and "series11" + "0" gave one UID to two slices
+            ds.SOPInstanceUID = generate_uid(entropy_srcs=[f"series{s}", f"slice{k}"])
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
             ds.InstanceNumber = k + 1
             x, y, _ = (float(v) for v in ds.ImagePositionPatient)

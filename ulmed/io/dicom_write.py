@@ -159,6 +159,9 @@ def _stored_values(native: np.ndarray, handle: DicomHandle, start: int) -> np.nd
     n = native.shape[1]
     s = handle.slopes[start : start + n][None, :, None, None]
     b = handle.intercepts[start : start + n][None, :, None, None]
+    if native.dtype.kind in "iu" and np.all(s == 1) and np.all(b == np.round(b)):
+        # integers unchanged by the method ("none"): ``native - b`` is exact, as the rounding below would give
+        return np.clip(native - b.astype(np.int64), *handle.stored_range).astype(handle.stored_dtype)
     native = np.asarray(native, dtype=np.float64)
     return np.clip(np.rint((native - b) / s), *handle.stored_range).astype(handle.stored_dtype)
 
