@@ -8,6 +8,7 @@ everything it needs travels in a picklable :class:`WorkContext`, and what it ret
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 import math
@@ -154,11 +155,11 @@ def _finish(unit: Unit, clean: Record, protected: Record, ctx: WorkContext) -> U
     method = ctx.method
     budget = method.budget.describe(clean.mapping)
     # ``protected`` holds the stored values (quantised within the budget): these are the written file's metrics.
-    metrics = imperceptibility(clean.image, protected.image, clean.mapping.scale,
-                               to_unit=functools.partial(clean.mapping.to_unit, dtype=np.float64),  # slab by slab
-                               **metrics_options(ctx.metrics))
-    if clean.mapping.budget_range > 0 and metrics["psnr"] is not None:  # against the range a reading window shows
-        metrics["psnr_robust"] = metrics["psnr"] + 20 * math.log10(clean.mapping.budget_scale / clean.mapping.scale)
+    # They are measured in a thread while the files are written (numpy lets go of the interpreter, the writers
+    # mostly hold it); both only read the images.
+    measuring = _metrics_thread().submit(
+        imperceptibility, clean.image, protected.image, clean.mapping.scale,
+        to_unit=functools.partial(clean.mapping.to_unit, dtype=np.float64), **metrics_options(ctx.metrics))
     remark = method.note(clean)
     if (too_small := method.budget.too_small(clean)) is not None:
         log.warning("%s: %s", unit.key, too_small)
@@ -167,7 +168,11 @@ def _finish(unit: Unit, clean: Record, protected: Record, ctx: WorkContext) -> U
     try:
         written = _write(unit, protected, ctx, digests)
     except InputError as exc:  # a value the de-identifier cannot handle: the unit fails, not the run
+        concurrent.futures.wait([measuring])
         return _failed(unit, ctx, exc)  # the writer removed what it had written of the series
+    metrics = measuring.result()
+    if clean.mapping.budget_range > 0 and metrics["psnr"] is not None:  # against the range a reading window shows
+        metrics["psnr_robust"] = metrics["psnr"] + 20 * math.log10(clean.mapping.budget_scale / clean.mapping.scale)
     entries = [
         Entry(relative(src, ctx.root), "written", relative(dst, ctx.out), unit.kind, unit.key,
               digests.get(dst) or sha256_of(dst),
@@ -175,6 +180,17 @@ def _finish(unit: Unit, clean: Record, protected: Record, ctx: WorkContext) -> U
         for src, dst, note in written
     ]
     return UnitResult(unit.key, entries)
+
+
+_METRICS: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _metrics_thread() -> concurrent.futures.ThreadPoolExecutor:
+    """The thread that measures a record's imperceptibility while its files are written (one per process)."""
+    global _METRICS
+    if _METRICS is None:
+        _METRICS = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ulmed-metrics")
+    return _METRICS
 
 
 def _stamps(unit: Unit, ctx: WorkContext) -> dict[str, list[Any]] | None:
