@@ -177,7 +177,7 @@ def _as_read(ds: Dataset, raw: list[RawDataElement]) -> Dataset:
     read the file itself, so the bytes it writes do not depend on what the reader looked at.
     """
     for elem in raw:
-        if elem.tag != PIXEL_DATA:
+        if elem.tag != PIXEL_DATA and ds.get_item(elem.tag) is not elem:  # converted since
             ds[elem.tag] = elem
     del ds[PIXEL_DATA]  # decoded (this also drops pydicom's cached array); the writer sets its own
     return ds

@@ -21,6 +21,7 @@ only, which relates to the output exactly as an input does in a run without de-i
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -149,7 +150,7 @@ def _output_path(path: Path, root: Path, out_root: Path) -> Path:
         OutputError: That is ``path`` itself.
     """
     target = Path(out_root) / relative_to(path, root)
-    if target.resolve() == Path(path).resolve():
+    if os.path.lexists(target) and target.resolve() == Path(path).resolve():  # no file there: not the input
         raise OutputError("the output would overwrite this input; choose an output folder outside the input", path)
     return target
 
