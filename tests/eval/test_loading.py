@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import builtins
-
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from ulmed.errors import ConfigError, InputError, MissingDependencyError
+from ulmed.errors import ConfigError, InputError
 from ulmed.eval.folders import EvalItem
 from ulmed.eval.loading import (
     KERNELS,
@@ -36,20 +34,6 @@ def test_preprocess_validates_and_records():
                       ({"kernel": "lanczos"}, "resize kernel"), ({"size": ("a", 4)}, "size")]:
         with pytest.raises(ConfigError, match=words):
             Preprocess(**kw)
-
-
-def test_opencv_kernels_say_what_to_install(monkeypatch):
-    real_import = builtins.__import__
-
-    def no_cv2(name, *args, **kwargs):
-        if name == "cv2":
-            raise ImportError("no cv2")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_cv2)
-    with pytest.raises(MissingDependencyError, match="opencv-python-headless"):
-        Preprocess(kernel="cv-linear")
-    assert Preprocess(kernel="torch").kernel == "torch"
 
 
 def test_kernels_are_the_trainers_ones():

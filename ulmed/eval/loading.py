@@ -8,8 +8,8 @@
   symmetrically (a letterbox), else stretched. The resize ``kernel`` is one that trainers
   use (:class:`ResizeKernel`): ``pil`` (default; Pillow ``BILINEAR`` on float, antialiased),
   ``torch`` (``interpolate(bilinear, antialias=True)``), ``cv-area`` / ``cv-linear`` (OpenCV
-  ``INTER_AREA`` / ``INTER_LINEAR``; needs ``opencv-python-headless``, which albumentations
-  brings). Resizing is in float: no re-quantisation, so a perturbation survives it as far
+  ``INTER_AREA`` / ``INTER_LINEAR``, through albumentations' ``Resize`` as an albumentations
+  trainer calls it). Resizing is in float: no re-quantisation, so a perturbation survives it as far
   as the kernel lets it. Classification images are resized the same way.
 * 2D masks: nearest neighbour (:func:`ulmed.core.grid.nearest_labels`); a {0, 255} mask
   becomes {0, 1}, an integer label map keeps its values.
@@ -38,7 +38,7 @@ from PIL import Image
 
 from ulmed.choices import StrEnum, look_up, names
 from ulmed.core.grid import nearest_labels
-from ulmed.errors import ConfigError, InputError, MissingDependencyError
+from ulmed.errors import ConfigError, InputError
 from ulmed.eval.folders import EvalItem
 from ulmed.io.images import read_mask
 from ulmed.io.nifti import read_label_map
@@ -66,14 +66,9 @@ class ResizeKernel(StrEnum):
 KERNELS: tuple[str, ...] = names(ResizeKernel)
 
 
-def _cv2() -> Any:
-    try:
-        import cv2
-    except ImportError:
-        msg = ("the cv-area and cv-linear kernels need OpenCV: pip install opencv-python-headless "
-               "(albumentations brings it), or choose pil or torch")
-        raise MissingDependencyError(msg) from None
-    return cv2
+#: OpenCV's interpolation flags of the two kernels (INTER_AREA 3, INTER_LINEAR 1), as albumentations'
+#: ``Resize`` takes them.
+_OPENCV_FLAGS: dict[ResizeKernel, int] = {ResizeKernel.CV_AREA: 3, ResizeKernel.CV_LINEAR: 1}
 
 
 def _positive(values: Sequence[Any], n: int, what: str, kind: type) -> tuple[Any, ...]:
@@ -107,8 +102,6 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         kernel = look_up(self.kernel, ResizeKernel, "resize kernel")
-        if kernel in (ResizeKernel.CV_AREA, ResizeKernel.CV_LINEAR):
-            _cv2()
         values = {"size": _positive(self.size, 2, "size", int), "shape": _positive(self.shape, 3, "shape", int),
                   "kernel": kernel, "keep_aspect": bool(self.keep_aspect),
                   "spacing": None if self.spacing is None else _positive(self.spacing, 3, "spacing", float)}
@@ -180,9 +173,10 @@ def resize_plane(plane: np.ndarray, hw: tuple[int, int], kernel: str) -> np.ndar
 
         x = torch.from_numpy(plane)[None, None]
         return F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True)[0, 0].numpy()
-    cv2 = _cv2()
-    flag = cv2.INTER_AREA if kind is ResizeKernel.CV_AREA else cv2.INTER_LINEAR
-    return np.asarray(cv2.resize(plane, (hw[1], hw[0]), interpolation=flag), dtype=np.float32)
+    import albumentations as A  # the resize of an albumentations trainer (OpenCV's)
+
+    resize = A.Resize(hw[0], hw[1], interpolation=_OPENCV_FLAGS[kind])
+    return np.asarray(resize(image=plane)["image"], dtype=np.float32)
 
 
 def fit_image_2d(image: np.ndarray, prep: Preprocess) -> np.ndarray:
