@@ -21,7 +21,10 @@ pattern per class), the background is left as it is. On 2D data (HC18 segmentati
 PneumoniaMNIST classification) it is the stronger code, survives flips, brightness jitter and
 JPEG far better, and, touching only the foreground, is the less visible one; on hippocampus
 volumes the blocks did better. The default style ``auto`` therefore uses ``nyquist`` for 2D
-images and ``blocks`` for volumes (README, issue 7).
+images and ``blocks`` for volumes (README, issue 7). ``style="offset"`` lifts each foreground
+class by a constant (:func:`ulmed.core.patterns.offset_coded`): it survives every warp and
+resize by construction, yet victims ignore it (docs/results.md, issue 16); it stays as a
+reference construction.
 """
 
 from __future__ import annotations
@@ -79,7 +82,8 @@ class MaskCodedPatterns(ProtectionMethod):
         style: ``auto`` (default: ``nyquist`` for 2D images, ``blocks`` for volumes);
             ``blocks`` (the fixed-phase code above); ``nyquist``: each foreground class its
             Nyquist pattern (the checkerboard for the first), the background untouched;
-            ``tile`` and ``block`` unused.
+            ``tile`` and ``block`` unused; ``offset``: each foreground class lifted or lowered
+            by a constant, the same on every grid (measured without effect: docs/results.md).
         grid: The trainer's working grid (:class:`ulmed.core.grid.WorkingGrid`): ``auto``
             (default: :data:`AUTO_GRID` for 2D images with the Nyquist code, native for the
             rest), ``native`` (the code on the file's own pixels) or ``size:N[,M...]`` for a 2D trainer that
