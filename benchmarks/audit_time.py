@@ -19,12 +19,13 @@ import csv
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from grid_common import data_set_copy
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "hc18"
@@ -34,11 +35,7 @@ def plain_folder(dst: Path, n: int) -> Path:
     """The first ``n`` HC18 images of the index with their masks, without any split file."""
     with open(DATA / "index.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))[:n]
-    for r in rows:
-        for column in ("image", "mask"):
-            (dst / r[column]).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(DATA / r[column], dst / r[column])
-    return dst
+    return data_set_copy(dst, DATA, rows, index=False)
 
 
 def timed(args: list[str]) -> float:

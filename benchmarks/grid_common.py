@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def data_set_copy(
-    dst: Path, source: Path, rows: Sequence[dict[str, str]], columns: Sequence[str] = ("image", "mask")
+    dst: Path, source: Path, rows: Sequence[dict[str, str]], columns: Sequence[str] = ("image", "mask"),
+    index: bool = True,
 ) -> Path:
     """A data-set folder holding only ``rows`` of ``source``'s index, byte for byte, with its index.csv.
 
@@ -29,6 +30,7 @@ def data_set_copy(
         source: Data-set folder the rows' paths are relative to.
         rows: Rows of ``source``'s index.csv to keep.
         columns: The columns holding file paths (``("image", "label")`` for volumes and label maps).
+        index: Write the rows as ``index.csv`` (False: a plain folder, as a data owner has one).
     """
     import csv
 
@@ -36,6 +38,8 @@ def data_set_copy(
         for column in columns:
             (dst / r[column]).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(source / r[column], dst / r[column])
+    if not index:
+        return dst
     with open(dst / "index.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
