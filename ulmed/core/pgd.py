@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from monai.data.utils import dense_patch_slices
 
 from ulmed.choices import StrEnum, look_up
 from ulmed.core.projection import clamp_l2, clamp_linf, clamp_valid, l2_norms
@@ -315,6 +314,8 @@ class WindowedGrad:
             raise ConfigError(
                 f"roi_size {self.roi_size} has {len(self.roi_size)} axes but the image has {len(spatial_shape)}"
             )
+        from monai.data.utils import dense_patch_slices  # MONAI takes seconds to import: only windowed methods need it
+
         roi = [min(r, s) for r, s in zip(self.roi_size, spatial_shape, strict=True)]
         interval = [max(int(r * (1 - self.overlap)), 1) for r in roi]
         grid = dense_patch_slices(spatial_shape, roi, interval)
