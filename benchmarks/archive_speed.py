@@ -13,7 +13,9 @@ times (median wall time, peak RSS of each process from ``os.wait4``):
 
 Data (all real): DICOM, an export laid out from pydicom-data's 512 x 512 CT slice ``693_UNCI``
 (each series a stack of copies of it under new UIDs and positions) plus pydicom's 4-slice CT
-series, CT_small and MR_small; PNG: HC18 ultrasound images; NIfTI: MSD hippocampus volumes.
+series, CT_small and MR_small; PNG: HC18 ultrasound images with their masks; NIfTI: MSD
+hippocampus volumes with their label maps (``ulmed protect --masks``: the default then codes
+the masks, which is its real job; the floor loop reads and writes the masks too).
 The quick mode reads ``tests/data`` and a small export (about a minute); ``--full`` reads the
 benchmark data beside the repository (``../shared/data``) and an export of 15 series x 25 slices,
 the size of the real MR export of issue 18.
@@ -118,16 +120,26 @@ def dicom_export(dst: Path, n_series: int, n_slices: int) -> Path:
     return dst
 
 
+#: The masks folder beside each image folder: a data set's masks are read, checked and written with it.
+MASKS = {"png": ("hc18", "images", "masks"), "nifti": ("msd_hippocampus", "images", "labels")}
+
+
 def folder_of(kind: str, full: bool, tmp: Path) -> Path:
-    """The input of one kind (a fresh folder of copies, so every command reads the same files)."""
+    """The input of one kind (a fresh folder of copies, so every command reads the same files).
+
+    PNG and NIfTI are segmentation data sets: ``images/`` and ``masks/`` (or ``labels/``) side by
+    side, as a data-set author shares them; the floor loop reads and writes both.
+    """
     if kind == "dicom":
         return dicom_export(tmp / "dicom", *((15, 25) if full else (3, 10)))
     base = SHARED if full else TESTS
-    src = base / ("hc18/images" if kind == "png" else "msd_hippocampus/images")
-    if not src.is_dir():
-        raise SystemExit(f"{src} not found (--full reads the benchmark data beside the repository)")
+    name, images, masks = MASKS[kind]
     dst = tmp / kind
-    shutil.copytree(src, dst)
+    for sub in (images, masks):
+        src = base / name / sub
+        if not src.is_dir():
+            raise SystemExit(f"{src} not found (--full reads the benchmark data beside the repository)")
+        shutil.copytree(src, dst / sub)
     return dst
 
 
@@ -146,7 +158,12 @@ def timed(cmd: list[str]) -> tuple[float, float]:
 
 def commands(kind: str, src: Path, out: Path, workers: int) -> dict[str, list[str]]:
     """The commands to compare, by name."""
-    ulmed = [sys.executable, "-m", "ulmed", "-q", "--device", "cpu", "protect", "-i", str(src)]
+    ulmed = [sys.executable, "-m", "ulmed", "-q", "--device", "cpu", "protect"]
+    if kind in MASKS:
+        _, images, masks = MASKS[kind]
+        ulmed += ["-i", str(src / images), "--masks", str(src / masks)]
+    else:
+        ulmed += ["-i", str(src)]
     cmds = {
         "floor": [sys.executable, "-c", FLOOR[kind], str(src), str(out / "floor")],
         "none": [*ulmed, "-o", str(out / "none"), "--method", "none"],

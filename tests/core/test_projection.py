@@ -81,6 +81,28 @@ def test_clamp_valid_keeps_image_in_range(data, shape):
 
 
 @SETTINGS
+@given(data=st.data(), shape=shapes)
+def test_clamp_valid_clips_outside_positions_to_the_bound(data, shape):
+    x = data.draw(tensors(shape, 0.0, 1.0))
+    delta = data.draw(tensors(shape, -1.0, 1.0))
+    adv, out = x + delta, clamp_valid(x, delta)
+    for wrong, bound in ((adv > 1, 1.0), (adv < 0, 0.0)):
+        # as little as the float grid allows: at the bound, or one step of delta's grid short of it
+        assert bool((((x + out)[wrong] - bound).abs() <= 1e-6).all())
+
+
+def test_clamp_valid_returns_a_new_tensor_in_the_promoted_dtype():
+    x = torch.full((2, 3), 0.5, dtype=torch.float64)
+    delta = torch.full((1, 3), 0.1, dtype=torch.float32)
+    out = clamp_valid(x, delta)  # nothing to clip
+    assert out.dtype == torch.float64 and out.shape == (2, 3)
+    out[0, 0] = 0.0
+    assert float(delta[0, 0]) == pytest.approx(0.1)
+    clipped = clamp_valid(x, delta * 6)  # 0.5 + 0.6 leaves [0, 1]
+    assert clipped.dtype == torch.float64 and float((x + clipped).max()) <= 1.0
+
+
+@SETTINGS
 @given(data=st.data(), shape=shapes, fraction=st.floats(0.0, 1.0), shared_allowed=st.booleans())
 def test_l0_mask_topk_counts_and_stays_allowed(data, shape, fraction, shared_allowed):
     b, c, h, w = shape

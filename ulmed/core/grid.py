@@ -149,6 +149,15 @@ def resize(x: torch.Tensor, shape: Sequence[int], kernel: Kernel | str) -> torch
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=kind is Kernel.ANTIALIAS)
 
 
+def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """``(B, 1, H, W)`` boolean mask grown by a square of side ``2 * radius + 1`` (a max filter, row then column)."""
+    import torch.nn.functional as F
+
+    k = 2 * radius + 1
+    grown = F.max_pool2d(mask.float(), (1, k), stride=1, padding=(0, radius))
+    return F.max_pool2d(grown, (k, 1), stride=1, padding=(radius, 0)) > 0
+
+
 def preimage(
     image: np.ndarray,
     codes: Sequence[np.ndarray],
@@ -203,7 +212,7 @@ def preimage(
     # otherwise put noise on every background pixel that a resize maps to zero.
     reach = max(math.ceil(image.shape[1 + a] / t.shape[-2 + a]) for t in targets for a in (0, 1))
     coded = sum(F.interpolate(t.abs(), size=tuple(image.shape[1:]), mode="nearest") for t in targets)
-    support = F.max_pool2d(coded.amax(dim=1, keepdim=True), 2 * reach + 1, stride=1, padding=reach) > 0
+    support = _dilate(coded.amax(dim=1, keepdim=True) > 0, reach)
     steps = step_schedule(Schedule.DYNAMIC, default_step(eps, LOOP_STEP_DIVISOR), max(n_steps, 1))
     delta = perturb(x, start, loss_fn, PGDConfig(eps, steps, n_steps, minimize=True), position_mask=support)
     return delta[0].numpy()
