@@ -76,3 +76,24 @@ def test_missing_ray_is_a_clear_error(sample_data, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(MissingDependencyError, match=r"ulmed\[ray\]"):
         protect_path(sample_data / "hc18", tmp_path / "o", method="random", engine="ray")
+
+
+def test_a_worker_gives_torch_loaded_later_its_share_of_the_cores():
+    """lsp loads torch only for its pre-image: a worker must still cap torch's threads (one per core oversubscribed)."""
+    import os
+    import subprocess
+    import sys
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: torch's default is already one thread")
+    code = (
+        "import sys\n"
+        "from ulmed.pipeline.engines import _init_worker\n"
+        "assert 'torch' not in sys.modules\n"
+        "_init_worker(None, 1)\n"
+        "import torch\n"
+        "print(torch.get_num_threads())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "1"

@@ -97,8 +97,15 @@ _WORKER_CONTEXT: WorkContext | None = None
 
 
 def _init_worker(ctx: WorkContext, threads: int) -> None:
+    """Give the worker its share of the cores, for torch loaded now or later, and its context.
+
+    Methods that load torch only when a record needs it (lsp's pre-image on a working grid)
+    would otherwise start one OpenMP thread per core in every worker: two workers on two cores
+    then ran a PNG data set 3x slower than one. OpenMP reads ``OMP_NUM_THREADS`` when torch loads.
+    """
     global _WORKER_CONTEXT
-    torch = sys.modules.get("torch")  # loaded by methods that need it; lsp and random do not
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch = sys.modules.get("torch")  # already loaded by methods that need it at once (em, salm, unseg)
     if torch is not None:
         torch.set_num_threads(threads)
     _WORKER_CONTEXT = ctx
