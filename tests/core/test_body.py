@@ -41,3 +41,19 @@ def test_training_free_methods_leave_the_air_of_a_volume_alone(real_data, tmp_pa
 def test_images_have_no_body_mask(real_data):
     img = np.asarray(Image.open(real_data / "hc18/images/012_HC.png"))[None]
     assert body_mask(Record("i", img, IntensityMapping(0, 255, 0, 255, 1), 2, "image")) is None
+
+
+def test_grow_equals_scipy_binary_dilation():
+    from scipy.ndimage import binary_dilation
+
+    from ulmed.core.body import grow
+
+    rng = np.random.default_rng(3)
+    for shape in ((1, 9, 11, 13), (1, 1, 17, 5), (2, 6, 7), (1, 1, 1, 4), (23,)):
+        for density in (0.0, 0.02, 0.3):
+            mask = rng.random(shape) < density
+            if mask.size > 2:
+                mask.reshape(-1)[[0, -1]] = True  # corners: the border counts as False
+            for steps in (0, 1, 2, 3):
+                want = binary_dilation(mask, iterations=steps) if steps else mask
+                assert np.array_equal(grow(mask, steps), want), (shape, density, steps)
