@@ -1,9 +1,9 @@
-"""Device choice: names checked, auto picks what exists, an absent device is refused."""
+"""Device choice: names checked, auto picks what exists, an absent device is refused; threads for a block."""
 
 import pytest
 import torch
 
-from ulmed.core.device import resolve_device
+from ulmed.core.device import resolve_device, threads
 from ulmed.errors import ConfigError
 
 
@@ -25,3 +25,13 @@ def test_malformed_names_are_refused(name):
 def test_cuda_without_cuda_says_to_use_the_cpu():
     with pytest.raises(ConfigError, match="--device cpu"):
         resolve_device("cuda:0")
+
+
+def test_threads_hold_inside_the_block_and_are_restored_after_an_error():
+    old = torch.get_num_threads()
+    with threads(None):
+        assert torch.get_num_threads() == old
+    with pytest.raises(RuntimeError), threads(1):
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == old

@@ -77,6 +77,24 @@ def test_the_preimage_moves_only_positions_within_one_working_pixel_of_the_code(
     assert cols.min() >= 12 * 3 - 3 and cols.max() < 18 * 3 + 3
 
 
+def test_the_preimage_runs_on_one_thread_with_the_result_of_two(monkeypatch):
+    import torch
+
+    from ulmed.core import grid
+
+    rng = np.random.default_rng(0)
+    image = rng.random((1, 90, 130)).astype(np.float32)
+    code = (0.03 * np.sign(rng.standard_normal((1, 30, 43)))).astype(np.float32)
+    seen = []
+    descend = grid._descend
+    monkeypatch.setattr(grid, "_descend", lambda *a: seen.append(torch.get_num_threads()) or descend(*a))
+    before = torch.get_num_threads()
+    delta = preimage(image, [code], 0.03)
+    assert seen == [grid.PREIMAGE_THREADS] == [1] and torch.get_num_threads() == before
+    monkeypatch.setattr(grid, "PREIMAGE_THREADS", 2)
+    assert np.array_equal(preimage(image, [code], 0.03), delta)
+
+
 def test_label_maps_resize_by_nearest_neighbour_in_their_own_dtype():
     from ulmed.core.grid import nearest_labels
 

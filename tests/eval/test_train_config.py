@@ -6,7 +6,7 @@ import torch
 
 from ulmed.core.tasks import Task
 from ulmed.errors import ConfigError
-from ulmed.eval.train_config import Optimizer, TrainConfig, as_target_batch, check_data, threads
+from ulmed.eval.train_config import Optimizer, TrainConfig, as_target_batch, check_data
 
 
 @pytest.mark.parametrize(
@@ -46,11 +46,7 @@ def test_check_data_returns_the_task_and_names_what_is_wrong():
         check_data(images.astype(np.uint8), None, "classification", None)
 
 
-def test_label_maps_get_a_channel_axis_and_threads_are_restored():
+def test_label_maps_get_a_channel_axis():
     y = torch.zeros(3, 4, 4)
     assert as_target_batch(y, Task.SEGMENTATION).shape == (3, 1, 4, 4)
     assert as_target_batch(torch.zeros(3), Task.CLASSIFICATION).shape == (3,)
-    old = torch.get_num_threads()
-    with threads(1):
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == old

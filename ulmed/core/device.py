@@ -1,8 +1,10 @@
-"""Device choice: cuda, then mps, then cpu, unless the user names one."""
+"""Device choice (cuda, then mps, then cpu, unless the user names one) and CPU threads for a block."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 
 import torch
 
@@ -34,3 +36,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
         raise ConfigError("device 'mps' asked for, but it is not available here; use --device cpu")
     return torch.device(name)
+
+
+@contextlib.contextmanager
+def threads(n: int | None) -> Iterator[None]:
+    """torch CPU threads set to ``n`` inside the block (None: unchanged), restored after."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n or old)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

@@ -18,12 +18,13 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
+from ulmed.core.device import threads
 from ulmed.core.tasks import Task, task_loss
 from ulmed.core.training import Precision
 from ulmed.errors import ConfigError
 from ulmed.eval.learnability import GAMMA, sal_per_layer
 from ulmed.eval.metrics import ClassificationMetrics, SegmentationMetrics
-from ulmed.eval.train_config import TrainConfig, as_target_batch, check_data, threads
+from ulmed.eval.train_config import TrainConfig, as_target_batch, check_data
 
 
 def forward_logits(model: nn.Module, x: torch.Tensor, roi: Sequence[int] | None, config: TrainConfig) -> torch.Tensor:

@@ -33,13 +33,13 @@ import torch
 from monai.transforms import RandCropByPosNegLabel
 from torch import nn
 
-from ulmed.core.device import resolve_device
+from ulmed.core.device import resolve_device, threads
 from ulmed.core.tasks import Task, task_loss
 from ulmed.core.training import Precision, train_steps
 from ulmed.errors import ConfigError
 from ulmed.eval.patches import Augment, patch_crop, training_batch
 from ulmed.eval.predict import evaluate_victim, mean_loss, predict, victim_sal
-from ulmed.eval.train_config import TrainConfig, check_data, threads
+from ulmed.eval.train_config import TrainConfig, check_data
 
 __all__ = ["Augment", "TrainConfig", "evaluate_victim", "predict", "train_victim", "victim_sal"]
 

@@ -6,9 +6,7 @@ maps ``(N, *spatial)`` (segmentation) or class indices ``(N,)`` (classification)
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,17 +99,6 @@ class TrainConfig:
         if self.optimizer is Optimizer.ADAM:
             return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
-
-
-@contextlib.contextmanager
-def threads(n: int | None) -> Iterator[None]:
-    """torch CPU threads set to ``n`` inside the block (None: unchanged), restored after."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n or old)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def check_data(images: np.ndarray, targets: np.ndarray | None, task: str | Task, num_classes: int | None) -> Task:
