@@ -160,6 +160,40 @@ def test_stored_values_are_rounded_and_clipped_to_bits_stored(tmp_path: Path) ->
     np.testing.assert_array_equal(out.pixel_array[1:], pydicom.dcmread(src).pixel_array[1:])
 
 
+@pytest.mark.parametrize("dtype", ["i2", "u2", "i4", "u4", "i8", "f4", "f8"])
+def test_stored_values_equal_the_plain_rescale_round_clip(dtype: str) -> None:
+    """The in-place and same-dtype paths of ``_stored_values`` give ``clip(rint((native - b) / s))`` exactly."""
+    from ulmed.io.dicom_write import _stored_values
+
+    rng = np.random.default_rng(7)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else np.iinfo("i4")
+    cases = [(1.0, -1024.0), (1.0, 0.0), (1.0, 5.0), (2.5, -1024.0), (1.0, -0.5), (1.0, float(info.max) - 3)]
+    layouts = [("<i2", (-2048, 2047)), ("<u2", (0, 4095)), ("<i4", (-(2**31), 2**31 - 1))]
+    for (slope, intercept), (stored_dtype, stored_range) in [(c, layout) for c in cases for layout in layouts]:
+        frames = 3
+        low, high = max(int(info.min), -3 * 2**15), min(int(info.max), 3 * 2**15)
+        native = rng.integers(low, high, (1, frames, 4, 5)).astype(dtype)
+        extremes = [info.min, info.max] if np.dtype(dtype).itemsize < 8 else [-(2**40), 2**40]  # int64: no wrap
+        native.reshape(-1)[:2] = extremes if np.dtype(dtype).kind in "iu" else [-1e9, 1e9]
+        slopes = np.full(frames, slope)
+        intercepts = np.array([intercept, intercept, intercept if slope != 1 else intercept + 1])
+        for b in (np.full(frames, intercept), intercepts):
+            handle = _handle(slopes, b, stored_dtype, stored_range)
+            s, bb = slopes[None, :, None, None], b[None, :, None, None]
+            want = np.clip(np.rint((native.astype(np.float64) - bb) / s), *stored_range).astype(stored_dtype)
+            if native.dtype.kind in "iu" and slope == 1 and np.all(b == np.round(b)):
+                want = np.clip(native.astype(np.int64) - bb.astype(np.int64), *stored_range).astype(stored_dtype)
+            got = _stored_values(native, handle, 0)
+            assert got.dtype == np.dtype(stored_dtype) and np.array_equal(got, want), (dtype, slope, b, stored_dtype)
+
+
+def _handle(slopes: np.ndarray, intercepts: np.ndarray, stored_dtype: str, stored_range: tuple[int, int]):
+    from ulmed.io.dicom_read import DicomHandle
+
+    return DicomHandle(files=(), frames=(len(slopes),), slopes=slopes, intercepts=intercepts,
+                       stored_dtype=stored_dtype, stored_range=stored_range, series_uid="1.2", multi_frame=True)
+
+
 @pytest.mark.parametrize("name", ["explicit_VR-UN.dcm", "MR_small_bigendian.dcm", "emri_small.dcm"])
 def test_the_datasets_the_reader_kept_write_the_bytes_of_a_fresh_read(tmp_path: Path, name: str) -> None:
     """The writer takes the reader's datasets once; what the reader looked at (a UN element it converted) does not

@@ -162,9 +162,32 @@ def _stored_values(native: np.ndarray, handle: DicomHandle, start: int) -> np.nd
     b = handle.intercepts[start : start + n][None, :, None, None]
     if native.dtype.kind in "iu" and np.all(s == 1) and np.all(b == np.round(b)):
         # integers unchanged by the method ("none"): ``native - b`` is exact, as the rounding below would give
-        return np.clip(native - b.astype(np.int64), *handle.stored_range).astype(handle.stored_dtype)
-    native = np.asarray(native, dtype=np.float64)
-    return np.clip(np.rint((native - b) / s), *handle.stored_range).astype(handle.stored_dtype)
+        return _integer_stored(native, b, handle)
+    values = np.subtract(native, b, dtype=np.float64)  # a new array: the steps below work in place
+    if np.any(s != 1):  # dividing by 1 changes no float, so it is left out
+        values /= s
+    np.rint(values, out=values)
+    np.clip(values, *handle.stored_range, out=values)
+    return values.astype(handle.stored_dtype)
+
+
+def _integer_stored(native: np.ndarray, intercepts: np.ndarray, handle: DicomHandle) -> np.ndarray:
+    """``clip(native - intercept, stored range)`` of integer ``native`` with whole intercepts, as stored values.
+
+    Clipping ``native`` to the stored range shifted by the intercept first, then subtracting it,
+    gives the same integers; when ``native`` is signed, one intercept covers the frames and the
+    shifted range fits ``native``'s dtype, no step can overflow it, so it runs in that dtype (not int64).
+    """
+    lo, hi = handle.stored_range
+    shift = np.unique(intercepts)
+    b = int(shift[0]) if shift.size == 1 else None
+    limits = np.iinfo(native.dtype)
+    if native.dtype.kind == "i" and b is not None and limits.min <= lo + b and hi + b <= limits.max:
+        values = np.clip(native, lo + b, hi + b)
+        if b:
+            values -= native.dtype.type(b)
+        return values.astype(handle.stored_dtype, copy=False)
+    return np.clip(native - intercepts.astype(np.int64), lo, hi).astype(handle.stored_dtype)
 
 
 def _write_instance(ds: Dataset, path: Path, target: Path, block: np.ndarray, handle: DicomHandle,
@@ -204,7 +227,7 @@ def _put_pixel_data(ds: Dataset, block: np.ndarray, handle: DicomHandle) -> None
     """Native little-endian Pixel Data from ``block``, and the value-range attributes that describe it."""
     arr = np.moveaxis(block, 0, -1) if block.shape[0] == 3 else block[0]
     little = np.dtype(handle.stored_dtype).newbyteorder("<")
-    data = np.ascontiguousarray(arr if handle.multi_frame else arr[0]).astype(little)
+    data = np.ascontiguousarray(arr if handle.multi_frame else arr[0]).astype(little, copy=False)
     for kw in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):  # encapsulation only
         if kw in ds:
             del ds[kw]
