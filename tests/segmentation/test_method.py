@@ -151,6 +151,26 @@ def test_protect_many_equals_protect_one_record_at_a_time(checkpoint, hc18_train
     assert sizes == [4] * 5
 
 
+def test_the_noise_does_not_depend_on_the_threads_the_process_has(checkpoint, hc18_train_records):
+    """Two workers give each process one thread; one worker has all cores: the bytes must agree."""
+    import torch
+
+    records = hc18_train_records(24, 4)
+    method = UnSeg("8/255", generator=checkpoint, batch_size=4)
+    before = torch.get_num_threads()
+    try:
+        outputs = []
+        for n in (2, 1):
+            torch.set_num_threads(n)
+            outputs.append([method.perturbation(r, r.unit_image(), 8 / 255) for r in records])
+    finally:
+        torch.set_num_threads(before)
+    assert all(np.array_equal(a, b) for a, b in zip(*outputs))
+    assert method.params()["threads"] == 1 and torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match="threads"):
+        UnSeg(generator=checkpoint, threads=0)
+
+
 def test_batch_hint_is_the_batch_size_and_skip_records_cost_no_pass(checkpoint, hc18_train_records):
     method = UnSeg("8/255", generator=checkpoint, fallback="skip", batch_size=3)
     assert method.batch_hint == 3
