@@ -9,7 +9,8 @@ times (median wall time, peak RSS of each process from ``os.wait4``):
   - NIfTI: nibabel loads each volume, reads its array and saves it with the same header;
   - PNG: Pillow opens each image, reads its array and saves it;
 * ``ulmed protect --method none`` (conversion only);
-* ``ulmed protect`` with the default method and metrics.
+* ``ulmed protect`` with the default method and metrics (for PNG also with ``--set grid=native``,
+  the code on the file's own pixels, without the default's pre-image for a trainer at 128 px).
 
 Data (all real): DICOM, an export laid out from pydicom-data's 512 x 512 CT slice ``693_UNCI``
 (each series a stack of copies of it under new UIDs and positions) plus pydicom's 4-slice CT
@@ -169,6 +170,8 @@ def commands(kind: str, src: Path, out: Path, workers: int) -> dict[str, list[st
         "none": [*ulmed, "-o", str(out / "none"), "--method", "none"],
         "default": [*ulmed, "-o", str(out / "default")],
     }
+    if kind == "png":  # the default's pre-image for a trainer at 128 px against the code on the file's own grid
+        cmds["grid_native"] = [*ulmed, "-o", str(out / "grid_native"), "--set", "grid=native"]
     if workers > 1:
         cmds[f"default_w{workers}"] = [*ulmed, "-o", str(out / f"default_w{workers}"), "--workers", str(workers)]
     return cmds
