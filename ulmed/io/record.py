@@ -100,7 +100,7 @@ class IntensityMapping:
         """
         native = np.asarray(native)
         if native.size <= PIECE_VALUES:
-            return ((np.asarray(native, dtype=np.float64) - self.low) / self.scale).astype(dtype)
+            return ((np.asarray(native, dtype=np.float64) - self.low) / self.scale).astype(dtype, copy=False)
         out = np.empty(native.shape, dtype=dtype)
         flat, into = native.reshape(-1), out.reshape(-1)  # piece by piece, the same operations
         for lo in range(0, flat.size, PIECE_VALUES):
