@@ -10,7 +10,9 @@ to the clean-trained victim, PSNR/SSIM, and images per second of the protection.
 With ``--baselines`` em and salm (their default settings, the same eps) protect the same
 images in the same run, so the speed ratio compares like with like: images per second
 counts everything a method does for the set (em's and salm's surrogate fits included; the
-generator's loading excluded, as it happens once per process).
+generator's loading excluded, as it happens once per process). UnSeg runs its generator on one
+thread by default (its bytes then do not depend on the machine or ``--workers``); with
+``--speed-only`` and ``--threads N > 1`` a row ``unseg_tN`` adds it on the process's N threads.
 
 Usage:
     python benchmarks/unseg_effect.py --quick          # 96 train / 64 test images, 12 epochs
@@ -109,6 +111,8 @@ def main() -> None:
         "random": ("random", {}),
         "unseg": ("unseg", {"generator": args.generator, "eps_bg": args.eps_bg, "prompt": args.prompt}),
     }
+    if args.speed_only and args.threads > 1:  # the generator on all the process's threads (its default is 1)
+        variants[f"unseg_t{args.threads}"] = ("unseg", {**variants["unseg"][1], "threads": args.threads})
     if args.baselines:
         variants.update({"em": ("em", {}), "salm": ("salm", {})})
     for name, spec in variants.items():
@@ -136,6 +140,8 @@ def main() -> None:
         r["dice_ratio"] = round(r["dice"] / clean, 4) if clean and r["dice"] is not None else None
     rates = {r["method"]: r["images_per_s"] for r in rows}
     speedup = {m: round(rates["unseg"] / rates[m], 1) for m in ("em", "salm") if rates.get(m)}
+    if rates.get(f"unseg_t{args.threads}") and rates.get("em"):
+        speedup[f"em, unseg on {args.threads} threads"] = round(rates[f"unseg_t{args.threads}"] / rates["em"], 1)
     result = {
         "dataset": "hc18",
         "mode": mode,
