@@ -102,23 +102,30 @@ def quantise_perturbation(
 def _on_stored_grid(
     clean: np.ndarray, d: np.ndarray, steps: np.ndarray, eps: float | None, norm: str, bounds: tuple[float, float]
 ) -> np.ndarray:
-    """``d`` in whole ``steps`` (all > 0): rounded to the nearest, toward zero where a bound needs it."""
-    k = np.rint(d / steps)  # the change in whole stored steps
+    """``d`` in whole ``steps`` (all > 0): rounded to the nearest, toward zero where a bound needs it.
+
+    Steps of exactly 1 (one stored value per native unit) skip the divisions and products by
+    them, which change no float.
+    """
+    unit_steps = np.broadcast_shapes(steps.shape, d.shape) == d.shape and bool(np.all(steps == 1.0))
+    k = np.rint(d) if unit_steps else np.rint(d / steps)  # the change in whole stored steps
     levels = whole_steps(eps, steps) if eps is not None and norm == "linf" else None
     if levels is not None:
         np.clip(k, -levels, levels, out=k)
-    stored = k * steps
+    stored = k.copy() if unit_steps else k * steps
     stored += clean
-    outside = (stored < bounds[0]) | (stored > bounds[1])
+    outside = np.less(stored, bounds[0])
+    outside |= np.greater(stored, bounds[1])
     del stored
     if norm == "l2" or outside.any():  # rounding toward zero is needed somewhere: compute it
-        toward_zero = np.trunc(d / steps)
+        toward_zero = np.trunc(d) if unit_steps else np.trunc(d / steps)
         if levels is not None:
             np.clip(toward_zero, -levels, levels, out=toward_zero)
         k = np.where(outside, toward_zero, k)
         if eps is not None and norm == "l2":
             k = _fit_l2(k, toward_zero, steps, eps)
-    k *= steps
+    if not unit_steps:
+        k *= steps
     return k
 
 
