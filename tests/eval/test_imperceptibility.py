@@ -106,3 +106,13 @@ def test_metrics_is_a_choice_in_any_case():
     assert metrics_options(Metrics.SAMPLED) == {"with_ssim": True, "ssim_positions": SSIM_SAMPLE}
     assert metrics_options("FULL") == {"with_ssim": True, "ssim_positions": None}
     assert metrics_options("None") == {"with_ssim": False, "ssim_positions": None}
+
+
+def test_running_sum_is_numpy_cumsum_bit_for_bit():
+    from ulmed.eval.imperceptibility import running_sum
+
+    rng = np.random.default_rng(11)
+    for shape in ((512, 300), (7, 64, 48), (3, 2, 900), (4000, 3), (1, 700), (6,)):
+        a = rng.normal(0, 1e3, shape) ** 3  # widely spread magnitudes: any other order of additions shows
+        for axis in range(a.ndim):
+            assert running_sum(a, axis).tobytes() == np.cumsum(a, axis=axis).tobytes(), (shape, axis)

@@ -63,11 +63,41 @@ def ssim_window(spatial: tuple[int, ...], largest: int = 7) -> int:
     return min(largest, *[s if s % 2 else s - 1 for s in spatial])
 
 
+#: Values per step below which :func:`running_sum` leaves a leading axis to ``np.cumsum``.
+RUNNING_ROW = 256
+
+
+def running_sum(a: np.ndarray, axis: int) -> np.ndarray:
+    """``np.cumsum(a, axis=axis)``, the same values, added one slice at a time along a leading axis.
+
+    A cumulative sum adds each element to the sum before it along the axis; that is done here
+    for whole slices (``out[j] = out[j - 1] + a[j]``), the same additions in the same order,
+    so the values are bit for bit numpy's. numpy walks a leading axis element line by element
+    line, across memory: 3-8x slower on a 512 x 512 plane or a slab of them. The last axis, and
+    slices of fewer than :data:`RUNNING_ROW` values, go to ``np.cumsum`` itself.
+
+    Args:
+        a: A float array.
+        axis: The axis to sum along (0 .. ndim - 1).
+
+    Returns:
+        A new array shaped like ``a``.
+    """
+    if axis == a.ndim - 1 or a.shape[axis] < 2 or a.size // a.shape[axis] < RUNNING_ROW:
+        return np.cumsum(a, axis=axis)
+    out = np.empty_like(a)
+    view, into = np.moveaxis(a, axis, 0), np.moveaxis(out, axis, 0)
+    into[0] = view[0]
+    for j in range(1, view.shape[0]):
+        np.add(into[j - 1], view[j], out=into[j])
+    return out
+
+
 def window_means(a: np.ndarray, win: int) -> np.ndarray:
     """Means over every full ``win``-wide window along each axis ("valid" positions only)."""
     out = np.asarray(a, dtype=np.float64)
     for axis in range(out.ndim):
-        c = np.cumsum(out, axis=axis)
+        c = running_sum(out, axis)
         lead = [slice(None)] * out.ndim
         lead[axis] = slice(win - 1, None)
         out = c[tuple(lead)].copy()  # window sums ending at win-1, win, ...: subtract what precedes them
