@@ -116,18 +116,43 @@ class MaskCodedPatterns(ProtectionMethod):
                               "style 'blocks' needs --grid native")
         self.cell = cell
 
+    def protect(self, record: Record) -> Record:
+        """:meth:`ProtectionMethod.protect`; the image goes to [0, 1] only for the code that reads it.
+
+        Only the Nyquist code on a working grid (its pre-image) depends on the image; the blocks
+        (volumes) and offset codes do not, so a DICOM series is not converted for nothing.
+        """
+        if self._grid_shapes(record):
+            return super().protect(record)
+        eps = self.budget.in_unit(record.mapping)
+        return self.apply(record, self._code(record, None, eps), eps)
+
     def perturbation(self, record: Record, unit_image: np.ndarray, eps: float) -> np.ndarray:
         """``eps`` times the code of each position's class."""
+        return self._code(record, unit_image, eps)
+
+    def _grid_shapes(self, record: Record) -> list[tuple[int, int]]:
+        """The working grids the Nyquist code of ``record`` is drawn on ([]: its own pixels, or another code)."""
+        if self.style is Style.OFFSET or record.spatial_dims != 2:
+            return []
+        if self.style in (Style.NYQUIST, Style.AUTO):
+            return list(self.grid.shapes_for(record.spatial_shape))
+        return []
+
+    def _code(self, record: Record, unit_image: np.ndarray | None, eps: float) -> np.ndarray:
+        """:meth:`perturbation`; ``unit_image`` may be None where :meth:`_grid_shapes` gives none."""
         if self.style is Style.OFFSET:  # flat inside each class: the same on every working grid
             return eps * offset_coded(record.target, record.channels, record.spatial_shape)
         if self.style is Style.NYQUIST or (self.style is Style.AUTO and record.spatial_dims == 2):
-            shapes = self.grid.shapes_for(record.spatial_shape) if record.spatial_dims == 2 else []
+            shapes = self._grid_shapes(record)
             if not shapes:
                 return eps * nyquist_coded(record.target, record.channels, record.spatial_shape, self.cell or 1)
             cell = self.cell or GRID_CELL
             codes = [eps * nyquist_coded(_labels_at(record.target, shape), record.channels, shape, cell)
                      for shape in shapes]
             large = int(np.prod(record.spatial_shape)) > PREIMAGE_MAX_POSITIONS
+            if unit_image is None:
+                unit_image = record.unit_image()
             return preimage(unit_image, codes, eps, n_steps=0 if large else PREIMAGE_STEPS)
         if not self.grid.is_native and not self.auto_grid:
             raise ConfigError(f"--grid {self.grid.spec} is for 2D images; volumes take --grid native for now")
