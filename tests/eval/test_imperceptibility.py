@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import math
+import os
 import subprocess
 import sys
 
@@ -116,3 +118,30 @@ def test_running_sum_is_numpy_cumsum_bit_for_bit():
         a = rng.normal(0, 1e3, shape) ** 3  # widely spread magnitudes: any other order of additions shows
         for axis in range(a.ndim):
             assert running_sum(a, axis).tobytes() == np.cumsum(a, axis=axis).tobytes(), (shape, axis)
+
+
+_L2_BY_THREADS = (
+    "import numpy as np; from ulmed.eval.imperceptibility import imperceptibility, sum_squares;"
+    "rng = np.random.default_rng(4); clean = rng.random((1, 40, 256, 256));"
+    "protected = clean + rng.normal(0, 0.02, clean.shape) ** 3;"
+    "print(repr(imperceptibility(clean, protected, with_ssim=False)['l2']), repr(sum_squares(protected.ravel())))"
+)
+
+
+def test_norms_do_not_depend_on_the_blas_thread_count():
+    # a long np.dot runs on every core OpenBLAS finds, and its last bits follow the core count
+    runs = {
+        n: subprocess.run([sys.executable, "-c", _L2_BY_THREADS], capture_output=True, text=True, check=True,
+                          env={**os.environ, "OPENBLAS_NUM_THREADS": n, "OMP_NUM_THREADS": n}).stdout
+        for n in ("1", "2", "4")
+    }
+    assert runs["1"] == runs["2"] == runs["4"] and runs["1"].strip()
+
+
+def test_sum_squares_is_the_sum_of_squares():
+    from ulmed.eval.imperceptibility import DOT_VALUES, sum_squares
+
+    rng = np.random.default_rng(2)
+    for n in (0, 1, DOT_VALUES - 1, DOT_VALUES, 3 * DOT_VALUES + 5):
+        x = rng.normal(0, 1, n)
+        assert sum_squares(x) == pytest.approx(math.fsum(x * x), rel=1e-12, abs=0.0)

@@ -113,12 +113,25 @@ def window_means(a: np.ndarray, win: int) -> np.ndarray:
 SLAB_VALUES = 1 << 21
 #: Values converted at a time inside a slab (the slab's sums do not depend on it).
 PIECE_VALUES = 1 << 18
+#: Values per BLAS dot product in :func:`sum_squares`: below OpenBLAS's threading threshold
+#: (10000), so one thread computes each product, in the same order on any machine.
+DOT_VALUES = 8192
 
 Convert = Callable[[np.ndarray], np.ndarray]
 
 
 def _as_float64(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
+
+
+def sum_squares(x: np.ndarray) -> float:
+    """The sum of squares of a 1-D array, the same on any core count.
+
+    ``np.dot(x, x)`` on a long array runs on every core OpenBLAS finds: its sum then depends on
+    the core count in the last bits, and its threads spin for seconds after the call. Products of
+    :data:`DOT_VALUES` values each stay on the calling thread.
+    """
+    return float(sum(np.dot(x[i : i + DOT_VALUES], x[i : i + DOT_VALUES]) for i in range(0, x.size, DOT_VALUES)))
 
 
 def _slabs(length: int, per_row: int, overlap: int, rows: int | None = None) -> list[tuple[int, int]]:
@@ -235,7 +248,7 @@ def _norms(clean: np.ndarray, protected: np.ndarray, to_unit: Convert) -> tuple[
             highs.append(part.max())
             changed += int(np.count_nonzero(part > 1e-6))
         if d.size:
-            sq += float(np.dot(d, d))  # one dot per slab: the same sum
+            sq += sum_squares(d)
             linf = max(linf, float(np.max(highs)))  # the slab's max (NaN when it holds one, as d.max() is)
     return linf, sq, changed
 
