@@ -116,6 +116,11 @@ def test_auto_style_codes_images_with_nyquist_and_volumes_with_blocks(real_data)
     default = MaskCodedPatterns("4/255", seed=2)  # the default grid: the code made for a trainer at 128
     params = default.params()
     assert params["grid"] == "auto" and params["grid_2d"] == "size:128" and params["cell"] == 2
+    big = _record(real_data)  # an image the grid does not shrink keeps its own checkerboard, as params say
+    small = Record("s", big.image[:, 60:160, 100:220], big.mapping, 2, "image", target=big.target[60:160, 100:220])
+    assert params["cell_native"] == 1 and "cell_native" not in MaskCodedPatterns("4/255", cell=2).params()
+    assert small.target.any() and np.array_equal(default.perturbation(small, None, 1.0),
+                                                 nyquist_coded(small.target, 1, small.spatial_shape, 1))
     explicit = MaskCodedPatterns("4/255", seed=2, grid="size:128")
     assert np.allclose(default.perturbation(image, image.unit_image(), 4 / 255),
                        explicit.perturbation(image, image.unit_image(), 4 / 255))

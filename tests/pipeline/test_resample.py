@@ -102,3 +102,31 @@ def test_a_broken_image_fails_as_that_file_and_the_rest_is_released(dataset, tmp
     report = release_dataset(src, tmp_path / "rel", method="none", size=32)
     assert [e.input for e in report.failed] == ["images/broken.png"]
     assert np.asarray(Image.open(tmp_path / "rel" / "images" / f"{SUBJECTS[0]}.png")).shape == (32, 32)
+
+
+def _code_on_the_grid(release: Path, staged_src: Path, subject: str) -> np.ndarray:
+    protected = np.asarray(Image.open(release / "images" / f"{subject}.png"), dtype=np.int16)
+    return protected - np.asarray(Image.open(staged_src / "images" / f"{subject}.png"), dtype=np.int16)
+
+
+def test_the_release_codes_lsp_in_cells_of_two_and_a_given_cell_wins(released, dataset, tmp_path):
+    from ulmed.pipeline.release import RELEASE_CELL, release_options
+    from ulmed.pipeline.resample import resample_dataset
+
+    assert released.manifest.params["cell"] == RELEASE_CELL == 2
+    staged = resample_dataset(dataset, tmp_path / "staged", 64, "letterbox")  # the grid the release protected on
+    code = _code_on_the_grid(released.path, staged.root, SUBJECTS[0])
+    mask = np.asarray(Image.open(staged.root / "masks" / f"{SUBJECTS[0]}.png")) > 0
+    inner = mask & np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1)
+    rows, cols = np.nonzero(inner[:-1, :-1] & inner[1:, 1:])
+    # cells of 2 x 2: a position and its neighbour inside the same cell move the same way (where not clipped)
+    same = [(r, c) for r, c in zip(rows, cols) if r % 2 == 0 and c % 2 == 0]
+    assert same and np.mean([code[r, c] == code[r + 1, c + 1] for r, c in same]) > 0.9
+    assert np.mean([code[r, c] == -code[r, c + 2] for r, c in same if inner[r, c + 2]]) > 0.9
+    one = release_dataset(dataset, tmp_path / "cell1", method="lsp", eps="8/255", size=64,
+                          method_options={"cell": 1})
+    assert one.manifest.params["cell"] == 1
+    code1 = _code_on_the_grid(one.path, staged.root, SUBJECTS[0])
+    assert np.mean([code1[r, c] == -code1[r, c + 1] for r, c in same]) > 0.9
+    assert release_options({"method": "none"}) == {"method": "none"}
+    assert release_options({"method": "LSP", "method_options": {"tile": 4}})["method_options"] == {"tile": 4, "cell": 2}

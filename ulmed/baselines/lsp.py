@@ -172,6 +172,8 @@ class MaskCodedPatterns(ProtectionMethod):
         if self.style is not Style.BLOCKS and not self.grid.is_native:
             out.update({"grid": "auto", "grid_2d": self.grid.spec} if self.auto_grid else {"grid": self.grid.spec})
             out.update(fit=self.grid.fit.value, cell=self.cell or GRID_CELL)
+            if self.cell is None:  # images the grid does not shrink keep their own checkerboard
+                out["cell_native"] = 1
         elif self.cell not in (None, 1):
             out["cell"] = self.cell
         return out

@@ -1,0 +1,97 @@
+"""Which code survives which warp, on the trainer's own grid (HC18 at 128 x 128).
+
+The images are letterboxed to the working size with Pillow, as a victim of ``grid_effect.py``
+reads them, and each code is added there in memory (no resize after it): this is what an
+ML-ready release (``ulmed release --size N``) gives a trainer that uses it as it is. Each
+defense then trains the same MONAI UNet (small, 15 epochs, Adam 1e-3) on the coded images and
+is tested on the clean test split; Dice ratio = coded / clean victim of the same defense.
+
+Codes (``--codes``, eps 8/255, foreground only):
+    checkerN   the Nyquist checkerboard of :func:`ulmed.core.patterns.nyquist_coded` with cells of
+               N x N working-grid pixels (period 2N), lsp's code;
+    mixA-B     half the budget to the cell-A checkerboard, half to the cell-B one;
+    stripes    the cell-1 checkerboard on the foreground and row stripes on the background (both
+               classes coded, so a shift changes the sign of each but not which is which).
+
+Usage:
+    python benchmarks/grid_codes.py
+    python benchmarks/grid_codes.py --codes checker1,checker2 --defenses flip_jitter,aug-rotate
+
+Writes benchmarks/results/grid_codes_hc18[_TAG].json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from grid_effect import DATA, _dice, _load, _rows
+
+from ulmed.core.patterns import nyquist_coded
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def code_of(name: str, masks: np.ndarray) -> np.ndarray:
+    """``(N, 1, H, W)`` code in units of eps for the ``(N, H, W)`` masks."""
+    shape = masks.shape[1:]
+    if name.startswith("checker"):
+        cell = int(name[len("checker"):])
+        return np.stack([nyquist_coded(m, 1, shape, cell=cell) for m in masks])
+    if name.startswith("mix"):
+        a, b = name[len("mix"):].split("-")
+        return 0.5 * code_of(f"checker{a}", masks) + 0.5 * code_of(f"checker{b}", masks)
+    if name == "stripes":
+        rows = np.where(np.arange(shape[0]) % 2 == 0, 1.0, -1.0)[:, None] * np.ones(shape)
+        return np.where(masks[:, None] > 0, code_of("checker1", masks), rows[None, None])
+    raise SystemExit(f"unknown code {name!r}: checkerN, mixA-B or stripes")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--codes", default="checker1,checker2,checker3,checker4")
+    parser.add_argument("--defenses", default="flip_jitter,aug-rotate,aug-scale,augmentation")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--train-limit", type=int, default=200, help="first N train images (0: all 421)")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--eps", type=float, default=8 / 255)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tag", default="")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    train_rows, test_rows = _rows("train", args.train_limit), _rows("test", 0)
+    images, masks = _load(DATA, train_rows, "pil", args.size)
+    test = _load(DATA, test_rows, "pil", args.size)
+    codes = [c.strip() for c in args.codes.split(",") if c.strip()]
+    coded = {c: np.clip(np.round((images + args.eps * code_of(c, masks)) * 255) / 255, 0, 1).astype(np.float32)
+             for c in codes}
+    rows = []
+    for defense in [d.strip() for d in args.defenses.split(",") if d.strip()]:
+        run = argparse.Namespace(seed=args.seed, epochs=args.epochs, defense=defense)
+        clean = _dice(images, masks, test, run)
+        rows.append({"code": "clean", "defense": defense, "dice": round(clean, 4), "dice_ratio": 1.0})
+        for c in codes:
+            start = time.perf_counter()
+            dice = _dice(coded[c], masks, test, run)
+            rows.append({"code": c, "defense": defense, "dice": round(dice, 4), "dice_ratio": round(dice / clean, 3),
+                         "train_s": round(time.perf_counter() - start, 1)})
+            print(rows[-1], flush=True)
+    psnr = {c: round(float(10 * np.log10(1 / np.mean((coded[c] - images) ** 2))), 2) for c in codes}
+    out = REPO / "benchmarks/results" / f"grid_codes_hc18{'_' + args.tag if args.tag else ''}.json"
+    out.write_text(json.dumps({
+        "benchmark": "grid_codes", "dataset": "hc18", "size": args.size, "train_images": len(train_rows),
+        "test_images": len(test_rows), "epochs": args.epochs, "eps": round(args.eps, 6), "seed": args.seed,
+        "victim": "MONAI UNet (small), Pillow letterbox, code added on the working grid",
+        "psnr_mean": psnr, "rows": rows,
+    }, indent=2))
+    print(f"wrote {out}")
+    for r in rows:
+        print(f"{r['code']:>10} {r['defense']:>14}  dice {r['dice']:.3f}  ratio {r['dice_ratio']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
