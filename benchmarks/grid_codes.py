@@ -11,7 +11,13 @@ Codes (``--codes``, eps 8/255, foreground only):
                N x N working-grid pixels (period 2N), lsp's code;
     mixA-B     half the budget to the cell-A checkerboard, half to the cell-B one;
     stripes    the cell-1 checkerboard on the foreground and row stripes on the background (both
-               classes coded, so a shift changes the sign of each but not which is which).
+               classes coded, so a shift changes the sign of each but not which is which);
+    noiseN     a fixed random +-1 pattern in cells of N x N on the foreground (one per image, seeded
+               by its index): a texture with no orientation, which a rotation does not turn away
+               from what the network learned to detect;
+    bandP      isotropic band-pass noise of period about P working pixels (an annulus of the
+               spectrum, width P/4), signed to +-1, on the foreground: rotation- and
+               scale-tolerant, and coarse enough that interpolation keeps most of it.
 
 Usage:
     python benchmarks/grid_codes.py
@@ -48,7 +54,33 @@ def code_of(name: str, masks: np.ndarray) -> np.ndarray:
     if name == "stripes":
         rows = np.where(np.arange(shape[0]) % 2 == 0, 1.0, -1.0)[:, None] * np.ones(shape)
         return np.where(masks[:, None] > 0, code_of("checker1", masks), rows[None, None])
-    raise SystemExit(f"unknown code {name!r}: checkerN, mixA-B or stripes")
+    if name.startswith("noise"):
+        cell = int(name[len("noise"):])
+        return np.stack([_on_foreground(_cells(np.random.default_rng(i), shape, cell), m) for i, m in enumerate(masks)])
+    if name.startswith("band"):
+        period = float(name[len("band"):])
+        return np.stack([_on_foreground(_band(np.random.default_rng(i), shape, period), m) for i, m in enumerate(masks)])
+    raise SystemExit(f"unknown code {name!r}: checkerN, mixA-B, stripes, noiseN or bandP")
+
+
+def _on_foreground(code: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``(1, H, W)``: ``code`` inside ``mask``, 0 outside."""
+    return np.where(mask > 0, code, 0.0)[None]
+
+
+def _cells(rng: np.random.Generator, shape: tuple[int, ...], cell: int) -> np.ndarray:
+    """Random +-1 in cells of ``cell`` x ``cell`` pixels."""
+    coarse = rng.choice([-1.0, 1.0], size=(-(-shape[0] // cell), -(-shape[1] // cell)))
+    return np.kron(coarse, np.ones((cell, cell)))[: shape[0], : shape[1]]
+
+
+def _band(rng: np.random.Generator, shape: tuple[int, ...], period: float) -> np.ndarray:
+    """The sign of white noise filtered to spatial frequencies within 1/8 of 1/period of 1/period."""
+    fy, fx = np.meshgrid(np.fft.fftfreq(shape[0]), np.fft.fftfreq(shape[1]), indexing="ij")
+    radius = np.hypot(fy, fx)
+    keep = np.abs(radius - 1 / period) <= 1 / (8 * period)
+    field = np.fft.ifft2(np.fft.fft2(rng.standard_normal(shape)) * keep).real
+    return np.where(field >= 0, 1.0, -1.0)
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 For the HC18 test fixtures (``tests/data/hc18``, native 400 x 270), the Nyquist code of the
 foreground on the letterboxed 128-pixel working grid is mapped to native pixels by nearest
-neighbour and by :func:`ulmed.core.grid.preimage` (0, 20 and 60 PGD steps, cell 1 and 2). Each
+neighbour and by :func:`ulmed.core.grid.preimage` (0, 5, 10, 20 and 60 PGD steps, cell 1 and 2). Each
 is resized back with every kernel of :class:`ulmed.core.grid.Kernel` and with Pillow; the
 figure is the projection of the resized perturbation onto the code (1: all of it kept).
 
@@ -27,6 +27,8 @@ from ulmed.core.patterns import nyquist_coded
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data" / "hc18"
+#: Pre-image step counts compared (0: the nearest-neighbour copy).
+STEPS = (0, 5, 10, 20, 60)
 
 
 def _kept(image: np.ndarray, delta: np.ndarray, code: np.ndarray) -> dict[str, float]:
@@ -53,7 +55,7 @@ def main() -> None:
         small = np.asarray(Image.fromarray(mask).resize(shape[::-1], Image.Resampling.NEAREST))
         for cell in (1, 2):
             code = eps * nyquist_coded(small, 1, shape, cell)
-            for steps in (0, 20, 60):
+            for steps in STEPS:
                 start = time.perf_counter()
                 delta = preimage(image, [code], eps, n_steps=steps)
                 rows.append(
@@ -67,7 +69,7 @@ def main() -> None:
                 )
     summary = {}
     for cell in (1, 2):
-        for steps in (0, 20, 60):
+        for steps in STEPS:
             sel = [r for r in rows if r["cell"] == cell and r["steps"] == steps]
             summary[f"cell{cell}_steps{steps}"] = {
                 k: round(float(np.mean([r[k] for r in sel])), 3)
@@ -79,7 +81,7 @@ def main() -> None:
         json.dumps(
             {
                 "benchmark": "grid_survival",
-                "images": len(rows) // 6,
+                "images": len(rows) // (2 * len(STEPS)),
                 "grid": "size:128",
                 "eps": "8/255",
                 "summary": summary,

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ulmed.baselines.lsp import MaskCodedPatterns
+from ulmed.baselines.lsp import PREIMAGE_STEPS, MaskCodedPatterns
 from ulmed.core.patterns import class_pattern
 from ulmed.errors import ConfigError
 from ulmed.io.record import IntensityMapping, Record
@@ -116,6 +116,7 @@ def test_auto_style_codes_images_with_nyquist_and_volumes_with_blocks(real_data)
     default = MaskCodedPatterns("4/255", seed=2)  # the default grid: the code made for a trainer at 128
     params = default.params()
     assert params["grid"] == "auto" and params["grid_2d"] == "size:128" and params["cell"] == 2
+    assert params["preimage_steps"] == PREIMAGE_STEPS and "preimage_steps" not in m.params()
     big = _record(real_data)  # an image the grid does not shrink keeps its own checkerboard, as params say
     small = Record("s", big.image[:, 60:160, 100:220], big.mapping, 2, "image", target=big.target[60:160, 100:220])
     assert params["cell_native"] == 1 and "cell_native" not in MaskCodedPatterns("4/255", cell=2).params()

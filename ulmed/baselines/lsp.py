@@ -61,10 +61,11 @@ STYLES: tuple[str, ...] = names(Style)
 #: the size at which the code was measured to survive (docs/grid.md); the code made for it also
 #: reaches a trainer at 256, which sees it as a pattern of period 4.
 AUTO_GRID = "size:128"
-#: PGD steps of the pre-image (20 keep 98 % of what 60 keep: benchmarks/grid_survival.py) and the
-#: image size above which the nearest-neighbour copy is used instead (a 4 MP radiograph takes
-#: about 9 s per image on one core with 20 steps; the copy keeps about 16 % less of the code).
-PREIMAGE_STEPS = 20
+#: PGD steps of the pre-image and the image size above which the nearest-neighbour copy is used
+#: instead. For the default cell 2, 10 steps keep 0.546 of the code through an antialiased resize,
+#: 20 steps 0.553, 60 steps 0.554 and the copy 0.531, at about half the time of 20
+#: (benchmarks/grid_survival.py); a 4 MP radiograph takes seconds per image on one core.
+PREIMAGE_STEPS = 10
 #: Working-grid positions per step of the code on a working grid (docs/grid.md: cell 2 gave Dice
 #: ratios 0.14 at 256, 0.84 at 64 and 0.33 with torch at 128 where cell 1 gave 0.35, 1.01 and 0.60;
 #: at Pillow 128 the two are within seed noise, means 0.53 and 0.45).
@@ -171,7 +172,8 @@ class MaskCodedPatterns(ProtectionMethod):
             out.update({"style": "auto"} if self.style is Style.AUTO else {}, tile=self.tile, block=self.block)
         if self.style is not Style.BLOCKS and not self.grid.is_native:
             out.update({"grid": "auto", "grid_2d": self.grid.spec} if self.auto_grid else {"grid": self.grid.spec})
-            out.update(fit=self.grid.fit.value, cell=self.cell or GRID_CELL)
+            out.update(fit=self.grid.fit.value, cell=self.cell or GRID_CELL, preimage_steps=PREIMAGE_STEPS,
+                       preimage_copy_above=PREIMAGE_MAX_POSITIONS)  # larger images: the nearest copy
             if self.cell is None:  # images the grid does not shrink keep their own checkerboard
                 out["cell_native"] = 1
         elif self.cell not in (None, 1):
