@@ -17,7 +17,11 @@ Codes (``--codes``, eps 8/255, foreground only):
                from what the network learned to detect;
     bandP      isotropic band-pass noise of period about P working pixels (an annulus of the
                spectrum, width P/4), signed to +-1, on the foreground: rotation- and
-               scale-tolerant, and coarse enough that interpolation keeps most of it.
+               scale-tolerant, and coarse enough that interpolation keeps most of it;
+    ringsP     concentric rings of period P around the image centre, signed to +-1, on the
+               foreground: a regular pattern that a rotation about the centre (and a flip) leaves
+               as it is;
+    hstripesP  horizontal stripes of period P on the foreground (a 1D grating).
 
 Usage:
     python benchmarks/grid_codes.py
@@ -56,11 +60,23 @@ def code_of(name: str, masks: np.ndarray) -> np.ndarray:
         return np.where(masks[:, None] > 0, code_of("checker1", masks), rows[None, None])
     if name.startswith("noise"):
         cell = int(name[len("noise"):])
-        return np.stack([_on_foreground(_cells(np.random.default_rng(i), shape, cell), m) for i, m in enumerate(masks)])
+        fields = [_cells(np.random.default_rng(i), shape, cell) for i in range(len(masks))]
+        return np.stack([_on_foreground(f, m) for f, m in zip(fields, masks)])
     if name.startswith("band"):
         period = float(name[len("band"):])
-        return np.stack([_on_foreground(_band(np.random.default_rng(i), shape, period), m) for i, m in enumerate(masks)])
-    raise SystemExit(f"unknown code {name!r}: checkerN, mixA-B, stripes, noiseN or bandP")
+        fields = [_band(np.random.default_rng(i), shape, period) for i in range(len(masks))]
+        return np.stack([_on_foreground(f, m) for f, m in zip(fields, masks)])
+    if name.startswith("rings"):
+        period = float(name[len("rings"):])
+        yy, xx = np.mgrid[: shape[0], : shape[1]]
+        radius = np.hypot(yy - (shape[0] - 1) / 2, xx - (shape[1] - 1) / 2)
+        rings = np.where(np.sin(2 * np.pi * radius / period) >= 0, 1.0, -1.0)
+        return np.stack([_on_foreground(rings, m) for m in masks])
+    if name.startswith("hstripes"):
+        period = int(name[len("hstripes"):])
+        rows = np.where(np.arange(shape[0]) % period < period // 2, 1.0, -1.0)[:, None] * np.ones(shape)
+        return np.stack([_on_foreground(rows, m) for m in masks])
+    raise SystemExit(f"unknown code {name!r}: checkerN, mixA-B, stripes, noiseN, bandP, ringsP or hstripesP")
 
 
 def _on_foreground(code: np.ndarray, mask: np.ndarray) -> np.ndarray:

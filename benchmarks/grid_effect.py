@@ -108,7 +108,7 @@ def _protect(src: Path, out: Path, grid: str, args: argparse.Namespace) -> dict[
 
     start = time.perf_counter()
     if grid.startswith("release:"):
-        # the release protects on its own grid: lsp's native-grid cell (1) unless --release-cell says
+        # the release protects on its own grid: the release's cell (release.RELEASE_CELL) unless --release-cell says
         cell = {"cell": args.release_cell} if args.release_cell else {}
         report = release_dataset(
             src, out, method="lsp", eps=args.eps, seed=args.seed, device="cpu", size=int(grid.split(":")[1]),
@@ -142,7 +142,7 @@ def main() -> None:
     )
     parser.add_argument("--cell", type=int, default=2, help="lsp cell on the working grid (lsp's default: 2)")
     parser.add_argument("--release-cell", type=int, default=0,
-                        help="lsp cell of release:N protections (0: lsp's own choice, 1 on the release's grid)")
+                        help="lsp cell of release:N protections (0: the release's own, release.RELEASE_CELL)")
     parser.add_argument("--train-limit", type=int, default=200, help="first N train images (0: all 421)")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--defense", default="flip_jitter")

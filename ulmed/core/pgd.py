@@ -39,11 +39,12 @@ StepSchedule = Callable[[int], float]
 
 #: The default PGD step is the budget divided by one of these two numbers. The min-min loop
 #: (:class:`ulmed.core.bilevel.MinMinConfig`, 20 steps a round) and the working-grid pre-image
-#: (:func:`ulmed.core.grid.preimage`, 10 steps in lsp) take ``eps / LOOP_STEP_DIVISOR``; em and salm
+#: (:func:`ulmed.core.grid.preimage`) take ``eps / LOOP_STEP_DIVISOR``; em and salm
 #: (:class:`ulmed.core.optimised.OptimisedMethod`, 10 steps a round) take
 #: ``eps / METHOD_STEP_DIVISOR``. Both let the steps of one round at their default step count
 #: cross the ball once (2 eps); they differ because their default step counts differ, and
-#: each is kept so that the outputs stay as they were.
+#: each is kept so that the outputs stay as they were. The pre-image starts from the nearest
+#: copy of its code and only refines it: lsp gives it 10 steps (``lsp.PREIMAGE_STEPS``).
 LOOP_STEP_DIVISOR = 10
 #: See :data:`LOOP_STEP_DIVISOR`.
 METHOD_STEP_DIVISOR = 5
