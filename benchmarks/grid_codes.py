@@ -21,7 +21,10 @@ Codes (``--codes``, eps 8/255, foreground only):
     ringsP     concentric rings of period P around the image centre, signed to +-1, on the
                foreground: a regular pattern that a rotation about the centre (and a flip) leaves
                as it is;
-    hstripesP  horizontal stripes of period P on the foreground (a 1D grating).
+    hstripesP  horizontal stripes of period P on the foreground (a 1D grating);
+    tiltedP    a checkerboard of period P turned by a random angle per image (0-90 degrees, seeded by
+               the image's index) and drawn on the grid without interpolation: the network meets the
+               code at every orientation, as it meets the trainer's rotated samples.
 
 Usage:
     python benchmarks/grid_codes.py
@@ -76,7 +79,11 @@ def code_of(name: str, masks: np.ndarray) -> np.ndarray:
         period = int(name[len("hstripes"):])
         rows = np.where(np.arange(shape[0]) % period < period // 2, 1.0, -1.0)[:, None] * np.ones(shape)
         return np.stack([_on_foreground(rows, m) for m in masks])
-    raise SystemExit(f"unknown code {name!r}: checkerN, mixA-B, stripes, noiseN, bandP, ringsP or hstripesP")
+    if name.startswith("tilted"):
+        period = float(name[len("tilted"):])
+        fields = [_tilted(np.random.default_rng(i), shape, period) for i in range(len(masks))]
+        return np.stack([_on_foreground(f, m) for f, m in zip(fields, masks)])
+    raise SystemExit(f"unknown code {name!r}: checkerN, mixA-B, stripes, noiseN, bandP, ringsP, hstripesP or tiltedP")
 
 
 def _on_foreground(code: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -97,6 +104,14 @@ def _band(rng: np.random.Generator, shape: tuple[int, ...], period: float) -> np
     keep = np.abs(radius - 1 / period) <= 1 / (8 * period)
     field = np.fft.ifft2(np.fft.fft2(rng.standard_normal(shape)) * keep).real
     return np.where(field >= 0, 1.0, -1.0)
+
+
+def _tilted(rng: np.random.Generator, shape: tuple[int, ...], period: float) -> np.ndarray:
+    """The sign of a checkerboard of ``period`` turned by a random angle, sampled at the pixel centres."""
+    angle = rng.uniform(0, np.pi / 2)
+    yy, xx = np.mgrid[: shape[0], : shape[1]] + 0.5
+    u, v = xx * np.cos(angle) + yy * np.sin(angle), -xx * np.sin(angle) + yy * np.cos(angle)
+    return np.where(np.cos(2 * np.pi * u / period) * np.cos(2 * np.pi * v / period) >= 0, 1.0, -1.0)
 
 
 def main() -> None:
