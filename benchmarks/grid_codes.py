@@ -61,38 +61,30 @@ def code_of(name: str, masks: np.ndarray) -> np.ndarray:
     if name == "stripes":
         rows = np.where(np.arange(shape[0]) % 2 == 0, 1.0, -1.0)[:, None] * np.ones(shape)
         return np.where(masks[:, None] > 0, code_of("checker1", masks), rows[None, None])
-    if name.startswith("noise"):
-        cell = int(name[len("noise"):])
-        fields = [_cells(np.random.default_rng(i), shape, cell) for i in range(len(masks))]
-        return np.stack([_on_foreground(f, m) for f, m in zip(fields, masks)])
-    if name.startswith("band"):
-        period = float(name[len("band"):])
-        fields = [_band(np.random.default_rng(i), shape, period) for i in range(len(masks))]
-        return np.stack([_on_foreground(f, m) for f, m in zip(fields, masks)])
+    for prefix, field in _SEEDED.items():  # one field per image, seeded by its index
+        if name.startswith(prefix):
+            param = float(name[len(prefix):])
+            return _masked([field(np.random.default_rng(i), shape, param) for i in range(len(masks))], masks)
     if name.startswith("rings"):
         period = float(name[len("rings"):])
         yy, xx = np.mgrid[: shape[0], : shape[1]]
         radius = np.hypot(yy - (shape[0] - 1) / 2, xx - (shape[1] - 1) / 2)
-        rings = np.where(np.sin(2 * np.pi * radius / period) >= 0, 1.0, -1.0)
-        return np.stack([_on_foreground(rings, m) for m in masks])
+        return _masked([np.where(np.sin(2 * np.pi * radius / period) >= 0, 1.0, -1.0)] * len(masks), masks)
     if name.startswith("hstripes"):
         period = int(name[len("hstripes"):])
         rows = np.where(np.arange(shape[0]) % period < period // 2, 1.0, -1.0)[:, None] * np.ones(shape)
-        return np.stack([_on_foreground(rows, m) for m in masks])
-    if name.startswith("tilted"):
-        period = float(name[len("tilted"):])
-        fields = [_tilted(np.random.default_rng(i), shape, period) for i in range(len(masks))]
-        return np.stack([_on_foreground(f, m) for f, m in zip(fields, masks)])
+        return _masked([rows] * len(masks), masks)
     raise SystemExit(f"unknown code {name!r}: checkerN, mixA-B, stripes, noiseN, bandP, ringsP, hstripesP or tiltedP")
 
 
-def _on_foreground(code: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``(1, H, W)``: ``code`` inside ``mask``, 0 outside."""
-    return np.where(mask > 0, code, 0.0)[None]
+def _masked(fields: list[np.ndarray], masks: np.ndarray) -> np.ndarray:
+    """``(N, 1, H, W)``: each field inside its mask, 0 outside."""
+    return np.stack([np.where(m > 0, f, 0.0)[None] for f, m in zip(fields, masks)])
 
 
-def _cells(rng: np.random.Generator, shape: tuple[int, ...], cell: int) -> np.ndarray:
+def _cells(rng: np.random.Generator, shape: tuple[int, ...], cell: float) -> np.ndarray:
     """Random +-1 in cells of ``cell`` x ``cell`` pixels."""
+    cell = int(cell)
     coarse = rng.choice([-1.0, 1.0], size=(-(-shape[0] // cell), -(-shape[1] // cell)))
     return np.kron(coarse, np.ones((cell, cell)))[: shape[0], : shape[1]]
 
@@ -112,6 +104,10 @@ def _tilted(rng: np.random.Generator, shape: tuple[int, ...], period: float) -> 
     yy, xx = np.mgrid[: shape[0], : shape[1]] + 0.5
     u, v = xx * np.cos(angle) + yy * np.sin(angle), -xx * np.sin(angle) + yy * np.cos(angle)
     return np.where(np.cos(2 * np.pi * u / period) * np.cos(2 * np.pi * v / period) >= 0, 1.0, -1.0)
+
+
+#: Codes drawn per image from a generator seeded by the image's index: name prefix -> field maker.
+_SEEDED = {"noise": _cells, "band": _band, "tilted": _tilted}
 
 
 def main() -> None:
