@@ -2,7 +2,7 @@
 
 For the HC18 test fixtures (``tests/data/hc18``, native 400 x 270), the Nyquist code of the
 foreground on the letterboxed 128-pixel working grid is mapped to native pixels by nearest
-neighbour and by :func:`ulmed.core.grid.preimage` (0, 5, 10, 20 and 60 PGD steps, cell 1 and 2). Each
+neighbour and by :func:`ulmed.core.grid.preimage` (0, 5, 10, 20 and 60 PGD steps, cells 1, 2 and 3). Each
 is resized back with every kernel of :class:`ulmed.core.grid.Kernel` and with Pillow; the
 figure is the projection of the resized perturbation onto the code (1: all of it kept).
 
@@ -29,6 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data" / "hc18"
 #: Pre-image step counts compared (0: the nearest-neighbour copy).
 STEPS = (0, 5, 10, 20, 60)
+#: Cells of the working-grid code compared.
+CELLS = (1, 2, 3)
 
 
 def _kept(image: np.ndarray, delta: np.ndarray, code: np.ndarray) -> dict[str, float]:
@@ -53,7 +55,7 @@ def main() -> None:
         mask = np.asarray(Image.open(DATA / "masks" / path.name))
         shape = WorkingGrid.parse("size:128").shapes_for(image.shape[1:])[0]
         small = np.asarray(Image.fromarray(mask).resize(shape[::-1], Image.Resampling.NEAREST))
-        for cell in (1, 2):
+        for cell in CELLS:
             code = eps * nyquist_coded(small, 1, shape, cell)
             for steps in STEPS:
                 start = time.perf_counter()
@@ -68,7 +70,7 @@ def main() -> None:
                     }
                 )
     summary = {}
-    for cell in (1, 2):
+    for cell in CELLS:
         for steps in STEPS:
             sel = [r for r in rows if r["cell"] == cell and r["steps"] == steps]
             summary[f"cell{cell}_steps{steps}"] = {
@@ -81,7 +83,7 @@ def main() -> None:
         json.dumps(
             {
                 "benchmark": "grid_survival",
-                "images": len(rows) // (2 * len(STEPS)),
+                "images": len(rows) // (len(CELLS) * len(STEPS)),
                 "grid": "size:128",
                 "eps": "8/255",
                 "summary": summary,
