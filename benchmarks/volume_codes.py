@@ -1,0 +1,119 @@
+"""Which Nyquist code a 3D UNet learns on hippocampus volumes: whole volumes, flips, random patches.
+
+The volumes are the hippocampus working copy of ``seg3d_hippocampus.py`` (per-volume min/max to
+[0, 1], centre pad/crop to 40 x 56 x 40). Each code is added on that grid in memory at +-eps on
+the foreground (labels 1 and 2), and each setting trains the same MONAI 3D UNet (batch 4,
+Adam 1e-3) on the coded volumes and tests it on the clean test split with MONAI's sliding
+window; Dice ratio = coded / clean victim of the same setting, trained in the same run.
+
+A period-2 pattern keeps its shape under every integer shift and flip but not its sign: a
+shift by an odd number of voxels along an axis the pattern alternates on, or a flip of an
+axis of even length, turns it into its negative. Random patches (``patch``) and left-right
+flips (``flip_jitter``: the first axis, with brightness/contrast jitter) therefore show the
+victim the code with a random sign per sample.
+
+Codes (``--codes``):
+    checker    the checkerboard ``(-1)^(i+j+k)`` on the whole foreground (both labels);
+    nyquist    lsp's code (:func:`ulmed.core.patterns.nyquist_coded`): label 1 the checkerboard,
+               label 2 ``(-1)^(i+j)``;
+    patternN   Nyquist pattern number N (:func:`ulmed.core.patterns.nyquist_pattern`) on the whole
+               foreground; pattern 4 is ``(-1)^(j+k)``, which a flip of the first axis leaves as it is.
+
+Settings (``--settings``, ``whole|patch:<defense>``): whole volumes or random 24 x 32 x 24 patches
+(MONAI RandCropByPosNegLabel) under a defense of :func:`ulmed.eval.defenses.build_defense`.
+
+Usage:
+    python benchmarks/volume_codes.py
+    python benchmarks/volume_codes.py --codes checker --settings whole:flip_jitter --eps 16/255 --tag eps16
+
+Writes benchmarks/results/volume_codes_hippocampus[_TAG].json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from benchmark_data import load_hippocampus
+from seg3d_hippocampus import DATA, PATCH, SHAPE
+
+from ulmed.core.patterns import nyquist_coded, nyquist_pattern
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def code_of(name: str, labels: np.ndarray) -> np.ndarray:
+    """``(1, *spatial)`` code in units of eps for one ``(*spatial)`` label map."""
+    spatial = labels.shape
+    if name == "nyquist":
+        return nyquist_coded(labels, 1, spatial)
+    index = 1 if name == "checker" else int(name[len("pattern"):]) if name.startswith("pattern") else 0
+    if index < 1:
+        raise SystemExit(f"unknown code {name!r}: checker, nyquist or patternN (N >= 1)")
+    return np.where(labels[None] > 0, nyquist_pattern(index, 1, spatial), 0.0).astype(np.float32)
+
+
+def _dice(images: np.ndarray, labels: np.ndarray, test: tuple[np.ndarray, np.ndarray], setting: str,
+          args: argparse.Namespace) -> float:
+    from ulmed.eval.defenses import build_defense
+    from ulmed.eval.train import TrainConfig, evaluate_victim, train_victim
+    from ulmed.eval.victims import build_victim
+
+    grid, defense = setting.split(":")
+    model = build_victim("unet", spatial_dims=3, in_channels=1, out_channels=3, seed=args.seed)
+    config = TrainConfig(epochs=args.epochs, batch_size=4, lr=1e-3, seed=args.seed, device="cpu",
+                         patch_size=PATCH if grid == "patch" else None)
+    augment = None if defense == "none" else build_defense(defense).augment
+    train_victim(model, images, labels, task="segmentation", num_classes=3, config=config, augment=augment)
+    return float(evaluate_victim(model, *test, task="segmentation", num_classes=3, config=config)["dice"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--codes", default="checker,nyquist,pattern4")
+    parser.add_argument("--settings", default="whole:none,whole:flip_jitter,patch:none")
+    parser.add_argument("--train-limit", type=int, default=40, help="the first N train volumes (of 121)")
+    parser.add_argument("--test-limit", type=int, default=20, help="the first N test volumes (of 55)")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--eps", type=lambda s: float(Fraction(s)), default=8 / 255, help="e.g. 8/255")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tag", default="")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    images, labels, _ = load_hippocampus(DATA, "train", shape=SHAPE, limit=args.train_limit)
+    test = load_hippocampus(DATA, "test", shape=SHAPE, limit=args.test_limit)[:2]
+    codes = [c.strip() for c in args.codes.split(",") if c.strip()]
+    coded = {c: np.clip(images + args.eps * np.stack([code_of(c, y) for y in labels]), 0, 1).astype(np.float32)
+             for c in codes}
+    rows = []
+    for setting in [s.strip() for s in args.settings.split(",") if s.strip()]:
+        start = time.perf_counter()
+        clean = _dice(images, labels, test, setting, args)
+        rows.append({"code": "clean", "setting": setting, "dice": round(clean, 4), "dice_ratio": 1.0,
+                     "train_s": round(time.perf_counter() - start, 1)})
+        for c in codes:
+            start = time.perf_counter()
+            dice = _dice(coded[c], labels, test, setting, args)
+            rows.append({"code": c, "setting": setting, "dice": round(dice, 4), "dice_ratio": round(dice / clean, 3),
+                         "train_s": round(time.perf_counter() - start, 1)})
+            print(rows[-1], flush=True)
+    psnr = {c: round(float(10 * np.log10(1 / np.mean((coded[c] - images) ** 2))), 2) for c in codes}
+    out = REPO / "benchmarks/results" / f"volume_codes_hippocampus{'_' + args.tag if args.tag else ''}.json"
+    out.write_text(json.dumps({
+        "benchmark": "volume_codes", "dataset": "msd_hippocampus", "shape": list(SHAPE), "patch": list(PATCH),
+        "train_volumes": len(images), "test_volumes": len(test[0]), "epochs": args.epochs,
+        "eps": round(args.eps, 6), "seed": args.seed,
+        "victim": "MONAI 3D UNet, code added on the working copy's grid", "psnr_mean": psnr, "rows": rows,
+    }, indent=2))
+    print(f"wrote {out}")
+    for r in rows:
+        print(f"{r['code']:>10} {r['setting']:>18}  dice {r['dice']:.3f}  ratio {r['dice_ratio']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
