@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ulmed.baselines.lsp import PREIMAGE_STEPS, MaskCodedPatterns
+from ulmed.baselines.lsp import MaskCodedPatterns
+from ulmed.core.grid import PREIMAGE_QUANTILE
 from ulmed.core.patterns import class_pattern
 from ulmed.errors import ConfigError
 from ulmed.io.record import IntensityMapping, Record
@@ -116,7 +117,8 @@ def test_auto_style_codes_images_with_nyquist_and_volumes_with_blocks(real_data)
     default = MaskCodedPatterns("4/255", seed=2)  # the default grid: the code made for a trainer at 128
     params = default.params()
     assert params["grid"] == "auto" and params["grid_2d"] == "size:128" and params["cell"] == 2
-    assert params["preimage_steps"] == PREIMAGE_STEPS and "preimage_steps" not in m.params()
+    assert params["preimage"] == "adjoint" and params["preimage_quantile"] == PREIMAGE_QUANTILE
+    assert "preimage" not in m.params()
     big = _record(real_data)  # an image the grid does not shrink keeps its own checkerboard, as params say
     small = Record("s", big.image[:, 60:160, 100:220], big.mapping, 2, "image", target=big.target[60:160, 100:220])
     assert params["cell_native"] == 1 and "cell_native" not in MaskCodedPatterns("4/255", cell=2).params()
@@ -154,21 +156,6 @@ def test_a_working_grid_code_survives_the_trainers_resize_where_the_native_code_
                     target=np.zeros((6, 8, 8), np.int64))
     with pytest.raises(ConfigError, match="2D"):
         MaskCodedPatterns("8/255", grid="size:4").perturbation(volume, volume.image, 0.1)
-
-
-def test_a_large_image_gets_the_nearest_neighbour_copy_of_the_grid_code(monkeypatch):
-    import ulmed.baselines.lsp as lsp
-
-    mask = np.zeros((300, 400), np.uint8)
-    mask[100:200, 100:300] = 255
-    rec = Record("big", np.full((1, 300, 400), 128, np.uint8), IntensityMapping(0, 255, 0, 255, 1), 2, "image",
-                 target=mask)
-    method = MaskCodedPatterns("8/255", grid="size:100")
-    optimised = method.perturbation(rec, rec.unit_image(), 8 / 255)
-    monkeypatch.setattr(lsp, "PREIMAGE_MAX_POSITIONS", 1000)
-    copy = method.perturbation(rec, rec.unit_image(), 8 / 255)
-    assert set(np.unique(np.round(copy * 255, 4))) <= {-8.0, 0.0, 8.0}  # cells of the code, nothing in between
-    assert not np.allclose(copy, optimised)
 
 
 def test_offset_style_lifts_each_class_by_a_constant_that_a_resize_keeps(real_data):

@@ -58,6 +58,24 @@ def test_the_preimage_keeps_more_of_the_code_than_an_upsampled_copy_and_the_budg
     assert float((kept * code[0]).sum() / (code * code).sum()) > 0.5
 
 
+def test_the_sign_preimage_gives_the_largest_projection_and_the_default_less_energy(real_data):
+    image, mask = _hc18(real_data)
+    eps = 8 / 255
+    shape = WorkingGrid.parse("size:128").shapes_for(image.shape[1:])[0]
+    small_mask = np.asarray(Image.fromarray(mask).resize(shape[::-1], Image.Resampling.NEAREST))
+    code = eps * nyquist_coded(small_mask, 1, shape, cell=2)
+    sign, default = preimage(image, [code], eps, quantile=0.0), preimage(image, [code], eps)
+    total = lambda d: sum(_kept(d, code, k) for k in Kernel)  # noqa: E731  (what preimage maximises)
+    rng = np.random.default_rng(0)
+    for other in (default, np.clip(sign + rng.normal(0, eps / 4, sign.shape), -eps, eps).astype(np.float32)):
+        inside = np.clip(image + other, 0, 1) - image
+        assert total(sign) >= total(inside) - 1e-6
+    assert np.mean(default.astype(np.float64) ** 2) < 0.9 * np.mean(sign.astype(np.float64) ** 2)
+    assert total(default) > 0.9 * total(sign)
+    with pytest.raises(ConfigError, match="quantile"):
+        preimage(image, [code], eps, quantile=1.0)
+
+
 def test_preimage_refuses_mismatched_inputs():
     with pytest.raises(ConfigError, match="channels"):
         preimage(np.zeros((1, 8, 8), np.float32), [np.zeros((3, 4, 4), np.float32)], 0.1)
@@ -86,8 +104,8 @@ def test_the_preimage_runs_on_one_thread_with_the_result_of_two(monkeypatch):
     image = rng.random((1, 90, 130)).astype(np.float32)
     code = (0.03 * np.sign(rng.standard_normal((1, 30, 43)))).astype(np.float32)
     seen = []
-    descend = grid._descend
-    monkeypatch.setattr(grid, "_descend", lambda *a: seen.append(torch.get_num_threads()) or descend(*a))
+    adjoint = grid._adjoint
+    monkeypatch.setattr(grid, "_adjoint", lambda *a: seen.append(torch.get_num_threads()) or adjoint(*a))
     before = torch.get_num_threads()
     delta = preimage(image, [code], 0.03)
     assert seen == [grid.PREIMAGE_THREADS] == [1] and torch.get_num_threads() == before

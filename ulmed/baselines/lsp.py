@@ -35,7 +35,7 @@ import numpy as np
 
 from ulmed.choices import StrEnum, look_up, names
 from ulmed.core.body import body_mask
-from ulmed.core.grid import WorkingGrid, nearest_labels, preimage
+from ulmed.core.grid import PREIMAGE_QUANTILE, WorkingGrid, nearest_labels, preimage
 from ulmed.core.method import METHODS, ProtectionMethod
 from ulmed.core.patterns import mask_coded, nyquist_coded, offset_coded
 from ulmed.errors import ConfigError
@@ -61,16 +61,10 @@ STYLES: tuple[str, ...] = names(Style)
 #: the size at which the code was measured to survive (docs/grid.md); the code made for it also
 #: reaches a trainer at 256, which sees it as a pattern of period 4.
 AUTO_GRID = "size:128"
-#: PGD steps of the pre-image and the image size above which the nearest-neighbour copy is used
-#: instead. For the default cell 2, 10 steps keep 0.546 of the code through an antialiased resize,
-#: 20 steps 0.553, 60 steps 0.554 and the copy 0.531, at about half the time of 20
-#: (benchmarks/grid_survival.py); a 4 MP radiograph takes seconds per image on one core.
-PREIMAGE_STEPS = 10
 #: Working-grid positions per step of the code on a working grid (docs/grid.md: cell 2 gave Dice
 #: ratios 0.14 at 256, 0.84 at 64 and 0.33 with torch at 128 where cell 1 gave 0.35, 1.01 and 0.60;
 #: at Pillow 128 the two are within seed noise, means 0.53 and 0.45).
 GRID_CELL = 2
-PREIMAGE_MAX_POSITIONS = 2**21
 
 
 @METHODS.register("lsp")
@@ -151,10 +145,9 @@ class MaskCodedPatterns(ProtectionMethod):
             cell = self.cell or GRID_CELL
             codes = [eps * nyquist_coded(_labels_at(record.target, shape), record.channels, shape, cell)
                      for shape in shapes]
-            large = int(np.prod(record.spatial_shape)) > PREIMAGE_MAX_POSITIONS
             if unit_image is None:
                 unit_image = record.unit_image()
-            return preimage(unit_image, codes, eps, n_steps=0 if large else PREIMAGE_STEPS)
+            return preimage(unit_image, codes, eps)
         if not self.grid.is_native and not self.auto_grid:
             raise ConfigError(f"--grid {self.grid.spec} is for 2D images; volumes take --grid native for now")
         body = body_mask(record)  # air around a medical volume is left alone
@@ -172,8 +165,8 @@ class MaskCodedPatterns(ProtectionMethod):
             out.update({"style": "auto"} if self.style is Style.AUTO else {}, tile=self.tile, block=self.block)
         if self.style is not Style.BLOCKS and not self.grid.is_native:
             out.update({"grid": "auto", "grid_2d": self.grid.spec} if self.auto_grid else {"grid": self.grid.spec})
-            out.update(fit=self.grid.fit.value, cell=self.cell or GRID_CELL, preimage_steps=PREIMAGE_STEPS,
-                       preimage_copy_above=PREIMAGE_MAX_POSITIONS)  # larger images: the nearest copy
+            out.update(fit=self.grid.fit.value, cell=self.cell or GRID_CELL, preimage="adjoint",
+                       preimage_quantile=PREIMAGE_QUANTILE)
             if self.cell is None:  # images the grid does not shrink keep their own checkerboard
                 out["cell_native"] = 1
         elif self.cell not in (None, 1):
