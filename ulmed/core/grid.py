@@ -6,13 +6,14 @@ with an antialiasing kernel that averages a code made for the native grid away. 
 :class:`WorkingGrid` names the grid(s) a protection is made for (``--grid size:128``), and
 :func:`preimage` finds the native-size perturbation that the trainer's resize maps onto a
 code drawn on the working grid, as fully as the L-inf budget allows: the resizes are linear, so
-one backward pass through them (summed over the working sizes and over the resize kernels
-trainers use, :data:`KERNELS`) gives, for every native position, how much of the codes it
+the transposes of their sparse weight matrices (summed over the working sizes and over the
+resize kernels trainers use, :data:`KERNELS`) give, for every native position, how much of the codes it
 carries, and the pre-image follows that in closed form.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -23,8 +24,9 @@ from PIL import Image
 from ulmed.choices import StrEnum, look_up
 from ulmed.errors import ConfigError
 
-if TYPE_CHECKING:  # torch loads with resize/preimage only: a native grid needs neither
+if TYPE_CHECKING:  # torch loads with resize only (trainers' kernels, to measure): the pre-image needs none
     import torch
+    from scipy import sparse
 
 
 class Fit(StrEnum):
@@ -51,13 +53,8 @@ class Kernel(StrEnum):
 KERNELS: tuple[Kernel, ...] = tuple(Kernel)
 #: The pre-image's ``quantile``: with 0.3 it keeps what 10 steps of PGD on the squared error kept
 #: (0.546 of the cell-2 code through an antialiased resize, benchmarks/grid_survival.py) at a
-#: slightly higher PSNR, in a tenth of the time; 0 (the sign of the adjoint) keeps 0.570 at 1.2 dB less.
+#: slightly higher PSNR, in a tenth of the time; 0 (the sign of ``g``) keeps 0.570 at 1.2 dB less.
 PREIMAGE_QUANTILE = 0.3
-#: torch threads of the pre-image's backward pass: its tensors are image-sized, too small to gain from a
-#: second thread, and a second OpenMP thread that waits on a core the pipeline's writer or metrics
-#: thread holds made ``ulmed protect`` on 100 HC18 images take 25.6 s instead of 12.9 s (with the PGD
-#: pre-image of before); one thread also makes the result independent of the core count.
-PREIMAGE_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -168,9 +165,9 @@ def preimage(
     """The native perturbation whose resize to each working grid carries as much of that grid's code as it can.
 
     The resizes are linear, so what a perturbation ``delta`` puts on the codes, summed over the
-    codes ``c`` and the kernels ``R``, is ``<g, delta>`` with ``g = sum R^T c`` (one backward
-    pass through the resizes). ``delta = eps * clip(g / tau, -1, 1)`` maximises
-    ``<g, delta> - |delta|^2 * eps / (2 tau)`` over ``|delta| <= eps``: the positions whose
+    codes ``c`` and the kernels ``R``, is ``<g, delta>`` with ``g = sum R^T c`` (:func:`adjoint`).
+    ``delta = eps * clip(g / tau, -1, 1)`` maximises ``<g, delta> - |delta|^2 * eps / (2 tau)``
+    over ``|delta| <= eps``: the positions whose
     ``|g|`` reaches ``tau`` take the full budget and the others move in proportion, and
     positions no resize reads (``g = 0``) stay as they are. ``tau`` is the ``quantile`` of
     ``|g|`` over the positions with ``g != 0``; 0 gives ``eps * sign(g)``, the largest
@@ -192,8 +189,6 @@ def preimage(
         ConfigError: Shapes that do not match, no codes or no kernels, ``eps <= 0``, a
             quantile outside [0, 1).
     """
-    from ulmed.core.device import threads
-
     if image.ndim != 3 or not codes or not kernels:
         raise ConfigError(f"preimage needs a (C, H, W) image, at least one code and one kernel; got {image.shape}")
     if not eps > 0:
@@ -204,8 +199,7 @@ def preimage(
         if code.ndim != 3 or code.shape[0] != image.shape[0]:
             raise ConfigError(f"a code must be (C, h, w) with the image's {image.shape[0]} channels, got {code.shape}")
     kinds = [look_up(k, Kernel, "resize kernel") for k in kernels]
-    with threads(PREIMAGE_THREADS):
-        g = _adjoint(image.shape, codes, kinds)
+    g = sum(adjoint(code, image.shape[1:], kind) for code in codes for kind in kinds)
     moved = np.abs(g[g != 0])
     if not moved.size:
         return np.zeros(image.shape, dtype=np.float32)
@@ -215,12 +209,52 @@ def preimage(
     return (np.clip(x + delta, 0.0, 1.0) - x).astype(np.float32)
 
 
-def _adjoint(shape: Sequence[int], codes: Sequence[np.ndarray], kinds: Sequence[Kernel]) -> np.ndarray:
-    """``sum over codes and kernels of R^T code``, ``shape`` like the native image (float64, one backward pass)."""
-    import torch
+def adjoint(code: np.ndarray, native: Sequence[int], kernel: Kernel | str) -> np.ndarray:
+    """``R^T code``: the transpose of :func:`resize` from ``native`` to the code's shape, applied to ``(C, h, w)``.
 
-    delta = torch.zeros((1, *shape), dtype=torch.float64, requires_grad=True)
-    total = sum((resize(delta, c.shape[-2:], k) * torch.from_numpy(np.asarray(c, dtype=np.float64))[None]).sum()
-                for c in codes for k in kinds)
-    (grad,) = torch.autograd.grad(total, delta)
-    return grad[0].numpy()
+    The kernels are separable, ``resize(x) = A x B^T`` per channel with one sparse matrix per
+    axis (:func:`axis_weights`), so the transpose is ``A^T code B`` (float64, ``(C, *native)``).
+    Sparse products run on one thread: the result does not depend on the machine's cores.
+    """
+    kind = look_up(kernel, Kernel, "resize kernel")
+    rows = axis_weights(int(native[0]), int(code.shape[-2]), kind)
+    cols = axis_weights(int(native[1]), int(code.shape[-1]), kind)
+    return np.stack([(cols.T @ (rows.T @ np.asarray(c, dtype=np.float64)).T).T for c in code])
+
+
+@functools.lru_cache(maxsize=64)
+def axis_weights(n_in: int, n_out: int, kernel: Kernel) -> sparse.csr_matrix:
+    """``(n_out, n_in)`` weights of one axis of :func:`resize` with ``kernel`` (torch's kernels, half-pixel centres).
+
+    ``AREA`` averages input positions ``floor(i n_in / n_out)`` to ``ceil((i + 1) n_in / n_out)``
+    (adaptive average pooling); ``LINEAR`` interpolates between the two neighbours of
+    ``(i + 0.5) n_in / n_out - 0.5`` (clamped at the edges); ``ANTIALIAS`` weighs the inputs
+    with a triangle that is ``max(n_in / n_out, 1)`` positions wide on each side of the output's
+    centre, normalised (Pillow's bilinear filter, which torch's ``antialias=True`` follows).
+    tests/core/test_grid.py checks each against ``torch.nn.functional.interpolate``.
+    """
+    from scipy import sparse
+
+    scale = n_in / n_out
+    out = np.arange(n_out)
+    if kernel is Kernel.AREA:
+        start, end = (out * n_in) // n_out, -((-(out + 1) * n_in) // n_out)
+        idx = [np.arange(a, b) for a, b in zip(start, end)]
+        val = [np.full(b - a, 1.0 / (b - a)) for a, b in zip(start, end)]
+    elif kernel is Kernel.LINEAR:
+        src = np.maximum((out + 0.5) * scale - 0.5, 0.0)
+        low = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        frac = src - low
+        idx = [np.array([a, min(a + 1, n_in - 1)]) for a in low]
+        val = [np.array([1.0 - f, f]) for f in frac]
+    else:
+        width = max(scale, 1.0)
+        centre = (out + 0.5) * scale
+        idx, val = [], []
+        for c in centre:
+            taps = np.arange(max(int(c - width + 0.5), 0), min(int(c + width + 0.5), n_in))
+            w = np.maximum(0.0, 1.0 - np.abs((taps - c + 0.5) / width))
+            idx.append(taps)
+            val.append(w / w.sum())
+    row_of = np.concatenate([np.full(len(i), r) for r, i in enumerate(idx)])
+    return sparse.csr_matrix((np.concatenate(val), (row_of, np.concatenate(idx))), shape=(n_out, n_in))

@@ -99,9 +99,9 @@ _WORKER_CONTEXT: WorkContext | None = None
 def _init_worker(ctx: WorkContext, threads: int) -> None:
     """Give the worker its share of the cores, for torch loaded now or later, and its context.
 
-    Methods that load torch only when a record needs it (lsp's pre-image on a working grid)
-    would otherwise start one OpenMP thread per core in every worker: two workers on two cores
-    then ran a PNG data set 3x slower than one. OpenMP reads ``OMP_NUM_THREADS`` when torch loads.
+    A method that loads torch only when a record needs it would otherwise start one OpenMP
+    thread per core in every worker: two workers on two cores ran a PNG data set 3x slower than
+    one when lsp's pre-image still ran on torch. OpenMP reads ``OMP_NUM_THREADS`` when torch loads.
     """
     global _WORKER_CONTEXT
     os.environ["OMP_NUM_THREADS"] = str(threads)
