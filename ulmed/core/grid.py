@@ -199,14 +199,26 @@ def preimage(
         if code.ndim != 3 or code.shape[0] != image.shape[0]:
             raise ConfigError(f"a code must be (C, h, w) with the image's {image.shape[0]} channels, got {code.shape}")
     kinds = [look_up(k, Kernel, "resize kernel") for k in kernels]
-    g = sum(adjoint(code, image.shape[1:], kind) for code in codes for kind in kinds)
-    moved = np.abs(g[g != 0])
+    delta = np.zeros(image.shape, dtype=np.float64)  # g, then delta in place: a 12 MP image holds 3 such arrays
+    for code in codes:
+        for kind in kinds:
+            delta += adjoint(code, image.shape[1:], kind)
+    moved = np.abs(delta[delta != 0])
     if not moved.size:
-        return np.zeros(image.shape, dtype=np.float32)
+        return delta.astype(np.float32)
     tau = float(np.quantile(moved, quantile)) if quantile > 0 else 0.0
-    delta = eps * (np.sign(g) if tau == 0 else np.clip(g / tau, -1.0, 1.0))
+    del moved
+    if tau == 0:
+        np.sign(delta, out=delta)
+    else:
+        delta /= tau
+        np.clip(delta, -1.0, 1.0, out=delta)
+    delta *= eps
     x = np.asarray(image, dtype=np.float64)
-    return (np.clip(x + delta, 0.0, 1.0) - x).astype(np.float32)
+    delta += x  # then clipped to the valid range and the image taken away again
+    np.clip(delta, 0.0, 1.0, out=delta)
+    delta -= x
+    return delta.astype(np.float32)
 
 
 def adjoint(code: np.ndarray, native: Sequence[int], kernel: Kernel | str) -> np.ndarray:
