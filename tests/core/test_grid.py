@@ -109,6 +109,8 @@ def test_the_preimage_weights_are_those_of_the_trainers_resize(kernel, native, s
     assert np.allclose(ours, theirs, atol=1e-9)
     code = rng.standard_normal((2, *shape))  # the adjoint: <R x, code> == <x, R^T code>
     assert np.isclose((theirs * code).sum(), (x * adjoint(code, native, kernel)).sum())
+    by_name = axis_weights(native[1], shape[1], kernel.value)  # a kernel's name gives the same matrix
+    assert (by_name != cols).nnz == 0
 
 
 def test_the_preimage_does_not_load_torch():

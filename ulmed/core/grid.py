@@ -167,11 +167,10 @@ def preimage(
     The resizes are linear, so what a perturbation ``delta`` puts on the codes, summed over the
     codes ``c`` and the kernels ``R``, is ``<g, delta>`` with ``g = sum R^T c`` (:func:`adjoint`).
     ``delta = eps * clip(g / tau, -1, 1)`` maximises ``<g, delta> - |delta|^2 * eps / (2 tau)``
-    over ``|delta| <= eps``: the positions whose
-    ``|g|`` reaches ``tau`` take the full budget and the others move in proportion, and
-    positions no resize reads (``g = 0``) stay as they are. ``tau`` is the ``quantile`` of
-    ``|g|`` over the positions with ``g != 0``; 0 gives ``eps * sign(g)``, the largest
-    projection the budget allows, at the most energy.
+    over ``|delta| <= eps``: the positions whose ``|g|`` reaches ``tau`` take the full budget,
+    the others move in proportion, and positions no resize reads (``g = 0``) stay as they are.
+    ``tau`` is the ``quantile`` of ``|g|`` over the positions with ``g != 0``; 0 gives
+    ``eps * sign(g)``, the largest projection the budget allows, at the most energy.
 
     Args:
         image: The native image ``(C, H, W)`` in [0, 1] (the valid range ``image + delta``
@@ -180,7 +179,8 @@ def preimage(
             units (usually ``+-eps`` and 0).
         eps: L-inf budget in [0, 1] units.
         kernels: Resize kernels the projection is summed over.
-        quantile: Share of the moved positions that move by less than the full budget.
+        quantile: Share of the moved positions that move by less than the full budget (those
+            with the smallest ``|g|``).
 
     Returns:
         ``(C, H, W)`` float32 perturbation, ``|delta| <= eps`` and ``image + delta`` in [0, 1].
@@ -228,14 +228,12 @@ def adjoint(code: np.ndarray, native: Sequence[int], kernel: Kernel | str) -> np
     axis (:func:`axis_weights`), so the transpose is ``A^T code B`` (float64, ``(C, *native)``).
     Sparse products run on one thread: the result does not depend on the machine's cores.
     """
-    kind = look_up(kernel, Kernel, "resize kernel")
-    rows = axis_weights(int(native[0]), int(code.shape[-2]), kind)
-    cols = axis_weights(int(native[1]), int(code.shape[-1]), kind)
+    rows = axis_weights(int(native[0]), int(code.shape[-2]), kernel)
+    cols = axis_weights(int(native[1]), int(code.shape[-1]), kernel)
     return np.stack([(cols.T @ (rows.T @ np.asarray(c, dtype=np.float64)).T).T for c in code])
 
 
-@functools.lru_cache(maxsize=64)
-def axis_weights(n_in: int, n_out: int, kernel: Kernel) -> sparse.csr_matrix:
+def axis_weights(n_in: int, n_out: int, kernel: Kernel | str) -> sparse.csr_matrix:
     """``(n_out, n_in)`` weights of one axis of :func:`resize` with ``kernel`` (torch's kernels, half-pixel centres).
 
     ``AREA`` averages input positions ``floor(i n_in / n_out)`` to ``ceil((i + 1) n_in / n_out)``
@@ -243,8 +241,15 @@ def axis_weights(n_in: int, n_out: int, kernel: Kernel) -> sparse.csr_matrix:
     ``(i + 0.5) n_in / n_out - 0.5`` (clamped at the edges); ``ANTIALIAS`` weighs the inputs
     with a triangle that is ``max(n_in / n_out, 1)`` positions wide on each side of the output's
     centre, normalised (Pillow's bilinear filter, which torch's ``antialias=True`` follows).
-    tests/core/test_grid.py checks each against ``torch.nn.functional.interpolate``.
+    tests/core/test_grid.py checks each against ``torch.nn.functional.interpolate``. The matrices
+    are cached by size and kernel: a data set's images mostly share a few sizes.
     """
+    return _axis_weights(int(n_in), int(n_out), look_up(kernel, Kernel, "resize kernel"))
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_weights(n_in: int, n_out: int, kernel: Kernel) -> sparse.csr_matrix:
+    """:func:`axis_weights` for a :class:`Kernel` (the cache's key)."""
     from scipy import sparse
 
     scale = n_in / n_out
