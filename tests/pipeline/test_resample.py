@@ -129,4 +129,5 @@ def test_the_release_codes_lsp_in_cells_of_two_and_a_given_cell_wins(released, d
     code1 = _code_on_the_grid(one.path, staged.root, SUBJECTS[0])
     assert np.mean([code1[r, c] == -code1[r, c + 1] for r, c in same]) > 0.9
     assert release_options({"method": "none"}) == {"method": "none"}
-    assert release_options({"method": "LSP", "method_options": {"tile": 4}})["method_options"] == {"tile": 4, "cell": 2}
+    assert release_options({"method": "lsp", "method_options": {"tile": 4}})["method_options"] == {"tile": 4, "cell": 2}
+    assert release_options({"method": "LSP"}) == {"method": "LSP"}  # the method registry's names are exact

@@ -175,7 +175,7 @@ def release_options(options: dict[str, Any]) -> dict[str, Any]:
     the caller sets, and other methods, are kept.
     """
     method_options = dict(options.get("method_options") or {})
-    if str(options.get("method") or DEFAULT_METHOD).strip().lower() != "lsp" or "cell" in method_options:
+    if (options.get("method") or DEFAULT_METHOD) != "lsp" or "cell" in method_options:  # names as the registry has them
         return options
     return {**options, "method_options": {**method_options, "cell": RELEASE_CELL}}
 
