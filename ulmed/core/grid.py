@@ -199,26 +199,31 @@ def preimage(
         if code.ndim != 3 or code.shape[0] != image.shape[0]:
             raise ConfigError(f"a code must be (C, h, w) with the image's {image.shape[0]} channels, got {code.shape}")
     kinds = [look_up(k, Kernel, "resize kernel") for k in kernels]
-    delta = np.zeros(image.shape, dtype=np.float64)  # g, then delta in place: a 12 MP image holds 3 such arrays
+    g = np.zeros(image.shape, dtype=np.float64)
     for code in codes:
         for kind in kinds:
-            delta += adjoint(code, image.shape[1:], kind)
-    moved = np.abs(delta[delta != 0])
+            g += adjoint(code, image.shape[1:], kind)
+    return _scaled(g, image, eps, quantile)
+
+
+def _scaled(g: np.ndarray, image: np.ndarray, eps: float, quantile: float) -> np.ndarray:
+    """:func:`preimage`'s ``delta`` from ``g``, computed in ``g`` (a 12 MP image holds three float64 arrays)."""
+    moved = np.abs(g[g != 0])
     if not moved.size:
-        return delta.astype(np.float32)
+        return g.astype(np.float32)
     tau = float(np.quantile(moved, quantile)) if quantile > 0 else 0.0
     del moved
     if tau == 0:
-        np.sign(delta, out=delta)
+        np.sign(g, out=g)
     else:
-        delta /= tau
-        np.clip(delta, -1.0, 1.0, out=delta)
-    delta *= eps
+        g /= tau
+        np.clip(g, -1.0, 1.0, out=g)
+    g *= eps
     x = np.asarray(image, dtype=np.float64)
-    delta += x  # then clipped to the valid range and the image taken away again
-    np.clip(delta, 0.0, 1.0, out=delta)
-    delta -= x
-    return delta.astype(np.float32)
+    g += x  # then clipped to the valid range and the image taken away again
+    np.clip(g, 0.0, 1.0, out=g)
+    g -= x
+    return g.astype(np.float32)
 
 
 def adjoint(code: np.ndarray, native: Sequence[int], kernel: Kernel | str) -> np.ndarray:
