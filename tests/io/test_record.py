@@ -81,7 +81,8 @@ def test_record_keeps_quantise_perturbation_where_callers_found_it():
     assert quantise_perturbation is quantise.quantise_perturbation  # moved to ulmed/io/quantise.py
 
 
-def test_slab_by_slab_gives_the_values_of_the_whole_volume(monkeypatch):
+@pytest.mark.parametrize("piece", [5000, 130, 1])  # boxes of one slice, of two rows, of one position
+def test_slab_by_slab_gives_the_values_of_the_whole_volume(monkeypatch, piece):
     """with_perturbation and to_unit run in pieces of PIECE_VALUES; the values equal one piece's."""
     import ulmed.io.record as record
 
@@ -91,10 +92,25 @@ def test_slab_by_slab_gives_the_values_of_the_whole_volume(monkeypatch):
     m = IntensityMapping(low=-1024.0, high=1000.0, valid_min=-1024.0, valid_max=3071.0, quantum=1.0)
     rec = Record("s", img, m, 3, "dicom", quantum_map=steps)
     delta = rng.uniform(-0.02, 0.02, size=img.shape).astype(np.float32)
-    monkeypatch.setattr(record, "PIECE_VALUES", 5000)  # slabs of one row, pieces of 5000 values
+    monkeypatch.setattr(record, "PIECE_VALUES", piece)
     pieces = rec.with_perturbation(delta, 30.0, clip=0.01).image, m.to_unit(img), m.to_unit(img, np.float64)
     monkeypatch.setattr(record, "PIECE_VALUES", 1 << 30)
     whole = rec.with_perturbation(np.clip(delta.astype(np.float64), -0.01, 0.01), 30.0).image
     assert np.array_equal(pieces[0], whole) and not np.array_equal(whole, img)
     assert np.array_equal(pieces[1], m.to_unit(img)) and np.array_equal(pieces[2], m.to_unit(img, np.float64))
     assert pieces[1].dtype == np.float32 and pieces[2].dtype == np.float64
+
+
+@pytest.mark.parametrize(("shape", "values"), [((1, 9, 70, 60), 5000), ((3, 70, 60), 130), ((2, 5, 7), 1),
+                                               ((1, 4, 6, 8), 10**6), ((2, 3), 4)])
+def test_slabs_cover_every_position_once_within_the_size(shape, values):
+    from ulmed.io.record import slabs
+
+    seen = np.zeros(shape, dtype=int)
+    boxes = slabs(shape, values)
+    for box in boxes:
+        seen[box] += 1
+        assert seen[box].size <= max(values, shape[0])  # all channels of one position at the least
+    assert (seen == 1).all()
+    if values >= np.prod(shape):
+        assert len(boxes) == 1  # an array that fits is one box, not one per row

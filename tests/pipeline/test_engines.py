@@ -97,3 +97,29 @@ def test_a_worker_gives_torch_loaded_later_its_share_of_the_cores():
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "1"
+
+
+def test_this_process_takes_batches_while_the_pool_is_busy_and_results_keep_their_order():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ulmed.pipeline.engines import _shared
+
+    release = threading.Event()  # the pool's batches wait until this process has run some of its own
+    ran_here: list[int] = []
+
+    def slow(batch):
+        release.wait(5)
+        return [f"pool{b}" for b in batch]
+
+    def here(batch):
+        ran_here.extend(batch)
+        if len(ran_here) >= 3:
+            release.set()
+        return [f"here{b}" for b in batch]
+
+    batches = [[i] for i in range(8)]
+    with ThreadPoolExecutor(1) as pool:
+        got = list(_shared(batches, lambda b: pool.submit(slow, b), here, in_flight=2))
+    assert [int(r[4:]) for r in got] == list(range(8))  # in the order of the units, whoever ran them
+    assert got[:2] == ["pool0", "pool1"] and ran_here[:3] == [2, 3, 4]  # the pool's two, then here while it waits

@@ -30,8 +30,9 @@ def class_pattern(cls: int, channels: int, spatial: tuple[int, ...], tile: int, 
     for axis in range(1, code.ndim):
         code = np.repeat(code, block, axis=axis)
     code = code[(slice(None), *([slice(0, tile)] * len(spatial)))]
-    reps = (1, *(-(-s // tile) for s in spatial))
-    return np.tile(code, reps)[(slice(None), *(slice(0, s) for s in spatial))]
+    for axis, size in enumerate(spatial, start=1):  # the tile repeated along each axis, cut to size
+        code = np.take(code, np.arange(size) % tile, axis=axis)
+    return code
 
 
 def mask_coded(

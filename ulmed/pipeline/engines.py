@@ -1,7 +1,7 @@
 """Engines that run :func:`ulmed.pipeline.work.process_batch` over a run's units.
 
 * ``local`` with one worker runs in this process;
-* ``local`` with N workers uses N spawned processes (each with ``cpu_count / N`` torch threads);
+* ``local`` with N workers runs here and in N - 1 spawned processes (each with ``cpu_count / N`` torch threads);
 * ``ray`` sends batches as Ray tasks to a local or existing cluster (``--ray-address``).
 
 Every engine yields the results in the order of the units, with a bounded number of
@@ -16,8 +16,9 @@ import logging
 import os
 import sys
 from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any
@@ -133,11 +134,13 @@ def _ordered(submit: Any, batches: list[list[Unit]], in_flight: int, result: Any
 
 
 def run_local(units: Sequence[Unit], ctx: WorkContext, config: EngineConfig) -> Iterator[UnitResult]:
-    """Run in this process (one worker) or in spawned worker processes.
+    """Run in this process (one worker), or here and in ``workers - 1`` spawned worker processes.
 
     In this process the units go to :func:`process_batch` ``ctx.method.batch_hint`` at a time
     (one at a time for most methods), so a method that batches across records gets its batches
-    while memory stays bounded; a worker's task holds at least that many units too.
+    while memory stays bounded; a worker's task holds at least that many units too. With N
+    workers this process is one of them (:func:`_shared`): it starts on the first batches while
+    the spawned ones still import, and no core waits on a parent that only collects results.
     """
     if config.workers == 1 or len(units) <= 1:
         for batch in _batches(units, max(1, ctx.method.batch_hint)):
@@ -145,10 +148,49 @@ def run_local(units: Sequence[Unit], ctx: WorkContext, config: EngineConfig) -> 
         return
     threads = max(1, (os.cpu_count() or 1) // config.workers)
     batches = _batches(units, _task_size(config, ctx))
-    with ProcessPoolExecutor(config.workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(ctx, threads)) as pool:
-        yield from _ordered(lambda b: pool.submit(_worker_batch, b), batches, 2 * config.workers,
-                            lambda f: f.result())
+    spawned = config.workers - 1
+    with ProcessPoolExecutor(spawned, mp_context=get_context("spawn"), initializer=_init_worker,
+                             initargs=(ctx, threads)) as pool, _torch_threads(threads):
+        yield from _shared(batches, lambda b: pool.submit(_worker_batch, b), lambda b: process_batch(b, ctx),
+                           2 * spawned)
+
+
+def _shared(batches: list[list[Unit]], submit: Callable[[list[Unit]], Future[list[UnitResult]]],
+            here: Callable[[list[Unit]], list[UnitResult]], in_flight: int) -> Iterator[UnitResult]:
+    """Run each batch in the pool while it has fewer than ``in_flight`` pending, else here; results in order.
+
+    A batch run here is held until the batches before it are back, so the journal keeps the
+    order of the units; what is held is manifest entries, not images.
+    """
+    held: dict[int, Future[list[UnitResult]] | list[UnitResult]] = {}
+    out = 0
+    for i, batch in enumerate(batches):
+        pending = sum(1 for r in held.values() if isinstance(r, Future) and not r.done())
+        held[i] = submit(batch) if pending < in_flight else here(batch)
+        while out in held and not (isinstance(held[out], Future) and not held[out].done()):
+            yield from _value(held.pop(out))
+            out += 1
+    while out in held:
+        yield from _value(held.pop(out))
+        out += 1
+
+
+def _value(got: Future[list[UnitResult]] | list[UnitResult]) -> list[UnitResult]:
+    return got.result() if isinstance(got, Future) else got
+
+
+@contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """This process's torch threads set to its share of the cores for the block (when torch is loaded)."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch is not None and before is not None:
+            torch.set_num_threads(before)
 
 
 def _ray() -> Any:
