@@ -114,3 +114,18 @@ def test_slabs_cover_every_position_once_within_the_size(shape, values):
     assert (seen == 1).all()
     if values >= np.prod(shape):
         assert len(boxes) == 1  # an array that fits is one box, not one per row
+
+
+def test_whole_steps_give_int32_values_and_fractional_steps_float64():
+    """An integer image perturbed by whole steps is int32 (exact, half of float64's memory, no uint8 wrap)."""
+    rng = np.random.default_rng(4)
+    img = rng.integers(0, 256, size=(1, 12, 16)).astype(np.uint8)
+    m = IntensityMapping(low=0.0, high=255.0, valid_min=0.0, valid_max=255.0, quantum=1.0)
+    delta = rng.uniform(-0.03, 0.03, size=img.shape).astype(np.float32)
+    out = Record("a", img, m, 2, "image").with_perturbation(delta, 8.0, clip=8 / 255).image
+    ref = Record("a", img.astype(np.float64), m, 2, "image").with_perturbation(delta, 8.0, clip=8 / 255).image
+    assert out.dtype == np.int32 and ref.dtype == np.float64 and np.array_equal(out, ref)
+    assert (out - img).min() < 0  # a difference below zero, not wrapped around to 255
+    half = IntensityMapping(low=-10.0, high=10.0, valid_min=-10.0, valid_max=10.0, quantum=0.5)
+    small = np.arange(-8, 8, dtype=np.int16).reshape(1, 4, 4)
+    assert Record("b", small, half, 2, "image").with_perturbation(np.full((1, 4, 4), 0.02)).image.dtype == np.float64

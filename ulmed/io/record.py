@@ -265,9 +265,10 @@ class Record:
         added to the native image in float64. So a zero perturbation returns the native
         values exactly, the writers' rounding changes nothing, and metrics taken on the
         result are those of the written file. Under an L-inf budget (or none) every step is
-        elementwise, so it runs slab by slab along the first spatial axis (about
-        :data:`PIECE_VALUES` values at a time): the same values, without volume-sized float64
-        temporaries.
+        elementwise, so it runs box by box (:func:`slabs`, about :data:`PIECE_VALUES` values
+        at a time): the same values, without volume-sized float64 temporaries. The result
+        is int32 where whole integer steps keep every value exact (:meth:`_exact_dtype`: a
+        16-bit DICOM series, a PNG), else float64.
 
         Args:
             delta: Perturbation in [0, 1] units, shaped like the image (not modified).
@@ -279,10 +280,11 @@ class Record:
         """
         if delta.shape != self.image.shape:
             raise ConfigError(f"{self.key}: perturbation shape {delta.shape} != image shape {self.image.shape}")
+        dtype = self._exact_dtype()
         if norm != "linf" or self.image.ndim < 2:
-            native = self._perturbed(self.image, delta, self.steps, eps_native, norm, clip)
+            native = self._perturbed(self.image, delta, self.steps, eps_native, norm, clip).astype(dtype, copy=False)
         else:
-            native = np.empty(self.image.shape, dtype=np.float64)
+            native = np.empty(self.image.shape, dtype=dtype)
             steps = _along_rows(self.steps, self.image.ndim)
             for part in slabs(self.image.shape, PIECE_VALUES):
                 step = steps if np.ndim(steps) == 0 else steps[_cut(part, steps.shape)]
@@ -298,6 +300,22 @@ class Record:
             meta=dict(self.meta),
             quantum_map=self.quantum_map,
         )
+
+    def _exact_dtype(self) -> np.dtype:
+        """int32 when the image is integer, every stored step a whole number and the clip bounds inside
+        int32 (so ``clean + whole steps`` is an exact integer there), else float64.
+
+        A writer then stores the values as they are (the DICOM writer's integer path) and the result
+        takes half the memory of float64. int32, not the image's own dtype: ``protected - clean``
+        in a user's script must not wrap around as uint8 or uint16 would.
+        """
+        if self.image.dtype.kind not in "iu":
+            return np.dtype(np.float64)
+        steps = np.asarray(self.steps, dtype=np.float64)
+        info = np.iinfo(np.int32)
+        low, high = max(self.mapping.low, self.mapping.valid_min), min(self.mapping.high, self.mapping.valid_max)
+        whole = bool(np.all(steps > 0) and np.all(steps == np.round(steps)))
+        return np.dtype(np.int32) if whole and info.min <= low and high <= info.max else np.dtype(np.float64)
 
     def _perturbed(self, image: np.ndarray, delta: np.ndarray, steps: float | np.ndarray, eps_native: float | None,
                    norm: str, clip: float | None) -> np.ndarray:
