@@ -145,3 +145,24 @@ def test_sum_squares_is_the_sum_of_squares():
     for n in (0, 1, DOT_VALUES - 1, DOT_VALUES, 3 * DOT_VALUES + 5):
         x = rng.normal(0, 1, n)
         assert sum_squares(x) == pytest.approx(math.fsum(x * x), rel=1e-12, abs=0.0)
+
+
+def test_integer_images_are_measured_exactly_on_their_native_differences():
+    """With an affine to_unit, integer images give the float path's figures, L-inf exactly |d|max / scale."""
+    from ulmed.eval.imperceptibility import PIECE_VALUES
+
+    rng = np.random.default_rng(5)
+    clean = rng.integers(-1000, 2000, size=(1, 3, PIECE_VALUES // 64, 70)).astype(np.int32)  # more than a piece
+    protected = clean + rng.integers(-76, 77, size=clean.shape).astype(np.int32)
+    low, scale = -1000.0, 2470.0
+
+    def to_unit(a):
+        return (np.asarray(a, dtype=np.float64) - low) / scale
+
+    exact = imperceptibility(clean, protected, scale, to_unit=to_unit, affine=True, with_ssim=False)
+    floats = imperceptibility(clean, protected, scale, to_unit=to_unit, with_ssim=False)
+    assert exact["linf_native"] == 76.0 and exact["linf"] == 76 / scale  # floats: 76.00000000000014
+    assert exact["l0"] == floats["l0"] == int(np.count_nonzero(protected != clean))
+    for key in ("psnr", "l2", "l2_native", "rms", "linf"):
+        assert exact[key] == pytest.approx(floats[key], rel=1e-12), key
+    assert exact["l2_native"] == pytest.approx(float(np.sqrt(np.sum((protected - clean).astype(float) ** 2))))

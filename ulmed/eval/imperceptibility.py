@@ -254,8 +254,40 @@ def _norms(clean: np.ndarray, protected: np.ndarray, to_unit: Convert) -> tuple[
     return linf, sq, changed
 
 
+def _integer_norms(clean: np.ndarray, protected: np.ndarray, scale: float) -> tuple[float, float, int]:
+    """:func:`_norms` of integer images whose [0, 1] values are ``(native - low) / scale``, exactly.
+
+    The differences are whole native numbers, taken in int64 and scaled once at the end, so
+    L-inf is exactly ``max |difference| / scale`` (``76 / 2470``, not the difference of two
+    rounded quotients) and the sum of squares is exact while it fits int64 (pieces whose
+    differences reach 2^20 are summed in float64). About twice as fast as converting both images.
+    """
+    p, c = protected.reshape(-1), clean.reshape(-1)
+    high, sq, changed = 0, 0.0, 0
+    threshold = 1e-6 * scale  # the float path's "changed by more than 1e-6" in [0, 1] units
+    for lo in range(0, p.size, PIECE_VALUES):
+        d = np.subtract(p[lo : lo + PIECE_VALUES], c[lo : lo + PIECE_VALUES], dtype=np.int64)
+        np.abs(d, out=d)
+        top = int(d.max())
+        high = max(high, top)
+        changed += int(np.count_nonzero(d > threshold))
+        sq += float(np.dot(d, d)) if top < 1 << 20 else sum_squares(d.astype(np.float64))
+    return high / scale, sq / scale**2, changed
+
+
+def _measured_norms(clean: np.ndarray, protected: np.ndarray, scale: float, to_unit: Convert,
+                    affine: bool) -> tuple[float, float, int]:
+    """L-inf, squared L2 and L0 of ``protected - clean``: none for the same array, exact for integers."""
+    if protected is clean:
+        return 0.0, 0.0, 0
+    if affine and clean.dtype.kind in "iu" and protected.dtype.kind in "iu" and clean.size:
+        return _integer_norms(clean, protected, scale)
+    return _norms(clean, protected, to_unit)
+
+
 def imperceptibility(clean: np.ndarray, protected: np.ndarray, scale: float = 1.0, with_ssim: bool = True,
-                     to_unit: Convert = _as_float64, ssim_positions: int | None = None) -> dict[str, float]:
+                     to_unit: Convert = _as_float64, ssim_positions: int | None = None,
+                     affine: bool = False) -> dict[str, float]:
     """PSNR, SSIM, L-inf, L2 (norm and RMS) and L0 (count and fraction) of ``protected - clean``.
 
     Args:
@@ -267,6 +299,8 @@ def imperceptibility(clean: np.ndarray, protected: np.ndarray, scale: float = 1.
             ``mapping.to_unit``), so the caller need not convert whole volumes first.
         ssim_positions: Visit about this many SSIM window positions at most (evenly spaced
             slabs; :func:`ssim`); None visits all. The result says how many were visited.
+        affine: ``to_unit`` is ``(native - low) / scale`` (a record's mapping): the norms of
+            two integer images are then taken exactly on their native differences.
 
     Returns:
         ``psnr`` (dB, inf when identical), ``ssim``, ``linf``, ``linf_native``, ``l2`` (norm
@@ -280,7 +314,7 @@ def imperceptibility(clean: np.ndarray, protected: np.ndarray, scale: float = 1.
     if clean.ndim < 2:
         raise ValueError(f"images must be channel-first (C, *spatial), got shape {clean.shape}")
     size = clean.size
-    linf, sq, changed = (0.0, 0.0, 0) if protected is clean else _norms(clean, protected, to_unit)
+    linf, sq, changed = _measured_norms(clean, protected, scale, to_unit, affine)
     mse = sq / size if size else 0.0
     win = ssim_window(clean.shape[1:])
     every = clean.shape[0] * int(np.prod([max(s - win + 1, 0) for s in clean.shape[1:]], dtype=np.int64))

@@ -159,7 +159,7 @@ def _finish(unit: Unit, clean: Record, protected: Record, ctx: WorkContext) -> U
     # mostly hold it); both only read the images.
     measuring = _metrics_thread().submit(
         imperceptibility, clean.image, protected.image, clean.mapping.scale,
-        to_unit=functools.partial(clean.mapping.to_unit, dtype=np.float64), **metrics_options(ctx.metrics))
+        to_unit=functools.partial(clean.mapping.to_unit, dtype=np.float64), affine=True, **metrics_options(ctx.metrics))
     remark = method.note(clean)
     if (too_small := method.budget.too_small(clean)) is not None:
         log.warning("%s: %s", unit.key, too_small)
