@@ -12,7 +12,8 @@ images in the same run, so the speed ratio compares like with like: images per s
 counts everything a method does for the set (em's and salm's surrogate fits included; the
 generator's loading excluded, as it happens once per process). UnSeg runs its generator on one
 thread by default (its bytes then do not depend on the machine or ``--workers``); with
-``--speed-only`` and ``--threads N > 1`` a row ``unseg_tN`` adds it on the process's N threads.
+``--speed-only`` and ``--threads N > 1`` a row ``unseg_tN`` adds it on the process's N threads;
+``--speed-only`` also times ``unseg_bf16`` (``precision=bf16``: bfloat16 autocast, one thread).
 
 Usage:
     python benchmarks/unseg_effect.py --quick          # 96 train / 64 test images, 12 epochs
@@ -113,6 +114,8 @@ def main() -> None:
     }
     if args.speed_only and args.threads > 1:  # the generator on all the process's threads (its default is 1)
         variants[f"unseg_t{args.threads}"] = ("unseg", {**variants["unseg"][1], "threads": args.threads})
+    if args.speed_only:  # bfloat16 forward passes (autocast), one thread
+        variants["unseg_bf16"] = ("unseg", {**variants["unseg"][1], "precision": "bf16"})
     if args.baselines:
         variants.update({"em": ("em", {}), "salm": ("salm", {})})
     for name, spec in variants.items():
@@ -142,6 +145,8 @@ def main() -> None:
     speedup = {m: round(rates["unseg"] / rates[m], 1) for m in ("em", "salm") if rates.get(m)}
     if rates.get(f"unseg_t{args.threads}") and rates.get("em"):
         speedup[f"em, unseg on {args.threads} threads"] = round(rates[f"unseg_t{args.threads}"] / rates["em"], 1)
+    if rates.get("unseg_bf16") and rates.get("em"):
+        speedup["em, unseg in bf16"] = round(rates["unseg_bf16"] / rates["em"], 1)
     result = {
         "dataset": "hc18",
         "mode": mode,

@@ -180,3 +180,18 @@ def test_batch_hint_is_the_batch_size_and_skip_records_cost_no_pass(checkpoint, 
     out = method.protect_many([bare, *recs])
     assert np.array_equal(out[0].image, bare.image) and sizes == [3]  # two images, padded to the batch size
     assert method.params()["batch_size"] == 3
+
+
+def test_bf16_stays_in_the_budget_and_is_named_in_the_params(checkpoint, hc18_train_records):
+    """bf16 forward passes: within eps, close to fp32's noise, and recorded (fp32 runs keep their params)."""
+    records = hc18_train_records(24, 2)
+    fp32 = UnSeg("8/255", generator=checkpoint, batch_size=2)
+    bf16 = UnSeg("8/255", generator=checkpoint, batch_size=2, precision="BF16")
+    for rec in records:
+        a = fp32.protect(rec).image - rec.image
+        b = bf16.protect(rec).image - rec.image
+        assert np.abs(b).max() <= 8 + 1e-9 and np.abs(b).max() > 1  # stored grey levels, in the budget
+        assert np.mean(a == b) > 0.9 and not np.array_equal(a, b)  # mostly the same steps, not all
+    assert "precision" not in fp32.params() and bf16.params()["precision"] == "bf16"
+    with pytest.raises(ConfigError, match="precision"):
+        UnSeg(generator=checkpoint, precision="fp8")

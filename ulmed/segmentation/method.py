@@ -25,6 +25,7 @@ manifest's params name the fallback and its ``fit`` section lists the records th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -61,6 +62,23 @@ class Fallback(StrEnum):
 
 #: The fallback values, in definition order.
 FALLBACKS = names(Fallback)
+
+
+class Precision(StrEnum):
+    """The arithmetic of the generator's forward passes (``precision``)."""
+
+    #: float32 throughout: the reference, the same bytes on any machine at the same threads.
+    FP32 = "fp32"
+    #: ``torch.autocast`` in bfloat16 on the method's device: 1.8x the images/s on a CPU with AMX
+    #: (HC18 at 64 px, one thread), with 0.4 % of the stored values one step off fp32's.
+    BF16 = "bf16"
+
+
+def _autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager[Any]:
+    """The forward passes' arithmetic: nothing for fp32, autocast in bfloat16 for bf16."""
+    if precision is Precision.FP32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 @dataclass
@@ -102,6 +120,8 @@ class UnSeg(ProtectionMethod):
             reproducible on any machine; more is faster on one worker but ties the bytes to it.
         sam_checkpoint: Official SAM checkpoint, for generators built on ``vit_*`` that do
             not store SAM's weights.
+        precision: ``fp32`` (the reference) or ``bf16`` (:class:`Precision`: faster, recorded
+            in the params, a few stored values differ).
     """
 
     name = "unseg"
@@ -111,9 +131,11 @@ class UnSeg(ProtectionMethod):
 
     def __init__(self, *args: Any, generator: str | Path | None = None, eps_bg: str | float = "2/255",
                  prompt: str = "mask", fallback: str = "box", batch_size: int = 16, num_points: int = 3,
-                 threads: int = 1, sam_checkpoint: str | Path | None = None, **kwargs: Any) -> None:
+                 threads: int = 1, sam_checkpoint: str | Path | None = None, precision: str = "fp32",
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         prompt_kind, fallback_kind = look_up(prompt, PromptKind, "prompt"), look_up(fallback, Fallback, "fallback")
+        self.precision = look_up(precision, Precision, "precision")
         if batch_size < 1 or num_points < 1 or threads < 1:
             raise ConfigError(f"batch_size, num_points and threads must be >= 1, got {batch_size}, {num_points}, "
                               f"{threads}")
@@ -176,7 +198,7 @@ class UnSeg(ProtectionMethod):
         out: list[list[torch.Tensor]] = [[] for _ in jobs]
         queues: dict[str, list[tuple[int, _Piece]]] = {}
         cpu_threads = self.threads if self._device.type == "cpu" else None
-        with torch.inference_mode(), torch_threads(cpu_threads):
+        with torch.inference_mode(), torch_threads(cpu_threads), _autocast(self._device, self.precision):
             for j, job in enumerate(jobs):
                 for piece in self._pieces(*job):
                     queue = queues.setdefault(piece.prompt.kind, [])
@@ -274,7 +296,8 @@ class UnSeg(ProtectionMethod):
                 "builder": self.builder, "eps_bg": self.eps_bg.spec if self.eps_bg is not None else "0",
                 "prompt": self.prompt, "fallback": self.fallback, "num_points": self.num_points,
                 # batch size and threads set the generator's float rounding (see _forward, the module docstring)
-                "batch_size": self.batch_size, "threads": self.threads}
+                "batch_size": self.batch_size, "threads": self.threads,
+                **({} if self.precision is Precision.FP32 else {"precision": self.precision})}
 
     def fit_report(self) -> dict[str, Any]:
         """Which records had no mask and got the fallback."""
