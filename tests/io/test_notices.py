@@ -9,7 +9,7 @@ import warnings
 import pytest
 from PIL import Image
 
-from ulmed.io.notices import DEBUG_ENV, MAX_MESSAGES, clean_message, library_messages
+from ulmed.io.notices import DEBUG_ENV, MAX_MESSAGES, clean_message, library_messages, routed_messages
 from ulmed.pipeline.protect import protect_path
 
 
@@ -83,3 +83,46 @@ def test_join_messages_keeps_each_message_once_in_order_and_caps_the_count() -> 
     assert join_messages(["a", "b"], [], ["b", "c"]) == ["a", "b", "c"]
     many = join_messages([f"m{i}" for i in range(MAX_MESSAGES)], ["one more", "and another"])
     assert len(many) == MAX_MESSAGES + 1 and many[-1] == "(further messages left out)"
+
+
+def test_inside_routed_messages_blocks_in_two_threads_keep_their_own_messages(capsys, recwarn) -> None:
+    import threading
+
+    filters, show = list(warnings.filters), warnings.showwarning
+    handlers = list(logging.getLogger("pydicom").handlers)
+    both_open = threading.Barrier(2)
+    got: dict[str, list[str]] = {}
+
+    def work(name: str) -> None:
+        with library_messages() as messages:
+            both_open.wait(5)  # the two threads' blocks are open at the same time
+            logging.getLogger("pydicom").warning("%s logged", name)
+            warnings.warn(f"{name} warned 'Doe'", UserWarning, stacklevel=1)
+            both_open.wait(5)
+        got[name] = messages
+
+    with routed_messages(), library_messages() as outer:
+        reader = threading.Thread(target=work, args=("reader",))
+        reader.start()
+        work("main")
+        reader.join()
+    assert got == {"main": ["main logged", "main warned '...'"], "reader": ["reader logged", "reader warned '...'"]}
+    assert outer == got["main"]  # an inner block forwards to the enclosing block of its own thread
+    assert list(warnings.filters) == filters and warnings.showwarning is show
+    assert logging.getLogger("pydicom").handlers == handlers
+    assert not capsys.readouterr().err and not [w for w in recwarn if "warned" in str(w.message)]
+
+
+def test_inside_routed_messages_a_thread_without_a_block_warns_once_per_place(recwarn) -> None:
+    import threading
+
+    def outside() -> None:
+        for _ in range(3):
+            warnings.warn("numpy said so", RuntimeWarning, stacklevel=1)
+        warnings.warn("old API", DeprecationWarning, stacklevel=1)
+
+    with routed_messages():
+        helper = threading.Thread(target=outside)
+        helper.start()
+        helper.join()
+    assert [str(w.message) for w in recwarn] == ["numpy said so"]  # once, as Python's default filter shows it

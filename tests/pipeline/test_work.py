@@ -78,6 +78,28 @@ def test_a_run_batches_images_through_the_generator_and_a_bad_file_fails_alone(d
         return [(e.input, e.status, e.sha256) for e in m.entries]
 
     assert seen(alone) == seen(batched)
+    # one record per group: every record after the first was read ahead, in the reader thread
+    assert [e.warnings for e in alone.entries if e.warnings] == [[said]]
+    assert {e.input for e in alone.entries if e.warnings} == {"images/006_HC.png"}
+
+
+@pytest.mark.parametrize("limit", [work.READ_AHEAD_BYTES, 0])
+def test_the_next_group_is_read_in_a_thread_unless_it_is_too_large(dataset, tmp_path, monkeypatch, limit):
+    import threading
+
+    readers: dict[str, str] = {}
+    real_read = work.read_record
+
+    def noted(unit, ctx):
+        readers[unit.key] = threading.current_thread().name
+        return real_read(unit, ctx)
+
+    monkeypatch.setattr(work, "read_record", noted)
+    monkeypatch.setattr(work, "READ_AHEAD_BYTES", limit)
+    manifest = protect_path(dataset, tmp_path / "out", method="lsp")
+    ahead = sorted(k for k, name in readers.items() if name.startswith("ulmed-read"))
+    assert len(readers) == IMAGES + 1 and ahead == (sorted(readers)[1:] if limit else [])
+    assert [e.input for e in manifest.entries if e.status == "failed"] == ["images/010_bad.png"]
 
 
 def test_groups_join_consecutive_images_only():

@@ -26,7 +26,7 @@ from typing import Any
 from ulmed.choices import StrEnum, look_up, names
 from ulmed.errors import ConfigError, MissingDependencyError, UlmedError
 from ulmed.pipeline.units import Unit
-from ulmed.pipeline.work import UnitResult, WorkContext, process_batch
+from ulmed.pipeline.work import UnitResult, WorkContext, process_batch, process_stream
 
 log = logging.getLogger("ulmed")
 
@@ -136,15 +136,15 @@ def _ordered(submit: Any, batches: list[list[Unit]], in_flight: int, result: Any
 def run_local(units: Sequence[Unit], ctx: WorkContext, config: EngineConfig) -> Iterator[UnitResult]:
     """Run in this process (one worker), or here and in ``workers - 1`` spawned worker processes.
 
-    In this process the units go to :func:`process_batch` ``ctx.method.batch_hint`` at a time
-    (one at a time for most methods), so a method that batches across records gets its batches
-    while memory stays bounded; a worker's task holds at least that many units too. With N
+    In this process the units go to :func:`process_stream` (``ctx.method.batch_hint`` at a time,
+    one for most methods, the next group read in a thread meanwhile), so a method that batches
+    across records gets its batches while memory stays bounded; a worker's task holds at least
+    that many units too. With N
     workers this process is one of them (:func:`_shared`): it starts on the first batches while
     the spawned ones still import, and no core waits on a parent that only collects results.
     """
     if config.workers == 1 or len(units) <= 1:
-        for batch in _batches(units, max(1, ctx.method.batch_hint)):
-            yield from process_batch(batch, ctx)
+        yield from process_stream(list(units), ctx)
         return
     threads = max(1, (os.cpu_count() or 1) // config.workers)
     batches = _batches(units, _task_size(config, ctx))

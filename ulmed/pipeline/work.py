@@ -12,6 +12,7 @@ import concurrent.futures
 import functools
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from ulmed.io.dicom import DicomSeries, write_series
 from ulmed.io.discover import Item
 from ulmed.io.images import output_relpath, write_image
 from ulmed.io.nifti import write_nifti
-from ulmed.io.notices import join_messages, library_messages
+from ulmed.io.notices import join_messages, library_messages, routed_messages
 from ulmed.io.record import Record
 from ulmed.pipeline.manifest import Entry, sha256_of
 from ulmed.pipeline.units import Copy, Unit, input_stamps, read_unit, relative
@@ -215,33 +216,83 @@ def _groups(units: list[Unit], size: int) -> list[list[Unit]]:
     return groups
 
 
-def _process_group(units: list[Unit], ctx: WorkContext) -> list[UnitResult]:
-    """Read every unit, protect the readable records with one ``protect_many`` call, write each.
+@dataclass
+class _Read:
+    """A group's units as read: per unit its stamps, its record (or failed result) and what the libraries said."""
+
+    stamps: list[dict[str, list[Any]] | None] = field(default_factory=list)
+    records: list[Record | UnitResult] = field(default_factory=list)
+    said: list[list[str]] = field(default_factory=list)
+
+
+def _read_group(units: list[Unit], ctx: WorkContext) -> _Read:
+    """Stamp and read every unit of a group; a unit that cannot be read is a failed result."""
+    got = _Read()
+    for unit in units:
+        got.stamps.append(_stamps(unit, ctx))
+        with library_messages() as messages:
+            got.records.append(_read(unit, ctx))
+        got.said.append(messages)
+    return got
+
+
+def _finish_group(units: list[Unit], got: _Read, ctx: WorkContext) -> list[UnitResult]:
+    """Protect a group's readable records with one ``protect_many`` call and write each.
 
     A unit that cannot be read or written fails alone. What the file libraries warn or log
     while a unit is read or written goes into its entries; what they say while the group is
     protected goes into the entries of every unit of the group.
     """
-    stamps, read, said = [], [], []
-    for unit in units:
-        stamps.append(_stamps(unit, ctx))
-        with library_messages() as messages:
-            read.append(_read(unit, ctx))
-        said.append(messages)
-    clean = [r for r in read if isinstance(r, Record)]
+    clean = [r for r in got.records if isinstance(r, Record)]
     with library_messages() as shared:
         protected = iter(ctx.method.protect_many(clean) if clean else [])
     results = []
-    for unit, got, messages, stamp in zip(units, read, said, stamps):
-        if isinstance(got, Record):
+    for unit, record, messages, stamp in zip(units, got.records, got.said, got.stamps):
+        if isinstance(record, Record):
             with library_messages() as written:
-                got = _finish(unit, got, next(protected), ctx)
+                record = _finish(unit, record, next(protected), ctx)
             messages = join_messages(messages, shared, written)
-        for entry in got.entries:
+        for entry in record.entries:
             entry.warnings = list(messages) or None
-        got.stamps = stamp
-        results.append(got)
+        record.stamps = stamp
+        results.append(record)
     return results
+
+
+#: Input bytes of the next group that :func:`process_stream` reads ahead at most (a larger group is
+#: read when its turn comes, so memory holds one large series, not two).
+READ_AHEAD_BYTES = 128 << 20
+
+
+def _input_bytes(units: list[Unit]) -> int:
+    """Bytes of the group's input files (a file that cannot be sized counts as too large)."""
+    total = 0
+    for unit in units:
+        for path in unit.files:
+            try:
+                total += Path(path).stat().st_size
+            except OSError:
+                return READ_AHEAD_BYTES + 1
+    return total
+
+
+def process_stream(units: list[Unit], ctx: WorkContext) -> Iterator[UnitResult]:
+    """:func:`process_batch`'s results group by group, the next group read in a thread meanwhile.
+
+    While one group is protected and written, a reader thread stamps and reads the next (at most
+    :data:`READ_AHEAD_BYTES` of input): decoding lets go of the interpreter, so reading overlaps
+    the protection on a second core. The library messages of each unit stay its own
+    (:func:`~ulmed.io.notices.routed_messages`). Results and bytes are those of :func:`process_batch`.
+    """
+    groups = _groups(units, ctx.method.batch_hint)
+    with routed_messages(), concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ulmed-read") as reader:
+        ahead: concurrent.futures.Future[_Read] | None = None
+        for i, group in enumerate(groups):
+            got = ahead.result() if ahead is not None else _read_group(group, ctx)
+            upcoming = groups[i + 1] if i + 1 < len(groups) else None
+            small = upcoming is not None and _input_bytes(upcoming) <= READ_AHEAD_BYTES
+            ahead = reader.submit(_read_group, upcoming, ctx) if upcoming is not None and small else None
+            yield from _finish_group(group, got, ctx)
 
 
 def process_batch(units: list[Unit], ctx: WorkContext) -> list[UnitResult]:
@@ -257,4 +308,5 @@ def process_batch(units: list[Unit], ctx: WorkContext) -> list[UnitResult]:
     Raises:
         OutputError: An output cannot be written (this stops the run: the next unit would fail too).
     """
-    return [result for group in _groups(units, ctx.method.batch_hint) for result in _process_group(group, ctx)]
+    groups = _groups(units, ctx.method.batch_hint)
+    return [result for group in groups for result in _finish_group(group, _read_group(group, ctx), ctx)]
