@@ -152,7 +152,10 @@ class MaskCodedPatterns(ProtectionMethod):
             raise ConfigError(f"--grid {self.grid.spec} is for 2D images; volumes take --grid native for now")
         body = body_mask(record)  # air around a medical volume is left alone
         code = mask_coded(record.target, record.channels, record.spatial_shape, self.tile, self.block, self.seed)
-        return eps * code if body is None else eps * code * body
+        code *= eps  # a new array: scaled in place (float32, as ``eps * code``), no volume-sized temporaries
+        if body is not None:
+            code *= body
+        return code
 
     def params(self) -> dict[str, Any]:
         """Parameters that define the output (the grid only when it is not the native one)."""
