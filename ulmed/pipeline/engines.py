@@ -139,9 +139,9 @@ def run_local(units: Sequence[Unit], ctx: WorkContext, config: EngineConfig) -> 
     In this process the units go to :func:`process_stream` (``ctx.method.batch_hint`` at a time,
     one for most methods, the next group read in a thread meanwhile), so a method that batches
     across records gets its batches while memory stays bounded; a worker's task holds at least
-    that many units too. With N
-    workers this process is one of them (:func:`_shared`): it starts on the first batches while
-    the spawned ones still import, and no core waits on a parent that only collects results.
+    that many units too. With N workers this process is one of them (:func:`_shared`): it
+    starts on the first batches while the spawned ones still import, and no core waits on a
+    parent that only collects results.
     """
     if config.workers == 1 or len(units) <= 1:
         yield from process_stream(list(units), ctx)
@@ -181,7 +181,10 @@ def _value(got: Future[list[UnitResult]] | list[UnitResult]) -> list[UnitResult]
 
 @contextmanager
 def _torch_threads(threads: int) -> Iterator[None]:
-    """This process's torch threads set to its share of the cores for the block (when torch is loaded)."""
+    """This process's torch threads set to its share of the cores for the block (when torch is loaded).
+
+    Not :func:`ulmed.core.device.threads`: that module imports torch, which a training-free run never loads.
+    """
     torch = sys.modules.get("torch")
     before = torch.get_num_threads() if torch is not None else None
     if torch is not None:
