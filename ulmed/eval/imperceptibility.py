@@ -20,6 +20,7 @@ import numpy as np
 
 from ulmed.choices import StrEnum, look_up, names
 from ulmed.errors import ConfigError
+from ulmed.io.record import PIECE_VALUES as RECORD_PIECE_VALUES
 
 #: SSIM constants (scikit-image's, after Wang et al. 2004).
 K1, K2 = 0.01, 0.03
@@ -111,9 +112,9 @@ def window_means(a: np.ndarray, win: int) -> np.ndarray:
 
 #: Values per slab (float64) that the metrics hold at a time: memory stays bounded for a long series.
 SLAB_VALUES = 1 << 21
-#: Values converted at a time inside a slab (the slab's sums do not depend on it): 256 KB of
-#: float64, so a piece's temporaries stay in the L2 cache (~20 % faster than 2 MB pieces).
-PIECE_VALUES = 1 << 15
+#: Values converted at a time inside a slab (the slab's sums do not depend on it): the records'
+#: cache-sized piece (:data:`ulmed.io.record.PIECE_VALUES`, ~20 % faster than 2 MB pieces here).
+PIECE_VALUES = RECORD_PIECE_VALUES
 #: Values per BLAS dot product in :func:`sum_squares`: below OpenBLAS's threading threshold
 #: (10000), so one thread computes each product, in the same order on any machine.
 DOT_VALUES = 8192

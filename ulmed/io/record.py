@@ -31,7 +31,8 @@ __all__ = ["ROBUST_PERCENTILES", "IntensityMapping", "Record", "quantise_perturb
 ROBUST_PERCENTILES = (0.5, 99.5)
 #: Values per piece when an elementwise step runs piece by piece (256 KB of float64): its float64
 #: temporaries stay in the CPU's L2 cache and no volume-sized one is made (the same values as whole).
-#: A 25 x 512 x 512 series is perturbed ~1.8x faster in pieces of 2^15 values than of one slice (2^18).
+#: A 25 x 512 x 512 series is perturbed ~1.2x faster in pieces of 2^15 values than of one slice (2^18);
+#: the metrics' pieces (:mod:`ulmed.eval.imperceptibility`) are this size too.
 PIECE_VALUES = 1 << 15
 
 
