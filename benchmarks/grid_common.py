@@ -86,6 +86,7 @@ def parse_mode_args(doc: str, stem: str) -> tuple[argparse.Namespace, Path]:
     suffix += f"_{args.methods.replace(',', '-')}" if args.methods else ""
     suffix += f"_{args.defenses.replace(',', '-').replace(':', '=')}" if args.defenses else ""
     suffix += {"": "", "none": "_whole"}.get(args.patch, "_patch")
+    suffix += "" if args.eps == "8/255" else f"_eps{args.eps.replace('/', '-')}"
     return args, REPO / "benchmarks/results" / f"{stem}{suffix}"
 
 

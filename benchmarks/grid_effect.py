@@ -6,8 +6,8 @@ native grid, ``lsp`` made for a working grid with ``--grid size:N``, or an ML-re
 ``release:N``, resampled to ``N x N`` and protected there). Each victim then
 reads the written files the way a 2D trainer does: it letterboxes them to its working size
 N with its own resize kernel (Pillow bilinear, OpenCV ``INTER_LINEAR`` or ``INTER_AREA``,
-torch with antialiasing), trains a MONAI UNet with flips and brightness/contrast jitter
-(``flip_jitter``, or ``--defense``), and is tested on the clean test split read with the same
+torch with antialiasing), trains a MONAI UNet (``--net``: another victim network) with flips and
+brightness/contrast jitter (``flip_jitter``, or ``--defense``), and is tested on the clean test split read with the same
 loader. Each protected victim is reported beside the clean victim of the same loader.
 
 Usage:
@@ -94,7 +94,7 @@ def _dice(
     from ulmed.eval.train import TrainConfig, evaluate_victim, train_victim
     from ulmed.eval.victims import build_victim
 
-    model = build_victim("unet", spatial_dims=2, in_channels=1, out_channels=2, seed=args.seed)
+    model = build_victim(args.net, spatial_dims=2, in_channels=1, out_channels=2, seed=args.seed)
     config = TrainConfig(epochs=args.epochs, batch_size=8, lr=1e-3, seed=args.seed, device="cpu")
     augment = None if args.defense == "none" else build_defense(args.defense).augment
     train_victim(model, images, masks, task="segmentation", num_classes=2, config=config, augment=augment)
@@ -146,6 +146,7 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int, default=200, help="first N train images (0: all 421)")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--defense", default="flip_jitter")
+    parser.add_argument("--net", default="unet", help="the victims' network, a name of ulmed.eval.victims.VICTIMS")
     parser.add_argument("--eps", default="8/255")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="")
@@ -202,7 +203,7 @@ def main() -> None:
                 "defense": args.defense,
                 "eps": args.eps,
                 "cell": args.cell,
-                "victim": "MONAI UNet (small), letterbox",
+                "victim": f"MONAI {args.net} (small), letterbox",
                 "rows": results,
             },
             indent=2,

@@ -13,9 +13,14 @@ flips (``flip_jitter``: the first axis, with brightness/contrast jitter) therefo
 victim the code with a random sign per sample.
 
 Codes (``--codes``):
+    blocks     lsp's volume default (:func:`ulmed.core.patterns.mask_coded`, tile 8, block 1): a
+               random +-1 pattern per class, the background included;
     checker    the checkerboard ``(-1)^(i+j+k)`` on the whole foreground (both labels);
     nyquist    lsp's code (:func:`ulmed.core.patterns.nyquist_coded`): label 1 the checkerboard,
                label 2 ``(-1)^(i+j)``;
+    pseudo     label-free (a DICOM export has no masks): lsp's Nyquist code on the image's three
+               multi-Otsu intensity bands (:func:`ulmed.core.targets.pseudo_label_map`), the darkest
+               band left alone;
     patternN   Nyquist pattern number N (:func:`ulmed.core.patterns.nyquist_pattern`) on the whole
                foreground; pattern 4 is ``(-1)^(j+k)``, which a flip of the first axis leaves as it is.
 
@@ -42,19 +47,24 @@ import torch
 from benchmark_data import load_hippocampus
 from seg3d_hippocampus import DATA, PATCH, SHAPE
 
-from ulmed.core.patterns import nyquist_coded, nyquist_pattern
+from ulmed.core.patterns import mask_coded, nyquist_coded, nyquist_pattern
+from ulmed.core.targets import pseudo_label_map
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def code_of(name: str, labels: np.ndarray) -> np.ndarray:
-    """``(1, *spatial)`` code in units of eps for one ``(*spatial)`` label map."""
+def code_of(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """``(1, *spatial)`` code in units of eps for one ``(*spatial)`` label map and its ``(1, *spatial)`` image."""
     spatial = labels.shape
     if name == "nyquist":
         return nyquist_coded(labels, 1, spatial)
+    if name == "pseudo":  # label-free: the Nyquist code on the image's multi-Otsu bands (band 0 left alone)
+        return nyquist_coded(pseudo_label_map(image), 1, spatial)
+    if name == "blocks":  # lsp's volume default (tile 8, block 1, run seed 0), the background coded too
+        return mask_coded(labels, 1, spatial, tile=8, block=1, seed=0)
     index = 1 if name == "checker" else int(name[len("pattern"):]) if name.startswith("pattern") else 0
     if index < 1:
-        raise SystemExit(f"unknown code {name!r}: checker, nyquist or patternN (N >= 1)")
+        raise SystemExit(f"unknown code {name!r}: blocks, checker, nyquist, pseudo or patternN (N >= 1)")
     return np.where(labels[None] > 0, nyquist_pattern(index, 1, spatial), 0.0).astype(np.float32)
 
 
@@ -65,7 +75,7 @@ def _dice(images: np.ndarray, labels: np.ndarray, test: tuple[np.ndarray, np.nda
     from ulmed.eval.victims import build_victim
 
     grid, defense = setting.split(":")
-    model = build_victim("unet", spatial_dims=3, in_channels=1, out_channels=3, seed=args.seed)
+    model = build_victim(args.victim, spatial_dims=3, in_channels=1, out_channels=3, seed=args.seed)
     config = TrainConfig(epochs=args.epochs, batch_size=4, lr=1e-3, seed=args.seed, device="cpu",
                          patch_size=PATCH if grid == "patch" else None)
     augment = None if defense == "none" else build_defense(defense).augment
@@ -82,14 +92,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--eps", type=lambda s: float(Fraction(s)), default=8 / 255, help="e.g. 8/255")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--victim", default="unet", help="a name of ulmed.eval.victims.VICTIMS (3D)")
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
     torch.set_num_threads(2)
     images, labels, _ = load_hippocampus(DATA, "train", shape=SHAPE, limit=args.train_limit)
     test = load_hippocampus(DATA, "test", shape=SHAPE, limit=args.test_limit)[:2]
     codes = [c.strip() for c in args.codes.split(",") if c.strip()]
-    coded = {c: np.clip(images + args.eps * np.stack([code_of(c, y) for y in labels]), 0, 1).astype(np.float32)
-             for c in codes}
+    coded = {c: np.clip(images + args.eps * np.stack([code_of(c, y, x) for x, y in zip(images, labels)]), 0, 1)
+             .astype(np.float32) for c in codes}
     rows = []
     for setting in [s.strip() for s in args.settings.split(",") if s.strip()]:
         start = time.perf_counter()
@@ -108,7 +119,8 @@ def main() -> None:
         "benchmark": "volume_codes", "dataset": "msd_hippocampus", "shape": list(SHAPE), "patch": list(PATCH),
         "train_volumes": len(images), "test_volumes": len(test[0]), "epochs": args.epochs,
         "eps": round(args.eps, 6), "seed": args.seed,
-        "victim": "MONAI 3D UNet, code added on the working copy's grid", "psnr_mean": psnr, "rows": rows,
+        "victim": args.victim, "victim_note": "small size, code added on the working copy's grid",
+        "psnr_mean": psnr, "rows": rows,
     }, indent=2))
     print(f"wrote {out}")
     for r in rows:

@@ -107,7 +107,7 @@ def test_nyquist_style_draws_only_the_foreground(real_data):
         nyquist_coded(np.full((4, 4), -1), 1, (4, 4))
 
 
-def test_auto_style_codes_images_with_nyquist_and_volumes_with_blocks(real_data):
+def test_auto_style_codes_images_and_labelled_volumes_with_nyquist_and_label_free_volumes_with_blocks(real_data):
     from ulmed.core.patterns import mask_coded, nyquist_coded
 
     m = MaskCodedPatterns("4/255", seed=2, grid="native")
@@ -130,8 +130,11 @@ def test_auto_style_codes_images_with_nyquist_and_volumes_with_blocks(real_data)
     labels = np.zeros((6, 8, 8), dtype=np.int64)
     labels[2:4, 2:6, 2:6] = 1
     volume = Record("v", np.zeros((1, 6, 8, 8)), IntensityMapping(0, 1, 0, 1, 0), 3, "nifti", target=labels)
-    assert np.array_equal(m.perturbation(volume, None, 1.0), mask_coded(labels, 1, (6, 8, 8), 8, 1, 2))
-    assert np.array_equal(default.perturbation(volume, None, 1.0), mask_coded(labels, 1, (6, 8, 8), 8, 1, 2))
+    assert np.array_equal(m.perturbation(volume, None, 1.0), nyquist_coded(labels, 1, (6, 8, 8)))
+    assert np.array_equal(default.perturbation(volume, None, 1.0), nyquist_coded(labels, 1, (6, 8, 8)))
+    assert not default.perturbation(volume, None, 1.0)[0, labels == 0].any()  # the code stays on the labels
+    export = Record("d", np.full((1, 6, 8, 8), 0.5), IntensityMapping(0, 1, 0, 1, 0), 3, "dicom")  # no labels
+    assert np.array_equal(default.perturbation(export, None, 1.0), mask_coded(None, 1, (6, 8, 8), 8, 1, 2))
     with pytest.raises(ConfigError):
         MaskCodedPatterns("4/255", style="checker")
 

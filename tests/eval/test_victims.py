@@ -72,3 +72,24 @@ def test_size_is_a_choice_in_any_case_and_the_task_a_task():
     with pytest.raises(ConfigError, match="small"):  # the message names the choices
         build_victim("unet", spatial_dims=2, in_channels=1, out_channels=2, size="tiny")
     assert task_of("unet") is Task.SEGMENTATION and task_of("resnet18") == "classification"
+
+
+def _first_conv(model):
+    return next(m for m in model.modules() if isinstance(m, torch.nn.Conv3d))
+
+
+@pytest.mark.parametrize(("name", "strided"), [("unet", True), ("dynunet", False), ("segresnet", False)])
+def test_a_checkerboard_shifted_by_one_turns_the_sign_of_a_strided_first_layer_only(name, strided):
+    """The claim of the module docstring: what a crop at an odd offset does to a period-2 code."""
+    conv = _first_conv(build_victim(name, spatial_dims=3, in_channels=1, out_channels=2, seed=0))
+    assert conv.stride == ((2, 2, 2) if strided else (1, 1, 1))
+    i, j, k = torch.meshgrid(*(torch.arange(17),) * 3, indexing="ij")
+    checker = ((-1.0) ** (i + j + k))[None, None]
+    with torch.no_grad():
+        bias = conv(torch.zeros_like(checker))
+        here, shifted = conv(checker) - bias, conv(checker[..., 1:, :, :]) - bias[..., 1:, :, :]
+    if strided:  # the same positions of the code, read one position later: the negative
+        n = shifted.shape[2]
+        assert torch.allclose(shifted[:, :, 1:n - 1, 1:-1, 1:-1], -here[:, :, 1:n - 1, 1:-1, 1:-1], atol=1e-5)
+    else:  # at full resolution the features only move
+        assert torch.allclose(shifted[:, :, 1:-1, 1:-1, 1:-1], here[:, :, 2:-1, 1:-1, 1:-1], atol=1e-5)

@@ -19,9 +19,12 @@ class label use that label's pattern everywhere (the original, classification fo
 :func:`ulmed.core.patterns.nyquist_coded`: the foreground is drawn with the checkerboard (one
 pattern per class), the background is left as it is. On 2D data (HC18 segmentation,
 PneumoniaMNIST classification) it is the stronger code, survives flips, brightness jitter and
-JPEG far better, and, touching only the foreground, is the less visible one; on hippocampus
-volumes the blocks did better. The default style ``auto`` therefore uses ``nyquist`` for 2D
-images and ``blocks`` for volumes (README, issue 7). ``style="offset"`` lifts each foreground
+JPEG far better, and, touching only the foreground, is the less visible one. On labelled
+volumes (NIfTI with ``--masks``) it is the code a 3D network that convolves at full resolution
+first (SegResNet, nnU-Net's architecture) learns through random patches and flips, where the
+blocks are learned by none (docs/grid.md, issue 16). The default style ``auto`` therefore uses
+``nyquist`` for 2D images and labelled volumes, and ``blocks`` for volumes without labels (a
+DICOM export), where no measured code has an effect. ``style="offset"`` lifts each foreground
 class by a constant (:func:`ulmed.core.patterns.offset_coded`): it survives every warp and
 resize by construction, yet victims ignore it (docs/results.md, issue 16); it stays as a
 reference construction.
@@ -45,7 +48,7 @@ from ulmed.io.record import Record
 class Style(StrEnum):
     """Which code lsp draws."""
 
-    #: ``nyquist`` for 2D images, ``blocks`` for volumes (what measured best for each).
+    #: ``nyquist`` for 2D images and labelled volumes, ``blocks`` for volumes without labels.
     AUTO = "auto"
     #: Fixed-phase periodic random blocks per class (LSP).
     BLOCKS = "blocks"
@@ -69,12 +72,13 @@ GRID_CELL = 2
 
 @METHODS.register("lsp")
 class MaskCodedPatterns(ProtectionMethod):
-    """Training-free class/mask-coded patterns (LSP-style): 2D classes as Nyquist patterns, volumes as blocks.
+    """Training-free class/mask-coded patterns (LSP-style): classes as Nyquist patterns, label-free volumes as blocks.
 
     Args:
         tile: Period of the pattern, in positions.
         block: Size of the constant blocks inside a period.
-        style: ``auto`` (default: ``nyquist`` for 2D images, ``blocks`` for volumes);
+        style: ``auto`` (default: ``nyquist`` for 2D images and labelled volumes, ``blocks``
+            for volumes without labels);
             ``blocks`` (the fixed-phase code above); ``nyquist``: each foreground class its
             Nyquist pattern (the checkerboard for the first), the background untouched;
             ``tile`` and ``block`` unused; ``offset``: each foreground class lifted or lowered
@@ -134,11 +138,19 @@ class MaskCodedPatterns(ProtectionMethod):
             return list(self.grid.shapes_for(record.spatial_shape))
         return []
 
+    def _nyquist(self, record: Record) -> bool:
+        """Whether ``record`` gets the Nyquist code: that style, or ``auto`` on a 2D image or a labelled volume."""
+        if self.style is not Style.AUTO:
+            return self.style is Style.NYQUIST
+        return record.spatial_dims == 2 or isinstance(record.target, np.ndarray)
+
     def _code(self, record: Record, unit_image: np.ndarray | None, eps: float) -> np.ndarray:
         """:meth:`perturbation`; ``unit_image`` may be None where :meth:`_grid_shapes` gives none."""
         if self.style is Style.OFFSET:  # flat inside each class: the same on every working grid
             return eps * offset_coded(record.target, record.channels, record.spatial_shape)
-        if self.style is Style.NYQUIST or (self.style is Style.AUTO and record.spatial_dims == 2):
+        if record.spatial_dims != 2 and not self.grid.is_native and not self.auto_grid:
+            raise ConfigError(f"--grid {self.grid.spec} is for 2D images; volumes take --grid native for now")
+        if self._nyquist(record):
             shapes = self._grid_shapes(record)
             if not shapes:
                 return eps * nyquist_coded(record.target, record.channels, record.spatial_shape, self.cell or 1)
@@ -148,8 +160,6 @@ class MaskCodedPatterns(ProtectionMethod):
             if unit_image is None:
                 unit_image = record.unit_image()
             return preimage(unit_image, codes, eps)
-        if not self.grid.is_native and not self.auto_grid:
-            raise ConfigError(f"--grid {self.grid.spec} is for 2D images; volumes take --grid native for now")
         body = body_mask(record)  # air around a medical volume is left alone
         code = mask_coded(record.target, record.channels, record.spatial_shape, self.tile, self.block, self.seed)
         code *= eps  # a new array: scaled in place (float32, as ``eps * code``), no volume-sized temporaries

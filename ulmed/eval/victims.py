@@ -15,6 +15,12 @@ network's minimum (DenseNet-121 needs 32 per axis because of its four pooling st
 patch grid: it needs ``img_size`` at build time (each axis a multiple of 16), takes
 exactly that input shape (MONAI builds it with ``einops``, a dependency of ulmed).
 
+First layers differ in a way protections notice: MONAI's ``UNet`` (and ``AttentionUnet``)
+start with a stride-2 convolution, so a period-2 code reaches their first features with one
+sign per sample, turned by a crop at an odd offset or a flip of an even axis; ``segresnet``,
+``unetpp`` and ``dynunet`` (nnU-Net's architecture: a full-resolution first stage, instance
+norm, leaky ReLU) convolve at full resolution first, where a shift only moves the features.
+
 UNet++ (``BasicUNetPlusPlus``) returns a list of outputs; the wrapper returns only the
 final one, so every victim maps ``(B, C_in, *spatial)`` to ``(B, C_out, *spatial)``
 (segmentation) or ``(B, C_out)`` (classification).
@@ -156,6 +162,16 @@ def _unetpp(dims: int, cin: int, cout: int, size: VictimSize, img_size: tuple[in
     return FitShape(net, multiple=16)
 
 
+@_victim("dynunet", "segmentation")
+def _dynunet(dims: int, cin: int, cout: int, size: VictimSize, img_size: tuple[int, ...] | None) -> nn.Module:
+    """nnU-Net's architecture (MONAI DynUNet): a full-resolution first stage, instance norm, leaky ReLU."""
+    filters = (16, 32, 64, 128) if size is VictimSize.SMALL else (32, 64, 128, 256, 320)
+    strides = [1] + [2] * (len(filters) - 1)
+    net = nets.DynUNet(dims, cin, cout, kernel_size=[3] * len(filters), strides=strides,
+                       upsample_kernel_size=strides[1:], filters=list(filters), res_block=False)
+    return FitShape(net, multiple=2 ** (len(filters) - 1))
+
+
 @_victim("unetr", "segmentation")
 def _unetr(dims: int, cin: int, cout: int, size: VictimSize, img_size: tuple[int, ...] | None) -> nn.Module:
     if img_size is None:
@@ -203,7 +219,7 @@ def build_victim(
 
     Args:
         name: A name in :data:`VICTIMS` (``unet``, ``segresnet``, ``attention_unet``, ``unetpp``,
-            ``unetr``, ``densenet121``, ``resnet18``).
+            ``dynunet``, ``unetr``, ``densenet121``, ``resnet18``).
         spatial_dims: 2 or 3.
         in_channels: Image channels.
         out_channels: Number of classes (segmentation: including background, >= 2).
