@@ -6,9 +6,9 @@ native grid, ``lsp`` made for a working grid with ``--grid size:N``, or an ML-re
 ``release:N``, resampled to ``N x N`` and protected there). Each victim then
 reads the written files the way a 2D trainer does: it letterboxes them to its working size
 N with its own resize kernel (Pillow bilinear, OpenCV ``INTER_LINEAR`` or ``INTER_AREA``,
-torch with antialiasing), trains a MONAI UNet (``--net``: another victim network) with flips and
-brightness/contrast jitter (``flip_jitter``, or ``--defense``), and is tested on the clean test split read with the same
-loader. Each protected victim is reported beside the clean victim of the same loader.
+torch with antialiasing), trains a MONAI UNet (``--net``: another victim network) with flips
+and brightness/contrast jitter (``flip_jitter``, or ``--defense``), and is tested on the clean
+test split read with the same loader. Each protected victim is reported beside the clean victim of the same loader.
 
 Usage:
     python benchmarks/grid_effect.py                                  # 200 train images, 15 epochs

@@ -13,8 +13,9 @@ flips (``flip_jitter``: the first axis, with brightness/contrast jitter) therefo
 victim the code with a random sign per sample.
 
 Codes (``--codes``):
-    blocks     lsp's volume default (:func:`ulmed.core.patterns.mask_coded`, tile 8, block 1): a
-               random +-1 pattern per class, the background included;
+    blocks     lsp's block code, the volume default before labelled volumes got the Nyquist code
+               (:func:`ulmed.core.patterns.mask_coded`, tile 8, block 1): a random +-1 pattern per
+               class, the background included;
     checker    the checkerboard ``(-1)^(i+j+k)`` on the whole foreground (both labels);
     nyquist    lsp's code (:func:`ulmed.core.patterns.nyquist_coded`): label 1 the checkerboard,
                label 2 ``(-1)^(i+j)``;
@@ -60,7 +61,7 @@ def code_of(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
         return nyquist_coded(labels, 1, spatial)
     if name == "pseudo":  # label-free: the Nyquist code on the image's multi-Otsu bands (band 0 left alone)
         return nyquist_coded(pseudo_label_map(image), 1, spatial)
-    if name == "blocks":  # lsp's volume default (tile 8, block 1, run seed 0), the background coded too
+    if name == "blocks":  # lsp's block code (tile 8, block 1, run seed 0), the background coded too
         return mask_coded(labels, 1, spatial, tile=8, block=1, seed=0)
     index = 1 if name == "checker" else int(name[len("pattern"):]) if name.startswith("pattern") else 0
     if index < 1:
