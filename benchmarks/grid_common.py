@@ -81,19 +81,23 @@ def parse_mode_args(doc: str, stem: str) -> tuple[argparse.Namespace, Path]:
         default="",
         help="comma-separated defenses instead of the mode's own, e.g. none,flip_jitter,aug-shift",
     )
+    parser.add_argument("--epochs", type=int, default=0, help="victim training epochs instead of the mode's own")
     args = parser.parse_args()
     suffix = ("_robust" if args.robust else "") + ("_quick" if args.quick else "")
     suffix += f"_{args.methods.replace(',', '-')}" if args.methods else ""
     suffix += f"_{args.defenses.replace(',', '-').replace(':', '=')}" if args.defenses else ""
     suffix += {"": "", "none": "_whole"}.get(args.patch, "_patch")
     suffix += "" if args.eps == "8/255" else f"_eps{args.eps.replace('/', '-')}"
+    suffix += f"_e{args.epochs}" if args.epochs else ""
     return args, REPO / "benchmarks/results" / f"{stem}{suffix}"
 
 
 def select_mode(modes: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     """The settings of the chosen mode (``--quick`` or full), with ``--victims``,
-    ``--defenses`` and ``--patch`` applied."""
+    ``--defenses``, ``--patch`` and ``--epochs`` applied."""
     mode = dict(modes["quick" if args.quick else "full"])
+    if getattr(args, "epochs", 0):
+        mode["epochs"] = args.epochs
     if args.victims:
         mode["victims"] = [v.strip() for v in args.victims.split(",") if v.strip()]
     if args.defenses:
@@ -125,12 +129,14 @@ ROBUST: dict[str, tuple[str, dict[str, Any]]] = {
 }
 #: Protections that run only when named with ``--methods`` (UnSeg: the shipped generator,
 #: prompted by each item's mask; 8/255 inside, 2/255 outside; lsp_nyquist / lsp_blocks: lsp with
-#: one style for every record, where ``lsp`` is the default ``auto``).
+#: one style for every record, where ``lsp`` is the default ``auto``; lsp_psnr40: lsp with a 40 dB
+#: PSNR floor, with ``--eps`` as its cap).
 EXTRA: dict[str, tuple[str, dict[str, Any]]] = {
     "unseg": ("unseg", {}),
     "lsp_nyquist": ("lsp", {"style": "nyquist"}),
     "lsp_blocks": ("lsp", {"style": "blocks"}),
     "lsp_offset": ("lsp", {"style": "offset"}),
+    "lsp_psnr40": ("lsp", {"psnr": 40}),
 }
 MIN_MIN = ("em", "salm")
 

@@ -134,7 +134,7 @@ def test_unknown_set_key_lists_the_methods_keys_from_its_constructor(sample_data
     args = ["protect", "-i", str(sample_data / "hc18"), "-o", str(tmp_path / "o"), "--method"]
     assert main(args + ["lsp", "--set", "colour=blue"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "'colour'" in err and "block, cell, fit, grid, style, tile" in err and len(err.splitlines()) == 1
+    assert "'colour'" in err and "block, cell, fit, grid, psnr, style, tile" in err and len(err.splitlines()) == 1
     assert main(args + ["salm", "--set", "colour=blue"]) == 2  # inherited constructor keys are valid keys too
     err = capsys.readouterr().err
     assert all(k in err for k in ("rho", "rounds", "tile_size", "augment")) and "seed" not in err
@@ -153,7 +153,7 @@ def test_release_checks_set_keys_too(sample_data, tmp_path, capsys):
     assert main(args + ["--set", "seed=5"]) == 2
     assert "use --seed 5" in capsys.readouterr().err
     assert main(args + ["--set", "tiles=4"]) == 2
-    assert "valid --set keys: block, cell, fit, grid, style, tile" in capsys.readouterr().err
+    assert "valid --set keys: block, cell, fit, grid, psnr, style, tile" in capsys.readouterr().err
 
 
 def _single_error_line(err: str) -> str:

@@ -174,3 +174,36 @@ def test_offset_style_lifts_each_class_by_a_constant_that_a_resize_keeps(real_da
     rms = float(np.sqrt(np.mean((small[0] - small[1]) ** 2)))
     share = float(np.sqrt(np.mean(np.where(rec.target == 255, 8.0, 0.0) ** 2)))
     assert rms > 0.8 * share  # a flat code is not averaged away by the trainer's resize
+
+
+def _psnr_robust(clean: Record, protected: Record) -> float:
+    diff = protected.image.astype(np.float64) - clean.image.astype(np.float64)
+    return float(20 * np.log10(clean.mapping.budget_scale / np.sqrt(np.mean(diff**2))))
+
+
+def test_a_psnr_floor_gives_the_label_code_the_largest_amplitude_the_floor_allows(real_data):
+    from ulmed.io.nifti import read_nifti
+
+    folder = real_data / "msd_hippocampus"
+    for name in ("hippocampus_003.nii.gz", "hippocampus_017.nii.gz"):
+        rec = read_nifti(folder / "images" / name, name, folder / "labels" / name)
+        plain = MaskCodedPatterns("8/255").protect(rec)
+        floored = MaskCodedPatterns("32/255", psnr=40).protect(rec)
+        # the floor holds on the stored values (quantised within the lowered budget), and binds:
+        # a larger amplitude than 8/255's, on the labels only, at about 40 dB
+        assert 40.0 <= _psnr_robust(rec, floored) < 40.5 < _psnr_robust(rec, plain)
+        moved = floored.image != rec.image
+        assert not moved[0, rec.target == 0].any()
+        assert np.abs(floored.image - rec.image.astype(np.float64)).max() > np.abs(plain.image - rec.image).max()
+        # a floor the code already keeps changes nothing
+        loose = MaskCodedPatterns("8/255", psnr=20).protect(rec)
+        assert np.array_equal(loose.image, plain.image)
+
+
+def test_a_psnr_floor_is_recorded_and_a_bad_one_refused():
+    assert MaskCodedPatterns("8/255", psnr=40).params()["psnr"] == 40.0
+    assert "psnr" not in MaskCodedPatterns("8/255").params()
+    assert MaskCodedPatterns("8/255", style="offset", psnr=38).params()["psnr"] == 38.0
+    for bad in (0, -3, "40", True, 500):
+        with pytest.raises(ConfigError, match="psnr"):
+            MaskCodedPatterns("8/255", psnr=bad)

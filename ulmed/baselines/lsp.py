@@ -94,6 +94,11 @@ class MaskCodedPatterns(ProtectionMethod):
             working grid (a pattern of period 4 there, which keeps twice what the grid's own
             checkerboard keeps through an antialiased resize and was learned more), 1 on the
             native grid (the file's own checkerboard).
+        psnr: A floor in dB on each record's PSNR against its budget range (the robust range of
+            a volume): a code whose root mean square would exceed ``10^(-psnr/20)`` of that range
+            is scaled down to it (:func:`psnr_scale`). None (default): the code at the full budget.
+            With a larger budget (``--eps 16/255 --set psnr=40``) a sparse code, such as the
+            Nyquist code on a volume's labels, takes the largest amplitude the PSNR allows.
     """
 
     name = "lsp"
@@ -101,7 +106,8 @@ class MaskCodedPatterns(ProtectionMethod):
     norm_reason = "its patterns are sign codes at the full per-position budget, an L-inf construction"
 
     def __init__(self, *args: Any, tile: int = 8, block: int = 1, style: str = "auto", grid: str = "auto",
-                 fit: str = "letterbox", cell: int | None = None, **kwargs: Any) -> None:
+                 fit: str = "letterbox", cell: int | None = None, psnr: float | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if tile < 1 or block < 1 or block > tile:
             raise ConfigError(f"need 1 <= block <= tile, got block={block}, tile={tile}")
@@ -114,21 +120,36 @@ class MaskCodedPatterns(ProtectionMethod):
             raise ConfigError(f"--grid {self.grid.spec} draws the Nyquist code on the trainer's grid; "
                               "style 'blocks' needs --grid native")
         self.cell = cell
+        if psnr is not None and (isinstance(psnr, bool) or not isinstance(psnr, (int, float)) or not 0 < psnr < 200):
+            raise ConfigError(f"psnr must be a number of dB in (0, 200), got {psnr!r}")
+        self.psnr = None if psnr is None else float(psnr)
 
     def protect(self, record: Record) -> Record:
         """:meth:`ProtectionMethod.protect`; the image goes to [0, 1] only for the code that reads it.
 
         Only the Nyquist code on a working grid (its pre-image) depends on the image; the blocks
-        (volumes) and offset codes do not, so a DICOM series is not converted for nothing.
+        (volumes) and offset codes do not, so a DICOM series is not converted for nothing. Under
+        a ``psnr`` floor the code is scaled down and quantised within the budget scaled alike.
         """
-        if self._grid_shapes(record):
-            return super().protect(record)
         eps = self.budget.in_unit(record.mapping)
-        return self.apply(record, self._code(record, None, eps), eps)
+        code = self._code(record, record.unit_image() if self._grid_shapes(record) else None, eps)
+        factor = self._psnr_factor(record, code)
+        if factor == 1.0:
+            return self.apply(record, code, eps)
+        code *= factor  # and quantised within the lowered budget, so rounding to stored steps keeps the floor
+        return record.with_perturbation(code, self.budget.in_native(record.mapping) * factor, clip=eps * factor)
 
-    def perturbation(self, record: Record, unit_image: np.ndarray, eps: float) -> np.ndarray:
-        """``eps`` times the code of each position's class."""
-        return self._code(record, unit_image, eps)
+    def perturbation(self, record: Record, unit_image: np.ndarray | None, eps: float) -> np.ndarray:
+        """``eps`` times the code of each position's class (scaled down to the ``psnr`` floor, if any)."""
+        code = self._code(record, unit_image, eps)
+        code *= self._psnr_factor(record, code)
+        return code
+
+    def _psnr_factor(self, record: Record, code: np.ndarray) -> float:
+        """:func:`psnr_scale` of ``code`` for ``record`` (1 without a ``psnr`` floor)."""
+        if self.psnr is None:
+            return 1.0
+        return psnr_scale(code, self.psnr, record.mapping.budget_scale / record.mapping.scale)
 
     def _grid_shapes(self, record: Record) -> list[tuple[int, int]]:
         """The working grids the Nyquist code of ``record`` is drawn on ([]: its own pixels, or another code)."""
@@ -171,7 +192,7 @@ class MaskCodedPatterns(ProtectionMethod):
         """Parameters that define the output (the grid only when it is not the native one)."""
         out = dict(super().params())
         if self.style is Style.OFFSET:  # one code on every grid: no tile, block, grid or cell
-            return {**out, "style": "offset"}
+            return {**out, "style": "offset", **({"psnr": self.psnr} if self.psnr is not None else {})}
         if self.style is Style.NYQUIST:
             out["style"] = "nyquist"
         else:
@@ -184,7 +205,22 @@ class MaskCodedPatterns(ProtectionMethod):
                 out["cell_native"] = 1
         elif self.cell not in (None, 1):
             out["cell"] = self.cell
-        return out
+        return {**out, "psnr": self.psnr} if self.psnr is not None else out
+
+
+def psnr_scale(code: np.ndarray, psnr: float, budget_width: float) -> float:
+    """The factor (at most 1) that brings ``code``'s PSNR against ``budget_width`` up to ``psnr`` dB.
+
+    Args:
+        code: The perturbation in [0, 1] units of the record's data range.
+        psnr: The floor, in dB.
+        budget_width: The budget range in the same units (1 for images; the robust range's share
+            of the data range for a volume).
+    """
+    flat = np.ascontiguousarray(code).reshape(-1)
+    rms = float(np.sqrt(np.einsum("i,i->", flat, flat, dtype=np.float64) / flat.size)) if flat.size else 0.0
+    allowed = budget_width * 10 ** (-psnr / 20)
+    return 1.0 if rms <= allowed else allowed / rms
 
 
 def _labels_at(target: np.ndarray | int | None, shape: tuple[int, int]) -> np.ndarray | int | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ulmed.io.percentile import percentiles, robust_sample
 from ulmed.io.record import ROBUST_PERCENTILES, Record
 
 #: Share of the robust range above its low end where the body starts.
@@ -34,8 +35,7 @@ def body_mask(record: Record) -> np.ndarray | None:
     if mapping.budget_range <= 0 or record.spatial_dims != 3:
         return None
     image = np.asarray(record.image)
-    sample = image.reshape(-1)[:: max(1, image.size // 2**20)]
-    low = float(np.percentile(sample, ROBUST_PERCENTILES[0]))
+    low = percentiles(robust_sample(image), ROBUST_PERCENTILES[:1])[0]
     inside = (image > low + BODY_LEVEL * mapping.budget_range).any(axis=0, keepdims=True)
     return grow(inside, BODY_MARGIN)
 

@@ -119,6 +119,7 @@ class AtomicBatch:
 
     def __init__(self) -> None:
         self._pending: list[tuple[Path, Path, concurrent.futures.Future[str]]] = []
+        self._folders: set[Path] = set()  # made (or found) already: a series' files share one
         #: sha256 (hex) of each committed file, by target path.
         self.digests: dict[Path, str] = {}
 
@@ -129,11 +130,13 @@ class AtomicBatch:
             OutputError: The folder or the temporary file cannot be created.
         """
         target = Path(target)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create the output folder ({os_reason(exc)}); {_hint(exc)}",
-                              target.parent) from exc
+        if target.parent not in self._folders:
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"cannot create the output folder ({os_reason(exc)}); {_hint(exc)}",
+                                  target.parent) from exc
+            self._folders.add(target.parent)
         tmp = _temporary(target, suffix)
         self._pending.append((tmp, target, _pool().submit(_write_synced, tmp, data)))
         running = [f for _, _, f in self._pending if not f.done()]

@@ -104,11 +104,11 @@ def read_series(series: DicomSeries, root: Path) -> Record:
 def _read_series(series: DicomSeries, root: Path) -> Record:
     if not series.files:
         raise InputError(f"series {series.key} has no files; rescan the folder", root)
-    stack, data, datasets = _read_files(series)
+    stack, stored, datasets = _read_files(series)
     first = stack.first
     stored_dtype, stored_range = _stored_layout(first)
-    native = _native_values(data, stack.slopes, stack.intercepts, stored_dtype)
-    del data
+    native = _native_values(stored, stack.slopes, stack.intercepts, stored_dtype)
+    del stored
     mapping = _mapping(native, first, stack.slopes, stack.intercepts, stored_range)
     spatial_dims = 3 if native.shape[1] > 1 else 2
     native = native if spatial_dims == 3 else native[:, 0]
@@ -131,9 +131,10 @@ def _read_series(series: DicomSeries, root: Path) -> Record:
                   handle=handle, meta=meta, quantum_map=steps)
 
 
-def _read_files(series: DicomSeries) -> tuple[_Stack, np.ndarray, list[tuple[Dataset, list[RawDataElement]]]]:
-    """Read and decode every file of ``series``: what they hold, the stored values ``(C, N, rows, cols)``
-    and each dataset with the elements it held as raw bytes when it was read (:func:`_as_read`).
+def _read_files(series: DicomSeries) -> tuple[_Stack, list[np.ndarray], list[tuple[Dataset, list[RawDataElement]]]]:
+    """Read and decode every file of ``series``: what they hold, each file's stored values
+    ``(frames, rows, cols[, 3])`` and each dataset with the elements it held as raw bytes when it was
+    read (:func:`_as_read`).
 
     Raises:
         InputError: A file is unsupported, or differs from the first in size or bits.
@@ -161,12 +162,9 @@ def _read_files(series: DicomSeries) -> tuple[_Stack, np.ndarray, list[tuple[Dat
         if normal is not None and ipp is not None and len(ipp) == 3:
             positions.append(float(np.dot(ipp, normal)))
     assert first is not None
-    color = stored[0].ndim == 4
-    data = np.concatenate(stored, axis=0)  # (N, rows, cols[, 3])
-    del stored
-    data = np.moveaxis(data, -1, 0) if color else data[None]
-    stack = _Stack(first, color, tuple(frames), np.concatenate(slopes), np.concatenate(intercepts), positions)
-    return stack, data, datasets
+    stack = _Stack(first, stored[0].ndim == 4, tuple(frames), np.concatenate(slopes), np.concatenate(intercepts),
+                   positions)
+    return stack, stored, datasets
 
 
 def _as_read(ds: Dataset, raw: list[RawDataElement]) -> Dataset:
@@ -190,16 +188,30 @@ def _stored_layout(first: Dataset) -> tuple[np.dtype, tuple[int, int]]:
     return np.dtype(f"{'i' if signed else 'u'}{alloc // 8}"), (smin, smax)
 
 
-def _native_values(data: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray, stored_dtype: np.dtype) -> np.ndarray:
-    """``stored x slope + intercept`` per frame: integers when every rescale is integral, else float64."""
+def _native_values(stored: list[np.ndarray], slopes: np.ndarray, intercepts: np.ndarray,
+                   stored_dtype: np.dtype) -> np.ndarray:
+    """``stored x slope + intercept`` per frame as one ``(C, N, rows, cols)`` array: integers when every
+    rescale is integral, else float64.
+
+    Each file's values are cast into their frames of the result and rescaled there, so the series
+    is held once at the result's dtype (no stacked copy of the stored values beside it).
+    """
     integral = np.all(slopes == np.round(slopes)) and np.all(intercepts == np.round(intercepts))
     dtype = (np.int64 if stored_dtype.itemsize == 4 else np.int32) if integral else np.float64
-    s, b = slopes.astype(dtype)[None, :, None, None], intercepts.astype(dtype)[None, :, None, None]
-    native = data.astype(dtype)  # one array, updated in place: the same values as ``data * s + b``
-    if np.any(s != 1):
-        native *= s
-    if np.any(b != 0):
-        native += b
+    color = stored[0].ndim == 4
+    rows_cols = stored[0].shape[1:3]
+    native = np.empty((3 if color else 1, len(slopes), *rows_cols), dtype=dtype)
+    start = 0
+    for arr in stored:
+        n = arr.shape[0]
+        into = native[:, start : start + n]
+        into[...] = np.moveaxis(arr, -1, 0) if color else arr[None]  # cast while copying
+        s, b = slopes[start : start + n].astype(dtype), intercepts[start : start + n].astype(dtype)
+        if np.any(s != 1):
+            into *= s[None, :, None, None]
+        if np.any(b != 0):
+            into += b[None, :, None, None]
+        start += n
     return native
 
 

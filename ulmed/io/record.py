@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ulmed.errors import ConfigError, InputError
+from ulmed.io.percentile import percentiles, robust_sample
 from ulmed.io.quantise import quantise_perturbation
 
 __all__ = ["ROBUST_PERCENTILES", "IntensityMapping", "Record", "quantise_perturbation"]
@@ -143,7 +144,7 @@ class IntensityMapping:
 
         A constant array gets a range one quantum (or 1.0 for floats) wide, so the map stays
         invertible. With ``robust``, the budget's range is the 0.5-99.5 percentile range of
-        the data (on a regular subsample of at most about 2^20 values), at least one quantum.
+        the data (:func:`~ulmed.io.percentile.robust_sample`: at most about 2^20 values), at least one quantum.
         """
         finite = np.asarray(data)
         lo = float(max(valid_min, finite.min())) if finite.size else float(valid_min)
@@ -158,8 +159,7 @@ class IntensityMapping:
                       unit=unit)
         if not robust or not finite.size:
             return mapping
-        sample = finite.reshape(-1)[:: max(1, finite.size // 2**20)]
-        p_lo, p_hi = (float(v) for v in np.percentile(sample, ROBUST_PERCENTILES))
+        p_lo, p_hi = percentiles(robust_sample(finite), ROBUST_PERCENTILES)
         width = min(max(p_hi - p_lo, quantum if quantum > 0 else 0.0), hi - lo)
         if width <= 0:
             return mapping
