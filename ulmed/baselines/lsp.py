@@ -134,10 +134,8 @@ class MaskCodedPatterns(ProtectionMethod):
         eps = self.budget.in_unit(record.mapping)
         code = self._code(record, record.unit_image() if self._grid_shapes(record) else None, eps)
         factor = self._psnr_factor(record, code)
-        if factor == 1.0:
-            return self.apply(record, code, eps)
-        code *= factor  # and quantised within the lowered budget, so rounding to stored steps keeps the floor
-        return record.with_perturbation(code, self.budget.in_native(record.mapping) * factor, clip=eps * factor)
+        code *= factor  # quantised within the budget's same share, so rounding to stored steps keeps the floor
+        return self.apply(record, code, eps, share=factor)
 
     def perturbation(self, record: Record, unit_image: np.ndarray | None, eps: float) -> np.ndarray:
         """``eps`` times the code of each position's class (scaled down to the ``psnr`` floor, if any)."""

@@ -145,13 +145,15 @@ class ProtectionMethod(abc.ABC):
         """
         return [self.protect(r) for r in records]
 
-    def apply(self, record: Record, delta: np.ndarray, eps: float) -> Record:
+    def apply(self, record: Record, delta: np.ndarray, eps: float, share: float = 1.0) -> Record:
         """The record with ``delta`` projected onto the budget and added, as stored (the end of :meth:`protect`).
 
         Args:
             record: The record the perturbation is for.
             delta: The method's perturbation in [0, 1] units, shaped like the image.
             eps: The budget in [0, 1] units for this record.
+            share: The part of the budget (at most 1) this record may use: a method that lowers its
+                own amplitude for a record (lsp's PSNR floor) is projected and quantised within it.
 
         Raises:
             ConfigError: ``delta`` is not shaped like the record's image.
@@ -160,11 +162,11 @@ class ProtectionMethod(abc.ABC):
         if delta.shape != record.image.shape:
             raise ConfigError(f"{self.name} returned a perturbation of shape {delta.shape} "
                               f"for an image of shape {record.image.shape}")
-        norm = self.budget.norm
+        norm, eps, eps_native = self.budget.norm, eps * share, self.budget.in_native(record.mapping) * share
         if norm == Norm.LINF:  # clipped in float64 slab by slab there; the method's array untouched
-            return record.with_perturbation(delta, self.budget.in_native(record.mapping), norm, clip=eps)
+            return record.with_perturbation(delta, eps_native, norm, clip=eps)
         delta = project(np.array(delta, dtype=np.float64), eps, norm)  # our own copy, projected in place
-        return record.with_perturbation(delta, self.budget.in_native(record.mapping), norm)
+        return record.with_perturbation(delta, eps_native, norm)
 
     def params(self) -> dict[str, Any]:
         """Parameters that define the output, recorded in the manifest."""
