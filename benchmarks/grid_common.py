@@ -51,7 +51,9 @@ def parse_mode_args(doc: str, stem: str) -> tuple[argparse.Namespace, Path]:
     """The flags every grid benchmark takes (``--quick``, ``--eps``, ``--seed``, ...) and its result folder."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the small mode: minutes on 2 cores")
-    parser.add_argument("--eps", default="8/255")
+    parser.add_argument("--eps", default="auto",
+                        help="budget (default auto: 8/255 on images, 16/255 at >= 40 dB on volumes); result folders "
+                             "without a budget suffix are from 8/255, auto adds _auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--learnability",
@@ -87,7 +89,7 @@ def parse_mode_args(doc: str, stem: str) -> tuple[argparse.Namespace, Path]:
     suffix += f"_{args.methods.replace(',', '-')}" if args.methods else ""
     suffix += f"_{args.defenses.replace(',', '-').replace(':', '=')}" if args.defenses else ""
     suffix += {"": "", "none": "_whole"}.get(args.patch, "_patch")
-    suffix += "" if args.eps == "8/255" else f"_eps{args.eps.replace('/', '-')}"
+    suffix += {"8/255": "", "auto": "_auto"}.get(args.eps, f"_eps{args.eps.replace('/', '-')}")
     suffix += f"_e{args.epochs}" if args.epochs else ""
     return args, REPO / "benchmarks/results" / f"{stem}{suffix}"
 

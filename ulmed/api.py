@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ulmed.core.budget import DEFAULT_BUDGET
 from ulmed.core.method import DEFAULT_METHOD
 from ulmed.errors import ConfigError
 from ulmed.io.record import IntensityMapping, Record
@@ -20,7 +21,7 @@ def protect_array(
     image: np.ndarray,
     *,
     method: str = DEFAULT_METHOD,
-    eps: str | float = "8/255",
+    eps: str | float = DEFAULT_BUDGET,
     target: np.ndarray | int | None = None,
     channel_axis: int | None = None,
     seed: int = 0,
@@ -35,7 +36,8 @@ def protect_array(
     Args:
         image: 2D (H, W) or 3D (D, H, W) array, plus a channel axis if ``channel_axis`` is set.
         method: Registered method name.
-        eps: L-inf budget (``"8/255"``, ``0.03``; native units are those of the dtype range).
+        eps: L-inf budget (``"auto"``: 8/255 on an array, ``"4/255"``, ``0.03``; native units are
+            those of the dtype range).
         target: Optional class label or mask of the spatial shape.
         channel_axis: Axis that holds channels (RGB), if any.
         seed: Seed.

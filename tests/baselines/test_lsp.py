@@ -207,3 +207,20 @@ def test_a_psnr_floor_is_recorded_and_a_bad_one_refused():
     for bad in (0, -3, "40", True, 500):
         with pytest.raises(ConfigError, match="psnr"):
             MaskCodedPatterns("8/255", psnr=bad)
+
+
+def test_the_default_budget_is_the_measured_labelled_volume_setting(real_data):
+    """``auto`` on a labelled volume is ``--eps 16/255 --set psnr=40`` (docs/results.md, issue 16) and on an
+    image 8/255, with no floor."""
+    from ulmed.io.nifti import read_nifti
+
+    folder = real_data / "msd_hippocampus"
+    rec = read_nifti(folder / "images/hippocampus_003.nii.gz", "h", folder / "labels/hippocampus_003.nii.gz")
+    default = MaskCodedPatterns().protect(rec)
+    assert np.array_equal(default.image, MaskCodedPatterns("16/255", psnr=40).protect(rec).image)
+    assert 40.0 <= _psnr_robust(rec, default) < 40.5
+    assert MaskCodedPatterns().params()["budget"] == "auto" and "psnr" not in MaskCodedPatterns().params()
+    assert MaskCodedPatterns(psnr=45).psnr_floor(rec) == 45.0  # the option overrides the budget's floor
+    image = _record(real_data)
+    assert np.array_equal(MaskCodedPatterns().protect(image).image, MaskCodedPatterns("8/255").protect(image).image)
+    assert MaskCodedPatterns().psnr_floor(image) is None

@@ -22,3 +22,16 @@ def test_none_returns_the_record_itself():
     rec = Record("a.png", np.zeros((1, 4, 4), np.uint8), IntensityMapping(0, 255, 0, 255, 1), 2, "image")
     m = NoPerturbation("8/255")
     assert m.protect(rec) is rec and not m.perturbation(rec, rec.unit_image(), 0.1).any()
+
+
+def test_the_default_budget_scales_dense_noise_on_a_volume_down_to_40_db(real_data):
+    from ulmed.io.nifti import read_nifti
+
+    folder = real_data / "msd_hippocampus/images"
+    rec = read_nifti(folder / "hippocampus_017.nii.gz", "h")
+    out = RandomNoise(seed=1).protect(rec)  # auto: a 16/255 cap, then the floor
+    diff = out.image.astype(np.float64) - rec.image.astype(np.float64)
+    psnr = 20 * np.log10(rec.mapping.budget_scale / np.sqrt(np.mean(diff**2)))
+    assert 39.9 <= psnr < 40.3  # uniform noise at 16/255 alone would be near 29 dB
+    assert np.abs(diff).max() < 16 / 255 * rec.mapping.budget_scale / 2
+    assert not np.array_equal(out.image, RandomNoise("16/255", seed=1).protect(rec).image)

@@ -89,3 +89,39 @@ def test_a_unit_budget_is_a_share_of_the_robust_range_and_the_manifest_says_so()
     described = budget.describe(mapping)
     assert described["scale"] == "p0.5-p99.5" and described["scale_native"] == 510.0
     assert Budget.parse("20value").in_native(mapping) == 20.0  # native budgets are their own value
+
+
+def test_auto_is_8_of_255_on_images_and_16_of_255_at_a_40_db_floor_on_a_robust_range():
+    import dataclasses
+
+    b = Budget.parse(" Auto ")
+    assert b == Budget.auto() and b.spec == "auto" and b.norm == "linf"
+    assert b.in_unit(PNG) == pytest.approx(8 / 255) and b.in_native(PNG) == 8.0
+    assert b.psnr_floor(PNG) is None and "psnr_floor" not in b.describe(PNG)
+    robust = dataclasses.replace(CT, budget_range=800.0, budget_basis="p0.5-p99.5")
+    assert b.in_native(robust) == pytest.approx(16 / 255 * 800)
+    assert b.in_unit(robust) == pytest.approx(16 / 255 * 800 / 4095)
+    assert b.psnr_floor(robust) == 40.0 and b.describe(robust)["psnr_floor"] == 40.0
+    assert b.label == "Linf 8/255, DICOM/NIfTI 16/255 at >= 40 dB"
+    # a budget the user states is the same on every kind, with no floor
+    plain = Budget.parse("8/255")
+    assert plain.in_native(robust) == pytest.approx(8 / 255 * 800) and plain.psnr_floor(robust) is None
+
+
+@pytest.mark.parametrize(("field", "bad"), [("robust_value", 1.5), ("robust_value", 0.0), ("robust_psnr", -1.0)])
+def test_a_bad_robust_budget_is_refused(field, bad):
+    with pytest.raises(ConfigError, match="robust|PSNR"):
+        Budget(8 / 255, **{field: bad})
+
+
+def test_psnr_share_brings_the_rms_down_to_the_floor_and_no_further():
+    import numpy as np
+
+    from ulmed.core.budget import psnr_share
+
+    code = np.where(np.arange(1000) % 3 == 0, 0.05, 0.0).astype(np.float32)  # rms 0.05 / sqrt(3)
+    share = psnr_share(code, 40.0, 1.0)
+    assert share == pytest.approx(0.01 / (0.05 / np.sqrt(1000 / 334)), rel=1e-6)
+    assert 20 * np.log10(1.0 / np.sqrt(np.mean((code * share) ** 2))) == pytest.approx(40.0)
+    assert psnr_share(code, 20.0, 1.0) == 1.0  # already quieter than the floor
+    assert psnr_share(code, 40.0, 0.5) == pytest.approx(share / 2)  # against a narrower range

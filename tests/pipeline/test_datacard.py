@@ -49,3 +49,12 @@ def test_the_card_states_the_run_and_names_no_input_file():
     assert "1 x <input>/<file>: truncated file" in card
     assert "Doe_John" not in card and "/data/study" not in card
     assert "sha256sum -c SHA256SUMS" in card
+
+
+def test_the_card_states_the_default_budget_per_kind_and_its_floor():
+    m = _manifest()
+    assert "- Budget: Linf 8/255 (the most any value moved)" in render_datacard("study", m, CopyCheck(targets=1))
+    m.params["budget"] = "auto"
+    card = render_datacard("study", m, CopyCheck(targets=1))
+    assert ("- Budget: Linf 8/255, DICOM/NIfTI 16/255 at >= 40 dB (the most any value moved; DICOM and NIfTI "
+            "records also scaled down to a PSNR of at least 40 dB against their robust range)") in card

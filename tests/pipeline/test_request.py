@@ -17,7 +17,7 @@ def test_paths_are_normalised_and_the_defaults_are_protect_paths(sample_data, tm
     r = ProtectRequest(str(sample_data / "hc18"), tmp_path / "a/../out", masks=str(sample_data / "hc18/masks"))
     assert r.input_path == sample_data / "hc18" and r.output_path == (tmp_path / "out").resolve()
     assert isinstance(r.masks, Path) and r.labels is None
-    defaults = ("lsp", "8/255", DEFAULT_CHUNK_SIZE, "sampled", "local")
+    defaults = ("lsp", "auto", DEFAULT_CHUNK_SIZE, "sampled", "local")
     assert (r.method, r.eps, r.chunk_size, r.metrics, r.engine) == defaults
     assert r.part.suffix == "" and r.engine_config.workers == 1
     assert r.control_dir == r.output_path / ".ulmed"

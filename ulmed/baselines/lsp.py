@@ -96,7 +96,8 @@ class MaskCodedPatterns(ProtectionMethod):
             native grid (the file's own checkerboard).
         psnr: A floor in dB on each record's PSNR against its budget range (the robust range of
             a volume): a code whose root mean square would exceed ``10^(-psnr/20)`` of that range
-            is scaled down to it (:func:`psnr_scale`). None (default): the code at the full budget.
+            is scaled down to it (:func:`ulmed.core.budget.psnr_share`). None (default): the budget's
+            floor (the default budget ``auto`` sets 40 dB on DICOM and NIfTI records, none on images).
             With a larger budget (``--eps 16/255 --set psnr=40``) a sparse code, such as the
             Nyquist code on a volume's labels, takes the largest amplitude the PSNR allows.
     """
@@ -133,21 +134,19 @@ class MaskCodedPatterns(ProtectionMethod):
         """
         eps = self.budget.in_unit(record.mapping)
         code = self._code(record, record.unit_image() if self._grid_shapes(record) else None, eps)
-        factor = self._psnr_factor(record, code)
+        factor = self.floor_share(record, code)
         code *= factor  # quantised within the budget's same share, so rounding to stored steps keeps the floor
         return self.apply(record, code, eps, share=factor)
 
     def perturbation(self, record: Record, unit_image: np.ndarray | None, eps: float) -> np.ndarray:
-        """``eps`` times the code of each position's class (scaled down to the ``psnr`` floor, if any)."""
+        """``eps`` times the code of each position's class (scaled down to the PSNR floor, if any)."""
         code = self._code(record, unit_image, eps)
-        code *= self._psnr_factor(record, code)
+        code *= self.floor_share(record, code)
         return code
 
-    def _psnr_factor(self, record: Record, code: np.ndarray) -> float:
-        """:func:`psnr_scale` of ``code`` for ``record`` (1 without a ``psnr`` floor)."""
-        if self.psnr is None:
-            return 1.0
-        return psnr_scale(code, self.psnr, record.mapping.budget_scale / record.mapping.scale)
+    def psnr_floor(self, record: Record) -> float | None:
+        """The ``psnr`` option where given, else the budget's floor (``auto``: 40 dB on DICOM and NIfTI)."""
+        return self.psnr if self.psnr is not None else super().psnr_floor(record)
 
     def _grid_shapes(self, record: Record) -> list[tuple[int, int]]:
         """The working grids the Nyquist code of ``record`` is drawn on ([]: its own pixels, or another code)."""
@@ -204,21 +203,6 @@ class MaskCodedPatterns(ProtectionMethod):
         elif self.cell not in (None, 1):
             out["cell"] = self.cell
         return {**out, "psnr": self.psnr} if self.psnr is not None else out
-
-
-def psnr_scale(code: np.ndarray, psnr: float, budget_width: float) -> float:
-    """The factor (at most 1) that brings ``code``'s PSNR against ``budget_width`` up to ``psnr`` dB.
-
-    Args:
-        code: The perturbation in [0, 1] units of the record's data range.
-        psnr: The floor, in dB.
-        budget_width: The budget range in the same units (1 for images; the robust range's share
-            of the data range for a volume).
-    """
-    flat = np.ascontiguousarray(code).reshape(-1)
-    rms = float(np.sqrt(np.einsum("i,i->", flat, flat, dtype=np.float64) / flat.size)) if flat.size else 0.0
-    allowed = budget_width * 10 ** (-psnr / 20)
-    return 1.0 if rms <= allowed else allowed / rms
 
 
 def _labels_at(target: np.ndarray | int | None, shape: tuple[int, int]) -> np.ndarray | int | None:

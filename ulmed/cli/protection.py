@@ -10,11 +10,13 @@ import typer
 
 from ulmed.cli.app import app, progress_bar, say, state
 from ulmed.cli.flags import apply_config, method_options
+from ulmed.core.budget import DEFAULT_BUDGET
 from ulmed.core.method import DEFAULT_METHOD
 
 _HELP = {
     "input": "DICOM export, NIfTI file/folder, image folder or data set.",
-    "eps": "L-inf budget: 8/255, 0.03, or native units such as 20HU.",
+    "eps": ("L-inf budget: auto (8/255; DICOM/NIfTI: 16/255 of the robust range at PSNR >= 40 dB), 8/255, 0.03 "
+            "or native units such as 20HU."),
     "masks": "Masks folder matched to the images by relative path.",
     "dicom_encoding": "DICOM output: explicit, rle, jpegls or j2k (lossless only).",
     "skip_non_image": "Leave SR/SEG/RTSTRUCT/PR... out instead of copying them.",
@@ -45,7 +47,7 @@ def protect(  # one parameter per command-line option (typer)
     input: Annotated[Path, typer.Option("--input", "-i", help=_HELP["input"])],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (outside the input).")],
     method: Annotated[str, typer.Option(help="Protection method (see `ulmed methods`).")] = DEFAULT_METHOD,
-    eps: Annotated[str, typer.Option(help=_HELP["eps"])] = "8/255",
+    eps: Annotated[str, typer.Option(help=_HELP["eps"])] = DEFAULT_BUDGET,
     masks: Annotated[Path | None, typer.Option(help=_HELP["masks"])] = None,
     dicom_encoding: Annotated[str, typer.Option(help=_HELP["dicom_encoding"])] = "explicit",
     skip_non_image: Annotated[bool, typer.Option("--skip-non-image", help=_HELP["skip_non_image"])] = False,

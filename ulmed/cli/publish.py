@@ -9,11 +9,13 @@ import typer
 
 from ulmed.cli.app import app, progress_bar, say, state
 from ulmed.cli.flags import parse_sets
+from ulmed.core.budget import DEFAULT_BUDGET
 from ulmed.core.method import DEFAULT_METHOD
 
 _HELP = {
     "input": "Data set: images/ + masks/ (or labels/), split files ...",
     "set": "Method option KEY=VALUE (repeatable), e.g. --set rho=0.1.",
+    "eps": "L-inf budget: auto (8/255; DICOM/NIfTI: 16/255 of the robust range at PSNR >= 40 dB), 8/255 or 0.03.",
     "deidentify": ("De-identify DICOM with dicognito first, keyed by the secret in $ULMED_DEID_KEY "
                    "(pip install \"ulmed[deid]\")."),
     "size": ("ML-ready release: resample images (antialiased) and masks (nearest) to N x N and protect on that grid "
@@ -31,7 +33,7 @@ def release(  # one parameter per command-line option (typer)
     input: Annotated[Path, typer.Option("--input", "-i", help=_HELP["input"])],
     output: Annotated[Path, typer.Option("--output", "-o", help="Release folder (outside the input).")],
     method: Annotated[str, typer.Option(help="Protection method (see `ulmed methods`).")] = DEFAULT_METHOD,
-    eps: Annotated[str, typer.Option(help="L-inf budget: 8/255, 0.03, or native units such as 20HU.")] = "8/255",
+    eps: Annotated[str, typer.Option(help=_HELP["eps"])] = DEFAULT_BUDGET,
     masks: Annotated[Path | None, typer.Option(help="Masks folder matched to the images by relative path.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow a non-empty release folder.")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help=_HELP["set"])] = None,

@@ -4,6 +4,13 @@ A budget is parsed once from the user's text and converted per record, because t
 native size of one [0, 1] unit differs between records (an 8-bit PNG, a CT series).
 An L2 budget carries the prefix ``l2:`` (``l2:0.5``, ``l2:40HU``); without a prefix (or
 with ``linf:``) a budget is L-inf.
+
+The default, ``auto`` (:data:`DEFAULT_BUDGET`), depends on the data kind: 8/255 of an image's
+range; on a DICOM or NIfTI record, whose budget range is a robust intensity range, a cap of
+16/255 of that range together with a PSNR floor of 40 dB against it. A sparse code (lsp's
+Nyquist code on a volume's labels) then takes the amplitude the PSNR allows, which patch-trained
+3D victims learn where 8/255 has no effect; a dense perturbation is scaled down to the floor
+(docs/results.md, issue 16).
 """
 
 from __future__ import annotations
@@ -24,6 +31,16 @@ _FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*/\s*([0-9]*\.?[0-9]+)\s*$")
 _NUMBER = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*$")
 _NORM = re.compile(r"^\s*(linf|l2)\s*:(.*)$", re.IGNORECASE)
 
+#: The budget a run takes when none is given: per data kind (:meth:`Budget.auto`).
+DEFAULT_BUDGET = "auto"
+#: ``auto``'s L-inf budget on images (PNG, TIFF, arrays): 8 grey levels of 255.
+AUTO_IMAGE_EPS = 8 / 255
+#: ``auto``'s L-inf cap on DICOM and NIfTI records, in units of their robust range.
+AUTO_ROBUST_EPS = 16 / 255
+#: ``auto``'s PSNR floor in dB on DICOM and NIfTI records, against their robust range (issue 16's
+#: imperceptibility target for volumes).
+AUTO_ROBUST_PSNR = 40.0
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -35,12 +52,19 @@ class Budget:
             (``"HU"``, ``"value"``) or ``"native"`` to match any record's unit.
         spec: The text the user gave, kept for manifests.
         norm: ``"linf"`` (per-element bound) or ``"l2"`` (bound on the whole record's norm).
+        robust_value: The [0, 1] budget on records whose budget range is a robust intensity
+            range (DICOM, NIfTI); None: ``value`` for every record.
+        robust_psnr: A floor in dB on those records' PSNR against their robust range: a
+            perturbation whose root mean square exceeds ``10^(-psnr/20)`` of it is scaled down
+            (:func:`psnr_share`). None: no floor.
     """
 
     value: float
     native_unit: str | None = None
     spec: str = ""
     norm: str = Norm.LINF.value
+    robust_value: float | None = None
+    robust_psnr: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", look_up(self.norm, Norm, "budget norm").value)  # kept as plain text
@@ -49,10 +73,20 @@ class Budget:
         if self.norm == Norm.LINF and self.native_unit is None and self.value > 1:
             raise ConfigError(f"budget {self.spec or self.value!r} exceeds the [0, 1] range; "
                               "write it as N/255 or with a unit such as 20HU")
+        if self.robust_value is not None and not 0 < self.robust_value <= 1:
+            raise ConfigError(f"the budget on robust ranges must be in (0, 1], got {self.robust_value!r}")
+        if self.robust_psnr is not None and not 0 < self.robust_psnr < 200:
+            raise ConfigError(f"a PSNR floor must be a number of dB in (0, 200), got {self.robust_psnr!r}")
+
+    @classmethod
+    def auto(cls) -> Budget:
+        """The default budget: :data:`AUTO_IMAGE_EPS` on images; on DICOM and NIfTI records
+        :data:`AUTO_ROBUST_EPS` of the robust range, at a PSNR of at least :data:`AUTO_ROBUST_PSNR` dB."""
+        return cls(AUTO_IMAGE_EPS, None, DEFAULT_BUDGET, Norm.LINF.value, AUTO_ROBUST_EPS, AUTO_ROBUST_PSNR)
 
     @classmethod
     def parse(cls, spec: str | float) -> Budget:
-        """Parse ``"8/255"``, ``"0.03"``, ``0.03``, ``"20HU"`` or ``"3native"``.
+        """Parse ``"auto"`` (:meth:`auto`), ``"8/255"``, ``"0.03"``, ``0.03``, ``"20HU"`` or ``"3native"``.
 
         Any of the text forms may carry a norm prefix: ``"l2:0.5"``, ``"l2:40HU"``,
         ``"linf:8/255"`` (L-inf is the default).
@@ -63,6 +97,8 @@ class Budget:
         if isinstance(spec, (int, float)):
             return cls(float(spec), None, str(spec))
         text = str(spec)
+        if text.strip().lower() == DEFAULT_BUDGET:
+            return cls.auto()
         norm = Norm.LINF.value
         body = text
         if m := _NORM.match(text):
@@ -84,9 +120,27 @@ class Budget:
     @property
     def label(self) -> str:
         """The norm and the size as given, e.g. ``"Linf 8/255"`` or ``"L2 0.5"`` (DICOM DerivationDescription)."""
+        if self.robust_value is not None or self.robust_psnr is not None:
+            return f"Linf {_fraction(self.value)}, DICOM/NIfTI {_fraction(self.robust_value or self.value)}" + (
+                f" at >= {self.robust_psnr:g} dB" if self.robust_psnr is not None else "")
         m = _NORM.match(self.spec)
         size = (m.group(2) if m else self.spec).strip() or f"{self.value:g}"
         return f"{'L2' if self.norm == Norm.L2 else 'Linf'} {size}"
+
+    @staticmethod
+    def on_robust_range(mapping: IntensityMapping) -> bool:
+        """Whether ``mapping``'s budget range is a robust intensity range (DICOM and NIfTI records)."""
+        return mapping.budget_range > 0
+
+    def size(self, mapping: IntensityMapping) -> float:
+        """The budget's value for a record with ``mapping`` (``robust_value`` on a robust range)."""
+        if self.robust_value is not None and self.on_robust_range(mapping):
+            return self.robust_value
+        return self.value
+
+    def psnr_floor(self, mapping: IntensityMapping) -> float | None:
+        """The PSNR floor in dB for a record with ``mapping`` (None: none)."""
+        return self.robust_psnr if self.on_robust_range(mapping) else None
 
     def in_unit(self, mapping: IntensityMapping) -> float:
         """The budget in [0, 1] units for a record with ``mapping``.
@@ -95,7 +149,7 @@ class Budget:
             ConfigError: The budget's native unit is not the record's.
         """
         if self.native_unit is None:
-            return self.value * mapping.budget_scale / mapping.scale
+            return self.size(mapping) * mapping.budget_scale / mapping.scale
         if self.native_unit.lower() not in ("native", mapping.unit.lower()):
             raise ConfigError(
                 f"budget {self.spec!r} is in {self.native_unit} but this data is in {mapping.unit}; "
@@ -129,7 +183,9 @@ class Budget:
         has_range = mapping.budget_range > 0
         scale = {"scale": mapping.budget_basis, "scale_native": mapping.budget_scale} if has_range else {}
         native = self.in_native(mapping)
-        return {"eps_unit": eps, "eps_native": native, "native_unit": mapping.unit, "norm": self.norm, **scale}
+        floor = self.psnr_floor(mapping)
+        return {"eps_unit": eps, "eps_native": native, "native_unit": mapping.unit, "norm": self.norm, **scale,
+                **({"psnr_floor": floor} if floor is not None else {})}
 
     def too_small(self, record: Record) -> str | None:
         """A warning when this budget cannot change any stored value of ``record``, else None.
@@ -145,3 +201,24 @@ class Budget:
         unit = record.mapping.unit
         return (f"budget {self.spec or self.value} ({eps:g} {unit}) is smaller than one stored step ({step:g} {unit}): "
                 "no stored value can change, the written file equals the input; raise the budget")
+
+
+def psnr_share(delta: np.ndarray, psnr: float, budget_width: float) -> float:
+    """The factor (at most 1) that brings ``delta``'s PSNR against ``budget_width`` up to ``psnr`` dB.
+
+    Args:
+        delta: The perturbation in [0, 1] units of the record's data range.
+        psnr: The floor, in dB.
+        budget_width: The budget range in the same units (1 for images; the robust range's share
+            of the data range for a volume).
+    """
+    flat = np.ascontiguousarray(delta).reshape(-1)
+    rms = float(np.sqrt(np.einsum("i,i->", flat, flat, dtype=np.float64) / flat.size)) if flat.size else 0.0
+    allowed = budget_width * 10 ** (-psnr / 20)
+    return 1.0 if rms <= allowed else allowed / rms
+
+
+def _fraction(value: float) -> str:
+    """``value`` as ``N/255`` where it is a whole number of 255ths, else as a number."""
+    steps = value * 255
+    return f"{round(steps)}/255" if abs(steps - round(steps)) < 1e-9 else f"{value:g}"

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from ulmed.core.budget import Budget
+from ulmed.core.budget import DEFAULT_BUDGET, Budget, psnr_share
 from ulmed.core.projection import project
 from ulmed.core.registry import Registry
 from ulmed.core.tasks import Norm
@@ -76,8 +76,10 @@ class ProtectionMethod(abc.ABC):
     """Base class of all protection methods.
 
     Args:
-        budget: The budget (text such as ``"8/255"``, ``"l2:0.5"`` or a :class:`Budget`);
-            its norm must be one of the class's :attr:`norms`.
+        budget: The budget (text such as ``"auto"``, ``"8/255"``, ``"l2:0.5"`` or a :class:`Budget`);
+            its norm must be one of the class's :attr:`norms`. The default ``auto`` is 8/255 on
+            images and 16/255 at a PSNR of at least 40 dB on DICOM and NIfTI records
+            (:meth:`ulmed.core.budget.Budget.auto`).
         seed: Run seed; per-record randomness is derived from it with :func:`record_seed`.
         device: Torch device name for methods that use one.
     """
@@ -96,7 +98,7 @@ class ProtectionMethod(abc.ABC):
     #: a method that shares work across records (one forward pass for many images) sets more.
     batch_hint: int = 1
 
-    def __init__(self, budget: Budget | str | float = "8/255", seed: int = 0, device: str = "auto") -> None:
+    def __init__(self, budget: Budget | str | float = DEFAULT_BUDGET, seed: int = 0, device: str = "auto") -> None:
         self.budget = budget if isinstance(budget, Budget) else Budget.parse(budget)
         if self.budget.norm not in self.norms:
             raise ConfigError(self._norm_refusal())
@@ -145,15 +147,17 @@ class ProtectionMethod(abc.ABC):
         """
         return [self.protect(r) for r in records]
 
-    def apply(self, record: Record, delta: np.ndarray, eps: float, share: float = 1.0) -> Record:
+    def apply(self, record: Record, delta: np.ndarray, eps: float, share: float | None = None) -> Record:
         """The record with ``delta`` projected onto the budget and added, as stored (the end of :meth:`protect`).
 
         Args:
             record: The record the perturbation is for.
             delta: The method's perturbation in [0, 1] units, shaped like the image.
             eps: The budget in [0, 1] units for this record.
-            share: The part of the budget (at most 1) this record may use: a method that lowers its
-                own amplitude for a record (lsp's PSNR floor) is projected and quantised within it.
+            share: The part of the budget (at most 1) this record may use, ``delta`` already scaled
+                to it. None (default): :meth:`floor_share`, and ``delta`` is scaled here. The
+                perturbation is projected and quantised within that share of the budget, so
+                rounding to stored steps keeps a PSNR floor on a sign code exactly.
 
         Raises:
             ConfigError: ``delta`` is not shaped like the record's image.
@@ -162,11 +166,26 @@ class ProtectionMethod(abc.ABC):
         if delta.shape != record.image.shape:
             raise ConfigError(f"{self.name} returned a perturbation of shape {delta.shape} "
                               f"for an image of shape {record.image.shape}")
+        if share is None:
+            share = self.floor_share(record, delta)
+            if share < 1:
+                delta = delta * np.float32(share)  # a new array: the method's own is left as it is
         norm, eps, eps_native = self.budget.norm, eps * share, self.budget.in_native(record.mapping) * share
         if norm == Norm.LINF:  # clipped in float64 slab by slab there; the method's array untouched
             return record.with_perturbation(delta, eps_native, norm, clip=eps)
         delta = project(np.array(delta, dtype=np.float64), eps, norm)  # our own copy, projected in place
         return record.with_perturbation(delta, eps_native, norm)
+
+    def psnr_floor(self, record: Record) -> float | None:
+        """The PSNR floor in dB on ``record`` against its budget range (the budget's; None: none)."""
+        return self.budget.psnr_floor(record.mapping)
+
+    def floor_share(self, record: Record, delta: np.ndarray) -> float:
+        """The factor (at most 1) that brings ``delta`` to :meth:`psnr_floor` (1 without a floor)."""
+        floor = self.psnr_floor(record)
+        if floor is None:
+            return 1.0
+        return psnr_share(delta, floor, record.mapping.budget_scale / record.mapping.scale)
 
     def params(self) -> dict[str, Any]:
         """Parameters that define the output, recorded in the manifest."""

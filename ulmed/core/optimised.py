@@ -29,7 +29,7 @@ import torch
 
 from ulmed.core.augment import build_augment
 from ulmed.core.bilevel import MinMinConfig, MinMinHooks, PositionPolicy, min_min
-from ulmed.core.budget import Budget
+from ulmed.core.budget import DEFAULT_BUDGET, Budget
 from ulmed.core.device import resolve_device
 from ulmed.core.groups import Group, NoiseStore, RealPositions, build_group, classwise_eps, group_records
 from ulmed.core.method import ProtectionMethod, takes_options
@@ -68,7 +68,7 @@ class OptimisedMethod(ProtectionMethod):
     needs_fit: ClassVar[bool] = True
     norms: ClassVar[tuple[str, ...]] = NORMS
 
-    def __init__(self, budget: Budget | str | float = "8/255", seed: int = 0, device: str = "auto",
+    def __init__(self, budget: Budget | str | float = DEFAULT_BUDGET, seed: int = 0, device: str = "auto",
                  **options: Any) -> None:
         super().__init__(budget, seed, device)
         self.options = OptimisedOptions(**options)

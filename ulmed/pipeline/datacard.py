@@ -14,8 +14,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
+from ulmed.core.budget import Budget
 from ulmed.core.method import METHODS
+from ulmed.errors import ConfigError
 from ulmed.pipeline.manifest import Manifest
 
 DATACARD_NAME = "DATACARD.md"
@@ -84,6 +87,17 @@ def _deidentification_line(manifest: Manifest) -> str | None:
             "private elements and text burned into the pixels were not removed")
 
 
+def _budget_text(spec: Any) -> str:
+    """The run's budget as the card states it: its norm and size, and the PSNR floor where one applies."""
+    try:
+        budget = Budget.parse(spec)
+    except ConfigError:
+        return f"{spec}"
+    floor = (f"; DICOM and NIfTI records also scaled down to a PSNR of at least {budget.robust_psnr:g} dB "
+             "against their robust range") if budget.robust_psnr is not None else ""
+    return f"{budget.label} (the most any value moved{floor})"
+
+
 def _method_lines(manifest: Manifest) -> list[str]:
     params = manifest.params
     name = str(params.get("method", "?"))
@@ -92,7 +106,7 @@ def _method_lines(manifest: Manifest) -> list[str]:
     shown = (*_NOT_PRINTED, "method", "budget", "seed", "deidentify", "deidentifier")
     extra = {k: v for k, v in params.items() if k not in shown and v is not None}
     lines = [f"- Method: `{name}` — {doc}" if doc else f"- Method: `{name}`",
-             f"- Budget: L-inf {params.get('budget')} (the most any value moved)"]
+             f"- Budget: {_budget_text(params.get('budget'))}"]
     for (eps_unit, unit), natives in sorted(record_budgets(manifest).items()):
         lo, hi = min(natives), max(natives)
         amount = f"±{lo:.4g}" if round(lo, 4) == round(hi, 4) else f"±{lo:.4g} to ±{hi:.4g}"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ulmed.core.budget import DEFAULT_BUDGET
 from ulmed.core.method import DEFAULT_METHOD
 from ulmed.errors import ConfigError, InputError
 from ulmed.eval.imperceptibility import metrics_options
@@ -37,7 +38,8 @@ class ProtectRequest:
         input_path: DICOM export, NIfTI file/folder, image folder or data-set folder.
         output_path: Output folder (created; must be outside the input). Kept resolved.
         method: Registered method name (``ulmed protect --method``).
-        eps: Budget, ``"8/255"`` or native such as ``"20HU"`` (L-inf), or ``"l2:0.5"`` (L2,
+        eps: Budget: ``"auto"`` (default: 8/255 on images; 16/255 of the robust range at a PSNR of
+            at least 40 dB on DICOM and NIfTI), ``"8/255"`` or native such as ``"20HU"`` (L-inf), or ``"l2:0.5"`` (L2,
             for the methods whose ``norms`` include it: random, none, em, salm).
         seed: Run seed.
         device: Torch device for methods that use one.
@@ -74,7 +76,7 @@ class ProtectRequest:
     input_path: Path
     output_path: Path
     method: str = DEFAULT_METHOD
-    eps: str | float = "8/255"
+    eps: str | float = DEFAULT_BUDGET
     seed: int = 0
     device: str = "auto"
     masks: Path | None = None
