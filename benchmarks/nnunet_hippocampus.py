@@ -63,7 +63,7 @@ def parse_args() -> argparse.Namespace:
                         help="torch threads of nnU-Net (on 2 shared cores one thread was faster than two: 5.2 vs "
                         "7.5 s per training step); 0: torch's default")
     parser.add_argument("--mirroring", action="store_true", help="nnU-Net's test-time mirroring in prediction")
-    parser.add_argument("--eps", default="8/255")
+    parser.add_argument("--eps", default="auto", help="budget (default: the product default, auto)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-limit", type=int, default=None)
     parser.add_argument("--test-limit", type=int, default=None)
