@@ -180,8 +180,8 @@ class Budget:
     def describe(self, mapping: IntensityMapping) -> dict[str, Any]:
         """Both forms of the budget for one record, for the manifest."""
         eps = self.in_unit(mapping)
-        has_range = mapping.budget_range > 0
-        scale = {"scale": mapping.budget_basis, "scale_native": mapping.budget_scale} if has_range else {}
+        robust = self.on_robust_range(mapping)
+        scale = {"scale": mapping.budget_basis, "scale_native": mapping.budget_scale} if robust else {}
         native = self.in_native(mapping)
         floor = self.psnr_floor(mapping)
         return {"eps_unit": eps, "eps_native": native, "native_unit": mapping.unit, "norm": self.norm, **scale,
