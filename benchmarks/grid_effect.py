@@ -110,6 +110,7 @@ def _protect(src: Path, out: Path, grid: str, args: argparse.Namespace) -> dict[
     if grid.startswith("release:"):
         # the release protects on its own grid: the release's cell (release.RELEASE_CELL) unless --release-cell says
         cell = {"cell": args.release_cell} if args.release_cell else {}
+        cell.update({"psnr": args.psnr} if args.psnr else {})
         report = release_dataset(
             src, out, method="lsp", eps=args.eps, seed=args.seed, device="cpu", size=int(grid.split(":")[1]),
             method_options=cell,
@@ -120,6 +121,7 @@ def _protect(src: Path, out: Path, grid: str, args: argparse.Namespace) -> dict[
             "options": {"release_size": int(grid.split(":")[1]), **cell},
         }
     options: dict[str, Any] = {"grid": grid} if grid in ("native", "auto") else {"grid": grid, "cell": args.cell}
+    options.update({"psnr": args.psnr} if args.psnr else {})
     manifest = protect_path(src, out, method="lsp", eps=args.eps, seed=args.seed, device="cpu", method_options=options)
     return {
         "protect_s": round(time.perf_counter() - start, 1),
@@ -148,6 +150,8 @@ def main() -> None:
     parser.add_argument("--defense", default="flip_jitter")
     parser.add_argument("--net", default="unet", help="the victims' network, a name of ulmed.eval.victims.VICTIMS")
     parser.add_argument("--eps", default="8/255")
+    parser.add_argument("--psnr", type=float, default=0.0,
+                        help="lsp --set psnr=P: a PSNR floor in dB on every image (0: none, the image default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
@@ -203,6 +207,7 @@ def main() -> None:
                 "defense": args.defense,
                 "eps": args.eps,
                 "cell": args.cell,
+                "psnr_floor": args.psnr or None,
                 "victim": f"MONAI {args.net} (small), letterbox",
                 "rows": results,
             },
