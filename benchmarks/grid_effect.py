@@ -151,7 +151,7 @@ def main() -> None:
     parser.add_argument("--net", default="unet", help="the victims' network, a name of ulmed.eval.victims.VICTIMS")
     parser.add_argument("--eps", default="8/255")
     parser.add_argument("--psnr", type=float, default=0.0,
-                        help="lsp --set psnr=P: a PSNR floor in dB on every image (0: none, the image default)")
+                        help="lsp --set psnr=P: a PSNR floor in dB on every image (0: the budget's; --eps auto: 38 dB)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="")
     args = parser.parse_args()

@@ -211,7 +211,7 @@ def test_a_psnr_floor_is_recorded_and_a_bad_one_refused():
 
 def test_the_default_budget_is_the_measured_labelled_volume_setting(real_data):
     """``auto`` on a labelled volume is ``--eps 16/255 --set psnr=40`` (docs/results.md, issue 16) and on an
-    image 8/255, with no floor."""
+    image 8/255 at a 38 dB floor."""
     from ulmed.io.nifti import read_nifti
 
     folder = real_data / "msd_hippocampus"
@@ -222,5 +222,6 @@ def test_the_default_budget_is_the_measured_labelled_volume_setting(real_data):
     assert MaskCodedPatterns().params()["budget"] == "auto" and "psnr" not in MaskCodedPatterns().params()
     assert MaskCodedPatterns(psnr=45).psnr_floor(rec) == 45.0  # the option overrides the budget's floor
     image = _record(real_data)
-    assert np.array_equal(MaskCodedPatterns().protect(image).image, MaskCodedPatterns("8/255").protect(image).image)
-    assert MaskCodedPatterns().psnr_floor(image) is None
+    assert np.array_equal(MaskCodedPatterns().protect(image).image,
+                          MaskCodedPatterns("8/255", psnr=38).protect(image).image)
+    assert MaskCodedPatterns().psnr_floor(image) == 38.0 and MaskCodedPatterns("8/255").psnr_floor(image) is None

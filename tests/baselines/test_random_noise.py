@@ -35,3 +35,15 @@ def test_the_default_budget_scales_dense_noise_on_a_volume_down_to_40_db(real_da
     assert 39.9 <= psnr < 40.3  # uniform noise at 16/255 alone would be near 29 dB
     assert np.abs(diff).max() < 16 / 255 * rec.mapping.budget_scale / 2
     assert not np.array_equal(out.image, RandomNoise("16/255", seed=1).protect(rec).image)
+
+
+def test_the_default_budget_scales_dense_noise_on_an_image_down_to_38_db():
+    rng = np.random.default_rng(0)
+    image = rng.integers(40, 200, size=(1, 64, 64)).astype(np.uint8)
+    rec = Record("a.png", image, IntensityMapping(0, 255, 0, 255, 1), 2, "image")
+    out = RandomNoise(seed=1).protect(rec)  # auto: 8/255, then the 38 dB floor
+    diff = out.image.astype(np.float64) - image.astype(np.float64)
+    psnr = 20 * np.log10(255 / np.sqrt(np.mean(diff**2)))
+    assert 38.0 <= psnr < 38.6  # uniform noise at 8/255 alone is near 35 dB
+    plain = RandomNoise("8/255", seed=1).protect(rec).image.astype(np.float64) - image
+    assert 20 * np.log10(255 / np.sqrt(np.mean(plain**2))) < 36.0 and np.abs(plain).max() == 8

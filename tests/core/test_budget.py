@@ -91,24 +91,26 @@ def test_a_unit_budget_is_a_share_of_the_robust_range_and_the_manifest_says_so()
     assert Budget.parse("20value").in_native(mapping) == 20.0  # native budgets are their own value
 
 
-def test_auto_is_8_of_255_on_images_and_16_of_255_at_a_40_db_floor_on_a_robust_range():
+def test_auto_is_8_of_255_at_38_db_on_images_and_16_of_255_at_40_db_on_a_robust_range():
     import dataclasses
 
     b = Budget.parse(" Auto ")
     assert b == Budget.auto() and b.spec == "auto" and b.norm == "linf"
     assert b.in_unit(PNG) == pytest.approx(8 / 255) and b.in_native(PNG) == 8.0
-    assert b.psnr_floor(PNG) is None and "psnr_floor" not in b.describe(PNG)
+    assert b.psnr_floor(PNG) == 38.0 and b.describe(PNG)["psnr_floor"] == 38.0
     robust = dataclasses.replace(CT, budget_range=800.0, budget_basis="p0.5-p99.5")
     assert b.in_native(robust) == pytest.approx(16 / 255 * 800)
     assert b.in_unit(robust) == pytest.approx(16 / 255 * 800 / 4095)
     assert b.psnr_floor(robust) == 40.0 and b.describe(robust)["psnr_floor"] == 40.0
-    assert b.label == "Linf 8/255, DICOM/NIfTI 16/255 at >= 40 dB"
+    assert b.label == "Linf 8/255 at >= 38 dB, DICOM/NIfTI 16/255 at >= 40 dB"
     # a budget the user states is the same on every kind, with no floor
     plain = Budget.parse("8/255")
     assert plain.in_native(robust) == pytest.approx(8 / 255 * 800) and plain.psnr_floor(robust) is None
+    assert plain.psnr_floor(PNG) is None and "psnr_floor" not in plain.describe(PNG)
 
 
-@pytest.mark.parametrize(("field", "bad"), [("robust_value", 1.5), ("robust_value", 0.0), ("robust_psnr", -1.0)])
+@pytest.mark.parametrize(("field", "bad"), [("robust_value", 1.5), ("robust_value", 0.0), ("robust_psnr", -1.0),
+                                         ("image_psnr", 0.0), ("image_psnr", 250.0)])
 def test_a_bad_robust_budget_is_refused(field, bad):
     with pytest.raises(ConfigError, match="robust|PSNR"):
         Budget(8 / 255, **{field: bad})

@@ -56,5 +56,6 @@ def test_the_card_states_the_default_budget_per_kind_and_its_floor():
     assert "- Budget: Linf 8/255 (the most any value moved)" in render_datacard("study", m, CopyCheck(targets=1))
     m.params["budget"] = "auto"
     card = render_datacard("study", m, CopyCheck(targets=1))
-    assert ("- Budget: Linf 8/255, DICOM/NIfTI 16/255 at >= 40 dB (the most any value moved; DICOM and NIfTI "
-            "records also scaled down to a PSNR of at least 40 dB against their robust range)") in card
+    assert ("- Budget: Linf 8/255 at >= 38 dB, DICOM/NIfTI 16/255 at >= 40 dB (the most any value moved; "
+            "scaled down where needed: images to a PSNR of at least 38 dB against their data range and DICOM and "
+            "NIfTI records to a PSNR of at least 40 dB against their robust range)") in card

@@ -97,7 +97,7 @@ class MaskCodedPatterns(ProtectionMethod):
         psnr: A floor in dB on each record's PSNR against its budget range (the robust range of
             a volume): a code whose root mean square would exceed ``10^(-psnr/20)`` of that range
             is scaled down to it (:func:`ulmed.core.budget.psnr_share`). None (default): the budget's
-            floor (the default budget ``auto`` sets 40 dB on DICOM and NIfTI records, none on images).
+            floor (the default budget ``auto`` sets 38 dB on images and 40 dB on DICOM and NIfTI records).
             With a larger budget (``--eps 16/255 --set psnr=40``) a sparse code, such as the
             Nyquist code on a volume's labels, takes the largest amplitude the PSNR allows.
     """
@@ -145,7 +145,8 @@ class MaskCodedPatterns(ProtectionMethod):
         return code
 
     def psnr_floor(self, record: Record) -> float | None:
-        """The ``psnr`` option where given, else the budget's floor (``auto``: 40 dB on DICOM and NIfTI)."""
+        """The ``psnr`` option where given, else the budget's floor (``auto``: 38 dB on images, 40 dB on DICOM
+        and NIfTI)."""
         return self.psnr if self.psnr is not None else super().psnr_floor(record)
 
     def _grid_shapes(self, record: Record) -> list[tuple[int, int]]:

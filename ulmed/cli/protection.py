@@ -15,8 +15,8 @@ from ulmed.core.method import DEFAULT_METHOD
 
 _HELP = {
     "input": "DICOM export, NIfTI file/folder, image folder or data set.",
-    "eps": ("L-inf budget: auto (8/255; DICOM/NIfTI: 16/255 of the robust range at PSNR >= 40 dB), 8/255, 0.03 "
-            "or native units such as 20HU."),
+    "eps": ("L-inf budget: auto (8/255 at PSNR >= 38 dB; DICOM/NIfTI: 16/255 of the robust range at >= 40 dB), "
+            "8/255, 0.03 or native units such as 20HU."),
     "masks": "Masks folder matched to the images by relative path.",
     "dicom_encoding": "DICOM output: explicit, rle, jpegls or j2k (lossless only).",
     "skip_non_image": "Leave SR/SEG/RTSTRUCT/PR... out instead of copying them.",

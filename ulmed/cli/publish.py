@@ -15,7 +15,8 @@ from ulmed.core.method import DEFAULT_METHOD
 _HELP = {
     "input": "Data set: images/ + masks/ (or labels/), split files ...",
     "set": "Method option KEY=VALUE (repeatable), e.g. --set rho=0.1.",
-    "eps": "L-inf budget: auto (8/255; DICOM/NIfTI: 16/255 of the robust range at PSNR >= 40 dB), 8/255 or 0.03.",
+    "eps": ("L-inf budget: auto (8/255 at PSNR >= 38 dB; DICOM/NIfTI: 16/255 of the robust range at >= 40 dB), "
+            "8/255 or 0.03."),
     "deidentify": ("De-identify DICOM with dicognito first, keyed by the secret in $ULMED_DEID_KEY "
                    "(pip install \"ulmed[deid]\")."),
     "size": ("ML-ready release: resample images (antialiased) and masks (nearest) to N x N and protect on that grid "

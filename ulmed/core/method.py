@@ -77,8 +77,8 @@ class ProtectionMethod(abc.ABC):
 
     Args:
         budget: The budget (text such as ``"auto"``, ``"8/255"``, ``"l2:0.5"`` or a :class:`Budget`);
-            its norm must be one of the class's :attr:`norms`. The default ``auto`` is 8/255 on
-            images and 16/255 at a PSNR of at least 40 dB on DICOM and NIfTI records
+            its norm must be one of the class's :attr:`norms`. The default ``auto`` is 8/255 at a
+            PSNR of at least 38 dB on images and 16/255 at 40 dB on DICOM and NIfTI records
             (:meth:`ulmed.core.budget.Budget.auto`).
         seed: Run seed; per-record randomness is derived from it with :func:`record_seed`.
         device: Torch device name for methods that use one.

@@ -93,8 +93,13 @@ def _budget_text(spec: Any) -> str:
         budget = Budget.parse(spec)
     except ConfigError:
         return f"{spec}"
-    floor = (f"; DICOM and NIfTI records also scaled down to a PSNR of at least {budget.robust_psnr:g} dB "
-             "against their robust range") if budget.robust_psnr is not None else ""
+    floors = []
+    if budget.image_psnr is not None:
+        floors.append(f"images to a PSNR of at least {budget.image_psnr:g} dB against their data range")
+    if budget.robust_psnr is not None:
+        floors.append(f"DICOM and NIfTI records to a PSNR of at least {budget.robust_psnr:g} dB against their "
+                      "robust range")
+    floor = f"; scaled down where needed: {' and '.join(floors)}" if floors else ""
     return f"{budget.label} (the most any value moved{floor})"
 
 

@@ -38,9 +38,10 @@ class ProtectRequest:
         input_path: DICOM export, NIfTI file/folder, image folder or data-set folder.
         output_path: Output folder (created; must be outside the input). Kept resolved.
         method: Registered method name (``ulmed protect --method``).
-        eps: Budget: ``"auto"`` (default: 8/255 on images; 16/255 of the robust range at a PSNR of
-            at least 40 dB on DICOM and NIfTI), ``"8/255"`` or native such as ``"20HU"`` (L-inf), or ``"l2:0.5"`` (L2,
-            for the methods whose ``norms`` include it: random, none, em, salm).
+        eps: Budget: ``"auto"`` (default: 8/255 at a PSNR of at least 38 dB on images; 16/255 of
+            the robust range at a PSNR of at least 40 dB on DICOM and NIfTI), ``"8/255"`` or native such as
+            ``"20HU"`` (L-inf), or ``"l2:0.5"`` (L2, for the methods whose ``norms`` include it: random, none,
+            em, salm).
         seed: Run seed.
         device: Torch device for methods that use one.
         masks: Optional masks folder matched by relative path.
