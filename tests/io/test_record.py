@@ -129,3 +129,33 @@ def test_whole_steps_give_int32_values_and_fractional_steps_float64():
     half = IntensityMapping(low=-10.0, high=10.0, valid_min=-10.0, valid_max=10.0, quantum=0.5)
     small = np.arange(-8, 8, dtype=np.int16).reshape(1, 4, 4)
     assert Record("b", small, half, 2, "image").with_perturbation(np.full((1, 4, 4), 0.02)).image.dtype == np.float64
+
+
+@pytest.mark.parametrize("per_slice", [False, True])
+def test_a_sparse_perturbation_gives_the_values_of_the_dense_path(monkeypatch, per_slice):
+    """Few moved positions (a code on a volume's labels) are computed alone; every value equals the dense path's."""
+    import ulmed.io.record as record
+
+    rng = np.random.default_rng(5)
+    steps = rng.choice([1.0, 0.5], size=6)[None, :, None, None] if per_slice else None
+    img = rng.integers(0, 4000, size=(1, 6, 20, 30)) * (1.0 if steps is None else steps) - 1024
+    m = IntensityMapping(low=-1024.0, high=3000.0, valid_min=-1024.0, valid_max=3071.0, quantum=1.0)
+    rec = Record("s", img, m, 3, "dicom", quantum_map=steps)
+    delta = np.zeros(img.shape, np.float32)
+    moved = rng.random(img.shape) < 0.05
+    delta[moved] = rng.uniform(-0.02, 0.02, size=int(moved.sum()))
+    assert rec._sparse(delta) is not None  # the sparse path is taken
+    sparse = rec.with_perturbation(delta, 30.0, clip=0.01).image
+    monkeypatch.setattr(record, "SPARSE_SHARE", -1.0)
+    dense = rec.with_perturbation(delta, 30.0, clip=0.01).image
+    assert sparse.dtype == dense.dtype and np.array_equal(sparse, dense)
+    assert np.array_equal(sparse[~moved], img[~moved]) and not np.array_equal(sparse[moved], img[moved])
+
+
+def test_values_outside_the_mapping_keep_the_dense_path():
+    """Where the image leaves the mapping's range a zero change is not exact (clipping moves it): no sparse path."""
+    img = np.array([[[0.0, 50.0], [100.0, 300.0]]])
+    rec = Record("a", img, IntensityMapping(0.0, 255.0, 0.0, 255.0, 1.0), 2, "image")
+    delta = np.zeros(img.shape, np.float32)
+    assert rec._sparse(delta) is None
+    assert rec.with_perturbation(delta, 8.0).image[0, 1, 1] == 292.0  # moved toward the range, by the budget

@@ -70,13 +70,18 @@ def nyquist_pattern(index: int, channels: int, spatial: tuple[int, ...], cell: i
         raise ValueError(f"a Nyquist cell holds at least one position, got {cell}")
     if index < 1:
         raise ValueError(f"Nyquist patterns are numbered from 1, got {index}")
-    corners = nyquist_corners(len(spatial))
+    code = _pattern_at(index, np.indices(spatial, sparse=True), cell)
+    return np.broadcast_to(np.broadcast_to(code, spatial)[None], (channels, *spatial)).copy()
+
+
+def _pattern_at(index: int, coords: tuple[np.ndarray, ...] | list[np.ndarray], cell: int) -> np.ndarray:
+    """Pattern ``index`` of :func:`nyquist_pattern` (float32 +-1) at the positions ``coords``, one array per
+    spatial axis (broadcasting against each other: sparse grids, or the indices of a mask's positions)."""
+    corners = nyquist_corners(len(coords))
     k = (index - 1) % (2 * len(corners))
     sign = 1.0 if k < len(corners) else -1.0
-    grids = np.indices(spatial, sparse=True)
-    parity = sum(grids[a] // cell for a in corners[k % len(corners)])
-    code = sign * np.where(parity % 2 == 0, 1.0, -1.0).astype(np.float32)
-    return np.broadcast_to(np.broadcast_to(code, spatial)[None], (channels, *spatial)).copy()
+    parity = sum(coords[a] // cell for a in corners[k % len(corners)])
+    return np.where(parity % 2 == 0, sign, -sign).astype(np.float32)
 
 
 def nyquist_coded(
@@ -99,9 +104,9 @@ def nyquist_coded(
     if target is None or isinstance(target, (int, np.integer)):
         return nyquist_pattern(1 if target is None else int(target) + 1, channels, spatial, cell)
     code = np.zeros((channels, *spatial), dtype=np.float32)
-    for value in values[values != 0]:
-        where = np.broadcast_to(target == value, code.shape)
-        code[where] = nyquist_pattern(1 if value == 255 else int(value), channels, spatial, cell)[where]
+    for value in values[values != 0]:  # the pattern computed at the class's own positions only
+        at = np.nonzero(np.asarray(target) == value)
+        code[(slice(None), *at)] = _pattern_at(1 if value == 255 else int(value), at, cell)
     return code
 
 
