@@ -44,6 +44,6 @@ def test_the_default_budget_scales_dense_noise_on_an_image_down_to_38_db():
     out = RandomNoise(seed=1).protect(rec)  # auto: 8/255, then the 38 dB floor
     diff = out.image.astype(np.float64) - image.astype(np.float64)
     psnr = 20 * np.log10(255 / np.sqrt(np.mean(diff**2)))
-    assert 38.0 <= psnr < 38.6  # uniform noise at 8/255 alone is near 35 dB
+    assert 38.0 <= psnr < 39.5  # uniform noise at 8/255 alone is near 35 dB; rounded toward zero under the floor
     plain = RandomNoise("8/255", seed=1).protect(rec).image.astype(np.float64) - image
     assert 20 * np.log10(255 / np.sqrt(np.mean(plain**2))) < 36.0 and np.abs(plain).max() == 8

@@ -67,3 +67,16 @@ def test_bad_arguments_are_config_errors() -> None:
         quantise_perturbation(np.zeros((2, 1)), np.zeros((2, 1)), np.array([[1.0], [0.0]]))
     with pytest.raises(ValueError):
         quantise_perturbation(np.zeros((2, 3)), np.zeros((2, 3)), np.ones(2))  # steps that do not broadcast
+
+
+def test_toward_zero_never_moves_a_value_further_than_asked():
+    """Under a PSNR floor the changes are rounded toward zero: each stored change is at most the asked one."""
+    rng = np.random.default_rng(7)
+    clean = rng.integers(0, 255, size=4000).astype(np.float64)
+    delta = rng.uniform(-6.0, 6.0, size=4000)
+    nearest = quantise_perturbation(clean, delta, 1.0, eps=8.0, bounds=(0.0, 255.0))
+    toward = quantise_perturbation(clean, delta, 1.0, eps=8.0, bounds=(0.0, 255.0), toward_zero=True)
+    assert np.all(np.abs(toward) <= np.abs(delta)) and np.all(toward == np.round(toward))
+    assert np.sum(toward**2) <= np.sum(delta**2) < np.sum(nearest**2) * 1.5
+    assert np.any(np.abs(nearest) > np.abs(delta))  # rounding to the nearest step does move some further
+    assert np.all(np.abs(toward - nearest) <= 1.0)

@@ -156,8 +156,9 @@ class ProtectionMethod(abc.ABC):
             eps: The budget in [0, 1] units for this record.
             share: The part of the budget (at most 1) this record may use, ``delta`` already scaled
                 to it. None (default): :meth:`floor_share`, and ``delta`` is scaled here. The
-                perturbation is projected and quantised within that share of the budget, so
-                rounding to stored steps keeps a PSNR floor on a sign code exactly.
+                perturbation is projected and quantised within that share of the budget; below 1
+                (a PSNR floor binds) each change is rounded toward zero, so the floor holds on the
+                stored values.
 
         Raises:
             ConfigError: ``delta`` is not shaped like the record's image.
@@ -172,9 +173,9 @@ class ProtectionMethod(abc.ABC):
                 delta = delta * np.float32(share)  # a new array: the method's own is left as it is
         norm, eps, eps_native = self.budget.norm, eps * share, self.budget.in_native(record.mapping) * share
         if norm == Norm.LINF:  # clipped in float64 slab by slab there; the method's array untouched
-            return record.with_perturbation(delta, eps_native, norm, clip=eps)
+            return record.with_perturbation(delta, eps_native, norm, clip=eps, toward_zero=share < 1)
         delta = project(np.array(delta, dtype=np.float64), eps, norm)  # our own copy, projected in place
-        return record.with_perturbation(delta, eps_native, norm)
+        return record.with_perturbation(delta, eps_native, norm, toward_zero=share < 1)
 
     def psnr_floor(self, record: Record) -> float | None:
         """The PSNR floor in dB on ``record`` against its budget range (the budget's; None: none)."""

@@ -53,6 +53,7 @@ def quantise_perturbation(
     eps: float | None = None,
     norm: str = "linf",
     bounds: tuple[float, float] = (-math.inf, math.inf),
+    toward_zero: bool = False,
 ) -> np.ndarray:
     """The native perturbation as it will be stored, never larger than the budget.
 
@@ -78,6 +79,8 @@ def quantise_perturbation(
         eps: Native budget the result must keep; None only rounds to the grid.
         norm: ``"linf"`` or ``"l2"``: the norm ``eps`` bounds.
         bounds: Native range that ``clean + result`` must stay in.
+        toward_zero: Round every change toward zero, not to the nearest step: no value then moves
+            further than ``delta`` says, so the result's norm (a PSNR floor) is at most ``delta``'s.
 
     Returns:
         The quantised perturbation (float64, shaped like ``clean``).
@@ -93,22 +96,25 @@ def quantise_perturbation(
     if steps.ndim:
         np.broadcast_shapes(steps.shape, d.shape)  # a clear error when it does not fit
     if (steps > 0).all():
-        return _on_stored_grid(clean, d, steps, eps, norm, bounds)
+        return _on_stored_grid(clean, d, steps, eps, norm, bounds, toward_zero)
     if (steps > 0).any():
         raise ConfigError("a record's stored steps must all be > 0 (integer storage) or all 0 (float storage)")
     return _float_stored(clean, _within_budget(d, eps, norm))
 
 
 def _on_stored_grid(
-    clean: np.ndarray, d: np.ndarray, steps: np.ndarray, eps: float | None, norm: str, bounds: tuple[float, float]
+    clean: np.ndarray, d: np.ndarray, steps: np.ndarray, eps: float | None, norm: str, bounds: tuple[float, float],
+    toward_zero: bool = False,
 ) -> np.ndarray:
-    """``d`` in whole ``steps`` (all > 0): rounded to the nearest, toward zero where a bound needs it.
+    """``d`` in whole ``steps`` (all > 0): rounded to the nearest (or ``toward_zero``), toward zero where a bound
+    needs it.
 
     Steps of exactly 1 (one stored value per native unit) skip the divisions and products by
     them, which change no float.
     """
     unit_steps = np.broadcast_shapes(steps.shape, d.shape) == d.shape and bool(np.all(steps == 1.0))
-    k = np.rint(d) if unit_steps else np.rint(d / steps)  # the change in whole stored steps
+    rounding = np.trunc if toward_zero else np.rint
+    k = rounding(d) if unit_steps else rounding(d / steps)  # the change in whole stored steps
     levels = whole_steps(eps, steps) if eps is not None and norm == "linf" else None
     if levels is not None:
         np.clip(k, -levels, levels, out=k)

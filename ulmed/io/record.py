@@ -261,7 +261,7 @@ class Record:
         return self.mapping.quantum if self.quantum_map is None else self.quantum_map
 
     def with_perturbation(self, delta: np.ndarray, eps_native: float | None = None, norm: str = "linf",
-                          clip: float | None = None) -> Record:
+                          clip: float | None = None, toward_zero: bool = False) -> Record:
         """A copy of this record with ``delta`` (in [0, 1] units) added to its image, as stored.
 
         The perturbed image is clipped to [0, 1] in method space (so the native result stays
@@ -282,24 +282,28 @@ class Record:
             norm: ``"linf"`` or ``"l2"``: the norm ``eps_native`` bounds.
             clip: Clip ``delta`` to ``[-clip, clip]`` (in float64) first: an L-inf budget in
                 [0, 1] units (:meth:`ulmed.core.method.ProtectionMethod.apply`).
+            toward_zero: Round each change toward zero (a PSNR floor then holds on the stored values).
         """
         if delta.shape != self.image.shape:
             raise ConfigError(f"{self.key}: perturbation shape {delta.shape} != image shape {self.image.shape}")
         dtype = self._exact_dtype()
         if norm != "linf" or self.image.ndim < 2:
-            native = self._perturbed(self.image, delta, self.steps, eps_native, norm, clip).astype(dtype, copy=False)
+            native = self._perturbed(self.image, delta, self.steps, eps_native, norm, clip, toward_zero)
+            native = native.astype(dtype, copy=False)
         elif (moved := self._sparse(delta)) is not None:
             native = self.image.astype(dtype)  # a zero change keeps each value exactly: only the moved ones computed
             at = np.unravel_index(moved, self.image.shape)
             steps = self.steps if np.ndim(self.steps) == 0 else np.broadcast_to(
                 _along_rows(self.steps, self.image.ndim), self.image.shape)[at]
-            native[at] = self._perturbed(self.image[at], delta[at], steps, eps_native, norm, clip)
+            native[at] = self._perturbed(self.image[at], delta[at], steps, eps_native, norm, clip,
+                                           toward_zero)
         else:
             native = np.empty(self.image.shape, dtype=dtype)
             steps = _along_rows(self.steps, self.image.ndim)
             for part in slabs(self.image.shape, PIECE_VALUES):
                 step = steps if np.ndim(steps) == 0 else steps[_cut(part, steps.shape)]
-                native[part] = self._perturbed(self.image[part], delta[part], step, eps_native, norm, clip)
+                native[part] = self._perturbed(self.image[part], delta[part], step, eps_native, norm, clip,
+                                                toward_zero)
         return dataclasses.replace(self, image=native, meta=dict(self.meta))
 
     def _sparse(self, delta: np.ndarray) -> np.ndarray | None:
@@ -327,7 +331,7 @@ class Record:
         return np.dtype(np.int32) if whole and info.min <= low and high <= info.max else np.dtype(np.float64)
 
     def _perturbed(self, image: np.ndarray, delta: np.ndarray, steps: float | np.ndarray, eps_native: float | None,
-                   norm: str, clip: float | None) -> np.ndarray:
+                   norm: str, clip: float | None, toward_zero: bool = False) -> np.ndarray:
         """Native ``image + delta`` as stored (:meth:`with_perturbation`), for the whole image or one slab."""
         base = np.asarray(image, dtype=np.float64)  # read only: no copy when the image is float64
         d = np.array(delta, dtype=np.float64)  # our own copy: clipped in place, the caller's array untouched
@@ -342,7 +346,8 @@ class Record:
         del unit
         effective *= self.mapping.scale
         bounds = (max(self.mapping.low, self.mapping.valid_min), min(self.mapping.high, self.mapping.valid_max))
-        native = quantise_perturbation(image, effective, steps, eps=eps_native, norm=norm, bounds=bounds)
+        native = quantise_perturbation(image, effective, steps, eps=eps_native, norm=norm, bounds=bounds,
+                                       toward_zero=toward_zero)
         del effective
         native += base
         return native
