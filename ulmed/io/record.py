@@ -287,23 +287,21 @@ class Record:
         if delta.shape != self.image.shape:
             raise ConfigError(f"{self.key}: perturbation shape {delta.shape} != image shape {self.image.shape}")
         dtype = self._exact_dtype()
+        how = (eps_native, norm, clip, toward_zero)  # the same quantisation for the whole image or a part
         if norm != "linf" or self.image.ndim < 2:
-            native = self._perturbed(self.image, delta, self.steps, eps_native, norm, clip, toward_zero)
-            native = native.astype(dtype, copy=False)
+            native = self._perturbed(self.image, delta, self.steps, *how).astype(dtype, copy=False)
         elif (moved := self._sparse(delta)) is not None:
             native = self.image.astype(dtype)  # a zero change keeps each value exactly: only the moved ones computed
             at = np.unravel_index(moved, self.image.shape)
             steps = self.steps if np.ndim(self.steps) == 0 else np.broadcast_to(
                 _along_rows(self.steps, self.image.ndim), self.image.shape)[at]
-            native[at] = self._perturbed(self.image[at], delta[at], steps, eps_native, norm, clip,
-                                           toward_zero)
+            native[at] = self._perturbed(self.image[at], delta[at], steps, *how)
         else:
             native = np.empty(self.image.shape, dtype=dtype)
             steps = _along_rows(self.steps, self.image.ndim)
             for part in slabs(self.image.shape, PIECE_VALUES):
                 step = steps if np.ndim(steps) == 0 else steps[_cut(part, steps.shape)]
-                native[part] = self._perturbed(self.image[part], delta[part], step, eps_native, norm, clip,
-                                                toward_zero)
+                native[part] = self._perturbed(self.image[part], delta[part], step, *how)
         return dataclasses.replace(self, image=native, meta=dict(self.meta))
 
     def _sparse(self, delta: np.ndarray) -> np.ndarray | None:
