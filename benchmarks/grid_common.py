@@ -52,8 +52,8 @@ def parse_mode_args(doc: str, stem: str) -> tuple[argparse.Namespace, Path]:
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the small mode: minutes on 2 cores")
     parser.add_argument("--eps", default="auto",
-                        help="budget (default auto: 8/255 on images, 16/255 at >= 40 dB on volumes); result folders "
-                             "without a budget suffix are from 8/255, auto adds _auto")
+                        help="budget (default auto: 8/255 at >= 38 dB on images, 16/255 at >= 40 dB on volumes); "
+                             "result folders without a budget suffix are from 8/255, auto adds _auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--learnability",
