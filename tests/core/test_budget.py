@@ -107,6 +107,7 @@ def test_auto_is_8_of_255_at_38_db_on_images_and_16_of_255_at_40_db_on_a_robust_
     plain = Budget.parse("8/255")
     assert plain.in_native(robust) == pytest.approx(8 / 255 * 800) and plain.psnr_floor(robust) is None
     assert plain.psnr_floor(PNG) is None and "psnr_floor" not in plain.describe(PNG)
+    assert Budget(8 / 255, image_psnr=38.0).label == "Linf 8/255 at >= 38 dB, DICOM/NIfTI 8/255"  # a floor is stated
 
 
 @pytest.mark.parametrize(("field", "bad"), [("robust_value", 1.5), ("robust_value", 0.0), ("robust_psnr", -1.0),

@@ -127,7 +127,7 @@ class Budget:
     @property
     def label(self) -> str:
         """The norm and the size as given, e.g. ``"Linf 8/255"`` or ``"L2 0.5"`` (DICOM DerivationDescription)."""
-        if self.robust_value is not None or self.robust_psnr is not None:
+        if any(v is not None for v in (self.robust_value, self.robust_psnr, self.image_psnr)):
             return (f"Linf {_fraction(self.value)}{_at(self.image_psnr)}, "
                     f"DICOM/NIfTI {_fraction(self.robust_value or self.value)}{_at(self.robust_psnr)}")
         m = _NORM.match(self.spec)
