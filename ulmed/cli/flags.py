@@ -36,9 +36,11 @@ def apply_config(ctx: typer.Context, config: Path | None, values: dict[str, obje
 
 def parse_sets(items: list[str]) -> dict[str, object]:
     """``KEY=VALUE`` strings to a dict; values are read as YAML scalars (numbers, booleans)."""
+    out: dict[str, object] = {}
+    if not items:
+        return out
     import yaml
 
-    out: dict[str, object] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():

@@ -30,7 +30,7 @@ from ulmed.errors import InputError
 from ulmed.eval.folders import EvalFolder, EvalItem, find_eval_items, warn_skipped
 from ulmed.eval.loading import Preprocess, image_channels, load_images, load_items
 from ulmed.eval.split import SplitRule, resolve_split
-from ulmed.io.images import output_relpath
+from ulmed.io.kinds import output_relpath
 
 log = logging.getLogger("ulmed")
 

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from ulmed.errors import InputError, os_reason
 from ulmed.io.discover import Inventory, discover, find_target
+from ulmed.io.kinds import is_nifti_path
 from ulmed.io.labels import LABEL_COLUMNS, PATH_COLUMNS
-from ulmed.io.nifti import is_nifti_path
 
 log = logging.getLogger("ulmed")
 INDEX_FILE = "index.csv"

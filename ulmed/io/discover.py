@@ -25,8 +25,7 @@ from pathlib import Path
 from ulmed.errors import InputError, os_reason
 from ulmed.io.dicom_dataset import is_dicom_file
 from ulmed.io.dicom_scan import DicomScan, scan_dicom
-from ulmed.io.images import IMAGE_SUFFIXES, is_image_path, output_relpath
-from ulmed.io.nifti import is_nifti_path
+from ulmed.io.kinds import IMAGE_SUFFIXES, is_image_path, is_nifti_path, output_relpath
 
 #: Folder names that hold images, and the names of their sibling target folders.
 IMAGE_DIRS = ("images", "imagesTr", "imagesTs", "image", "img", "imgs")

@@ -35,10 +35,10 @@ from PIL import Image, PngImagePlugin
 from ulmed.errors import InputError, OutputError
 from ulmed.io.atomic import atomic_path
 from ulmed.io.base import TargetKind, check_target_shape
+from ulmed.io.kinds import IMAGE_SUFFIXES, JPEG_SUFFIXES
 from ulmed.io.record import IntensityMapping, Record
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
-_PNG, _TIFF, _JPEG = (".png",), (".tif", ".tiff"), (".jpg", ".jpeg")
+_PNG, _TIFF, _JPEG = (".png",), (".tif", ".tiff"), JPEG_SUFFIXES
 _READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, KeyError, IndexError,
                 Image.DecompressionBombError)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -61,17 +61,6 @@ class ImageHandle:
     dtype: np.dtype
     alpha: np.ndarray | None = None
     options: dict[str, Any] = field(default_factory=dict)
-
-
-def is_image_path(path: Path) -> bool:
-    """Whether ``path`` names a PNG, TIFF or JPEG file (any case)."""
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
-
-
-def output_relpath(rel: Path) -> Path:
-    """Output relative path of an input image: JPEG becomes ``.png`` (lossless), others unchanged."""
-    rel = Path(rel)
-    return rel.with_suffix(".png") if rel.suffix.lower() in _JPEG else rel
 
 
 def _png_depth(path: Path) -> tuple[int, int] | None:

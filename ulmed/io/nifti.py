@@ -26,9 +26,8 @@ from nibabel.spatialimages import HeaderDataError
 from ulmed.errors import InputError, OutputError
 from ulmed.io.atomic import atomic_path
 from ulmed.io.base import TargetKind, check_target_shape
+from ulmed.io.kinds import NIFTI_SUFFIXES, is_nifti_path
 from ulmed.io.record import IntensityMapping, Record
-
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 #: Errors nibabel, gzip and numpy raise on missing, truncated or corrupt files.
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError, HeaderDataError, MemoryError)
@@ -61,11 +60,6 @@ class NiftiHandle:
     def scaled(self) -> bool:
         """True when the file stores scaled values (slope != 1 or inter != 0)."""
         return not (self.slope == 1.0 and self.inter == 0.0)
-
-
-def is_nifti_path(path: Path) -> bool:
-    """Whether ``path`` names a NIfTI file (``.nii`` or ``.nii.gz``, any case)."""
-    return Path(path).name.lower().endswith(NIFTI_SUFFIXES)
 
 
 def _nifti_suffix(path: Path) -> str:

@@ -9,8 +9,7 @@ from typing import Any
 
 from ulmed.io.dicom import DicomSeries, read_series
 from ulmed.io.discover import Inventory, Item
-from ulmed.io.images import output_relpath, read_image
-from ulmed.io.nifti import read_nifti
+from ulmed.io.kinds import output_relpath
 from ulmed.io.record import Record
 from ulmed.pipeline.manifest import sha256_of
 
@@ -88,13 +87,21 @@ def output_paths(unit: Unit, root: Path) -> list[str]:
 
 
 def read_unit(unit: Unit, root: Path) -> Record:
-    """Read a unit into a record, with its target when one was found."""
+    """Read a unit into a record, with its target when one was found.
+
+    The NIfTI and image readers are imported here, by the first unit of their kind: a DICOM run
+    never loads nibabel or tifffile.
+    """
     if isinstance(unit.source, DicomSeries):
         return read_series(unit.source, root)
     if isinstance(unit.source, Copy):
         raise TypeError(f"{unit.key} is a copy, not a record")
     if unit.kind == "nifti":
+        from ulmed.io.nifti import read_nifti
+
         return read_nifti(unit.source.path, key=unit.key, label_path=unit.source.target)
+    from ulmed.io.images import read_image
+
     return read_image(unit.source.path, key=unit.key, mask_path=unit.source.target)
 
 

@@ -26,8 +26,7 @@ from ulmed.io.atomic import atomic_copy
 from ulmed.io.base import WriteOptions
 from ulmed.io.dicom import DicomSeries, write_series
 from ulmed.io.discover import Item
-from ulmed.io.images import output_relpath, write_image
-from ulmed.io.nifti import write_nifti
+from ulmed.io.kinds import output_relpath
 from ulmed.io.notices import join_messages, library_messages, routed_messages
 from ulmed.io.record import Record
 from ulmed.pipeline.manifest import Entry, sha256_of
@@ -81,7 +80,8 @@ def _write(unit: Unit, protected: Record, ctx: WorkContext,
            digests: dict[Path, str]) -> list[tuple[Path, Path, str | None]]:
     """Write one protected record; return (input, output, note) triples.
 
-    ``digests`` gets the sha256 of the outputs whose writer hashed the bytes it wrote (DICOM).
+    ``digests`` gets the sha256 of the outputs whose writer hashed the bytes it wrote (DICOM). The
+    NIfTI and image writers are imported by the first record of their kind (see ``read_unit``).
     """
     if unit.kind == "dicom":
         note = unit.source.note if isinstance(unit.source, DicomSeries) else None  # why its series was split
@@ -90,9 +90,13 @@ def _write(unit: Unit, protected: Record, ctx: WorkContext,
     assert isinstance(unit.source, Item)
     rel = unit.source.rel
     if unit.kind == "nifti":
+        from ulmed.io.nifti import write_nifti
+
         dst = ctx.out / rel
         write_nifti(protected, dst)
         return [(unit.source.path, dst, None)]
+    from ulmed.io.images import write_image
+
     out_rel = output_relpath(rel)
     dst = ctx.out / out_rel
     write_image(protected, dst)

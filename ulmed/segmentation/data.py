@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from ulmed.errors import InputError
-from ulmed.io.images import is_image_path, read_image
+from ulmed.io.images import read_image
+from ulmed.io.kinds import is_image_path
 
 
 @dataclass(frozen=True)
