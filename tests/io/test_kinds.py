@@ -21,12 +21,30 @@ def test_nifti_suffixes() -> None:
     assert not is_nifti_path(Path("a.gz")) and not is_nifti_path(Path("a.png"))
 
 
-def test_the_scanner_and_the_pipeline_load_no_nifti_or_tiff_library() -> None:
-    """A DICOM run must not pay for nibabel and tifffile: they load only with the reader that needs them."""
+def test_the_scanner_and_the_pipeline_load_no_format_library() -> None:
+    """A run pays only for the formats it reads: each library loads with the first reader that needs it."""
     code = (
         "import sys\n"
-        "import ulmed.io.discover, ulmed.pipeline.protect\n"
-        "print(*(m in sys.modules for m in ('nibabel', 'tifffile', 'yaml')))\n"
+        "import ulmed.io.discover, ulmed.pipeline.protect, ulmed.cli\n"
+        "print(*(m in sys.modules for m in ('pydicom', 'nibabel', 'tifffile', 'yaml')))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False", "False"]
+    assert out.stdout.split() == ["False"] * 4
+
+
+def test_an_image_folder_is_found_without_pydicom(tmp_path: Path) -> None:
+    """PNGs and NIfTI volumes are found by name, without pydicom; a file of no known suffix is probed with it."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from ulmed.io.discover import discover\n"
+        "inv = discover(sys.argv[1])\n"
+        "print(len(inv.images), len(inv.nifti), 'pydicom' in sys.modules)\n"
+        "(Path(sys.argv[1]) / 'notes.txt').write_text('no DICM marker at offset 128')\n"
+        "inv = discover(sys.argv[1])\n"
+        "print(len(inv.others), 'pydicom' in sys.modules)\n"
+    )
+    (tmp_path / "a.png").write_bytes(b"png")  # named, not read: discovery sorts by name
+    (tmp_path / "b.nii.gz").write_bytes(b"nii")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "1", "False", "1", "True"]

@@ -14,7 +14,7 @@ import logging
 import secrets
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from ulmed.io.dicom_dataset import (
     slice_normal,
     unsupported,
 )
+from ulmed.io.dicom_series import DicomScan, DicomSeries
 from ulmed.io.notices import library_messages
 
 __all__ = ["DicomScan", "DicomSeries", "scan_dicom", "series_key_hash"]
@@ -47,42 +48,6 @@ _NON_IMAGE_SOP_ROOTS = tuple(
 #: The key salt of scans that are given none: new for every process, so that no key printed by
 #: ``ulmed info`` or a test can be recomputed from the UIDs of the source.
 _PROCESS_SALT = secrets.token_hex(16)
-
-
-@dataclass
-class DicomSeries:
-    """One image series: the files that :func:`~ulmed.io.dicom_read.read_series` turns into one record.
-
-    Args:
-        series_uid: The input SeriesInstanceUID.
-        files: The instances, in slice order.
-        key: Stable id: the first file's folder relative to the scan root, ``/`` and a short
-            hash of the SeriesInstanceUID (never patient names or IDs).
-        note: Why its SeriesInstanceUID was split into several records, when it was.
-    """
-
-    series_uid: str
-    files: list[Path]
-    key: str
-    note: str | None = None
-
-
-@dataclass
-class DicomScan:
-    """What :func:`scan_dicom` found.
-
-    Args:
-        series: Image series to protect.
-        non_image: DICOM objects without an image to protect; the pipeline copies them.
-        bad: ``(path, reason)`` for files that cannot be used; the reason says what to do.
-        skipped: ``(path, reason)`` for files left out on purpose: another copy of the same
-            instance (SOPInstanceUID) is used instead.
-    """
-
-    series: list[DicomSeries]
-    non_image: list[Path]
-    bad: list[tuple[Path, str]]
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
 class _Kind(StrEnum):

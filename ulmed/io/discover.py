@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ulmed.errors import InputError, os_reason
-from ulmed.io.dicom_dataset import is_dicom_file
-from ulmed.io.dicom_scan import DicomScan, scan_dicom
+from ulmed.io.dicom_series import DicomScan
 from ulmed.io.kinds import IMAGE_SUFFIXES, is_image_path, is_nifti_path, output_relpath
 
 #: Folder names that hold images, and the names of their sibling target folders.
@@ -156,6 +155,13 @@ def find_target(image_path: Path, root: Path, masks_root: Path | None) -> Path |
     return None
 
 
+def _is_dicom_file(path: Path) -> bool:
+    """Whether a file without a ``.dcm``, NIfTI or image suffix is DICOM (pydicom is imported here, not before)."""
+    from ulmed.io.dicom_dataset import is_dicom_file
+
+    return is_dicom_file(path)
+
+
 def _drop_output_collisions(items: list[Item], bad: list[tuple[Path, str]]) -> list[Item]:
     """Keep the first of several images that would be written to the same output (a.jpg, a.png)."""
     seen: dict[Path, Item] = {}
@@ -209,13 +215,15 @@ def discover(input_path: str | Path, masks: str | Path | None = None, key_salt: 
             inv.nifti.append(Item(f, f.relative_to(root)))
         elif is_image_path(f):
             inv.images.append(Item(f, f.relative_to(root)))
-        elif f.suffix.lower() == ".dcm" or is_dicom_file(f):
+        elif f.suffix.lower() == ".dcm" or _is_dicom_file(f):
             dicom_candidates.append(f)
         else:
             inv.others.append(f)
     if masks_root is not None and masks_root != path and path not in masks_root.parents:
         inv.targets.extend(_drop_links(_walk(masks_root), inv))
     if dicom_candidates:
+        from ulmed.io.dicom_scan import scan_dicom  # pydicom: loaded only when the input holds DICOM
+
         inv.dicom = scan_dicom(root, dicom_candidates, key_salt)
     inv.images = _drop_output_collisions(inv.images, inv.bad)
     for item in (*inv.nifti, *inv.images):

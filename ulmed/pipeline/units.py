@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ulmed.io.dicom import DicomSeries, read_series
+from ulmed.io.dicom_series import DicomSeries
 from ulmed.io.discover import Inventory, Item
 from ulmed.io.kinds import output_relpath
 from ulmed.io.record import Record
@@ -89,10 +89,12 @@ def output_paths(unit: Unit, root: Path) -> list[str]:
 def read_unit(unit: Unit, root: Path) -> Record:
     """Read a unit into a record, with its target when one was found.
 
-    The NIfTI and image readers are imported here, by the first unit of their kind: a DICOM run
-    never loads nibabel or tifffile.
+    Each reader is imported here, by the first unit of its kind: a DICOM run never loads nibabel
+    or tifffile, a NIfTI or image run never loads pydicom.
     """
     if isinstance(unit.source, DicomSeries):
+        from ulmed.io.dicom import read_series
+
         return read_series(unit.source, root)
     if isinstance(unit.source, Copy):
         raise TypeError(f"{unit.key} is a copy, not a record")

@@ -24,7 +24,7 @@ from ulmed.errors import InputError, MissingDependencyError
 from ulmed.eval.imperceptibility import imperceptibility, metrics_options
 from ulmed.io.atomic import atomic_copy
 from ulmed.io.base import WriteOptions
-from ulmed.io.dicom import DicomSeries, write_series
+from ulmed.io.dicom_series import DicomSeries
 from ulmed.io.discover import Item
 from ulmed.io.kinds import output_relpath
 from ulmed.io.notices import join_messages, library_messages, routed_messages
@@ -81,9 +81,11 @@ def _write(unit: Unit, protected: Record, ctx: WorkContext,
     """Write one protected record; return (input, output, note) triples.
 
     ``digests`` gets the sha256 of the outputs whose writer hashed the bytes it wrote (DICOM). The
-    NIfTI and image writers are imported by the first record of their kind (see ``read_unit``).
+    writers are imported by the first record of their kind (see ``read_unit``).
     """
     if unit.kind == "dicom":
+        from ulmed.io.dicom import write_series
+
         note = unit.source.note if isinstance(unit.source, DicomSeries) else None  # why its series was split
         pairs = write_series(protected, ctx.root, ctx.out, ctx.options, digests)
         return [(src, dst, note) for src, dst in pairs]
