@@ -30,3 +30,33 @@ def test_version_prints_the_version_and_stops(capsys):
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"ulmed {__version__}\n"
+
+
+def test_progress_bar_draws_on_a_terminal(monkeypatch):
+    """On a terminal the bar is drawn with rich, which is imported for it (a piped run never loads rich)."""
+    import io
+
+    from ulmed.cli.app import console
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    fake = Terminal()
+    monkeypatch.setattr("sys.stderr", fake)
+    monkeypatch.setattr(state, "verbosity", 0)
+    console.cache_clear()  # a console made before would write to the real stderr
+    try:
+        assert list(progress_bar(iter([1, 2, 3]), 3, "protecting")) == [1, 2, 3]
+    finally:
+        console.cache_clear()
+    assert "protecting" in fake.getvalue()
+
+
+def test_the_cli_loads_without_rich():
+    import subprocess
+    import sys
+
+    code = "import sys\nimport ulmed.cli\nprint('rich' in sys.modules)\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

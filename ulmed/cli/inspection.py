@@ -7,20 +7,21 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from ulmed.cli.app import app, stdout
+from ulmed.cli.app import app, console
 
 
 def print_records(rows: list[tuple[str, ...]], columns: tuple[str, ...], title: str) -> None:
     """A table on a terminal; piped or redirected, tab-separated lines (a header, then one per row)."""
     if sys.stdout.isatty():
+        from rich.table import Table
+
         table = Table(title=title)
         for col in columns:
             table.add_column(col, overflow="fold")  # wrap long keys, never cut them
         for row in rows:
             table.add_row(*row)
-        stdout.print(table, markup=False)
+        console().print(table, markup=False)
     else:
         for row in (columns, *rows):
             print("\t".join(v.replace("\t", " ").replace("\n", " ") for v in row))
@@ -65,7 +66,7 @@ def methods() -> None:
     from ulmed.pipeline.methods import available_methods
 
     for name, doc in available_methods().items():
-        stdout.print(f"{name:10s} {doc}", markup=False, highlight=False)
+        console().print(f"{name:10s} {doc}", markup=False, highlight=False)
 
 
 __all__ = ["closing_lines", "info", "methods", "print_records"]
