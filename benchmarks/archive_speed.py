@@ -25,13 +25,21 @@ Usage:
     python benchmarks/archive_speed.py            # quick
     python benchmarks/archive_speed.py --full
     python benchmarks/archive_speed.py --kinds dicom --workers 2   # adds an ulmed run with 2 workers
+    python benchmarks/archive_speed.py --full --against 976bf67    # adds that commit's none/default
 
-Writes benchmarks/results/archive_speed[_full][_KINDS].json (KINDS when --kinds is given) and prints a table.
+``--against REV`` checks REV out into a temporary git worktree and times its ``ulmed`` in the same
+rounds (rows ``none@REV``, ``default@REV``): on a machine whose speed drifts by a third within an
+hour, a change is measured against the code before it in one run, not against an older JSON.
+
+Writes benchmarks/results/archive_speed[_full][_KINDS][_against-REV].json (KINDS when --kinds is given) and prints
+a table.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import os
 import platform
@@ -41,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,14 +166,22 @@ def timed(cmd: list[str]) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024
 
 
-def commands(kind: str, src: Path, out: Path, workers: int) -> dict[str, list[str]]:
-    """The commands to compare, by name."""
-    ulmed = [sys.executable, "-m", "ulmed", "-q", "--device", "cpu", "protect"]
+def ulmed_command(tree: Path | None = None) -> list[str]:
+    """``python -m ulmed`` of this checkout, or of the checkout at ``tree`` (its package first on the path)."""
+    if tree is None:
+        return [sys.executable, "-m", "ulmed"]
+    code = f"import sys; sys.path.insert(0, {str(tree)!r}); from ulmed.cli import main; sys.exit(main())"
+    return [sys.executable, "-c", code]
+
+
+def commands(kind: str, src: Path, out: Path, workers: int, against: tuple[str, Path] | None = None,
+             ) -> dict[str, list[str]]:
+    """The commands to compare, by name; with ``against`` (a revision and its checkout) also that revision's."""
+    inputs = ["-i", str(src)]
     if kind in MASKS:
         _, images, masks = MASKS[kind]
-        ulmed += ["-i", str(src / images), "--masks", str(src / masks)]
-    else:
-        ulmed += ["-i", str(src)]
+        inputs = ["-i", str(src / images), "--masks", str(src / masks)]
+    ulmed = [*ulmed_command(), "-q", "--device", "cpu", "protect", *inputs]
     cmds = {
         "floor": [sys.executable, "-c", FLOOR[kind], str(src), str(out / "floor")],
         "none": [*ulmed, "-o", str(out / "none"), "--method", "none"],
@@ -174,10 +191,30 @@ def commands(kind: str, src: Path, out: Path, workers: int) -> dict[str, list[st
         cmds["grid_native"] = [*ulmed, "-o", str(out / "grid_native"), "--set", "grid=native"]
     if workers > 1:
         cmds[f"default_w{workers}"] = [*ulmed, "-o", str(out / f"default_w{workers}"), "--workers", str(workers)]
+    if against is not None:
+        rev, tree = against
+        before = [*ulmed_command(tree), "-q", "--device", "cpu", "protect", *inputs]
+        cmds[f"none@{rev}"] = [*before, "-o", str(out / f"none@{rev}"), "--method", "none"]
+        cmds[f"default@{rev}"] = [*before, "-o", str(out / f"default@{rev}")]  # -o is the name: removed each round
     return cmds
 
 
-def measure(kind: str, full: bool, rounds: int, workers: int) -> dict:
+@contextlib.contextmanager
+def checkout(rev: str | None) -> Iterator[tuple[str, Path] | None]:
+    """A temporary git worktree of ``rev`` (removed afterwards), or None without one."""
+    if rev is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tree = Path(tmp_name) / "tree"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(tree), rev], check=True)
+        try:
+            yield rev, tree
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
+
+
+def measure(kind: str, full: bool, rounds: int, workers: int, against: tuple[str, Path] | None = None) -> dict:
     """Alternate the commands of one kind ``rounds`` times; medians and ratios to the floor."""
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -186,7 +223,7 @@ def measure(kind: str, full: bool, rounds: int, workers: int) -> dict:
         walls: dict[str, list[float]] = {}
         peaks: dict[str, list[float]] = {}
         for _ in range(rounds):
-            for name, cmd in commands(kind, src, tmp / "out", workers).items():
+            for name, cmd in commands(kind, src, tmp / "out", workers, against).items():
                 shutil.rmtree(tmp / "out" / name, ignore_errors=True)
                 wall, peak = timed(cmd)
                 walls.setdefault(name, []).append(wall)
@@ -205,7 +242,43 @@ def measure(kind: str, full: bool, rounds: int, workers: int) -> dict:
         rows[f"default_w{workers}"]["speedup_vs_1_worker"] = round(
             rows["default"]["wall_s"] / rows[f"default_w{workers}"]["wall_s"], 2
         )
+    if against is not None:  # this checkout's time over the revision's, measured in the same rounds
+        rev = against[0]
+        for name in ("none", "default"):
+            rows[name][f"ratio_to_{rev}"] = round(rows[name]["wall_s"] / rows[f"{name}@{rev}"]["wall_s"], 3)
     return {"kind": kind, "files": files, "rows": rows}
+
+
+def one_file_input(kind: str, folder: Path) -> Path:
+    """A folder holding one real file of ``kind``: pydicom's CT_small, an HC18 image, a hippocampus volume."""
+    folder.mkdir(parents=True)
+    if kind == "dicom":
+        from pydicom.data import get_testdata_file
+
+        shutil.copy(get_testdata_file("CT_small.dcm", download=False), folder)
+    else:
+        name, images, _ = MASKS[kind]
+        shutil.copy(sorted((TESTS / name / images).iterdir())[0], folder)
+    return folder
+
+
+def one_file_runs(rounds: int, against: tuple[str, Path] | None = None) -> dict[str, float]:
+    """Median wall seconds of a one-file run of each kind with ``lsp`` (the default) and ``none``: the start-up.
+
+    With ``against``, the revision's runs alternate with this checkout's (keys ending ``@REV``).
+    """
+    trees = {"": None} | ({f"@{against[0]}": against[1]} if against is not None else {})
+    walls: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for kind in ("dicom", "png", "nifti"):
+            src = one_file_input(kind, tmp / kind)
+            for method, r, (tag, tree) in itertools.product(("lsp", "none"), range(rounds), trees.items()):
+                cmd = [*ulmed_command(tree), "-q", "protect", "-i", str(src), "--method", method]
+                # DICOM keeps its old key names: the JSON results of earlier runs compare with it
+                key = (method if kind == "dicom" else f"{kind}_{method}") + tag
+                walls.setdefault(key, []).append(timed([*cmd, "-o", str(tmp / f"o_{key}{r}")])[0])
+    return {key: round(statistics.median(w), 3) for key, w in walls.items()}
 
 
 def main() -> None:
@@ -214,55 +287,33 @@ def main() -> None:
     parser.add_argument("--kinds", default="dicom,png,nifti", help="comma-separated: dicom, png, nifti")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median)")
     parser.add_argument("--workers", type=int, default=1, help="also time the default with this many workers")
+    parser.add_argument("--against", metavar="REV", help="also time this git revision's ulmed, in the same rounds")
     args = parser.parse_args()
-    results = [measure(kind, args.full, args.rounds, args.workers) for kind in args.kinds.split(",")]
-    one_file = {}
-    with tempfile.TemporaryDirectory() as tmp_name:  # start-up: a one-file run of a training-free method
-        tmp = Path(tmp_name)
-        from pydicom.data import get_testdata_file
-
-        (tmp / "in").mkdir()
-        shutil.copy(get_testdata_file("CT_small.dcm", download=False), tmp / "in")
-        for method in ("lsp", "none"):
-            walls = [
-                timed(
-                    [
-                        sys.executable,
-                        "-m",
-                        "ulmed",
-                        "-q",
-                        "protect",
-                        "-i",
-                        str(tmp / "in"),
-                        "-o",
-                        str(tmp / f"o{method}{r}"),
-                        "--method",
-                        method,
-                    ]
-                )[0]
-                for r in range(args.rounds)
-            ]
-            one_file[method] = round(statistics.median(walls), 3)
+    with checkout(args.against) as against:
+        results = [measure(kind, args.full, args.rounds, args.workers, against) for kind in args.kinds.split(",")]
+        one_file = one_file_runs(args.rounds, against)
     result = {
         "benchmark": "archive_speed",
         "mode": "full" if args.full else "quick",
         "rounds": args.rounds,
+        "against": args.against,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "kinds": results,
         "one_file_run_s": one_file,
     }
     kinds = "" if args.kinds == parser.get_default("kinds") else "_" + args.kinds.replace(",", "-")
+    kinds += f"_against-{args.against}" if args.against else ""
     out = REPO / "benchmarks/results" / f"archive_speed{'_full' if args.full else ''}{kinds}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'kind':6s} {'files':>5s} {'command':>12s} {'wall s':>8s} {'x floor':>8s} {'peak MB':>8s}")
+    print(f"{'kind':6s} {'files':>5s} {'command':>16s} {'wall s':>8s} {'x floor':>8s} {'peak MB':>8s}")
     for r in results:
         for name, row in r["rows"].items():
             print(
-                f"{r['kind']:6s} {r['files']:5d} {name:>12s} {row['wall_s']:8.2f} {row['ratio_to_floor']:8.2f} "
+                f"{r['kind']:6s} {r['files']:5d} {name:>16s} {row['wall_s']:8.2f} {row['ratio_to_floor']:8.2f} "
                 f"{row['peak_MB']:8.1f}"
             )
-    print(f"one-file run (CT_small): {one_file}")
+    print(f"one-file runs (DICOM: CT_small): {one_file}")
     print(f"wrote {out}")
 
 
