@@ -13,7 +13,8 @@ import pytest
 from tests.io.dicom_files import copy_in, hide_jpegls_codecs, rewritten
 from ulmed.errors import InputError, MissingDependencyError
 from ulmed.io.dicom_read import DicomHandle, read_series
-from ulmed.io.dicom_scan import DicomSeries, scan_dicom
+from ulmed.io.dicom_scan import scan_dicom
+from ulmed.io.dicom_series import DicomSeries
 
 
 def test_record_meta_and_key_hold_no_identity(tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ from tests.io.dicom_files import copy_in, data, protect_all, rewritten
 from ulmed.errors import InputError
 from ulmed.io.dicom_dataset import is_dicom_file
 from ulmed.io.dicom_read import read_series
-from ulmed.io.dicom_scan import DicomSeries, scan_dicom, series_key_hash
+from ulmed.io.dicom_scan import scan_dicom, series_key_hash
+from ulmed.io.dicom_series import DicomSeries
 
 
 def test_bad_inputs_are_reported_and_not_written(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from ulmed.io.dicom_dataset import (
     unsupported,
 )
 from ulmed.io.dicom_pixels import size_mismatch
-from ulmed.io.dicom_scan import DicomSeries
+from ulmed.io.dicom_series import DicomSeries
 from ulmed.io.notices import library_messages
 from ulmed.io.record import IntensityMapping, Record
 

@@ -232,7 +232,9 @@ def _put_pixel_data(ds: Dataset, block: np.ndarray, handle: DicomHandle) -> None
         if kw in ds:
             del ds[kw]
     raw = data.tobytes()
-    ds.add_new(PIXEL_DATA, "OB" if int(ds.BitsAllocated) <= 8 else "OW", raw + b"\0" * (len(raw) % 2))
+    if len(raw) % 2:  # padded to an even length; an even one is not copied again
+        raw += b"\0"
+    ds.add_new(PIXEL_DATA, "OB" if int(ds.BitsAllocated) <= 8 else "OW", raw)
     describe_values(ds, int(block.min()), int(block.max()), signed=np.dtype(handle.stored_dtype).kind == "i")
 
 
