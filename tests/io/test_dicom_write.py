@@ -207,3 +207,17 @@ def test_the_datasets_the_reader_kept_write_the_bytes_of_a_fresh_read(tmp_path: 
     ((_, again),) = write_series(record, tmp_path / "in", tmp_path / "b", OPTIONS)
     assert first.read_bytes() == again.read_bytes()
     assert digests == digest([first])
+
+
+def test_an_odd_number_of_8_bit_pixels_is_padded_to_an_even_length(tmp_path: Path) -> None:
+    values = np.arange(15, dtype=np.uint8).reshape(3, 5) * 10
+    ds = pydicom.dcmread(copy_in(["CT_small.dcm"], tmp_path / "src")[0])
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 3, 5, 8, 8, 7, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    ds.PixelData = values.tobytes() + b"\0"
+    (tmp_path / "in").mkdir()
+    ds.save_as(tmp_path / "in" / "odd.dcm")
+    ((_, dst),) = protect_all(tmp_path / "in", tmp_path / "out")
+    written = pydicom.dcmread(dst)
+    assert len(written.PixelData) == 16 and written.PixelData[15:] == b"\0"
+    np.testing.assert_array_equal(written.pixel_array, values)
