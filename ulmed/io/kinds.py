@@ -1,8 +1,8 @@
 """Which kind of data a path names, from its name alone.
 
 The scanner and the pipeline ask this of every file of an input folder. Nothing here imports
-a format library, so a run over DICOM files never loads nibabel, tifffile or Pillow's plugins
-for the NIfTI and image readers it does not use (:mod:`ulmed.io.nifti`, :mod:`ulmed.io.images`).
+a format library, so a run over DICOM files never loads nibabel or tifffile for the NIfTI and
+image readers it does not use (:mod:`ulmed.io.nifti`, :mod:`ulmed.io.images`).
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ def read_unit(unit: Unit, root: Path) -> Record:
     """Read a unit into a record, with its target when one was found.
 
     Each reader is imported here, by the first unit of its kind: a DICOM run never loads nibabel
-    or tifffile, a NIfTI or image run never loads pydicom.
+    or tifffile, an image run never loads pydicom.
     """
     if isinstance(unit.source, DicomSeries):
         from ulmed.io.dicom import read_series
