@@ -15,12 +15,18 @@ thread by default (its bytes then do not depend on the machine or ``--workers``)
 ``--speed-only`` and ``--threads N > 1`` a row ``unseg_tN`` adds it on the process's N threads;
 ``--speed-only`` also times ``unseg_bf16`` (``precision=bf16``: bfloat16 autocast, one thread).
 
+``--size HxW`` loads the images at another size (letterboxed; HC18's files are 270 x 400, so
+``--size 270x400`` is the files as they are). The generator works on its own 64 x 64 input
+whatever the size, while em and salm optimise every pixel, so the speed ratio grows with the
+size; ``--limit N`` takes the first N train images (em takes about 2 s an image at 270 x 400).
+
 Usage:
     python benchmarks/unseg_effect.py --quick          # 96 train / 64 test images, 12 epochs
     python benchmarks/unseg_effect.py                  # full split, 20 epochs
     python benchmarks/unseg_effect.py --baselines      # + em and salm, speed ratio
     python benchmarks/unseg_effect.py --baselines --speed-only   # images/s only (no victims)
     python benchmarks/unseg_effect.py --generator models/other.pt --eps-bg 0 --tag other
+    python benchmarks/unseg_effect.py --baselines --speed-only --size 270x400 --limit 48 --tag native
 
 Writes benchmarks/results/unseg_effect_hc18[_quick][_speed][_TAG].json. Settings are fixed per mode.
 """
@@ -80,6 +86,14 @@ def _victim(
     return float(evaluate_victim(model, test_x, test_y, task="segmentation", num_classes=2, config=config)["dice"])
 
 
+def _size(text: str) -> tuple[int, int]:
+    """``"64"`` or ``"270x400"`` -> (height, width)."""
+    parts = [int(v) for v in text.lower().split("x")]
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"a size is N or HxW, got {text!r}")
+    return (parts[0], parts[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -93,6 +107,8 @@ def main() -> None:
         "--baselines", action="store_true", help="also protect with em and salm (defaults) in the same run"
     )
     parser.add_argument("--speed-only", action="store_true", help="measure images/s only: train no victims")
+    parser.add_argument("--size", type=_size, default=(64, 64), help="HxW the images are letterboxed to")
+    parser.add_argument("--limit", type=int, default=None, help="the first N train images (default: the mode's)")
     parser.add_argument("--tag", default="", help="suffix of the result file")
     args = parser.parse_args()
 
@@ -104,8 +120,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     mode = "quick" if args.quick else "full"
     s = SETTINGS[mode]
-    train_x, train_y, _ = load_hc18(DATA / "hc18", "train", size=(64, 64), limit=s["train_limit"])
-    test_x, test_y, _ = load_hc18(DATA / "hc18", "test", size=(64, 64), limit=s["test_limit"])
+    train_limit = args.limit if args.limit is not None else s["train_limit"]
+    train_x, train_y, _ = load_hc18(DATA / "hc18", "train", size=args.size, limit=train_limit)
+    test_x, test_y, _ = load_hc18(DATA / "hc18", "test", size=args.size, limit=s["test_limit"])
     rows: list[dict[str, Any]] = []
     variants = {
         "clean": None,
@@ -150,7 +167,7 @@ def main() -> None:
     result = {
         "dataset": "hc18",
         "mode": mode,
-        "size": [64, 64],
+        "size": list(args.size),
         "eps": args.eps,
         "eps_bg": args.eps_bg,
         "prompt": args.prompt,

@@ -31,6 +31,7 @@ Settings (``--settings``, ``whole|patch:<defense>``): whole volumes or random 24
 Usage:
     python benchmarks/volume_codes.py
     python benchmarks/volume_codes.py --codes checker --settings whole:flip_jitter --eps 16/255 --tag eps16
+    python benchmarks/volume_codes.py --cell 2 --settings patch:flip_jitter --tag cell2
 
 Writes benchmarks/results/volume_codes_hippocampus[_TAG].json.
 """
@@ -54,19 +55,22 @@ from ulmed.core.targets import pseudo_label_map
 REPO = Path(__file__).resolve().parents[1]
 
 
-def code_of(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """``(1, *spatial)`` code in units of eps for one ``(*spatial)`` label map and its ``(1, *spatial)`` image."""
+def code_of(name: str, labels: np.ndarray, image: np.ndarray, cell: int = 1) -> np.ndarray:
+    """``(1, *spatial)`` code in units of eps for one ``(*spatial)`` label map and its ``(1, *spatial)`` image.
+
+    ``cell``: the Nyquist codes (checker, nyquist, pseudo, patternN) in cells of ``cell`` voxels.
+    """
     spatial = labels.shape
     if name == "nyquist":
-        return nyquist_coded(labels, 1, spatial)
+        return nyquist_coded(labels, 1, spatial, cell)
     if name == "pseudo":  # label-free: the Nyquist code on the image's multi-Otsu bands (band 0 left alone)
-        return nyquist_coded(pseudo_label_map(image), 1, spatial)
+        return nyquist_coded(pseudo_label_map(image), 1, spatial, cell)
     if name == "blocks":  # lsp's block code (tile 8, block 1, run seed 0), the background coded too
         return mask_coded(labels, 1, spatial, tile=8, block=1, seed=0)
     index = 1 if name == "checker" else int(name[len("pattern"):]) if name.startswith("pattern") else 0
     if index < 1:
         raise SystemExit(f"unknown code {name!r}: blocks, checker, nyquist, pseudo or patternN (N >= 1)")
-    return np.where(labels[None] > 0, nyquist_pattern(index, 1, spatial), 0.0).astype(np.float32)
+    return np.where(labels[None] > 0, nyquist_pattern(index, 1, spatial, cell), 0.0).astype(np.float32)
 
 
 def _dice(images: np.ndarray, labels: np.ndarray, test: tuple[np.ndarray, np.ndarray], setting: str,
@@ -93,6 +97,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--eps", type=lambda s: float(Fraction(s)), default=8 / 255, help="e.g. 8/255")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cell", type=int, default=1, help="Nyquist codes in cells of N voxels (2: period 4)")
     parser.add_argument("--victim", default="unet", help="a name of ulmed.eval.victims.VICTIMS (3D)")
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
@@ -100,8 +105,8 @@ def main() -> None:
     images, labels, _ = load_hippocampus(DATA, "train", shape=SHAPE, limit=args.train_limit)
     test = load_hippocampus(DATA, "test", shape=SHAPE, limit=args.test_limit)[:2]
     codes = [c.strip() for c in args.codes.split(",") if c.strip()]
-    coded = {c: np.clip(images + args.eps * np.stack([code_of(c, y, x) for x, y in zip(images, labels)]), 0, 1)
-             .astype(np.float32) for c in codes}
+    coded = {c: np.clip(images + args.eps * np.stack([code_of(c, y, x, args.cell) for x, y in zip(images, labels)]),
+                        0, 1).astype(np.float32) for c in codes}
     rows = []
     for setting in [s.strip() for s in args.settings.split(",") if s.strip()]:
         start = time.perf_counter()
@@ -119,7 +124,7 @@ def main() -> None:
     out.write_text(json.dumps({
         "benchmark": "volume_codes", "dataset": "msd_hippocampus", "shape": list(SHAPE), "patch": list(PATCH),
         "train_volumes": len(images), "test_volumes": len(test[0]), "epochs": args.epochs,
-        "eps": round(args.eps, 6), "seed": args.seed,
+        "eps": round(args.eps, 6), "seed": args.seed, "cell": args.cell,
         "victim": args.victim, "victim_note": "small size, code added on the working copy's grid",
         "psnr_mean": psnr, "rows": rows,
     }, indent=2))

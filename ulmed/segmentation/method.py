@@ -1,8 +1,8 @@
 """``--method unseg``: protect each image with one forward pass of a trained UnSeg generator.
 
 Per record: every 2D image (or every slice along the first spatial axis of a volume) is
-made 3-channel (grey replicated; RGB kept; other channel counts protected one channel at a
-time as grey), letterboxed to the generator's input (larger images are scaled down; smaller
+made 3-channel (grey replicated after letterboxing; RGB kept; other channel counts protected
+one channel at a time as grey), letterboxed to the generator's input (larger images are scaled down; smaller
 ones are only padded, so the noise keeps their pixel grid), paired with a prompt made from its
 mask (``prompt="mask"``, ``"box"`` or ``"points"``; label maps are binarised as
 foreground > 0), and run through the generator (under ``torch.inference_mode``) in batches of
@@ -12,11 +12,12 @@ short one is padded), so the result does not depend on how records are grouped: 
 byte for byte as one record at a time, in a resumed or sharded run as in a whole one. On a CPU
 the passes run on ``threads`` torch threads (1 by default) whatever the machine or ``--workers``
 gives the process: torch's float rounding depends on its thread count, and two workers (one
-thread each) wrote 4 of 200 HC18 files differently from one worker on two threads. The tanh
-map is scaled back to the image's own size and multiplied by ``eps`` inside the mask and
-``eps_bg`` outside; a grey image (also one stored as RGB with equal channels)
-takes the mean of the noise channels, as in training
-(:func:`ulmed.segmentation.generator.match_channels`).
+thread each) wrote 4 of 200 HC18 files differently from one worker on two threads. A grey image
+(also one stored as RGB with equal channels) takes the mean of the noise channels, as in
+training (:func:`ulmed.segmentation.generator.match_channels`, applied to the generator's
+output before it is scaled back, so a grey image's map is scaled back once, not three times).
+The tanh map is scaled back to the image's own size and multiplied by ``eps`` inside the mask
+and ``eps_bg`` outside.
 
 Records without a mask use the ``fallback``: ``box`` (a whole-image box prompt, and the
 whole image counts as inside, so it gets ``eps``) or ``skip`` (left untouched). The
@@ -43,7 +44,7 @@ from ulmed.core.method import METHODS, ProtectionMethod, record_seed
 from ulmed.errors import ConfigError
 from ulmed.io.record import Record
 from ulmed.segmentation.checkpoint import load_generator
-from ulmed.segmentation.data import Box, letterbox, to_rgb, unletterbox
+from ulmed.segmentation.data import Box, letterbox, unletterbox
 from ulmed.segmentation.generator import match_channels
 from ulmed.segmentation.prompts import Prompt, PromptKind, cat_prompts, make_prompt, whole_image_prompt
 
@@ -83,11 +84,15 @@ def _autocast(device: torch.device, precision: Precision) -> contextlib.Abstract
 
 @dataclass
 class _Piece:
-    """Up to ``batch_size`` letterboxed slices of one record, with their prompts and placement."""
+    """Up to ``batch_size`` letterboxed 3-channel slices of one record, their prompts, placement and channels.
+
+    ``channels``: the record's channels the noise is for (1: grey, its map is the channel mean).
+    """
 
     x: torch.Tensor
     prompt: Prompt
     box: Box
+    channels: int
 
 
 @dataclass
@@ -169,10 +174,12 @@ class UnSeg(ProtectionMethod):
         return bg
 
     def _pieces(self, images: torch.Tensor, masks: torch.Tensor | None, seed: int) -> Iterator[_Piece]:
-        """The generator's input for 3-channel slices of one size, ``batch_size`` slices at a time.
+        """The generator's input for 1- or 3-channel slices of one size, ``batch_size`` slices at a time.
 
-        The prompts are made from the masks (None: a whole-image box) with a random stream
-        seeded per record, so they do not depend on which other records share a forward pass.
+        Grey slices are letterboxed, then replicated to SAM's three channels (the same input
+        as replicating first, for a third of the resizing). The prompts are made from the
+        masks (None: a whole-image box) with a random stream seeded per record, so they do
+        not depend on which other records share a forward pass.
         """
         size = self.generator.spec.img_size
         rng = torch.Generator().manual_seed(seed % (2**63))
@@ -183,10 +190,13 @@ class UnSeg(ProtectionMethod):
             else:
                 m, _ = letterbox(masks[start : start + self.batch_size], size, nearest=True, upscale=False)
                 prompt = make_prompt(m, self.prompt, num_points=self.num_points, generator=rng)
-            yield _Piece(x, prompt, box)
+            yield _Piece(x.expand(-1, 3, -1, -1), prompt, box, images.shape[1])
 
     def _raw(self, jobs: list[tuple[torch.Tensor, torch.Tensor | None, int]]) -> list[torch.Tensor]:
-        """Tanh noise ``(D, C, H, W)`` for each job's slices (``(D, 3, H, W)``, masks or None, seed).
+        """Tanh noise for each job's slices (``(D, c, H, W)`` with c 1 or 3, masks or None, seed).
+
+        A job's noise is ``(D, c, H, W)``; grey slices (also RGB ones with equal channels)
+        get the mean of the generator's channels.
 
         Slices of different jobs share forward passes: the pieces of :meth:`_pieces` with one
         prompt kind are packed, whole and in order, into batches of at most ``batch_size``.
@@ -209,7 +219,7 @@ class UnSeg(ProtectionMethod):
             for queue in queues.values():
                 if queue:
                     self._forward(queue, out)
-        return [torch.cat(parts) for parts in out]
+        return [parts[0] if len(parts) == 1 else torch.cat(parts) for parts in out]
 
     def _forward(self, queue: list[tuple[int, _Piece]], out: list[list[torch.Tensor]]) -> None:
         """One forward pass over the queued pieces; each job's maps, back at its size, go to ``out``.
@@ -227,8 +237,9 @@ class UnSeg(ProtectionMethod):
             x, prompt = x[index], prompt.select(index)
         # float32 also under autocast
         raw = self.generator(x.to(self._device), prompt.to(self._device))[:n].float().cpu()
+        raw = match_channels(raw, x[:n])  # the training rule, on the generator's own input
         for (j, piece), r in zip(queue, raw.split([len(p.x) for _, p in queue])):
-            out[j].append(unletterbox(r, piece.box).clamp(-1, 1))
+            out[j].append(unletterbox(r[:, : piece.channels], piece.box).clamp(-1, 1))
 
     def note(self, record: Record) -> str | None:
         """Names the fallback when the record had no mask (the manifest entry's note)."""
@@ -265,10 +276,8 @@ class UnSeg(ProtectionMethod):
                 deltas.append(np.zeros_like(unit_image))
                 continue
             delta = np.zeros(plan.shape, dtype=np.float32)
-            for chans, (slices, _, _) in zip(plan.groups, plan.jobs):
-                # (D, 3, H, W); grey slices get the channel mean, the same rule as in training
-                noise = match_channels(next(raws), slices) * plan.scale
-                delta[chans] = (noise if len(chans) == 3 else noise[:, :1]).permute(1, 0, 2, 3).numpy()
+            for chans in plan.groups:
+                delta[chans] = (next(raws) * plan.scale).permute(1, 0, 2, 3).numpy()  # (D, c, H, W) -> (c, D, H, W)
             deltas.append(delta if record.spatial_dims == 3 else delta[:, 0])
         return deltas
 
@@ -286,7 +295,7 @@ class UnSeg(ProtectionMethod):
         region = np.ones(unit.shape[1:], dtype=np.float32) if fg is None else fg.astype(np.float32)
         scale = torch.from_numpy(bg + (eps - bg) * region)[:, None]  # (D, 1, H, W)
         masks = None if fg is None else torch.from_numpy(fg[:, None].astype(np.float32))
-        jobs = [(torch.from_numpy(np.stack([to_rgb(unit[chans, d]) for d in range(unit.shape[1])]).astype(np.float32)),
+        jobs = [(torch.from_numpy(unit[chans].swapaxes(0, 1).astype(np.float32)),  # (D, c, H, W)
                  masks, record_seed(self.seed, f"{record.key}:{g}")) for g, chans in enumerate(groups)]
         return _Plan(unit.shape, groups, jobs, scale)
 
