@@ -150,7 +150,7 @@ def main() -> None:
                 "dice": None if args.speed_only else round(dice, 4),
                 "psnr": round(float(np.mean(psnr)), 2) if psnr else None,
                 "ssim": round(float(np.mean([x["ssim"] for x in stats])), 4),
-                "images_per_s": None if np.isnan(rate) else round(rate, 1),
+                "images_per_s": None if np.isnan(rate) else float(f"{rate:.4g}"),
                 "wall_s": round(time.perf_counter() - start, 1),
             }
         )

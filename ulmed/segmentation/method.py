@@ -70,8 +70,9 @@ class Precision(StrEnum):
 
     #: float32 throughout: the reference, the same bytes on any machine at the same threads.
     FP32 = "fp32"
-    #: ``torch.autocast`` in bfloat16 on the method's device: 1.4-1.8x the images/s on a CPU with
-    #: AMX (HC18 at 64 px, one thread), with 0.4 % of the stored values one step off fp32's.
+    #: ``torch.autocast`` in bfloat16 on the method's device, with 0.4 % of the stored values one
+    #: step off fp32's. On a CPU with AMX 1.0-1.1x fp32's images/s since SAM's attention runs on
+    #: the fused kernel (1.4-1.8x before); a GPU is where it pays.
     BF16 = "bf16"
 
 
