@@ -27,6 +27,7 @@ Usage:
     python benchmarks/unseg_effect.py --baselines --speed-only   # images/s only (no victims)
     python benchmarks/unseg_effect.py --generator models/other.pt --eps-bg 0 --tag other
     python benchmarks/unseg_effect.py --baselines --speed-only --size 270x400 --limit 48 --tag native
+    python benchmarks/unseg_effect.py --defense flip_jitter --tag flip_jitter   # victims with flips + jitter
 
 Writes benchmarks/results/unseg_effect_hc18[_quick][_speed][_TAG].json. Settings are fixed per mode.
 """
@@ -75,14 +76,17 @@ def _protect(
 
 
 def _victim(
-    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, epochs: int, seed: int
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, epochs: int, seed: int,
+    defense: str = "none",
 ) -> float:
+    from ulmed.eval.defenses import build_defense
     from ulmed.eval.train import TrainConfig, evaluate_victim, train_victim
     from ulmed.eval.victims import build_victim
 
     model = build_victim("unet", spatial_dims=2, in_channels=1, out_channels=2, seed=seed)
     config = TrainConfig(epochs=epochs, batch_size=8, lr=1e-3, seed=seed, device="cpu")
-    train_victim(model, train_x, train_y, task="segmentation", num_classes=2, config=config)
+    augment = None if defense == "none" else build_defense(defense).augment
+    train_victim(model, train_x, train_y, task="segmentation", num_classes=2, config=config, augment=augment)
     return float(evaluate_victim(model, test_x, test_y, task="segmentation", num_classes=2, config=config)["dice"])
 
 
@@ -107,6 +111,7 @@ def main() -> None:
         "--baselines", action="store_true", help="also protect with em and salm (defaults) in the same run"
     )
     parser.add_argument("--speed-only", action="store_true", help="measure images/s only: train no victims")
+    parser.add_argument("--defense", default="none", help="the victims' training defense (ulmed.eval.defenses)")
     parser.add_argument("--size", type=_size, default=(64, 64), help="HxW the images are letterboxed to")
     parser.add_argument("--limit", type=int, default=None, help="the first N train images (default: the mode's)")
     parser.add_argument("--tag", default="", help="suffix of the result file")
@@ -143,7 +148,8 @@ def main() -> None:
             protected, rate = _protect(train_x, train_y, spec[0], args.eps, spec[1], args.seed)
         stats = [imperceptibility(train_x[i], protected[i]) for i in range(len(train_x))]
         psnr = [x["psnr"] for x in stats if np.isfinite(x["psnr"])]
-        dice = float("nan") if args.speed_only else _victim(protected, train_y, test_x, test_y, s["epochs"], args.seed)
+        dice = (float("nan") if args.speed_only
+                else _victim(protected, train_y, test_x, test_y, s["epochs"], args.seed, args.defense))
         rows.append(
             {
                 "method": name,
@@ -176,6 +182,7 @@ def main() -> None:
         else args.generator,
         "settings": s,
         "victim": None if args.speed_only else "unet (small)",
+        "defense": args.defense,
         "train_images": len(train_x),
         "test_images": len(test_x),
         "rows": rows,

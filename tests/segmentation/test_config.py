@@ -28,6 +28,13 @@ def test_config_reads_the_shipped_yaml_and_validates(tmp_path):
         UnsegConfig(builder="vit_q")
 
 
+def test_the_flip_jitter_variant_differs_from_the_shipped_config_only_in_its_augmentation():
+    shipped = UnsegConfig.from_yaml(REPO_CONFIG).to_dict()
+    variant = UnsegConfig.from_yaml(REPO_CONFIG.with_name("tiny_flip_jitter.yaml")).to_dict()
+    assert {k for k in shipped if shipped[k] != variant[k]} == {"augment"}
+    assert variant["augment"] == "flip_jitter"
+
+
 def test_string_choices_are_looked_up_and_stored_as_plain_strings():
     cfg = UnsegConfig(prompts=["BOX", "points"], surrogate_prompt="None")
     assert cfg.prompts == ["box", "points"] and cfg.surrogate_prompt == "none"
