@@ -23,6 +23,10 @@ def test_encoder_attention_matches_sam(rel_pos: bool) -> None:
     assert type(fused) is FusedEncoderAttention
     x = torch.randn(3, 6, 5, 32)
     torch.testing.assert_close(fused(x), sam_attn(x), rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # --set precision=bf16: the bias follows the queries' dtype
+        low = fused(x)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), sam_attn(x), rtol=0.1, atol=0.1)
 
 
 def test_token_attention_matches_sam_with_downsampling() -> None:

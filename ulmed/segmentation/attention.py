@@ -4,8 +4,9 @@ segment-anything writes attention out: ``q @ k^T``, a softmax over the whole
 ``(batch x heads, tokens, tokens)`` matrix, then ``@ v``. On a CPU those three steps are
 memory-bound and took 43 % of the shipped generator's forward pass (64 x 64 input, 256
 tokens); the fused kernel computes the same attention block by block without holding the
-matrix, which makes the pass about 1.6x faster (docs/results.md, "UnSeg speed"). The results
-agree with SAM's to float rounding (about 1e-5 on the generator's tanh map).
+matrix, which makes the pass about 1.6x faster (docs/results.md, "UnSeg against em: the fused
+attention, and the images' size"). The results agree with SAM's to float rounding (at most
+5e-5 on the generator's tanh map).
 
 :func:`fuse_attention` re-types the attention modules of a model in place. The subclasses
 add no parameters and no buffers, so state dicts, checkpoints and ``isinstance`` checks are
