@@ -73,6 +73,27 @@ def test_any_size_grey_rgb_and_volume_slices(checkpoint, channels, shape):
     assert np.array_equal(delta, again)  # seeded per record
 
 
+def test_a_grey_map_is_the_channel_mean_of_the_generator_scaled_back(checkpoint):
+    """The mean is taken at the generator's size, before the scale-back: the same map as after it."""
+    import torch
+
+    from ulmed.segmentation.data import letterbox, unletterbox
+    from ulmed.segmentation.prompts import whole_image_prompt
+
+    rec = _record(1, (50, 90), target=False)  # no mask: a whole-image box prompt, eps everywhere
+    method = UnSeg("8/255", generator=checkpoint, batch_size=4)
+    delta = method.perturbation(rec, rec.unit_image(), 8 / 255)
+    size = method.generator.spec.img_size
+    x, box = letterbox(torch.from_numpy(rec.unit_image()).float()[None].expand(1, 3, -1, -1), size, upscale=False)
+    with torch.inference_mode():
+        raw = method.generator(x.expand(4, -1, -1, -1), whole_image_prompt(4))[:1]
+    expected = unletterbox(raw, box).mean(1).clamp(-1, 1)[0].numpy() * 8 / 255
+    unit = rec.unit_image()[0]
+    expected = np.clip(unit + expected, 0, 1) - unit  # the valid range, as protect keeps it
+    np.testing.assert_allclose(delta[0], expected, atol=1e-6)
+    assert np.abs(delta).max() > 1 / 255  # a map, not zeros
+
+
 def test_options_are_validated(checkpoint, monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match="eps_bg <= eps"):
         build_method("unseg", "2/255", 0, "cpu", generator=checkpoint, eps_bg="4/255")
