@@ -92,7 +92,13 @@ def _victim(
 
 def _size(text: str) -> tuple[int, int]:
     """``"64"`` or ``"270x400"`` -> (height, width)."""
-    parts = [int(v) for v in text.lower().split("x")]
+    from ulmed.cli.flags import parse_sizes
+    from ulmed.errors import ConfigError
+
+    try:
+        parts = parse_sizes(text.lower(), "a size is N or HxW")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     if len(parts) not in (1, 2) or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"a size is N or HxW, got {text!r}")
     return (parts[0], parts[-1])
