@@ -23,7 +23,12 @@ Codes (``--codes``):
                multi-Otsu intensity bands (:func:`ulmed.core.targets.pseudo_label_map`), the darkest
                band left alone;
     patternN   Nyquist pattern number N (:func:`ulmed.core.patterns.nyquist_pattern`) on the whole
-               foreground; pattern 4 is ``(-1)^(j+k)``, which a flip of the first axis leaves as it is.
+               foreground; pattern 4 is ``(-1)^(j+k)``, which a flip of the first axis leaves as it is;
+    tri        period 3 instead of 2: label v the product, over the axes of Nyquist corner v
+               (:func:`ulmed.core.patterns.nyquist_corners`), of ``(+1, -1, +1)[index mod 3]`` (label 1
+               along all three axes, label 2 along the first two). 3 is odd, so a stride-2 layer
+               samples it as the same pattern shifted, whatever the patch's offset, and a shift or
+               a flip moves it without changing its sign.
 
 Settings (``--settings``, ``whole|patch:<defense>``): whole volumes or random 24 x 32 x 24 patches
 (MONAI RandCropByPosNegLabel) under a defense of :func:`ulmed.eval.defenses.build_defense`.
@@ -65,12 +70,34 @@ def code_of(name: str, labels: np.ndarray, image: np.ndarray, cell: int = 1) -> 
         return nyquist_coded(labels, 1, spatial, cell)
     if name == "pseudo":  # label-free: the Nyquist code on the image's multi-Otsu bands (band 0 left alone)
         return nyquist_coded(pseudo_label_map(image), 1, spatial, cell)
+    if name == "tri":
+        return _period3_coded(labels)
     if name == "blocks":  # lsp's block code (tile 8, block 1, run seed 0), the background coded too
         return mask_coded(labels, 1, spatial, tile=8, block=1, seed=0)
     index = 1 if name == "checker" else int(name[len("pattern"):]) if name.startswith("pattern") else 0
     if index < 1:
         raise SystemExit(f"unknown code {name!r}: blocks, checker, nyquist, pseudo or patternN (N >= 1)")
     return np.where(labels[None] > 0, nyquist_pattern(index, 1, spatial, cell), 0.0).astype(np.float32)
+
+
+#: One period of the ``tri`` code along an axis.
+PERIOD3 = np.array([1.0, -1.0, 1.0], dtype=np.float32)
+
+
+def _period3_coded(labels: np.ndarray) -> np.ndarray:
+    """``(1, *spatial)`` ``tri`` code: label v the period-3 pattern over the axes of Nyquist corner v."""
+    from ulmed.core.patterns import nyquist_corners
+
+    corners = nyquist_corners(labels.ndim)
+    grids = np.indices(labels.shape, sparse=True)
+    code = np.zeros(labels.shape, dtype=np.float32)
+    for value in np.unique(labels[labels > 0]):
+        axes = corners[(int(value) - 1) % len(corners)]
+        pattern = np.ones((1,) * labels.ndim, dtype=np.float32)
+        for a in axes:
+            pattern = pattern * PERIOD3[grids[a] % 3]
+        code = np.where(labels == value, np.broadcast_to(pattern, labels.shape), code)
+    return code[None].astype(np.float32)
 
 
 def _dice(images: np.ndarray, labels: np.ndarray, test: tuple[np.ndarray, np.ndarray], setting: str,
