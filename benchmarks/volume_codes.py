@@ -54,7 +54,7 @@ import torch
 from benchmark_data import load_hippocampus
 from seg3d_hippocampus import DATA, PATCH, SHAPE
 
-from ulmed.core.patterns import mask_coded, nyquist_coded, nyquist_pattern
+from ulmed.core.patterns import mask_coded, nyquist_coded, nyquist_corners, nyquist_pattern
 from ulmed.core.targets import pseudo_label_map
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,8 +86,6 @@ PERIOD3 = np.array([1.0, -1.0, 1.0], dtype=np.float32)
 
 def _period3_coded(labels: np.ndarray) -> np.ndarray:
     """``(1, *spatial)`` ``tri`` code: label v the period-3 pattern over the axes of Nyquist corner v."""
-    from ulmed.core.patterns import nyquist_corners
-
     corners = nyquist_corners(labels.ndim)
     grids = np.indices(labels.shape, sparse=True)
     code = np.zeros(labels.shape, dtype=np.float32)
@@ -97,7 +95,7 @@ def _period3_coded(labels: np.ndarray) -> np.ndarray:
         for a in axes:
             pattern = pattern * PERIOD3[grids[a] % 3]
         code = np.where(labels == value, np.broadcast_to(pattern, labels.shape), code)
-    return code[None].astype(np.float32)
+    return code[None]
 
 
 def _dice(images: np.ndarray, labels: np.ndarray, test: tuple[np.ndarray, np.ndarray], setting: str,

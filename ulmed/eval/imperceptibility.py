@@ -179,9 +179,9 @@ def _thin_window_means(clean: np.ndarray, protected: np.ndarray, to_unit: Conver
     """:func:`window_means` of x, y, x*x, y*y and x*y for a slab exactly ``win`` thick along its first axis.
 
     Such a slab (a sampled row of windows) has one window along that axis: its mean is the
-    running sum of the ``win`` planes, which is summed here plane by plane, in the order the
-    cumulative sum adds them (so the values are the same), without converting or multiplying
-    the whole slab at once; the other axes then go through :func:`window_means`.
+    sum of the ``win`` planes, added here plane by plane in the order :func:`window_means` adds
+    them, without converting or multiplying the whole slab at once; the other axes then go
+    through :func:`window_means` (the scaling, once per axis group, may differ in the last bit).
     """
     sums: list[np.ndarray] = []
     for k in range(win):
