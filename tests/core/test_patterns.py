@@ -5,6 +5,7 @@ import pytest
 
 from ulmed.core.patterns import (
     class_pattern,
+    class_values,
     mask_coded,
     nyquist_coded,
     nyquist_corners,
@@ -50,6 +51,27 @@ def test_nyquist_coded_leaves_the_background_and_refuses_negative_classes():
     assert np.array_equal(nyquist_coded(1, 1, (4, 4)), nyquist_pattern(2, 1, (4, 4)))
     with pytest.raises(ConfigError, match=">= 0"):
         nyquist_coded(np.full((4, 4), -1), 1, (4, 4))
+
+
+def test_class_values_are_numpys_unique_for_every_kind_of_target():
+    rng = np.random.default_rng(2)
+    targets = [rng.integers(0, 3, (9, 11, 7)).astype(np.uint8), rng.integers(0, 3, (30, 40)).astype(np.int32),
+               np.array([5, 255, 0, 255], dtype=np.uint8), np.array([-1, 0, 2]), np.array([0, 70000, 3]),
+               np.array([0.0, 1.0, 2.0], dtype=np.float32), np.asarray(4), np.zeros((0,), dtype=np.uint8)]
+    for target in targets:
+        got, expected = class_values(target), np.unique(target)
+        assert got.dtype == expected.dtype and got.tolist() == expected.tolist(), target
+
+
+def test_nyquist_coded_draws_each_class_where_numpy_nonzero_finds_it():
+    rng = np.random.default_rng(3)
+    for shape in ((13, 17), (9, 12, 10)):
+        target = rng.integers(0, 4, shape).astype(np.uint8)
+        code = nyquist_coded(target, 2, shape, cell=2)
+        for value in range(1, 4):  # each class carries its own pattern at exactly its positions
+            at = np.nonzero(target == value)
+            assert np.array_equal(code[(slice(None), *at)], nyquist_pattern(value, 2, shape, 2)[(slice(None), *at)])
+        assert not code[:, target == 0].any()
 
 
 def test_offset_levels_alternate_in_sign_and_shrink():

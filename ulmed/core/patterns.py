@@ -35,6 +35,22 @@ def class_pattern(cls: int, channels: int, spatial: tuple[int, ...], tile: int, 
     return code
 
 
+#: Widest range of non-negative integer classes that :func:`class_values` counts instead of sorting.
+COUNTED_CLASSES = 1 << 16
+
+
+def class_values(target: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of a target (``numpy.unique``), counted for small non-negative integers.
+
+    A label map holds a handful of classes: ``numpy.bincount`` finds them in one pass, where
+    ``numpy.unique`` sorts the whole map (3x slower on a hippocampus crop).
+    """
+    arr = np.asarray(target)
+    if arr.dtype.kind in "iu" and arr.size and 0 <= arr.min() and arr.max() < COUNTED_CLASSES:
+        return np.flatnonzero(np.bincount(arr.reshape(-1))).astype(arr.dtype)
+    return np.unique(arr)
+
+
 def mask_coded(
     target: np.ndarray | int | None, channels: int, spatial: tuple[int, ...], tile: int, block: int, seed: int
 ) -> np.ndarray:
@@ -46,7 +62,7 @@ def mask_coded(
     if target is None or isinstance(target, (int, np.integer)):
         return class_pattern(0 if target is None else int(target), channels, spatial, tile, block, seed)
     code = np.zeros((channels, *spatial), dtype=np.float32)
-    for value in np.unique(target):
+    for value in class_values(target):
         where = np.broadcast_to(target == value, code.shape)
         code[where] = class_pattern(int(value), channels, spatial, tile, block, seed)[where]
     return code
@@ -97,15 +113,16 @@ def nyquist_coded(
     Raises:
         ConfigError: A negative class value.
     """
-    values = np.unique(np.asarray(0 if target is None else target))
+    values = class_values(np.asarray(0 if target is None else target))
     if values[0] < 0:
         raise ConfigError("Nyquist codes need class values >= 0 (masks, label maps, class labels); "
                           "map negative labels (e.g. an ignore value) to 0 or a class first")
     if target is None or isinstance(target, (int, np.integer)):
         return nyquist_pattern(1 if target is None else int(target) + 1, channels, spatial, cell)
     code = np.zeros((channels, *spatial), dtype=np.float32)
+    labels = np.asarray(target)
     for value in values[values != 0]:  # the pattern computed at the class's own positions only
-        at = np.nonzero(np.asarray(target) == value)
+        at = np.unravel_index(np.flatnonzero(labels == value), labels.shape)  # nonzero's order, 2-3x faster
         code[(slice(None), *at)] = _pattern_at(1 if value == 255 else int(value), at, cell)
     return code
 
@@ -136,7 +153,7 @@ def offset_coded(target: np.ndarray | int | None, channels: int, spatial: tuple[
     """
     if target is None:
         return np.zeros((channels, *spatial), dtype=np.float32)
-    values = np.unique(np.asarray(target))
+    values = class_values(np.asarray(target))
     if values[0] < 0:
         raise ConfigError("offset codes need class values >= 0 (masks, label maps, class labels); "
                           "map negative labels (e.g. an ignore value) to 0 or a class first")
