@@ -29,6 +29,14 @@ Codes (``--codes``):
                along all three axes, label 2 along the first two). 3 is odd, so a stride-2 layer
                samples it as the same pattern shifted, whatever the patch's offset, and a shift or
                a flip moves it without changing its sign.
+    noise      a random +-1 per voxel on the foreground (both labels), drawn anew for each volume,
+               the background left alone: not a pattern but a texture, whose energy no shift, flip
+               or sign change alters, so a strided first layer meets the same cue in every patch;
+    dotsN      +sqrt(N^3) on the foreground voxels whose indices are all multiples of N (N = 2, 3), 0
+               elsewhere: the energy of the +-1 codes on 1 / N^3 of the voxels. The code is never
+               negative, so no shift or flip turns it into its negative;
+    noise12    the same texture, label 1 per voxel and label 2 in cubes of 2 voxels (a coarser
+               grain), so that the two labels differ in the texture's spectrum.
 
 Settings (``--settings``, ``whole|patch:<defense>``): whole volumes or random 24 x 32 x 24 patches
 (MONAI RandCropByPosNegLabel) under a defense of :func:`ulmed.eval.defenses.build_defense`.
@@ -72,6 +80,10 @@ def code_of(name: str, labels: np.ndarray, image: np.ndarray, cell: int = 1) -> 
         return nyquist_coded(pseudo_label_map(image), 1, spatial, cell)
     if name == "tri":
         return _period3_coded(labels)
+    if name.startswith("dots"):
+        return _dots_coded(labels, int(name[len("dots"):]))
+    if name in ("noise", "noise12"):
+        return _texture_coded(labels, image, coarse_label=2 if name == "noise12" else None)
     if name == "blocks":  # lsp's block code (tile 8, block 1, run seed 0), the background coded too
         return mask_coded(labels, 1, spatial, tile=8, block=1, seed=0)
     index = 1 if name == "checker" else int(name[len("pattern"):]) if name.startswith("pattern") else 0
@@ -96,6 +108,33 @@ def _period3_coded(labels: np.ndarray) -> np.ndarray:
             pattern = pattern * PERIOD3[grids[a] % 3]
         code = np.where(labels == value, np.broadcast_to(pattern, labels.shape), code)
     return code[None]
+
+
+def _dots_coded(labels: np.ndarray, period: int) -> np.ndarray:
+    """``(1, *spatial)`` ``dotsN`` code: ``sqrt(N^d)`` on the foreground where every index is a multiple of N."""
+    lattice = np.ones(labels.shape, dtype=bool)
+    for axis, grid in enumerate(np.indices(labels.shape, sparse=True)):
+        lattice &= grid % period == 0
+    return np.where(lattice & (labels > 0), np.float32(period ** (labels.ndim / 2)), 0.0)[None].astype(np.float32)
+
+
+def _texture_coded(labels: np.ndarray, image: np.ndarray, coarse_label: int | None) -> np.ndarray:
+    """``(1, *spatial)`` ``noise`` code: +-1 at random on the foreground, the grain coarser on ``coarse_label``.
+
+    The signs are drawn from a generator seeded by the volume's own values, so each volume gets its own
+    texture and a rerun the same one.
+    """
+    rng = np.random.default_rng(int(np.round(image.sum() * 1e3)) % (1 << 32))
+    fine = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=labels.shape)
+    coarse_shape = tuple(-(-n // 2) for n in labels.shape)
+    coarse = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=coarse_shape)
+    for axis in range(labels.ndim):
+        coarse = np.repeat(coarse, 2, axis=axis)
+    coarse = coarse[tuple(slice(0, n) for n in labels.shape)]
+    code = np.where(labels > 0, fine, 0.0)
+    if coarse_label is not None:
+        code = np.where(labels == coarse_label, coarse, code)
+    return code[None].astype(np.float32)
 
 
 def _dice(images: np.ndarray, labels: np.ndarray, test: tuple[np.ndarray, np.ndarray], setting: str,
