@@ -113,7 +113,7 @@ def _period3_coded(labels: np.ndarray) -> np.ndarray:
 def _dots_coded(labels: np.ndarray, period: int) -> np.ndarray:
     """``(1, *spatial)`` ``dotsN`` code: ``sqrt(N^d)`` on the foreground where every index is a multiple of N."""
     lattice = np.ones(labels.shape, dtype=bool)
-    for axis, grid in enumerate(np.indices(labels.shape, sparse=True)):
+    for grid in np.indices(labels.shape, sparse=True):
         lattice &= grid % period == 0
     return np.where(lattice & (labels > 0), np.float32(period ** (labels.ndim / 2)), 0.0)[None].astype(np.float32)
 
