@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--eps", type=float, default=8 / 255)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--net", default="unet", help="the victim's network, a name of ulmed.eval.victims.VICTIMS")
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -130,7 +131,7 @@ def main() -> None:
              for c in codes}
     rows = []
     for defense in [d.strip() for d in args.defenses.split(",") if d.strip()]:
-        run = argparse.Namespace(seed=args.seed, epochs=args.epochs, defense=defense)
+        run = argparse.Namespace(seed=args.seed, epochs=args.epochs, defense=defense, net=args.net)
         clean = _dice(images, masks, test, run)
         rows.append({"code": "clean", "defense": defense, "dice": round(clean, 4), "dice_ratio": 1.0})
         for c in codes:
@@ -144,7 +145,7 @@ def main() -> None:
     out.write_text(json.dumps({
         "benchmark": "grid_codes", "dataset": "hc18", "size": args.size, "train_images": len(train_rows),
         "test_images": len(test_rows), "epochs": args.epochs, "eps": round(args.eps, 6), "seed": args.seed,
-        "victim": "MONAI UNet (small), Pillow letterbox, code added on the working grid",
+        "victim": f"{args.net} (small), Pillow letterbox, code added on the working grid",
         "psnr_mean": psnr, "rows": rows,
     }, indent=2))
     print(f"wrote {out}")
