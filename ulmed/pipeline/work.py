@@ -210,7 +210,8 @@ def _stamping(unit: Unit, ctx: WorkContext) -> tuple[dict[Path, tuple[int, int]]
 
 def _stamped(unit: Unit, stamping: tuple[dict[Path, tuple[int, int]], concurrent.futures.Future] | None,
              ) -> dict[str, list[Any]] | None:
-    """The stamps hashed while the unit was read; None (not journalled) when an input changed meanwhile.
+    """The stamps hashed while the unit was read; None (journalled without stamps: a rerun redoes the unit)
+    when an input changed meanwhile or cannot be read.
 
     The hash and the read both fall between the stats taken before (the stamps' size and mtime)
     and the stats taken here; when these agree, both saw the same content.
