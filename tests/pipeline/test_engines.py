@@ -181,3 +181,50 @@ def test_a_worker_pool_releases_unused_workers_and_refuses_a_context_it_cannot_s
         _returns_in_time(pool.close)
     with pytest.raises(ConfigError, match="at least 2"):
         WorkerPool(1)
+
+
+def test_a_worker_ends_when_the_run_that_spawned_it_is_killed(tmp_path):
+    """``kill -9`` of a run cannot shut its pool down: its workers must not wait for work forever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "worker.pid"
+    code = (
+        "import os, sys, time\n"
+        "from ulmed.pipeline.engines import WorkerPool\n"
+        "pool = WorkerPool(2)\n"
+        "pid = pool.executor.submit(os.getpid)\n"
+        "pool.start(None)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(pid.result(timeout=120)))\n"
+        "time.sleep(600)\n"
+    )
+    run = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 120
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        worker = int(pid_file.read_text())
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait(30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _alive(worker):
+            time.sleep(0.2)
+        assert not _alive(worker), "the orphaned worker is still running"
+    finally:
+        run.kill()
+        if pid_file.exists() and pid_file.read_text() and _alive(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)  # a failed run of this test leaves none behind
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:  # a zombie has ended; only its parent has not reaped it yet
+        return fh.read().rsplit(")", 1)[1].split()[0] != "Z"

@@ -18,6 +18,8 @@ import logging
 import os
 import pickle
 import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -124,6 +126,7 @@ def _init_waiting_worker(contexts: Any, threads: int) -> None:
 
     ``None`` instead of a context: the run ended before it needed the workers.
     """
+    _exit_with(os.getppid())
     os.environ["OMP_NUM_THREADS"] = str(threads)  # before anything imported here can load torch
     for name in WARM_MODULES:
         try:
@@ -132,6 +135,24 @@ def _init_waiting_worker(contexts: Any, threads: int) -> None:
             pass
     data = contexts.get()
     _init_worker(pickle.loads(data) if data is not None else None, threads)
+
+
+#: Seconds between a worker's looks at whether the process that spawned it is still there.
+PARENT_POLL_S = 1.0
+
+
+def _exit_with(parent: int) -> None:
+    """End this worker process soon after ``parent`` is gone.
+
+    A killed run (``kill -9``, an out-of-memory kill) cannot shut its pool down, and a worker
+    waiting for its next task would wait forever; orphaned, it is handed to another parent.
+    """
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="ulmed-parent-watch", daemon=True).start()
 
 
 def _ready() -> None:
