@@ -15,3 +15,12 @@ def test_os_reason_is_never_none():
     assert os_reason(OSError(errno.EACCES, "Permission denied")) == "Permission denied"
     assert os_reason(OSError("disk went away")) == "disk went away"
     assert os_reason(OSError()) == "OSError"
+
+
+def test_an_input_the_system_refuses_to_read_is_said_so_and_other_errors_are_left_to_the_reader():
+    from ulmed.errors import unreadable
+
+    assert unreadable(PermissionError(13, "Permission denied", "x.png")) == (
+        "cannot be read (Permission denied); check its permissions, then rerun")
+    assert unreadable(OSError("image file is truncated")) is None  # Pillow's words for a cut file
+    assert unreadable(ValueError("bad header")) is None

@@ -59,3 +59,14 @@ def os_reason(exc: OSError) -> str:
         text = os.strerror(exc.errno)
         return text if text and not text.startswith("Unknown error") else errno.errorcode.get(exc.errno, str(exc.errno))
     return str(exc) or type(exc).__name__
+
+
+def unreadable(exc: BaseException) -> str | None:
+    """What to say about an input that the system refuses to read (no permission), else None.
+
+    Readers wrap every error of a file's library in their own words ("truncated or not a valid
+    image"); a refused read is not the file's fault, and re-exporting it would not help.
+    """
+    if isinstance(exc, PermissionError):
+        return f"cannot be read ({os_reason(exc)}); check its permissions, then rerun"
+    return None

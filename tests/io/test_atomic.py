@@ -55,7 +55,9 @@ def test_no_room_for_the_temporary_names_the_reason(tmp_path, monkeypatch):
 
 
 def test_a_source_that_cannot_be_read_is_not_called_an_output_error(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    from ulmed.errors import InputError
+
+    with pytest.raises(InputError, match=r"cannot be read \(No such file or directory\); check the input"):
         atomic_copy(tmp_path / "missing.bin", tmp_path / "copy.bin")
     assert list(tmp_path.iterdir()) == []
 
@@ -127,3 +129,23 @@ def test_a_full_disk_in_a_batch_names_the_file_and_leaves_nothing(tmp_path, monk
             batch.write_bytes(tmp_path / name, b"x" * 100)
     assert str(info.value).startswith(f"{tmp_path / 'b.dcm'}: ") and "No space left on device" in str(info.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_copy_whose_source_cannot_be_read_is_an_input_error_and_leaves_the_target(tmp_path, monkeypatch):
+    import shutil
+
+    from ulmed.errors import InputError
+
+    source, target = tmp_path / "README.md", tmp_path / "out" / "README.md"
+    source.write_text("new")
+    target.parent.mkdir()
+    target.write_text("copied before")
+
+    def refused(src, dst, **kwargs):  # what the system says to a user without read permission
+        raise PermissionError(13, "Permission denied", str(src))
+
+    monkeypatch.setattr(shutil, "copy2", refused)
+    with pytest.raises(InputError, match=r"cannot be read \(Permission denied\); check its permissions") as err:
+        atomic_copy(source, target)
+    assert str(err.value.path) == str(source)
+    assert target.read_text() == "copied before" and sorted(p.name for p in target.parent.iterdir()) == ["README.md"]

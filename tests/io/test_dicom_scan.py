@@ -110,3 +110,37 @@ def test_slices_are_ordered_along_their_normal_not_by_name(tmp_path: Path, sampl
     heights = {p.name: float(pydicom.dcmread(p).ImagePositionPatient[2]) for p in files}
     (series,) = scan_dicom(root, files[::-1]).series  # the order given does not matter
     assert [heights[p.name] for p in series.files] == sorted(heights.values())
+
+
+def test_a_file_the_system_will_not_open_is_said_to_be_unreadable_not_to_be_no_dicom(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    import ulmed.io.dicom_dataset
+
+    root = tmp_path / "in"
+    good, locked = copy_in(["MR_small.dcm", "CT_small.dcm"], root)
+    real_open = builtins.open
+
+    def guarded(file, *args, **kwargs):  # the system refuses this one file (root reads through chmod 000)
+        if str(file) == str(locked):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    monkeypatch.setattr(ulmed.io.dicom_dataset.pydicom, "dcmread", _refusing(locked))
+    scan = scan_dicom(root, [good, locked])
+    assert [s.files for s in scan.series] == [[good]]
+    assert dict(scan.bad)[locked] == "cannot be read (Permission denied); check its permissions, then rerun"
+
+
+def _refusing(locked: Path):
+    """pydicom's ``dcmread``, refused for ``locked`` as the system would refuse it."""
+    real = pydicom.dcmread
+
+    def read(fp, *args, **kwargs):
+        if str(fp) == str(locked):
+            raise PermissionError(13, "Permission denied", str(fp))
+        return real(fp, *args, **kwargs)
+
+    return read

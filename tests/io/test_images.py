@@ -213,3 +213,17 @@ def test_inputs_are_never_modified(tmp_path: Path) -> None:
         delta, _ = _perturb(rec.image.shape, 4.0, 255.0)
         write_image(rec.with_perturbation(delta), tmp_path / name)
     assert {p: (_sha(p), p.stat().st_mtime_ns) for p in files} == before
+
+
+def test_an_image_the_system_refuses_to_read_is_not_called_truncated(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ulmed.io.images
+
+    path = Path(__file__).resolve().parents[1] / "data/hc18/images/005_HC.png"
+
+    def refused(fp, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(fp))
+
+    monkeypatch.setattr(ulmed.io.images.Image, "open", refused)
+    with pytest.raises(InputError, match=r"cannot be read \(Permission denied\); check its permissions") as err:
+        read_image(path, key="005_HC.png")
+    assert "truncated" not in str(err.value)

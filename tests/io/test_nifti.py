@@ -203,3 +203,17 @@ def test_inputs_are_never_modified(tmp_path: Path) -> None:
         write_nifti(read_nifti(src, key=src.name), tmp_path / "x" / src.name)
     shutil.rmtree(tmp_path / "x")
     assert {p: (_sha(p), p.stat().st_mtime_ns) for p in before} == before
+
+
+def test_a_volume_the_system_refuses_to_read_is_not_called_corrupt(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ulmed.io.nifti
+
+    path = Path(__file__).resolve().parents[1] / "data/msd_hippocampus/images/hippocampus_015.nii.gz"
+
+    def refused(fp, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(fp))
+
+    monkeypatch.setattr(ulmed.io.nifti.nib, "load", refused)
+    with pytest.raises(InputError, match=r"cannot be read \(Permission denied\); check its permissions") as err:
+        ulmed.io.nifti.read_nifti(path, key="hippocampus_015.nii.gz")
+    assert "corrupt" not in str(err.value)

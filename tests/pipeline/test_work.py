@@ -144,3 +144,29 @@ def test_inputs_are_hashed_while_read_and_one_changed_meanwhile_is_redone(datase
     monkeypatch.setattr(work, "read_record", lambda unit, ctx: read.append(unit.key) or real_read(unit, ctx))
     protect_path(root, tmp_path / "out", method="lsp")
     assert read == ["images/008_HC.png", "images/010_bad.png"]  # the changed file, and the failed one again
+
+
+def test_a_file_to_copy_that_cannot_be_read_fails_alone_and_the_run_goes_on(dataset, tmp_path, monkeypatch):
+    import shutil
+
+    import ulmed.io.atomic
+
+    root = tmp_path / "ds"
+    shutil.copytree(dataset, root)
+    (root / "README.md").write_text("about the data")
+    (root / "index.csv").write_text("image\n")
+    real_copy = shutil.copy2
+
+    def refused(src, dst, **kwargs):
+        if str(src).endswith("README.md"):
+            raise PermissionError(13, "Permission denied", str(src))
+        return real_copy(src, dst, **kwargs)
+
+    monkeypatch.setattr(ulmed.io.atomic.shutil, "copy2", refused)
+    manifest = protect_path(root, tmp_path / "out", method="lsp")
+    by_input = {e.input: e for e in manifest.entries}
+    assert by_input["README.md"].status == "failed"
+    assert "cannot be read (Permission denied); check its permissions" in by_input["README.md"].reason
+    assert by_input["index.csv"].status == "copied" and (tmp_path / "out/index.csv").read_text() == "image\n"
+    assert not (tmp_path / "out/README.md").exists()
+    assert sum(e.status == "written" and e.kind == "image" for e in manifest.entries) == IMAGES

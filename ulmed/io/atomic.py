@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ulmed.errors import OutputError, os_reason
+from ulmed.errors import InputError, OutputError, os_reason, unreadable
 
 
 @contextlib.contextmanager
@@ -236,9 +236,18 @@ def _default_file_mode() -> int:
 
 
 def atomic_copy(source: str | Path, target: str | Path) -> None:
-    """Copy ``source`` to ``target`` atomically (bytes and modification time)."""
-    with atomic_path(target) as tmp:
-        shutil.copy2(source, tmp)
+    """Copy ``source`` to ``target`` atomically (bytes and modification time).
+
+    Raises:
+        InputError: ``source`` cannot be read (no permission, gone); ``target`` is not touched.
+        OutputError: ``target`` cannot be written.
+    """
+    try:
+        with atomic_path(target) as tmp:
+            shutil.copy2(source, tmp)
+    except OSError as exc:  # what atomic_path did not make an OutputError names the source
+        raise InputError(unreadable(exc) or f"cannot be read ({os_reason(exc)}); check the input, then rerun",
+                         source) from exc
 
 
 def atomic_write_bytes(target: str | Path, data: bytes) -> None:

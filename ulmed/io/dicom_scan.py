@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from ulmed.choices import StrEnum
+from ulmed.errors import os_reason, unreadable
 from ulmed.io.dicom_dataset import (
     DEFER,
     PIXEL_DATA,
@@ -81,6 +82,11 @@ def series_key_hash(uid: str, salt: str, n: int = 12) -> str:
 def _read_header(path: Path) -> tuple[Dataset | None, str]:
     """The header of ``path`` (large values left on disk), or None and why it cannot be used."""
     if not is_dicom_file(path):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:  # is_dicom_file says no for a file it cannot open
+            return None, unreadable(exc) or f"cannot be read ({os_reason(exc)}); check the file, then rerun"
         return None, "not a DICOM file (no 'DICM' marker, no SOP Class UID); remove it from the input folder"
     try:
         with warnings.catch_warnings(record=True) as caught:

@@ -32,7 +32,7 @@ import numpy as np
 import tifffile
 from PIL import Image, PngImagePlugin
 
-from ulmed.errors import InputError, OutputError
+from ulmed.errors import InputError, OutputError, unreadable
 from ulmed.io.atomic import atomic_path
 from ulmed.io.base import TargetKind, check_target_shape
 from ulmed.io.kinds import IMAGE_SUFFIXES, JPEG_SUFFIXES
@@ -79,7 +79,7 @@ def _read_pillow(path: Path, what: str) -> tuple[Image.Image, np.ndarray]:
             return im, np.asarray(im)
     except _READ_ERRORS as exc:
         msg = f"cannot read this {what} ({exc}); the file is truncated or not a valid image, re-export it"
-        raise InputError(msg, path) from exc
+        raise InputError(unreadable(exc) or msg, path) from exc
 
 
 def _read_tiff(path: Path, what: str) -> tuple[tifffile.TiffPage, np.ndarray]:

@@ -23,7 +23,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-from ulmed.errors import InputError, OutputError
+from ulmed.errors import InputError, OutputError, unreadable
 from ulmed.io.atomic import atomic_path
 from ulmed.io.base import TargetKind, check_target_shape
 from ulmed.io.kinds import NIFTI_SUFFIXES, is_nifti_path
@@ -77,7 +77,7 @@ def _load(path: Path, what: str) -> nib.Nifti1Image:
         img = nib.load(path)
     except _READ_ERRORS as exc:
         msg = f"cannot read this NIfTI {what} ({exc}); the file is corrupt or truncated, re-export it"
-        raise InputError(msg, path) from exc
+        raise InputError(unreadable(exc) or msg, path) from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(f"{type(img).__name__} is not a single-file NIfTI {what}; convert it to .nii or .nii.gz", path)
     return img

@@ -127,15 +127,15 @@ def _failed(unit: Unit, ctx: WorkContext, exc: InputError | MissingDependencyErr
 def _copy(unit: Unit, ctx: WorkContext) -> UnitResult:
     assert isinstance(unit.source, Copy)
     src, dst = unit.source.path, ctx.out / unit.source.dst
-    if unit.source.kind == "dicom-non-image" and ctx.options.deidentify is not None:
-        from ulmed.io.deidentify import copy_deidentified
+    try:
+        if unit.source.kind == "dicom-non-image" and ctx.options.deidentify is not None:
+            from ulmed.io.deidentify import copy_deidentified
 
-        try:
             copy_deidentified(src, dst, ctx.options.deidentify)
-        except InputError as exc:  # a value dicognito cannot handle, a DICOMDIR: this file fails, not the run
-            return _failed(unit, ctx, exc)
-    else:
-        atomic_copy(src, dst)
+        else:
+            atomic_copy(src, dst)
+    except InputError as exc:  # unreadable, a value dicognito cannot handle, a DICOMDIR: this file fails, not the run
+        return _failed(unit, ctx, exc)
     entry = Entry(relative(src, ctx.root), "copied", relative(dst, ctx.out), unit.source.kind, sha256=sha256_of(dst))
     return UnitResult(unit.key, [entry])
 
