@@ -125,64 +125,6 @@ def test_this_process_takes_batches_while_the_pool_is_busy_and_results_keep_thei
     assert got[:2] == ["pool0", "pool1"] and ran_here[:3] == [2, 3, 4]  # the pool's two, then here while it waits
 
 
-def _returns_in_time(fn, seconds: float = 120.0):
-    """``fn()`` run in a thread: its value, or its exception raised here; fails when it hangs."""
-    import threading
-
-    got: dict[str, object] = {}
-
-    def run():
-        try:
-            got["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            got["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"still running after {seconds} s: the workers were never released"
-    if "error" in got:
-        raise got["error"]  # type: ignore[misc]
-    return got.get("value")
-
-
-def test_workers_started_before_the_plan_are_released_when_it_fails(sample_data, tmp_path, monkeypatch):
-    from ulmed.errors import OutputError
-    from ulmed.pipeline.engines import WorkerPool
-
-    closed: list[int] = []
-    real_close = WorkerPool.close
-    monkeypatch.setattr(WorkerPool, "close", lambda self: closed.append(self.spawned) or real_close(self))
-    (tmp_path / "taken").mkdir()
-    (tmp_path / "taken/someone_else.txt").write_text("not ours")
-    with pytest.raises(OutputError, match="not empty"):  # refused by the plan, after the workers were spawned
-        _returns_in_time(lambda: protect_path(sample_data, tmp_path / "taken", method="lsp", workers=2))
-    assert closed == [1]  # the pool was started, and let go
-    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["someone_else.txt"]
-
-
-def test_a_worker_pool_releases_unused_workers_and_refuses_a_context_it_cannot_send():
-    import pickle
-
-    from ulmed.pipeline.engines import WorkerPool
-
-    def closed_unused():
-        pool = WorkerPool(2)
-        assert pool.spawned == 1 and pool.threads >= 1
-        pool.close()  # never started: the waiting worker is released
-
-    _returns_in_time(closed_unused)
-
-    pool = WorkerPool(2)
-    try:
-        with pytest.raises((AttributeError, TypeError, pickle.PicklingError)):
-            pool.start(lambda: None)  # a context that cannot travel fails here, not in the worker
-    finally:
-        _returns_in_time(pool.close)
-    with pytest.raises(ConfigError, match="at least 2"):
-        WorkerPool(1)
-
-
 def test_a_worker_ends_when_the_run_that_spawned_it_is_killed(tmp_path):
     """``kill -9`` of a run cannot shut its pool down: its workers must not wait for work forever."""
     import os
@@ -194,10 +136,11 @@ def test_a_worker_ends_when_the_run_that_spawned_it_is_killed(tmp_path):
     pid_file = tmp_path / "worker.pid"
     code = (
         "import os, sys, time\n"
-        "from ulmed.pipeline.engines import WorkerPool\n"
-        "pool = WorkerPool(2)\n"
-        "pid = pool.executor.submit(os.getpid)\n"
-        "pool.start(None)\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from multiprocessing import get_context\n"
+        "from ulmed.pipeline.engines import _init_worker\n"
+        "pool = ProcessPoolExecutor(1, mp_context=get_context('spawn'), initializer=_init_worker, initargs=(None, 1))\n"
+        "pid = pool.submit(os.getpid)\n"
         f"open({str(pid_file)!r}, 'w').write(str(pid.result(timeout=120)))\n"
         "time.sleep(600)\n"
     )

@@ -1,8 +1,7 @@
 """Engines that run :func:`ulmed.pipeline.work.process_batch` over a run's units.
 
 * ``local`` with one worker runs in this process;
-* ``local`` with N workers runs here and in N - 1 spawned processes (each with ``cpu_count / N`` torch threads),
-  started by :func:`worker_pool` before the run is planned, so that they import while this process scans;
+* ``local`` with N workers runs here and in N - 1 spawned processes (each with ``cpu_count / N`` torch threads);
 * ``ray`` sends batches as Ray tasks to a local or existing cluster (``--ray-address``).
 
 Every engine yields the results in the order of the units, with a bounded number of
@@ -13,17 +12,15 @@ every method derives its randomness from the run seed and the record key.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import pickle
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any
@@ -102,7 +99,7 @@ def _task_size(config: EngineConfig, ctx: WorkContext) -> int:
 _WORKER_CONTEXT: WorkContext | None = None
 
 
-def _init_worker(ctx: WorkContext | None, threads: int) -> None:
+def _init_worker(ctx: WorkContext, threads: int) -> None:
     """Give the worker its share of the cores, for torch loaded now or later, and its context.
 
     A method that loads torch only when a record needs it would otherwise start one OpenMP
@@ -110,31 +107,12 @@ def _init_worker(ctx: WorkContext | None, threads: int) -> None:
     one when lsp's pre-image still ran on torch. OpenMP reads ``OMP_NUM_THREADS`` when torch loads.
     """
     global _WORKER_CONTEXT
+    _exit_with(os.getppid())
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch = sys.modules.get("torch")  # already loaded by methods that need it at once (em, salm, unseg)
     if torch is not None:
         torch.set_num_threads(threads)
     _WORKER_CONTEXT = ctx
-
-
-#: What a waiting worker imports before its context comes: the unit of work and each kind's reader.
-WARM_MODULES = ("ulmed.pipeline.work", "ulmed.io.dicom", "ulmed.io.nifti", "ulmed.io.images")
-
-
-def _init_waiting_worker(contexts: Any, threads: int) -> None:
-    """:func:`_init_worker` with the context from ``contexts``, after importing :data:`WARM_MODULES`.
-
-    ``None`` instead of a context: the run ended before it needed the workers.
-    """
-    _exit_with(os.getppid())
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # before anything imported here can load torch
-    for name in WARM_MODULES:
-        try:
-            importlib.import_module(name)
-        except ImportError:  # an optional reader's library is not installed: its kind fails as it would
-            pass
-    data = contexts.get()
-    _init_worker(pickle.loads(data) if data is not None else None, threads)
 
 
 #: Seconds between a worker's looks at whether the process that spawned it is still there.
@@ -153,10 +131,6 @@ def _exit_with(parent: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="ulmed-parent-watch", daemon=True).start()
-
-
-def _ready() -> None:
-    """A task that does nothing: submitting it starts a worker process."""
 
 
 def _worker_batch(units: list[Unit]) -> list[UnitResult]:
@@ -180,8 +154,7 @@ def _ordered(submit: Any, batches: list[list[Unit]], in_flight: int, result: Any
         yield from done
 
 
-def run_local(units: Sequence[Unit], ctx: WorkContext, config: EngineConfig,
-              pool: WorkerPool | None = None) -> Iterator[UnitResult]:
+def run_local(units: Sequence[Unit], ctx: WorkContext, config: EngineConfig) -> Iterator[UnitResult]:
     """Run in this process (one worker), or here and in ``workers - 1`` spawned worker processes.
 
     In this process the units go to :func:`process_stream` (``ctx.method.batch_hint`` at a time,
@@ -189,73 +162,18 @@ def run_local(units: Sequence[Unit], ctx: WorkContext, config: EngineConfig,
     across records gets its batches while memory stays bounded; a worker's task holds at least
     that many units too. With N workers this process is one of them (:func:`_shared`): it
     starts on the first batches while the spawned ones still import, and no core waits on a
-    parent that only collects results. ``pool``: the workers started already (:func:`worker_pool`),
-    else they are started here.
+    parent that only collects results.
     """
     if config.workers == 1 or len(units) <= 1:
         yield from process_stream(list(units), ctx)
         return
+    threads = max(1, (os.cpu_count() or 1) // config.workers)
     batches = _batches(units, _task_size(config, ctx))
-    with nullcontext(pool) if pool is not None else worker_pool(config) as workers:
-        assert workers is not None
-        workers.start(ctx)
-        with _torch_threads(workers.threads):
-            yield from _shared(batches, lambda b: workers.executor.submit(_worker_batch, b),
-                               lambda b: process_batch(b, ctx), 2 * workers.spawned)
-
-
-class WorkerPool:
-    """The spawned workers of a local run, started before the run's context exists.
-
-    Each imports what a unit of work needs, then waits for the context (:meth:`start`): the
-    imports of a spawned interpreter (about 0.4 s) overlap this process's own planning and scan.
-
-    Args:
-        workers: Workers of the run, this process included (at least 2).
-    """
-
-    def __init__(self, workers: int) -> None:
-        if workers < 2:
-            raise ConfigError(f"a worker pool needs at least 2 workers, got {workers}")
-        self.spawned = workers - 1
-        #: Torch threads of each worker: its share of the cores.
-        self.threads = max(1, (os.cpu_count() or 1) // workers)
-        mp = get_context("spawn")
-        self._contexts = mp.Queue()
-        self._started = False
-        self.executor = ProcessPoolExecutor(self.spawned, mp_context=mp, initializer=_init_waiting_worker,
-                                            initargs=(self._contexts, self.threads))
-        for _ in range(self.spawned):  # a submit spawns one process while none is idle: all of them now
-            self.executor.submit(_ready)
-
-    def start(self, ctx: WorkContext) -> None:
-        """Hand every worker the run's context (once; pickled here, so an unpicklable one fails here)."""
-        if not self._started:
-            data = pickle.dumps(ctx)
-            for _ in range(self.spawned):
-                self._contexts.put(data)
-            self._started = True
-
-    def close(self) -> None:
-        """Release workers still waiting for a context, and wait for them to end."""
-        if not self._started:
-            for _ in range(self.spawned):
-                self._contexts.put(None)
-            self._started = True
-        self.executor.shutdown(wait=True, cancel_futures=True)
-
-
-@contextmanager
-def worker_pool(config: EngineConfig) -> Iterator[WorkerPool | None]:
-    """The spawned workers of a local run with several workers, started now; None for other runs."""
-    if config.name is not Engine.LOCAL or config.workers == 1:
-        yield None
-        return
-    pool = WorkerPool(config.workers)
-    try:
-        yield pool
-    finally:
-        pool.close()
+    spawned = config.workers - 1
+    with ProcessPoolExecutor(spawned, mp_context=get_context("spawn"), initializer=_init_worker,
+                             initargs=(ctx, threads)) as pool, _torch_threads(threads):
+        yield from _shared(batches, lambda b: pool.submit(_worker_batch, b), lambda b: process_batch(b, ctx),
+                           2 * spawned)
 
 
 def _shared(batches: list[list[Unit]], submit: Callable[[list[Unit]], Future[list[UnitResult]]],
@@ -337,14 +255,13 @@ def run_ray(units: Sequence[Unit], ctx: WorkContext, config: EngineConfig) -> It
             ray.shutdown()
 
 
-def run_units(units: Sequence[Unit], ctx: WorkContext, config: EngineConfig,
-              pool: WorkerPool | None = None) -> Iterator[UnitResult]:
-    """Run ``units`` with the configured engine (local workers: ``pool`` where started); results in their order."""
+def run_units(units: Sequence[Unit], ctx: WorkContext, config: EngineConfig) -> Iterator[UnitResult]:
+    """Run ``units`` with the configured engine; results come in the order of ``units``."""
     if not units:
         return iter(())
     if config.name is Engine.RAY:
         return run_ray(units, ctx, config)
-    return run_local(units, ctx, config, pool)
+    return run_local(units, ctx, config)
 
 
-__all__ = ["ENGINES", "Engine", "EngineConfig", "WorkerPool", "run_units", "worker_pool"]
+__all__ = ["ENGINES", "Engine", "EngineConfig", "run_units"]

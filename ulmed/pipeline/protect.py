@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ulmed.pipeline.engines import Engine, EngineConfig, WorkerPool, run_units, worker_pool
+from ulmed.pipeline.engines import Engine, EngineConfig, run_units
 from ulmed.pipeline.manifest import Entry, Manifest
 from ulmed.pipeline.methods import METHOD_MODULES, available_methods, build_method, method_class
 from ulmed.pipeline.plan import DEID_KEY_ENV, PartWork, RunPlan, check_paths, discovered_entries, part_work, plan_run
@@ -82,26 +82,24 @@ def run_protection(request: ProtectRequest, progress: Progress = _no_progress) -
     Returns:
         The manifest, also saved in the output folder.
     """
-    with worker_pool(request.engine_config) as pool:  # spawned workers import while this process plans
-        plan = plan_run(request)
-        journal, done = resume_state(request, plan.identity)
-        work = part_work(plan.inventory, request)
-        gone = clear_leftovers(request, journal, done, work, plan.root)
-        engine = request.engine_config
-        manifest = Manifest(params={**plan.params, "output": ".", "engine": engine.name, "workers": engine.workers})
-        manifest.root, manifest.out = plan.root, request.output_path
-        discovered = discovered_entries(plan.inventory, request)
-        run = RunState(request.output_path, request.part, journal, done, request.strict, plan.root)
-        started = time.perf_counter()
-        manifest.fit = run_engine(plan, run, work, progress, pool)
+    plan = plan_run(request)
+    journal, done = resume_state(request, plan.identity)
+    work = part_work(plan.inventory, request)
+    gone = clear_leftovers(request, journal, done, work, plan.root)
+    engine = request.engine_config
+    manifest = Manifest(params={**plan.params, "output": ".", "engine": engine.name, "workers": engine.workers})
+    manifest.root, manifest.out = plan.root, request.output_path
+    discovered = discovered_entries(plan.inventory, request)
+    run = RunState(request.output_path, request.part, journal, done, request.strict, plan.root)
+    started = time.perf_counter()
+    manifest.fit = run_engine(plan, run, work, progress)
     journal.sync()
     finish_manifest(manifest, run, work, discovered, gone, round(time.perf_counter() - started, 3))
     manifest.save(request.output_path, request.part.suffix)
     return manifest
 
 
-def run_engine(plan: RunPlan, run: RunState, work: PartWork, progress: Progress,
-               pool: WorkerPool | None = None) -> dict[str, Any]:
+def run_engine(plan: RunPlan, run: RunState, work: PartWork, progress: Progress) -> dict[str, Any]:
     """Protect this part's records, then copy its files; every result is committed as it comes.
 
     A method that fits over the data set runs here, chunk by chunk (:func:`fit_in_chunks`);
@@ -122,7 +120,7 @@ def run_engine(plan: RunPlan, run: RunState, work: PartWork, progress: Progress,
         fit = fit_in_chunks(run, work.units, ctx, request.chunk_size, progress)
     else:
         todo = run.todo(work.units)  # takes over what an earlier run finished: run.resumed counts it
-        for result in progress(run_units(todo, ctx, engine, pool), len(work.units) - run.resumed, "protecting"):
+        for result in progress(run_units(todo, ctx, engine), len(work.units) - run.resumed, "protecting"):
             run.commit(result)
         if one_process:
             fit = method.fit_report()  # what it saw in this process; entries carry per-record notes
