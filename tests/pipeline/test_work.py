@@ -112,40 +112,6 @@ def test_groups_join_consecutive_images_only():
     assert [len(g) for g in work._groups(units, 1)] == [1] * len(units)
 
 
-def test_inputs_are_hashed_while_read_and_one_changed_meanwhile_is_redone(dataset, tmp_path, monkeypatch):
-    import hashlib
-    import json
-    import os
-    import shutil
-
-    root = tmp_path / "ds"
-    shutil.copytree(dataset, root)
-    changed = root / "images/008_HC.png"
-    real_read = work.read_record
-
-    def touched(unit, ctx):  # the file is written to (a new mtime) while the run reads it
-        if unit.key.endswith("008_HC.png"):
-            st = os.stat(changed)
-            os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-        return real_read(unit, ctx)
-
-    monkeypatch.setattr(work, "read_record", touched)
-    protect_path(root, tmp_path / "out", method="lsp")
-    lines = [json.loads(line) for line in (tmp_path / "out/.ulmed/journal.jsonl").read_text().splitlines()]
-    inputs = {line["unit"]: line["inputs"] for line in lines if "unit" in line}
-    assert inputs["images/008_HC.png"] == {}  # not stamped: a rerun redoes it
-    stamped = inputs["images/005_HC.png"]
-    assert set(stamped) == {"images/005_HC.png", "masks/005_HC.png"}
-    for rel, (size, _, digest) in stamped.items():
-        data = (root / rel).read_bytes()
-        assert size == len(data) and digest == hashlib.sha256(data).hexdigest()
-
-    read: list[str] = []
-    monkeypatch.setattr(work, "read_record", lambda unit, ctx: read.append(unit.key) or real_read(unit, ctx))
-    protect_path(root, tmp_path / "out", method="lsp")
-    assert read == ["images/008_HC.png", "images/010_bad.png"]  # the changed file, and the failed one again
-
-
 def test_a_file_to_copy_that_cannot_be_read_fails_alone_and_the_run_goes_on(dataset, tmp_path, monkeypatch):
     import shutil
 

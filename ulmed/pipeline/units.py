@@ -112,29 +112,11 @@ def input_stamps(unit: Unit, root: Path) -> dict[str, list[Any]]:
 
     Paths are relative to the input root, so a moved input folder still matches.
     """
-    return hashed_stamps(input_stats(unit), root)
-
-
-def input_stats(unit: Unit) -> dict[Path, tuple[int, int]]:
-    """``(size, mtime_ns)`` of each of a unit's inputs, by path.
-
-    Raises:
-        OSError: An input cannot be stat'ed.
-    """
-    stats: dict[Path, tuple[int, int]] = {}
+    stamps: dict[str, list[Any]] = {}
     for path in unit.inputs:
         st = os.stat(path)
-        stats[Path(path)] = (st.st_size, st.st_mtime_ns)
-    return stats
-
-
-def hashed_stamps(stats: dict[Path, tuple[int, int]], root: Path) -> dict[str, list[Any]]:
-    """The stamps of :func:`input_stamps` from stats taken before: each file's ``stats`` and its sha256 now.
-
-    Raises:
-        OSError: An input cannot be read.
-    """
-    return {relative(path, root): [size, mtime_ns, sha256_of(path)] for path, (size, mtime_ns) in stats.items()}
+        stamps[relative(path, root)] = [st.st_size, st.st_mtime_ns, sha256_of(path)]
+    return stamps
 
 
 def inputs_changed(unit: Unit, root: Path, stamps: dict[str, list[Any]] | None) -> bool:

@@ -30,7 +30,7 @@ from ulmed.io.kinds import output_relpath
 from ulmed.io.notices import join_messages, library_messages, routed_messages
 from ulmed.io.record import Record
 from ulmed.pipeline.manifest import Entry, sha256_of
-from ulmed.pipeline.units import Copy, Unit, hashed_stamps, input_stats, read_unit, relative
+from ulmed.pipeline.units import Copy, Unit, input_stamps, read_unit, relative
 
 log = logging.getLogger("ulmed")
 
@@ -164,7 +164,7 @@ def _finish(unit: Unit, clean: Record, protected: Record, ctx: WorkContext) -> U
     # ``protected`` holds the stored values (quantised within the budget): these are the written file's metrics.
     # They are measured in a thread while the files are written (numpy lets go of the interpreter, the writers
     # mostly hold it); both only read the images.
-    measuring = _side_thread("metrics").submit(
+    measuring = _metrics_thread().submit(
         imperceptibility, clean.image, protected.image, clean.mapping.scale,
         to_unit=functools.partial(clean.mapping.to_unit, dtype=np.float64), affine=True, **metrics_options(ctx.metrics))
     remark = method.note(clean)
@@ -189,39 +189,21 @@ def _finish(unit: Unit, clean: Record, protected: Record, ctx: WorkContext) -> U
     return UnitResult(unit.key, entries)
 
 
-@functools.cache
-def _side_thread(job: str) -> concurrent.futures.ThreadPoolExecutor:
-    """The one thread of this process that does ``job`` beside the reader and the writers.
-
-    ``metrics`` measures a record's imperceptibility while its files are written; ``hash`` hashes a
-    unit's inputs while they are read. Both are numpy or hashlib work, which lets go of the interpreter.
-    """
-    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"ulmed-{job}")
+_METRICS: concurrent.futures.ThreadPoolExecutor | None = None
 
 
-def _stamping(unit: Unit, ctx: WorkContext) -> tuple[dict[Path, tuple[int, int]], concurrent.futures.Future] | None:
-    """Stat the unit's inputs before it is read and start hashing them (None: unreadable, it fails)."""
+def _metrics_thread() -> concurrent.futures.ThreadPoolExecutor:
+    """The thread that measures a record's imperceptibility while its files are written (one per process)."""
+    global _METRICS
+    if _METRICS is None:
+        _METRICS = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ulmed-metrics")
+    return _METRICS
+
+
+def _stamps(unit: Unit, ctx: WorkContext) -> dict[str, list[Any]] | None:
+    """The unit's input stamps, taken before it is read (None: unreadable, so it fails and is not journalled)."""
     try:
-        stats = input_stats(unit)
-    except OSError:
-        return None
-    return stats, _side_thread("hash").submit(hashed_stamps, stats, ctx.root)
-
-
-def _stamped(unit: Unit, stamping: tuple[dict[Path, tuple[int, int]], concurrent.futures.Future] | None,
-             ) -> dict[str, list[Any]] | None:
-    """The stamps hashed while the unit was read; None (journalled without stamps: a rerun redoes the unit)
-    when an input changed meanwhile or cannot be read.
-
-    The hash and the read both fall between the stats taken before (the stamps' size and mtime)
-    and the stats taken here; when these agree, both saw the same content.
-    """
-    if stamping is None:
-        return None
-    stats, hashing = stamping
-    try:
-        stamps = hashing.result()
-        return stamps if input_stats(unit) == stats else None
+        return input_stamps(unit, ctx.root)
     except OSError:
         return None
 
@@ -253,11 +235,10 @@ def _read_group(units: list[Unit], ctx: WorkContext) -> _Read:
     """Stamp and read every unit of a group; a unit that cannot be read is a failed result."""
     got = _Read()
     for unit in units:
-        stamping = _stamping(unit, ctx)  # the inputs are hashed while they are read
+        got.stamps.append(_stamps(unit, ctx))
         with library_messages() as messages:
             got.records.append(_read(unit, ctx))
         got.said.append(messages)
-        got.stamps.append(_stamped(unit, stamping))
     return got
 
 
