@@ -105,7 +105,7 @@ def summary_line(manifest: object, seconds: float, output: Path) -> None:
         kinds = ", ".join(f"{n} {k}" for k, n in s["by_kind"].items()) or "0 records"
         earlier = [f"{s['resumed']} done earlier, resumed"] if s["resumed"] else []
         earlier += [f"{s['changed']} changed since the earlier run, redone"] if s["changed"] else []
-        earlier += [f"{s['removed']} no longer in the input, outputs removed"] if s["removed"] else []
+        earlier += [f"{s['removed']} no longer in the input or now unreadable, outputs removed"] if s["removed"] else []
         resumed = f" ({'; '.join(earlier)})" if earlier else ""
         psnr = f", PSNR {s['psnr_min']:.1f}-{s['psnr_max']:.1f} dB" if s["psnr_min"] is not None else ""
         say(

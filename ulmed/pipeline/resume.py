@@ -92,7 +92,8 @@ def clear_leftovers(request: ProtectRequest, journal: Journal, done: JournalStat
     out, part = request.output_path, request.part
     gone = drop_departed(out, journal, done, {u.key for u in work.mine})
     if gone:
-        log.warning("%d unit(s) of the earlier run are no longer in the input: their outputs were removed", gone)
+        log.warning("%d unit(s) of the earlier run are no longer in the input (moved, deleted, or now unreadable: "
+                    "see the failed files): their outputs were removed", gone)
     owned = {p for u in work.mine for p in output_paths(u, root)}
     owned |= {f"manifest{part.suffix}.json", f"{CONTROL_DIR}/{RUN_FILE}"}
     chunks = len(work.units) // (request.chunk_size or 1) + 1
