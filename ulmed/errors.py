@@ -61,12 +61,16 @@ def os_reason(exc: OSError) -> str:
     return str(exc) or type(exc).__name__
 
 
+def cannot_read(exc: OSError) -> str:
+    """What to say about an input the system would not read: the reason, and what to check."""
+    hint = "check its permissions" if isinstance(exc, PermissionError) else "check the input"
+    return f"cannot be read ({os_reason(exc)}); {hint}, then rerun"
+
+
 def unreadable(exc: BaseException) -> str | None:
-    """What to say about an input that the system refuses to read (no permission), else None.
+    """:func:`cannot_read` for an input that the system refuses to read (no permission), else None.
 
     Readers wrap every error of a file's library in their own words ("truncated or not a valid
     image"); a refused read is not the file's fault, and re-exporting it would not help.
     """
-    if isinstance(exc, PermissionError):
-        return f"cannot be read ({os_reason(exc)}); check its permissions, then rerun"
-    return None
+    return cannot_read(exc) if isinstance(exc, PermissionError) else None

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ulmed.errors import InputError, OutputError, os_reason, unreadable
+from ulmed.errors import InputError, OutputError, cannot_read, os_reason
 
 
 @contextlib.contextmanager
@@ -246,8 +246,7 @@ def atomic_copy(source: str | Path, target: str | Path) -> None:
         with atomic_path(target) as tmp:
             shutil.copy2(source, tmp)
     except OSError as exc:  # what atomic_path did not make an OutputError names the source
-        raise InputError(unreadable(exc) or f"cannot be read ({os_reason(exc)}); check the input, then rerun",
-                         source) from exc
+        raise InputError(cannot_read(exc), source) from exc
 
 
 def atomic_write_bytes(target: str | Path, data: bytes) -> None:

@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from ulmed.choices import StrEnum
-from ulmed.errors import os_reason, unreadable
+from ulmed.errors import cannot_read
 from ulmed.io.dicom_dataset import (
     DEFER,
     PIXEL_DATA,
@@ -86,7 +86,7 @@ def _read_header(path: Path) -> tuple[Dataset | None, str]:
             with open(path, "rb"):
                 pass
         except OSError as exc:  # is_dicom_file says no for a file it cannot open
-            return None, unreadable(exc) or f"cannot be read ({os_reason(exc)}); check the file, then rerun"
+            return None, cannot_read(exc)
         return None, "not a DICOM file (no 'DICM' marker, no SOP Class UID); remove it from the input folder"
     try:
         with warnings.catch_warnings(record=True) as caught:
