@@ -90,6 +90,7 @@ METHODS = (
     "em_bayes",
     "em_eot_shift",
     "em_eot_robust",
+    "em_eot_nnunet",
     "lsp_t8b4",
     "lsp_t16b8",
     "lsp_t32b16",
@@ -111,6 +112,8 @@ ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "em_bayes": ("em", {"objective": "bayes"}, True),
     "em_eot_shift": ("em", {"augment": {"shift": 3}}, True),
     "em_eot_robust": ("em", {"augment": "robust", "step_schedule": "dynamic"}, True),
+    # nnU-Net's own augmentation probabilities (rotation, scaling p 0.2 each...): not every sample warped
+    "em_eot_nnunet": ("em", {"augment": "nnunet"}, True),
     "lsp_t8b4": ("lsp", {"tile": 8, "block": 4}, True),
     "lsp_t16b8": ("lsp", {"tile": 16, "block": 8}, True),
     "lsp_t32b16": ("lsp", {"tile": 32, "block": 16}, True),
