@@ -18,6 +18,10 @@ Codes (``--codes``, eps 8/255, foreground only):
     bandP      isotropic band-pass noise of period about P working pixels (an annulus of the
                spectrum, width P/4), signed to +-1, on the foreground: rotation- and
                scale-tolerant, and coarse enough that interpolation keeps most of it;
+    edgeW      the cell-2 checkerboard only within W working pixels inside the mask's boundary, scaled
+               to the energy the code has on the whole mask (the same PSNR): is the boundary where a
+               code is worth most?
+    edgepmW    the same, with its negative within W pixels outside the boundary;
     ringsP     concentric rings of period P around the image centre, signed to +-1, on the
                foreground: a regular pattern that a rotation about the centre (and a flip) leaves
                as it is;
@@ -70,11 +74,28 @@ def code_of(name: str, masks: np.ndarray) -> np.ndarray:
         yy, xx = np.mgrid[: shape[0], : shape[1]]
         radius = np.hypot(yy - (shape[0] - 1) / 2, xx - (shape[1] - 1) / 2)
         return _masked([np.where(np.sin(2 * np.pi * radius / period) >= 0, 1.0, -1.0)] * len(masks), masks)
+    if name.startswith("edge"):  # edgeW / edgepmW: the cell-2 code near the boundary only
+        both = name.startswith("edgepm")
+        return np.stack([_edge_band(m, int(name[len("edgepm" if both else "edge"):]), both) for m in masks])
     if name.startswith("hstripes"):
         period = int(name[len("hstripes"):])
         rows = np.where(np.arange(shape[0]) % period < period // 2, 1.0, -1.0)[:, None] * np.ones(shape)
         return _masked([rows] * len(masks), masks)
-    raise SystemExit(f"unknown code {name!r}: checkerN, mixA-B, stripes, noiseN, bandP, ringsP, hstripesP or tiltedP")
+    raise SystemExit(f"unknown code {name!r}: checkerN, mixA-B, stripes, noiseN, bandP, edgeW, edgepmW, ringsP, hstripesP or tiltedP")
+
+
+def _edge_band(mask: np.ndarray, width: int, both: bool) -> np.ndarray:
+    """``(1, H, W)``: the cell-2 checkerboard within ``width`` px inside the boundary of ``mask`` (and, with
+    ``both``, its negative within ``width`` px outside), scaled to the energy of the code on the whole mask."""
+    from scipy.ndimage import distance_transform_edt
+
+    inside = mask > 0
+    full = nyquist_coded(mask, 1, mask.shape, cell=2)
+    code = full * (inside & (distance_transform_edt(inside) <= width))[None]
+    if both:
+        outside = ~inside & (distance_transform_edt(~inside) <= width)
+        code = code - nyquist_coded(outside.astype(mask.dtype), 1, mask.shape, cell=2) * outside[None]
+    return code * np.sqrt((full**2).sum() / max(float((code**2).sum()), 1.0))
 
 
 def _masked(fields: list[np.ndarray], masks: np.ndarray) -> np.ndarray:
