@@ -81,7 +81,8 @@ def code_of(name: str, masks: np.ndarray) -> np.ndarray:
         period = int(name[len("hstripes"):])
         rows = np.where(np.arange(shape[0]) % period < period // 2, 1.0, -1.0)[:, None] * np.ones(shape)
         return _masked([rows] * len(masks), masks)
-    raise SystemExit(f"unknown code {name!r}: checkerN, mixA-B, stripes, noiseN, bandP, edgeW, edgepmW, ringsP, hstripesP or tiltedP")
+    raise SystemExit(f"unknown code {name!r}: checkerN, mixA-B, stripes, noiseN, bandP, edgeW, edgepmW, ringsP, "
+                     "hstripesP or tiltedP")
 
 
 def _edge_band(mask: np.ndarray, width: int, both: bool) -> np.ndarray:

@@ -91,6 +91,8 @@ METHODS = (
     "em_eot_shift",
     "em_eot_robust",
     "em_eot_nnunet",
+    "em_dynunet",
+    "em_eot_nnunet_dynunet",
     "lsp_t8b4",
     "lsp_t16b8",
     "lsp_t32b16",
@@ -114,6 +116,9 @@ ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "em_eot_robust": ("em", {"augment": "robust", "step_schedule": "dynamic"}, True),
     # nnU-Net's own augmentation probabilities (rotation, scaling p 0.2 each...): not every sample warped
     "em_eot_nnunet": ("em", {"augment": "nnunet"}, True),
+    # a stronger surrogate: nnU-Net's architecture (full-resolution first stage) in place of the small UNet
+    "em_dynunet": ("em", {"surrogate": "dynunet"}, True),
+    "em_eot_nnunet_dynunet": ("em", {"augment": "nnunet", "surrogate": "dynunet"}, True),
     "lsp_t8b4": ("lsp", {"tile": 8, "block": 4}, True),
     "lsp_t16b8": ("lsp", {"tile": 16, "block": 8}, True),
     "lsp_t32b16": ("lsp", {"tile": 32, "block": 16}, True),

@@ -27,6 +27,15 @@ def test_surrogates_build_by_name_and_serve_their_task():
         build_surrogate("vgg", 2, 1, 2)
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_the_dynunet_surrogate_keeps_the_input_size_at_multiples_of_its_strides(dims):
+    net = build_surrogate("dynunet", dims, 1, 3)
+    out = net(torch.zeros((1, 1) + (8,) * dims))
+    assert out.shape == (1, 3) + (8,) * dims and SURROGATE_TASK["dynunet"] == Task.SEGMENTATION
+    first = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Conv3d))
+    assert first.stride == (1,) * dims  # nnU-Net's full-resolution first stage, unlike the UNet's strided one
+
+
 def test_metrics():
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
     assert float(accuracy_metric(logits, torch.tensor([0, 1, 1]))) == pytest.approx(2 / 3)

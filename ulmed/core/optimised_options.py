@@ -34,7 +34,8 @@ class OptimisedOptions:
 
     Args:
         surrogate: MONAI surrogate by name; default ``unet`` for masks/label maps and
-            label-free data, ``resnet18`` for class labels.
+            label-free data (``dynunet``: nnU-Net's architecture, measured weaker on HC18),
+            ``resnet18`` for class labels.
         rounds: Most min-min rounds.
         train_steps: Surrogate steps per round (M).
         pgd_steps: PGD steps per round (N).

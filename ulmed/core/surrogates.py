@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 from monai.metrics import compute_dice
-from monai.networks.nets import DenseNet121, UNet, resnet18
+from monai.networks.nets import DenseNet121, DynUNet, UNet, resnet18
 from monai.networks.utils import one_hot
 from torch import nn
 
@@ -20,10 +20,11 @@ log = logging.getLogger("ulmed")
 #: name -> builder(spatial_dims, in_channels, out_channels) -> nn.Module
 SURROGATES: Registry[Callable[[int, int, int], nn.Module]] = Registry("surrogate")
 #: Which task each surrogate serves.
-SURROGATE_TASK = {"unet": Task.SEGMENTATION, "densenet121": Task.CLASSIFICATION, "resnet18": Task.CLASSIFICATION}
+SURROGATE_TASK = {"unet": Task.SEGMENTATION, "dynunet": Task.SEGMENTATION, "densenet121": Task.CLASSIFICATION,
+                  "resnet18": Task.CLASSIFICATION}
 #: The surrogate used when none is named, per task.
 DEFAULT_SURROGATE = {Task.SEGMENTATION: "unet", Task.CLASSIFICATION: "resnet18"}
-#: Spatial sizes must be multiples of this for the segmentation surrogate (its strides).
+#: Spatial sizes must be multiples of this for the segmentation surrogates (their strides).
 UNET_MULTIPLE = 4
 
 
@@ -32,6 +33,15 @@ def _unet(spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
     """A small MONAI UNet (16-32-64 channels, two down-samplings): CPU friendly."""
     return UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
                 channels=(16, 32, 64), strides=(2, 2), num_res_units=1)
+
+
+@SURROGATES.register("dynunet")
+def _dynunet(spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
+    """nnU-Net's architecture, small (MONAI DynUNet, 16-32-64 channels): a full-resolution first stage, then two
+    stride-2 stages, instance norm and leaky ReLU; a surrogate closer to the reference trainer than the UNet."""
+    strides = [1, 2, 2]
+    return DynUNet(spatial_dims, in_channels, out_channels, kernel_size=[3, 3, 3], strides=strides,
+                   upsample_kernel_size=strides[1:], filters=[16, 32, 64], res_block=False)
 
 
 @SURROGATES.register("densenet121")
