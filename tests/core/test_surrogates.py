@@ -34,6 +34,10 @@ def test_the_dynunet_surrogate_keeps_the_input_size_at_multiples_of_its_strides(
     assert out.shape == (1, 3) + (8,) * dims and SURROGATE_TASK["dynunet"] == Task.SEGMENTATION
     first = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Conv3d))
     assert first.stride == (1,) * dims  # nnU-Net's full-resolution first stage, unlike the UNet's strided one
+    seen = []
+    feature_layer("dynunet", net).register_forward_hook(lambda _m, _i, out: seen.append(out.shape))
+    net(torch.zeros((1, 1) + (8,) * dims))
+    assert seen == [(1, 16) + (8,) * dims]  # the features the Bayes objective reads: full resolution
 
 
 def test_metrics():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -35,13 +35,20 @@ def _unet(spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
                 channels=(16, 32, 64), strides=(2, 2), num_res_units=1)
 
 
+def nnunet_like(spatial_dims: int, in_channels: int, out_channels: int, filters: Sequence[int]) -> DynUNet:
+    """nnU-Net's architecture (MONAI DynUNet): a full-resolution first stage, then one stride-2 stage per further
+    entry of ``filters``, 3-wide kernels, instance norm, leaky ReLU. Sizes must be multiples of
+    ``2 ** (len(filters) - 1)``. The ``dynunet`` surrogate and victim are built by it."""
+    strides = [1] + [2] * (len(filters) - 1)
+    return DynUNet(spatial_dims, in_channels, out_channels, kernel_size=[3] * len(filters), strides=strides,
+                   upsample_kernel_size=strides[1:], filters=list(filters), res_block=False)
+
+
 @SURROGATES.register("dynunet")
 def _dynunet(spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
-    """nnU-Net's architecture, small (MONAI DynUNet, 16-32-64 channels): a full-resolution first stage, then two
-    stride-2 stages, instance norm and leaky ReLU; a surrogate closer to the reference trainer than the UNet."""
-    strides = [1, 2, 2]
-    return DynUNet(spatial_dims, in_channels, out_channels, kernel_size=[3, 3, 3], strides=strides,
-                   upsample_kernel_size=strides[1:], filters=[16, 32, 64], res_block=False)
+    """nnU-Net's architecture, small (16-32-64 channels, :func:`nnunet_like`): a surrogate closer to the
+    reference trainer than the UNet, whose first stage is strided."""
+    return nnunet_like(spatial_dims, in_channels, out_channels, (16, 32, 64))
 
 
 @SURROGATES.register("densenet121")
@@ -60,11 +67,14 @@ def feature_layer(name: str, model: nn.Module) -> nn.Module:
     """The module whose output is a surrogate's last hidden representation.
 
     UNet: the skip-connection block before the output up-sampling (a feature map at half
-    resolution); ResNet-18: its global average pool; DenseNet121: the pool of its head.
+    resolution); DynUNet: its last up-sampling block (full resolution, before the output
+    convolution); ResNet-18: its global average pool; DenseNet121: the pool of its head.
     Objectives read it with :class:`ulmed.core.objectives.FeatureTap`.
     """
     if name == "unet":
         return model.model[1]  # type: ignore[index]
+    if name == "dynunet":
+        return model.upsamples[-1]  # type: ignore[index]
     if name == "resnet18":
         return model.avgpool  # type: ignore[return-value]
     if name == "densenet121":

@@ -38,6 +38,7 @@ from torch import nn
 
 from ulmed.choices import StrEnum, look_up, names
 from ulmed.core.registry import Registry
+from ulmed.core.surrogates import nnunet_like
 from ulmed.core.tasks import Task
 from ulmed.errors import ConfigError
 
@@ -166,10 +167,7 @@ def _unetpp(dims: int, cin: int, cout: int, size: VictimSize, img_size: tuple[in
 def _dynunet(dims: int, cin: int, cout: int, size: VictimSize, img_size: tuple[int, ...] | None) -> nn.Module:
     """nnU-Net's architecture (MONAI DynUNet): a full-resolution first stage, instance norm, leaky ReLU."""
     filters = (16, 32, 64, 128) if size is VictimSize.SMALL else (32, 64, 128, 256, 320)
-    strides = [1] + [2] * (len(filters) - 1)
-    net = nets.DynUNet(dims, cin, cout, kernel_size=[3] * len(filters), strides=strides,
-                       upsample_kernel_size=strides[1:], filters=list(filters), res_block=False)
-    return FitShape(net, multiple=2 ** (len(filters) - 1))
+    return FitShape(nnunet_like(dims, cin, cout, filters), multiple=2 ** (len(filters) - 1))
 
 
 @_victim("unetr", "segmentation")
