@@ -25,6 +25,7 @@ import csv
 import json
 import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,18 +74,37 @@ def _read(path: Path) -> np.ndarray:
         return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
 
 
-def _load(root: Path, rows: list[dict[str, str]], loader: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _load(root: Path, rows: list[dict[str, str]], loader: str, size: int, masks_root: Path = DATA,
+          ) -> tuple[np.ndarray, np.ndarray]:
     resize = RESIZERS[loader]
     images = np.stack([np.clip(_letterbox(_read(root / r["image"]), size, resize), 0, 1)[None] for r in rows])
     masks = np.stack(
         [
             _letterbox(
-                (np.asarray(Image.open(DATA / r["mask"]).convert("L")) > 0).astype(np.uint8), size, resize, nearest=True
+                (np.asarray(Image.open(masks_root / r["mask"]).convert("L")) > 0).astype(np.uint8), size, resize,
+                nearest=True,
             )
             for r in rows
         ]
     )
     return images.astype(np.float32), masks.astype(np.int64)
+
+
+def _varied(dst: Path, rows: list[dict[str, str]], min_height: int) -> Path:
+    """Copies of the rows' images and masks, each cut to a height drawn from ``[min_height, H]`` (centred; seeded
+    by the file name), so that a letterboxing trainer pads each image by its own number of rows."""
+    for r in rows:
+        arrays = {}
+        for column in ("image", "mask"):
+            with Image.open(DATA / r[column]) as im:
+                arrays[column] = np.asarray(im)
+        full = arrays["image"].shape[0]
+        h = int(np.random.default_rng(zlib.crc32(r["image"].encode())).integers(min(min_height, full), full + 1))
+        top = (full - h) // 2
+        for column, arr in arrays.items():
+            (dst / r[column]).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr[top : top + h]).save(dst / r[column])
+    return dst
 
 
 def _dice(
@@ -152,6 +172,9 @@ def main() -> None:
     parser.add_argument("--eps", default="8/255")
     parser.add_argument("--psnr", type=float, default=0.0,
                         help="lsp --set psnr=P: a PSNR floor in dB on every image (0: the budget's; --eps auto: 38 dB)")
+    parser.add_argument("--vary-height", type=int, default=0,
+                        help="cut each image (and mask) to a height drawn from [N, its own] first: a data set of "
+                             "varied aspect ratios, which a letterboxing trainer pads by varied offsets (0: off)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
@@ -161,18 +184,19 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        src = data_set_copy(tmp / "hc18_train", DATA, train_rows)
+        base = _varied(tmp / "hc18_varied", train_rows + test_rows, args.vary_height) if args.vary_height else DATA
+        src = data_set_copy(tmp / "hc18_train", base, train_rows)
         copies: dict[str, tuple[Path, dict[str, Any]]] = {"clean": (src, {})}
         for grid in [g.strip() for g in args.protections.split(",") if g.strip()]:
             root = tmp / grid.replace(":", "_").replace(",", "-")
             copies[grid] = (root, _protect(src, root, grid, args))
             print(grid, copies[grid][1], flush=True)
         for loader, size in victims:
-            test = _load(DATA, test_rows, loader, size)
+            test = _load(base, test_rows, loader, size, base)
             clean_images = None
             for name, (root, info) in copies.items():
                 start = time.perf_counter()
-                images, masks = _load(root, train_rows, loader, size)
+                images, masks = _load(root, train_rows, loader, size, base)
                 clean_images = images if name == "clean" else clean_images
                 rms = 0.0 if clean_images is None else float(np.sqrt(np.mean((images - clean_images) ** 2)))
                 dice = _dice(images, masks, test, args)
@@ -208,6 +232,7 @@ def main() -> None:
                 "eps": args.eps,
                 "cell": args.cell,
                 "psnr_floor": args.psnr or None,
+                "vary_height": args.vary_height or None,
                 "victim": f"MONAI {args.net} (small), letterbox",
                 "rows": results,
             },
