@@ -118,6 +118,7 @@ def test_auto_style_codes_images_and_labelled_volumes_with_nyquist_and_label_fre
     params = default.params()
     assert params["grid"] == "auto" and params["grid_2d"] == "size:128" and params["cell"] == 2
     assert params["preimage"] == "adjoint" and params["preimage_quantile"] == PREIMAGE_QUANTILE
+    assert params["phase"] == "frame"  # the code in the phase of the trainer's letterbox frame
     assert "preimage" not in m.params()
     big = _record(real_data)  # an image the grid does not shrink keeps its own checkerboard, as params say
     small = Record("s", big.image[:, 60:160, 100:220], big.mapping, 2, "image", target=big.target[60:160, 100:220])

@@ -26,6 +26,14 @@ def test_working_shapes_follow_the_fit_and_leave_out_sizes_that_do_not_shrink():
     assert letterbox.shapes_for((28, 28)) == []
 
 
+def test_a_centred_letterbox_places_each_aspect_ratio_at_its_own_offset_and_a_stretch_at_the_corner():
+    letterbox, stretch = WorkingGrid.parse("size:64,128"), WorkingGrid.parse("size:128", "stretch")
+    assert letterbox.placements((270, 400)) == [((43, 64), (10, 0)), ((86, 128), (21, 0))]
+    assert letterbox.placements((400, 250)) == [((64, 40), (0, 12)), ((128, 80), (0, 24))]  # portrait: columns
+    assert letterbox.placements((200, 400))[1] == ((64, 128), (32, 0))  # another height, another phase
+    assert stretch.placements((270, 400)) == [((128, 128), (0, 0))]
+
+
 def _hc18(real_data):
     image = np.asarray(Image.open(real_data / "hc18/images/012_HC.png"), dtype=np.float32)[None] / 255
     mask = np.asarray(Image.open(real_data / "hc18/masks/012_HC.png"))

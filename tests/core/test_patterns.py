@@ -74,6 +74,17 @@ def test_nyquist_coded_draws_each_class_where_numpy_nonzero_finds_it():
         assert not code[:, target == 0].any()
 
 
+def test_an_origin_gives_the_code_of_the_larger_frame_the_array_starts_inside():
+    rng = np.random.default_rng(5)
+    target = rng.integers(0, 3, (7, 9)).astype(np.uint8)
+    frame = np.zeros((16, 16), dtype=np.uint8)
+    frame[5:12, 3:12] = target  # the image as a centred letterbox pads it
+    expected = nyquist_coded(frame, 1, frame.shape, cell=2)[:, 5:12, 3:12]
+    assert np.array_equal(nyquist_coded(target, 1, target.shape, cell=2, origin=(5, 3)), expected)
+    assert not np.array_equal(nyquist_coded(target, 1, target.shape, cell=2), expected)  # row 5: another phase
+    assert np.array_equal(nyquist_coded(None, 1, (4, 4), origin=(1, 0)), -nyquist_pattern(1, 1, (4, 4)))
+
+
 def test_offset_levels_alternate_in_sign_and_shrink():
     assert [offset_level(k) for k in (1, 2, 3, 4, 5)] == [1.0, -1.0, 0.5, -0.5, 1 / 3]
     assert offset_level(255) == 1.0

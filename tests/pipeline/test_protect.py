@@ -201,7 +201,8 @@ def test_default_method_draws_the_masks_foreground_as_a_checkerboard_on_the_trai
     shape = (round(clean.shape[0] * 128 / clean.shape[1]), 128)  # Pillow's letterbox resize to 128
     small = [np.asarray(Image.fromarray(a).resize(shape[::-1], Image.Resampling.BILINEAR)) for a in (prot, clean)]
     small_mask = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize(shape[::-1], Image.Resampling.NEAREST))
-    board = 8 * nyquist_coded(small_mask, 1, shape, cell=GRID_CELL)[0]
+    # in the phase of the 128 x 128 frame that a centred letterbox pads the image into
+    board = 8 * nyquist_coded(small_mask, 1, shape, cell=GRID_CELL, origin=((128 - shape[0]) // 2, 0))[0]
     assert ((small[0] - small[1]) * board).sum() / (board * board).sum() > 0.4  # 0.55 of a period-4 code survives
     saved = json.loads((tmp_path / "out/manifest.json").read_text())
     assert json.dumps(saved).count('"grid": "auto"') >= 1 and json.dumps(saved).count('"grid_2d": "size:128"') >= 1

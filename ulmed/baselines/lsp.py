@@ -149,12 +149,13 @@ class MaskCodedPatterns(ProtectionMethod):
         and NIfTI)."""
         return self.psnr if self.psnr is not None else super().psnr_floor(record)
 
-    def _grid_shapes(self, record: Record) -> list[tuple[int, int]]:
-        """The working grids the Nyquist code of ``record`` is drawn on ([]: its own pixels, or another code)."""
+    def _grid_shapes(self, record: Record) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+        """The working grids the Nyquist code of ``record`` is drawn on, with where each starts in the trainer's
+        frame (:meth:`ulmed.core.grid.WorkingGrid.placements`; []: its own pixels, or another code)."""
         if self.style is Style.OFFSET or record.spatial_dims != 2:
             return []
         if self.style in (Style.NYQUIST, Style.AUTO):
-            return list(self.grid.shapes_for(record.spatial_shape))
+            return self.grid.placements(record.spatial_shape)
         return []
 
     def _nyquist(self, record: Record) -> bool:
@@ -174,8 +175,9 @@ class MaskCodedPatterns(ProtectionMethod):
             if not shapes:
                 return eps * nyquist_coded(record.target, record.channels, record.spatial_shape, self.cell or 1)
             cell = self.cell or GRID_CELL
-            codes = [eps * nyquist_coded(_labels_at(record.target, shape), record.channels, shape, cell)
-                     for shape in shapes]
+            # in the phase of the trainer's frame: a letterbox pads each aspect ratio by its own offset
+            codes = [eps * nyquist_coded(_labels_at(record.target, shape), record.channels, shape, cell, origin)
+                     for shape, origin in shapes]
             if unit_image is None:
                 unit_image = record.unit_image()
             return preimage(unit_image, codes, eps)
@@ -198,7 +200,7 @@ class MaskCodedPatterns(ProtectionMethod):
         if self.style is not Style.BLOCKS and not self.grid.is_native:
             out.update({"grid": "auto", "grid_2d": self.grid.spec} if self.auto_grid else {"grid": self.grid.spec})
             out.update(fit=self.grid.fit.value, cell=self.cell or GRID_CELL, preimage="adjoint",
-                       preimage_quantile=PREIMAGE_QUANTILE)
+                       preimage_quantile=PREIMAGE_QUANTILE, phase="frame")  # the code's phase: the trainer's frame
             if self.cell is None:  # images the grid does not shrink keep their own checkerboard
                 out["cell_native"] = 1
         elif self.cell not in (None, 1):

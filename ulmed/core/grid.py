@@ -32,7 +32,8 @@ if TYPE_CHECKING:  # torch loads with resize only (trainers' kernels, to measure
 class Fit(StrEnum):
     """How a trainer brings an image to its working size."""
 
-    #: Scale to fit inside ``N x N`` keeping the aspect ratio, pad the rest (a letterbox).
+    #: Scale to fit inside ``N x N`` keeping the aspect ratio, pad the rest equally on both sides (a centred
+    #: letterbox: albumentations ``LongestMaxSize`` + ``PadIfNeeded``, MONAI ``ResizeWithPadOrCrop``).
     LETTERBOX = "letterbox"
     #: Scale each axis to ``N`` (the aspect ratio changes).
     STRETCH = "stretch"
@@ -116,15 +117,29 @@ class WorkingGrid:
         scale = min(size / h, size / w)
         return max(1, round(h * scale)), max(1, round(w * scale))
 
-    def shapes_for(self, native: Sequence[int]) -> list[tuple[int, int]]:
-        """The working shapes of the sizes that shrink the image; sizes at or above the native size are left out.
+    def origin(self, shape: Sequence[int], size: int) -> tuple[int, int]:
+        """Where a working ``shape`` (:meth:`working_shape`) starts in the trainer's ``size x size`` frame.
 
-        A trainer that enlarges an image interpolates the native code without averaging it
-        away, so only the shrinking sizes need a code of their own; an empty list means
-        that the native grid serves every size.
+        A centred letterbox pads ``(size - h) // 2`` rows before the image (and as many columns), as
+        albumentations' ``PadIfNeeded`` and MONAI's ``SpatialPad`` do; a stretched image fills the frame.
         """
-        shapes = [self.working_shape(native, n) for n in self.sizes]
-        return [s for s in shapes if s[0] < int(native[0]) or s[1] < int(native[1])]
+        if self.fit is Fit.STRETCH:
+            return 0, 0
+        return (size - int(shape[0])) // 2, (size - int(shape[1])) // 2
+
+    def placements(self, native: Sequence[int]) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+        """``(working shape, origin in the trainer's frame)`` of each size that shrinks the image.
+
+        Sizes at or above the native size are left out: a trainer that enlarges an image
+        interpolates the native code without averaging it away, so only the shrinking sizes
+        need a code of their own; an empty list means that the native grid serves every size.
+        """
+        shapes = [(self.working_shape(native, n), n) for n in self.sizes]
+        return [(s, self.origin(s, n)) for s, n in shapes if s[0] < int(native[0]) or s[1] < int(native[1])]
+
+    def shapes_for(self, native: Sequence[int]) -> list[tuple[int, int]]:
+        """The working shapes of :meth:`placements`."""
+        return [shape for shape, _ in self.placements(native)]
 
 
 def nearest_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:

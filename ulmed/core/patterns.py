@@ -15,6 +15,7 @@ itself, so they have no phase for those transformations to scramble.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import combinations
 
 import numpy as np
@@ -74,20 +75,30 @@ def nyquist_corners(spatial_dims: int) -> list[tuple[int, ...]]:
     return [c for k in range(spatial_dims, 0, -1) for c in combinations(axes, k)]
 
 
-def nyquist_pattern(index: int, channels: int, spatial: tuple[int, ...], cell: int = 1) -> np.ndarray:
+def nyquist_pattern(index: int, channels: int, spatial: tuple[int, ...], cell: int = 1,
+                    origin: Sequence[int] = ()) -> np.ndarray:
     """The ``+-1`` Nyquist pattern number ``index`` (>= 1), the same in every channel.
 
     Patterns ``1..n`` are ``(-1)^(sum of the indices along the axes of corner k)`` for the
     ``n = 2^dims - 1`` corners of :func:`nyquist_corners` (pattern 1: the checkerboard);
     ``n+1..2n`` are their negatives; the numbering then repeats. With ``cell > 1`` the
     indices count cells of ``cell`` positions: the pattern of a grid ``cell`` times coarser.
+    ``origin``: the index of the first position along each axis (0 where not given): the
+    pattern of a larger frame that this array starts inside.
     """
     if cell < 1:
         raise ValueError(f"a Nyquist cell holds at least one position, got {cell}")
     if index < 1:
         raise ValueError(f"Nyquist patterns are numbered from 1, got {index}")
-    code = _pattern_at(index, np.indices(spatial, sparse=True), cell)
+    code = _pattern_at(index, _shifted(np.indices(spatial, sparse=True), origin), cell)
     return np.broadcast_to(np.broadcast_to(code, spatial)[None], (channels, *spatial)).copy()
+
+
+def _shifted(coords: Sequence[np.ndarray], origin: Sequence[int]) -> list[np.ndarray]:
+    """``coords`` (one array per axis) moved by ``origin`` (missing axes: 0)."""
+    if not any(origin):
+        return list(coords)
+    return [c + (int(origin[a]) if a < len(origin) else 0) for a, c in enumerate(coords)]
 
 
 def _pattern_at(index: int, coords: tuple[np.ndarray, ...] | list[np.ndarray], cell: int) -> np.ndarray:
@@ -101,14 +112,16 @@ def _pattern_at(index: int, coords: tuple[np.ndarray, ...] | list[np.ndarray], c
 
 
 def nyquist_coded(
-    target: np.ndarray | int | None, channels: int, spatial: tuple[int, ...], cell: int = 1
+    target: np.ndarray | int | None, channels: int, spatial: tuple[int, ...], cell: int = 1,
+    origin: Sequence[int] = (),
 ) -> np.ndarray:
     """``(channels, *spatial)`` code: each foreground position its class's Nyquist pattern.
 
     In a mask/label map, value 0 (background) gets no code and value ``v`` gets pattern
     ``v`` (255, the foreground of binary 8-bit masks, counts as 1), so a data set's classes
     keep their patterns from image to image. A class label ``c`` codes the whole image with
-    pattern ``c + 1``; None (no target) with pattern 1. ``cell``: see :func:`nyquist_pattern`.
+    pattern ``c + 1``; None (no target) with pattern 1. ``cell`` and ``origin`` (the pattern's
+    phase: where the array starts in the frame the code is made for): see :func:`nyquist_pattern`.
 
     Raises:
         ConfigError: A negative class value.
@@ -118,12 +131,12 @@ def nyquist_coded(
         raise ConfigError("Nyquist codes need class values >= 0 (masks, label maps, class labels); "
                           "map negative labels (e.g. an ignore value) to 0 or a class first")
     if target is None or isinstance(target, (int, np.integer)):
-        return nyquist_pattern(1 if target is None else int(target) + 1, channels, spatial, cell)
+        return nyquist_pattern(1 if target is None else int(target) + 1, channels, spatial, cell, origin)
     code = np.zeros((channels, *spatial), dtype=np.float32)
     labels = np.asarray(target)
     for value in values[values != 0]:  # the pattern computed at the class's own positions only
         at = np.unravel_index(np.flatnonzero(labels == value), labels.shape)  # nonzero's order, 2-3x faster
-        code[(slice(None), *at)] = _pattern_at(1 if value == 255 else int(value), at, cell)
+        code[(slice(None), *at)] = _pattern_at(1 if value == 255 else int(value), _shifted(at, origin), cell)
     return code
 
 
