@@ -15,6 +15,8 @@ Usage:
     python benchmarks/protect_effect.py --dataset hc18 --quick
     python benchmarks/protect_effect.py --dataset hippocampus
     python benchmarks/protect_effect.py --dataset hc18 --defense flip_jitter
+    python benchmarks/protect_effect.py --quick --size 128 --defense resize:64,resize:128 --tag at128
+        # protected at 128 x 128; victims that resize to 64 (Pillow) or train at 128
 
 Writes benchmarks/results/protect_effect_<dataset>[_<defense>][_quick].json.
 Nothing is tuned on the test split: settings are fixed below, per mode.
@@ -93,6 +95,10 @@ METHODS = (
     "em_eot_nnunet",
     "em_dynunet",
     "em_eot_nnunet_dynunet",
+    "em_cell2",
+    "em_cell3",
+    "em_cell4",
+    "em_eot_nnunet_cell2",
     "lsp_t8b4",
     "lsp_t16b8",
     "lsp_t32b16",
@@ -119,6 +125,12 @@ ROWS: dict[str, tuple[str, dict[str, Any], bool]] = {
     # a stronger surrogate: nnU-Net's architecture (full-resolution first stage) in place of the small UNet
     "em_dynunet": ("em", {"surrogate": "dynunet"}, True),
     "em_eot_nnunet_dynunet": ("em", {"augment": "nnunet", "surrogate": "dynunet"}, True),
+    # the coarse parameterisation: one noise value per cell of 2, 3 or 4 pixels a side
+    # (no finer than a grid that many times smaller)
+    "em_cell2": ("em", {"cell": 2}, True),
+    "em_cell3": ("em", {"cell": 3}, True),
+    "em_cell4": ("em", {"cell": 4}, True),
+    "em_eot_nnunet_cell2": ("em", {"augment": "nnunet", "cell": 2}, True),
     "lsp_t8b4": ("lsp", {"tile": 8, "block": 4}, True),
     "lsp_t16b8": ("lsp", {"tile": 16, "block": 8}, True),
     "lsp_t32b16": ("lsp", {"tile": 32, "block": 16}, True),
@@ -140,7 +152,16 @@ def _load(dataset: str, split: str, s: dict[str, Any]) -> tuple[np.ndarray, np.n
     return images, masks
 
 
-def _protect(method: str, dataset: str, mode: str, eps: str, seed: int, queue: mp.Queue) -> None:
+def _settings(dataset: str, mode: str, size: int | None) -> dict[str, Any]:
+    """The mode's fixed settings; with ``size`` (2D) the images are protected at ``size x size`` instead."""
+    s = dict(SETTINGS[dataset][mode])
+    if size is not None:
+        s["size"] = (size, size)
+    return s
+
+
+def _protect(method: str, dataset: str, mode: str, eps: str, seed: int, queue: mp.Queue, size: int | None = None,
+             ) -> None:
     """Protect the train split in memory (fresh process: wall time and peak RSS are this method's)."""
     import torch
 
@@ -149,7 +170,7 @@ def _protect(method: str, dataset: str, mode: str, eps: str, seed: int, queue: m
     from ulmed.pipeline.protect import build_method
 
     torch.set_num_threads(2)
-    s = SETTINGS[dataset][mode]
+    s = _settings(dataset, mode, size)
     images, masks = _load(dataset, "train", s)
     mapping = IntensityMapping(0.0, 1.0, 0.0, 1.0, quantum=0.0)
     name, extra, labelled = ROWS[method]
@@ -186,7 +207,23 @@ def _protect(method: str, dataset: str, mode: str, eps: str, seed: int, queue: m
     )
 
 
-def _victim_dice(dataset: str, mode: str, train_images: np.ndarray, defense: str, seed: int) -> dict[str, float]:
+def _resized(images: np.ndarray, masks: np.ndarray, size: tuple[int, int], kernel: str,
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """A resizing trainer's copy: images ``(N, 1, H, W)`` to ``size`` with its kernel, masks with them (> 0.5)."""
+    from ulmed.eval.loading import resize_plane
+
+    x = np.stack([resize_plane(im[0], size, kernel)[None] for im in images]).clip(0, 1)
+    y = np.stack([resize_plane(m.astype(np.float32), size, "pil") > 0.5 for m in masks]).astype(masks.dtype)
+    return x.astype(np.float32), y
+
+
+def _victim_dice(dataset: str, mode: str, train_images: np.ndarray, defense: str, seed: int,
+                 size: int | None = None) -> dict[str, float]:
+    """Train a victim on ``train_images`` under ``defense`` and test it on the clean test split.
+
+    A ``resize:N[:kernel]`` defense is a trainer that resizes the images as given (protected at the
+    mode's size or ``size``) to ``N x N`` with its kernel, and is tested on the test split read at ``N x N``.
+    """
     import torch
 
     from ulmed.eval.defenses import build_defense
@@ -194,11 +231,14 @@ def _victim_dice(dataset: str, mode: str, train_images: np.ndarray, defense: str
     from ulmed.eval.victims import build_victim
 
     torch.set_num_threads(2)
-    s = SETTINGS[dataset][mode]
+    s = _settings(dataset, mode, size)
     _, train_masks = _load(dataset, "train", s)
-    test_images, test_masks = _load(dataset, "test", s)
     num_classes = 2 if dataset == "hc18" else 3
     d = build_defense(defense)
+    if d.grid is not None and "size" in d.grid:
+        train_images, train_masks = _resized(train_images, train_masks, d.grid["size"], d.grid["kernel"])
+        s["size"] = d.grid["size"]
+    test_images, test_masks = _load(dataset, "test", s)
     rng = np.random.default_rng(seed)
     images = d.apply_data(train_images, None, rng) if d.data is not None else train_images
     dims = train_images.ndim - 2
@@ -228,9 +268,11 @@ def main() -> None:
         default="none",
         help="trainer's defense(s), comma-separated: none, flip_jitter, augmentation, aug-shift, jpeg75 ...",
     )
-    parser.add_argument("--tag", default="", help="result file suffix for several defenses (default: 'defenses')")
+    parser.add_argument("--tag", default="", help="result file suffix (default: the defense, or 'defenses')")
     parser.add_argument("--eps", default="8/255")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=None,
+                        help="protect HC18 at N x N instead of the mode's size (a resize:M defense then trains at M)")
     args = parser.parse_args()
     mode = "quick" if args.quick else "full"
     defenses = [d.strip() for d in args.defense.split(",") if d.strip()]
@@ -243,7 +285,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for method in methods:
         queue: mp.Queue = ctx.Queue()
-        proc = ctx.Process(target=_protect, args=(method, args.dataset, mode, args.eps, args.seed, queue))
+        proc = ctx.Process(target=_protect, args=(method, args.dataset, mode, args.eps, args.seed, queue, args.size))
         proc.start()
         result = queue.get()
         proc.join()
@@ -253,7 +295,7 @@ def main() -> None:
                 "method": method,
                 "defense": defense,
                 **result,
-                **_victim_dice(args.dataset, mode, protected, defense, args.seed),
+                **_victim_dice(args.dataset, mode, protected, defense, args.seed, args.size),
             }
             rows.append(row)
             print(
@@ -264,7 +306,8 @@ def main() -> None:
     for r in rows:
         clean = next((c["dice"] for c in rows if c["method"] == "clean" and c["defense"] == r["defense"]), None)
         r["dice_ratio"] = round(r["dice"] / clean, 4) if clean else None
-    suffix = "" if defenses == ["none"] else "_" + (defenses[0] if len(defenses) == 1 else (args.tag or "defenses"))
+    suffix = "" if defenses == ["none"] else "_" + (defenses[0] if len(defenses) == 1 else "defenses")
+    suffix = f"_{args.tag}" if args.tag else suffix
     out = REPO / "benchmarks/results" / f"protect_effect_{args.dataset}{suffix}{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {
@@ -274,7 +317,7 @@ def main() -> None:
         "defenses": defenses,
         "eps": args.eps,
         "seed": args.seed,
-        "settings": SETTINGS[args.dataset][mode],
+        "settings": _settings(args.dataset, mode, args.size),
         "victim": "unet (small)",
         "surrogate": "unet 16-32-64",
         "wall_s": round(time.perf_counter() - t0, 1),

@@ -54,6 +54,28 @@ def test_fit_serves_noise_within_the_budget_and_the_loop_config_is_built_once_pe
         m.perturbation(_records(3)[2], records[0].unit_image(), 8 / 255)
 
 
+def test_noise_in_cells_is_one_value_per_cell_away_from_the_valid_range():
+    records = _records(size=16)
+    m = ErrorMinimising("8/255", seed=0, cell=4, **{**TINY, "pgd_steps": 3})
+    m.fit(records)
+    from ulmed.core.tasks import Task
+
+    assert m.loop_config(_group(records), Task.SEGMENTATION, torch.device("cpu")).cell == 4 and m.params()["cell"] == 4
+    for rec in records:
+        d = m.perturbation(rec, rec.unit_image(), 8 / 255)[0]
+        x = rec.unit_image()[0]
+        cells = d.reshape(4, 4, 4, 4).swapaxes(1, 2).reshape(16, 16)
+        clear = ((x + d > 0) & (x + d < 1)).reshape(4, 4, 4, 4).swapaxes(1, 2).reshape(16, 16).all(1)
+        assert np.abs(d).max() > 0 and clear.sum() >= 8
+        assert np.ptp(cells[clear], axis=1).max() < 1e-7  # every cell the range clamp left alone is one value
+
+
+def _group(records: list[Record]):
+    from ulmed.core.groups import build_group
+
+    return build_group(records, [8 / 255] * len(records), "linf", None, 3)
+
+
 def test_classwise_noise_needs_class_labels():
     m = ErrorMinimising("8/255", classwise=True, **TINY)
     with pytest.raises(ConfigError, match="class labels"):

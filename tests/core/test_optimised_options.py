@@ -16,6 +16,9 @@ def test_defaults_and_the_recorded_parameters():
     assert recorded["objective"] == "bayes" and recorded["bayes_per_class"] == 64
     assert recorded["augment"] == "armor" and recorded["step_size"] == 0.01
     assert bayes.policy().is_identity  # ARMOR's first round has no augmentation
+    assert "cell" not in params  # a run without it records what it always recorded
+    coarse = OptimisedOptions(cell=2)
+    assert coarse.params(coarse.policy())["cell"] == 2
 
 
 @pytest.mark.parametrize(
@@ -25,7 +28,7 @@ def test_defaults_and_the_recorded_parameters():
      ({"pgd_steps": 0}, "pgd_steps"), ({"batch_size": 0}, "batch_size"), ({"pseudo_classes": 1}, "pseudo_classes"),
      ({"bayes_per_class": 0}, "bayes_per_class"), ({"step_size": -0.1}, "step_size"), ({"lr": 0}, "lr"),
      ({"stop_threshold": float("nan")}, "stop_threshold"), ({"tile_size": 2}, "tile_size"),
-     ({"augment": "wobbly"}, "wobbly")],
+     ({"augment": "wobbly"}, "wobbly"), ({"cell": 0}, "cell"), ({"cell": 2.5}, "cell")],
 )
 def test_bad_options_are_refused_when_built(kwargs, match):
     with pytest.raises(ConfigError, match=match):

@@ -11,7 +11,7 @@ import torch
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
-from ulmed.core.pgd import PGDConfig, WindowedGrad, autograd_grad, perturb, windowed_grad
+from ulmed.core.pgd import PGDConfig, WindowedGrad, autograd_grad, cell_sums, perturb, windowed_grad
 from ulmed.core.projection import l0_mask_topk
 from ulmed.errors import ConfigError
 
@@ -118,6 +118,35 @@ def test_random_start_is_reproducible_with_a_generator(case):
     assert not torch.equal(run(1), run(2))
 
 
+def test_cell_sums_add_each_cell_and_keep_the_shape():
+    grad = torch.arange(2 * 5 * 7, dtype=torch.float32).reshape(1, 2, 5, 7)
+    out = cell_sums(grad, 2)
+    assert out.shape == grad.shape
+    assert out[0, 1, 0, 0] == grad[0, 1, :2, :2].sum() and out[0, 1, 1, 1] == out[0, 1, 0, 0]
+    assert out[0, 0, 4, 6] == grad[0, 0, 4, 6]  # the corner cell of an axis that 2 does not divide: one position
+    assert out[0, 0, 4, 2] == grad[0, 0, 4, 2:4].sum()
+    assert torch.equal(cell_sums(grad, 1), grad)
+    vol = torch.randn(1, 1, 4, 6, 3)
+    assert torch.allclose(cell_sums(vol, 3)[0, 0, 0, 0, 0], vol[0, 0, :3, :3, :3].sum())
+
+
+def _whole_cells(delta: torch.Tensor, cell: int) -> float:
+    """The share of the cells of ``delta`` on which it is one value."""
+    cells = delta.unfold(2, cell, cell).unfold(3, cell, cell)  # (B, C, rows / cell, cols / cell, cell, cell)
+    return float(((cells.amax((-1, -2)) - cells.amin((-1, -2))) < 1e-7).float().mean())
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_in_cells_moves_whole_cells_and_still_minimises(case, norm):
+    x, _, loss = case
+    eps = EPS if norm == "linf" else 0.5
+    delta = perturb(x, torch.zeros_like(x), loss, PGDConfig(eps, eps / 4, 10, norm=norm, cell=4))
+    fine = perturb(x, torch.zeros_like(x), loss, PGDConfig(eps, eps / 4, 10, norm=norm))
+    # the valid-range clamp cuts the cells that touch 0 or 1 (the black letterbox border); the rest are whole
+    assert _whole_cells(delta, 4) > 0.6 and _whole_cells(fine, 4) < 0.3
+    assert delta.abs().max() > eps / 100 and loss(x + delta).item() < loss(x).item() - 1e-3
+
+
 def test_perturb_refuses_bad_arguments(case):
     x, _, loss = case
     with pytest.raises(ConfigError, match="norm"):
@@ -126,6 +155,9 @@ def test_perturb_refuses_bad_arguments(case):
         PGDConfig(EPS, 0.0, 1)
     with pytest.raises(ConfigError, match="n_steps"):
         PGDConfig(EPS, EPS, -1)
+    for cell in (0, 1.5, True):
+        with pytest.raises(ConfigError, match="cell"):
+            PGDConfig(EPS, EPS, 1, cell=cell)
     with pytest.raises(ConfigError, match="loss_fn or a grad_fn"):
         perturb(x, torch.zeros_like(x), None, PGDConfig(EPS, EPS, 1))
     with pytest.raises(ConfigError, match="does not match"):

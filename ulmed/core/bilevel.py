@@ -191,7 +191,7 @@ def _pgd_round(
         mask, select = policy(idx, x) if policy is not None else (None, None)
         e = e.to(s.device) if isinstance(e, torch.Tensor) else e
         pgd = PGDConfig(e, step_schedule(config.step_schedule, step, config.pgd_steps), config.pgd_steps,
-                        minimize=True, norm=config.norm, random_start=config.random_start)
+                        minimize=True, norm=config.norm, random_start=config.random_start, cell=config.cell)
         return perturb(x, d, loss, pgd, position_mask=mask, select_positions=select, generator=generator,
                        grad_fn=grad_fn)
 

@@ -71,6 +71,8 @@ class MinMinConfig:
         classwise: One noise per class id instead of one per image.
         device: Where the surrogate runs (``"auto"``, ``"cuda"``, a :class:`torch.device`).
         amp: Mixed precision (bfloat16, or float16 with loss scaling); only on CUDA.
+        cell: The noise moves in cells of this many positions per spatial axis
+            (:class:`ulmed.core.pgd.PGDConfig`); 1: every position.
 
     Raises:
         ConfigError: A setting out of its range, an unknown norm, schedule or device.
@@ -92,6 +94,7 @@ class MinMinConfig:
     classwise: bool = False
     device: str | torch.device = "cpu"
     amp: bool = False
+    cell: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", look_up(self.norm, Norm, "norm"))
@@ -100,7 +103,7 @@ class MinMinConfig:
             raise ConfigError(f"eps must be > 0 (and <= 1 for L-inf, in [0, 1] units), got {self.eps}")
         if self.step_size is not None and not (math.isfinite(self.step_size) and self.step_size > 0):
             raise ConfigError(f"step_size must be > 0, got {self.step_size}")
-        for name in ("pgd_steps", "max_rounds", "batch_size", "eot_samples"):
+        for name in ("pgd_steps", "max_rounds", "batch_size", "eot_samples", "cell"):
             check_count(name, getattr(self, name), 1)
         check_count("train_steps", self.train_steps, 0)
         check_count("seed", self.seed, 0)

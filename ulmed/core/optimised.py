@@ -124,7 +124,7 @@ class OptimisedMethod(ProtectionMethod):
             stop_threshold=o.stop_threshold if o.stop_threshold is not None else STOP_THRESHOLD[task],
             seed=self.seed + CHUNK_SEED_STRIDE * self.surrogates.fits,  # each chunk draws its own batches
             norm=self.budget.norm, eot_samples=o.eot_samples, step_schedule=o.step_schedule,
-            classwise=o.classwise, device=device, amp=o.amp,
+            classwise=o.classwise, device=device, amp=o.amp, cell=o.cell,
         )
 
     def _fit_group(self, key: str, group: Group, device: torch.device) -> None:

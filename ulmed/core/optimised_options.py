@@ -62,6 +62,9 @@ class OptimisedOptions:
             surrogate's last hidden features, per sampled pixel for segmentation, per image
             for classification), aimed at trainers who mix protected with clean data.
         bayes_per_class: Pixels sampled per class and batch for the segmentation estimate.
+        cell: The noise is one value per cell of ``cell`` positions along every spatial axis
+            (the coarse parameterisation of issue 16: no finer than the smallest grid a
+            trainer resizes to, so that its resize averages less of it); 1: every position.
 
     Raises:
         ConfigError: An option out of its range or not one of its choices.
@@ -84,6 +87,7 @@ class OptimisedOptions:
     step_schedule: str = "constant"
     objective: str = "loss"
     bayes_per_class: int = 64
+    cell: int = 1
 
     def __post_init__(self) -> None:
         if self.surrogate is not None and self.surrogate not in SURROGATE_TASK:
@@ -91,7 +95,7 @@ class OptimisedOptions:
         object.__setattr__(self, "objective", look_up(self.objective, Objective, "objective"))
         object.__setattr__(self, "step_schedule", look_up(self.step_schedule, Schedule, "step_schedule"))
         for name, minimum in (("rounds", 1), ("train_steps", 0), ("pgd_steps", 1), ("batch_size", 1),
-                              ("eot_samples", 1), ("bayes_per_class", 1), ("pseudo_classes", 2)):
+                              ("eot_samples", 1), ("bayes_per_class", 1), ("pseudo_classes", 2), ("cell", 1)):
             check_count(name, getattr(self, name), minimum)
         if self.step_size is not None and not (math.isfinite(self.step_size) and self.step_size > 0):
             raise ConfigError(f"step_size must be > 0, got {self.step_size}")
@@ -116,5 +120,6 @@ class OptimisedOptions:
             "classwise": self.classwise, "tile_size": self.tile_size, "pseudo_classes": self.pseudo_classes,
             "init": START, "augment": ARMOR if self.augment == ARMOR else policy.to_dict(),
             "eot_samples": self.eot_samples, "step_schedule": self.step_schedule, "objective": self.objective,
+            **({"cell": self.cell} if self.cell != 1 else {}),
             **({"bayes_per_class": self.bayes_per_class} if self.objective == Objective.BAYES else {}),
         }

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ulmed.choices import StrEnum, look_up
+from ulmed.core.checks import check_count
 from ulmed.core.projection import clamp_l2, clamp_linf, clamp_valid, l2_norms
 from ulmed.core.tasks import Norm
 from ulmed.errors import ConfigError
@@ -108,9 +109,13 @@ class PGDConfig:
         random_start: Start from uniform noise in the ball (inside the position mask).
         lo: Lower end of the valid range of ``x + delta``.
         hi: Upper end of the valid range.
+        cell: The noise moves in cells of ``cell`` positions along every spatial axis: each
+            step follows the gradient summed over a cell (:func:`cell_sums`), so a start that
+            is constant on cells (zeros) stays so, up to the valid-range clamp. A coarse noise
+            is one that a trainer's resize or warp averages less (issue 16); 1: every position.
 
     Raises:
-        ConfigError: Unknown norm, ``n_steps < 0`` or a step size that is not > 0.
+        ConfigError: Unknown norm, ``n_steps < 0``, a step size that is not > 0 or ``cell < 1``.
     """
 
     eps: float | torch.Tensor
@@ -121,11 +126,13 @@ class PGDConfig:
     random_start: bool = False
     lo: float = 0.0
     hi: float = 1.0
+    cell: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", look_up(self.norm, Norm, "norm"))
         if self.n_steps < 0 or not (callable(self.step_size) or self.step_size > 0):
             raise ConfigError(f"PGD needs n_steps >= 0 and step_size > 0, got {self.n_steps} and {self.step_size}")
+        check_count("cell", self.cell, 1)
 
     def size_of(self, step: int) -> float:
         """The step size of step ``step``."""
@@ -152,6 +159,28 @@ def autograd_grad(loss_fn: LossFn) -> GradFn:
         return g
 
     return grad
+
+
+def cell_sums(grad: torch.Tensor, cell: int) -> torch.Tensor:
+    """``grad`` ``(B, C, *spatial)`` with every value replaced by the sum over its cell of ``cell`` positions per axis.
+
+    The cells tile the spatial axes from index 0; the last cell of an axis that ``cell`` does not
+    divide is shorter. A step along the result is constant on each cell: it is the steepest
+    step for a noise that is one value per cell.
+    """
+    if cell == 1:
+        return grad
+    spatial = grad.shape[2:]
+    pad: list[int] = []
+    for n in reversed(spatial):  # F.pad takes the last axis first
+        pad += [0, -n % cell]
+    padded = torch.nn.functional.pad(grad, pad)
+    blocks: list[int] = []
+    for n in padded.shape[2:]:
+        blocks += [n // cell, cell]
+    sums = padded.reshape(*grad.shape[:2], *blocks).sum(dim=tuple(range(3, 2 + 2 * len(spatial), 2)), keepdim=True)
+    full = sums.expand(*grad.shape[:2], *blocks).reshape(padded.shape)
+    return full[(slice(None), slice(None), *(slice(0, n) for n in spatial))]
 
 
 def step_direction(grad: torch.Tensor, norm: Norm | str) -> torch.Tensor:
@@ -274,7 +303,7 @@ def perturb(
     d = positions.keep_frozen(config.project(x, d))
     selected: torch.Tensor | None = None
     for step in range(config.n_steps):
-        grad = grad_fn(x, d).detach()
+        grad = cell_sums(grad_fn(x, d).detach(), config.cell)
         selected = _reselect(select_positions, step, grad, d, selected)
         d = _step(d, grad, config.size_of(step), config, positions, selected)
         d = positions.keep_frozen(config.project(x, d))
