@@ -28,7 +28,8 @@ def test_defaults_and_the_recorded_parameters():
      ({"pgd_steps": 0}, "pgd_steps"), ({"batch_size": 0}, "batch_size"), ({"pseudo_classes": 1}, "pseudo_classes"),
      ({"bayes_per_class": 0}, "bayes_per_class"), ({"step_size": -0.1}, "step_size"), ({"lr": 0}, "lr"),
      ({"stop_threshold": float("nan")}, "stop_threshold"), ({"tile_size": 2}, "tile_size"),
-     ({"augment": "wobbly"}, "wobbly"), ({"cell": 0}, "cell"), ({"cell": 2.5}, "cell")],
+     ({"augment": "wobbly"}, "wobbly"), ({"cell": 0}, "cell"), ({"cell": 2.5}, "cell"),
+     ({"cell": 3, "tile_size": 32}, "multiple of cell")],
 )
 def test_bad_options_are_refused_when_built(kwargs, match):
     with pytest.raises(ConfigError, match=match):

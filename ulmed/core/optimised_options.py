@@ -65,6 +65,7 @@ class OptimisedOptions:
         cell: The noise is one value per cell of ``cell`` positions along every spatial axis
             (the coarse parameterisation of issue 16: no finer than the smallest grid a
             trainer resizes to, so that its resize averages less of it); 1: every position.
+            A ``tile_size`` must then be a multiple of it.
 
     Raises:
         ConfigError: An option out of its range or not one of its choices.
@@ -105,6 +106,9 @@ class OptimisedOptions:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.tile_size is not None and (np.ndim(self.tile_size) == 0 and int(self.tile_size) < UNET_MULTIPLE):
             raise ConfigError(f"tile_size must be >= {UNET_MULTIPLE}, got {self.tile_size}")
+        if self.tile_size is not None and any(int(t) % self.cell for t in np.atleast_1d(self.tile_size)):
+            raise ConfigError(f"tile_size {self.tile_size} must be a multiple of cell {self.cell}, or the tiles "
+                              "would cut the noise's cells")
         self.policy()  # an unknown preset or field fails here
 
     def policy(self) -> AugmentPolicy:
