@@ -18,7 +18,7 @@ Usage:
     python benchmarks/protect_effect.py --quick --size 128 --defense resize:64,resize:128 --tag at128
         # protected at 128 x 128; victims that resize to 64 (Pillow) or train at 128
 
-Writes benchmarks/results/protect_effect_<dataset>[_<defense>][_quick].json.
+Writes benchmarks/results/protect_effect_<dataset>[_<defense> | _defenses | _<tag>][_quick].json (``--tag`` wins).
 Nothing is tuned on the test split: settings are fixed below, per mode.
 """
 
