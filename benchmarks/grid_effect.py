@@ -14,6 +14,7 @@ Usage:
     python benchmarks/grid_effect.py                                  # 200 train images, 15 epochs
     python benchmarks/grid_effect.py --victims pil:64,pil:128,pil:256 --protections native,size:128
     python benchmarks/grid_effect.py --train-limit 0 --epochs 20      # the whole train split
+    python benchmarks/grid_effect.py --protections em,em:cell3 --victims pil:128   # em, and em in 3 x 3 cells
 
 Writes benchmarks/results/grid_effect_hc18[_TAG].json (``--tag``).
 """
@@ -121,12 +122,23 @@ def _dice(
     return float(evaluate_victim(model, *test, task="segmentation", num_classes=2, config=config)["dice"])
 
 
+#: em's schedule for ``em[:cellN]`` protections (protect_effect.py's quick mode: minutes, not hours, at native size).
+EM_SCHEDULE = {"rounds": 4, "train_steps": 15, "pgd_steps": 8}
+
+
 def _protect(src: Path, out: Path, grid: str, args: argparse.Namespace) -> dict[str, Any]:
-    """``native`` / ``size:N``: ``protect_path`` with that lsp grid; ``release:N``: an ML-ready release at N."""
+    """``native`` / ``size:N``: ``protect_path`` with that lsp grid; ``release:N``: an ML-ready release at N;
+    ``em`` / ``em:cellN``: em on the files as they are, its noise in cells of N pixels a side."""
     from ulmed.pipeline.protect import protect_path, summarize
     from ulmed.pipeline.release import release_dataset
 
     start = time.perf_counter()
+    if grid.startswith("em"):
+        options = {**EM_SCHEDULE, "cell": int(grid.partition(":cell")[2] or 1)}
+        manifest = protect_path(src, out, method="em", eps=args.eps, seed=args.seed, device="cpu",
+                                method_options=options)
+        return {"protect_s": round(time.perf_counter() - start, 1), "psnr_min": summarize(manifest)["psnr_min"],
+                "options": options}
     if grid.startswith("release:"):
         # the release protects on its own grid: the release's cell (release.RELEASE_CELL) unless --release-cell says
         cell = {"cell": args.release_cell} if args.release_cell else {}
@@ -155,7 +167,8 @@ def main() -> None:
     parser.add_argument(
         "--protections",
         default="native,size:128",
-        help="lsp grids to protect with: native, auto, size:N[,M] (protect --grid), release:N (release --size N)",
+        help="lsp grids to protect with: native, auto, size:N[,M] (protect --grid), release:N (release --size N); "
+             "or em, em:cellN (em on the files, its noise in cells of N px)",
     )
     parser.add_argument(
         "--victims",
