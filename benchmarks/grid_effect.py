@@ -134,7 +134,9 @@ def _protect(src: Path, out: Path, grid: str, args: argparse.Namespace) -> dict[
 
     start = time.perf_counter()
     if grid.startswith("em"):
-        options = {**EM_SCHEDULE, "cell": int(grid.partition(":cell")[2] or 1)}
+        if grid != "em" and not (grid.startswith("em:cell") and grid[7:].isdigit()):
+            raise SystemExit(f"--protections: {grid!r} is not em or em:cellN")
+        options = {**EM_SCHEDULE, "cell": int(grid[7:] or 1)}
         manifest = protect_path(src, out, method="em", eps=args.eps, seed=args.seed, device="cpu",
                                 method_options=options)
         return {"protect_s": round(time.perf_counter() - start, 1), "psnr_min": summarize(manifest)["psnr_min"],
